@@ -1,0 +1,528 @@
+#include "cli/cli.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <cerrno>
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <vector>
+
+#include "cli/client.h"
+#include "common/atomic_file.h"
+#include "common/base64.h"
+#include "common/handles.h"
+#include "common/secure_buffer.h"
+#include "common/wire.h"
+
+namespace vcrypt {
+namespace {
+
+namespace po = boost::program_options;
+using Json = nlohmann::json;
+
+constexpr const char* kUsage = R"(Usage: vcryptctl [--socket PATH] [--json] COMMAND ...
+
+Key providers:
+  provider add native NAME [--tpm]
+  provider list | show NAME | remove NAME [--force] | default NAME
+  provider backup NAME --out FILE.p12 --password-file FILE
+  provider restore FILE.p12 --name NAME --password-file FILE
+VMs:
+  vm create VM [--provider NAME] [--no-auto-unlock]
+  vm list | show VM | unregister VM | delete VM
+Volumes:
+  volume create VM DISK (--device PATH | --file PATH --size SIZE)
+                [--sector-size 512|4096] [--force]
+  volume list [VM]
+  open  VM/DISK | PATH [--discards]    prints the /dev/mapper path
+  close VM/DISK | PATH
+  status
+  cache evict [VM]                     drop cached KEKs (all, or one VM's)
+
+Exit codes: 0 ok, 1 internal, 2 usage, 3 vcryptd not running, 4 permission
+denied, 5 not found, 6 exists, 7 busy, 8 key unavailable, 9 invalid volume,
+10 no device-mapper, 11 I/O error, 12 invalid argument, 13 crypto failure.
+)";
+
+Error UsageError(const std::string& msg) {
+  return MakeError(ErrorCode::kUsage, msg + " (see 'vcryptctl --help')");
+}
+
+// Parsed sub-command: positional words plus its own options.
+struct Sub {
+  std::vector<std::string> words;
+  po::variables_map vm;
+};
+
+Result<Sub> ParseSub(const std::vector<std::string>& args,
+                     const po::options_description& opts, size_t min_words,
+                     size_t max_words, const std::string& what) {
+  Sub s;
+  po::options_description all;
+  all.add(opts);
+  all.add_options()("word", po::value<std::vector<std::string>>(&s.words));
+  po::positional_options_description pos;
+  pos.add("word", -1);
+  try {
+    po::store(po::command_line_parser(args).options(all).positional(pos).run(), s.vm);
+    po::notify(s.vm);
+  } catch (const po::error& e) {
+    return UsageError(what + ": " + e.what());
+  }
+  if (s.words.size() < min_words || s.words.size() > max_words)
+    return UsageError(what + ": wrong number of arguments");
+  return s;
+}
+
+// Reads a password file straight into locked memory; strips one trailing
+// newline so `echo pw > file` works.
+Result<SecureBuffer> ReadPasswordFile(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid())
+    return MakeError(errno == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
+                     "cannot open password file " + path + ": " + std::strerror(errno));
+  SecureBuffer buf(kMaxSecretSize + 1);
+  size_t got = 0;
+  for (;;) {
+    ssize_t r = read(fd.get(), buf.data() + got, buf.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return MakeError(ErrorCode::kIo, "cannot read password file " + path);
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+    if (got == buf.size())
+      return MakeError(ErrorCode::kInvalidArgument, "password file " + path + " is too large");
+  }
+  if (got > 0 && buf.data()[got - 1] == '\n') --got;
+  buf.Truncate(got);
+  if (buf.empty())
+    return MakeError(ErrorCode::kInvalidArgument, "password file " + path + " is empty");
+  return buf;
+}
+
+Result<Json> TargetArgs(const std::string& t) {
+  if (!t.empty() && t[0] == '/') return Json{{"path", t}};
+  auto slash = t.find('/');
+  if (slash == std::string::npos || t.find('/', slash + 1) != std::string::npos)
+    return UsageError("'" + t + "' is neither VM/DISK nor an absolute device path");
+  return Json{{"vm", t.substr(0, slash)}, {"disk", t.substr(slash + 1)}};
+}
+
+std::string Pad(const std::string& s, size_t w) {
+  return s.size() >= w ? s + " " : s + std::string(w - s.size(), ' ');
+}
+
+std::string Str(const Json& j) {
+  if (j.is_string()) return j.get<std::string>();
+  if (j.is_null()) return "-";
+  return j.dump();
+}
+
+void PrintTable(std::ostream& out, const Json& rows,
+                const std::vector<std::pair<std::string, std::string>>& cols) {
+  std::vector<size_t> w;
+  for (const auto& [key, title] : cols) {
+    size_t m = title.size();
+    for (const auto& r : rows) m = std::max(m, Str(r.value(key, Json())).size());
+    w.push_back(m + 1);
+  }
+  for (size_t i = 0; i < cols.size(); ++i) out << Pad(cols[i].second, w[i]);
+  out << "\n";
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < cols.size(); ++i) out << Pad(Str(r.value(cols[i].first, Json())), w[i]);
+    out << "\n";
+  }
+}
+
+void PrintObject(std::ostream& out, const Json& obj, const std::string& indent = "") {
+  for (const auto& [k, v] : obj.items()) {
+    if (v.is_object()) {
+      out << indent << k << ":\n";
+      PrintObject(out, v, indent + "  ");
+    } else if (v.is_array() && !v.empty() && v[0].is_object()) {
+      out << indent << k << ":\n";
+      for (const auto& e : v) {
+        PrintObject(out, e, indent + "  - ");
+      }
+    } else {
+      out << indent << k << ": " << Str(v) << "\n";
+    }
+  }
+}
+
+class Cli {
+ public:
+  Cli(std::ostream& out, std::ostream& err) : out_(out), err_(err) {}
+  int Run(int argc, const char* const* argv);
+
+ private:
+  Result<Json> Call(const std::string& op, const Json& args,
+                    const SecureBuffer* secret = nullptr) {
+    if (!client_) {
+      VCRYPT_ASSIGN_OR_RETURN(Client c, Client::Connect(socket_));
+      client_.emplace(std::move(c));
+    }
+    return client_->Call(op, args, secret);
+  }
+  Status Dispatch(const std::string& cmd, const std::vector<std::string>& rest);
+  Status Provider(const std::vector<std::string>& a);
+  Status Vm(const std::vector<std::string>& a);
+  Status Volume(const std::vector<std::string>& a);
+  Status OpenClose(const std::string& cmd, const std::vector<std::string>& a);
+  Status StatusCmd(const std::vector<std::string>& a);
+  Status Cache(const std::vector<std::string>& a);
+  // Prints `j` as JSON with --json, else with `human`.
+  template <typename F>
+  void Print(const Json& j, F human) {
+    if (json_) out_ << j.dump(2) << "\n";
+    else human(j);
+  }
+
+  std::ostream& out_;
+  std::ostream& err_;
+  std::string socket_ = "/run/vcrypt/vcryptd.sock";
+  bool json_ = false;
+  std::optional<Client> client_;
+};
+
+int Cli::Run(int argc, const char* const* argv) {
+  po::options_description global;
+  std::string cmd;
+  global.add_options()("help,h", "")("json", "")("socket", po::value(&socket_))(
+      "command", po::value(&cmd))("rest", po::value<std::vector<std::string>>());
+  po::positional_options_description pos;
+  pos.add("command", 1).add("rest", -1);
+  std::vector<std::string> rest;
+  po::variables_map vm;
+  try {
+    auto parsed = po::command_line_parser(argc, argv)
+                      .options(global)
+                      .positional(pos)
+                      .allow_unregistered()
+                      .run();
+    po::store(parsed, vm);
+    po::notify(vm);
+    rest = po::collect_unrecognized(parsed.options, po::include_positional);
+    if (!rest.empty() && rest.front() == cmd) rest.erase(rest.begin());
+  } catch (const po::error& e) {
+    err_ << "vcryptctl: " << e.what() << " (see 'vcryptctl --help')\n";
+    return static_cast<int>(ErrorCode::kUsage);
+  }
+  json_ = vm.count("json") > 0;
+  if (vm.count("help") || cmd == "help") {
+    out_ << kUsage;
+    return 0;
+  }
+  if (cmd.empty()) {
+    err_ << "vcryptctl: no command given (see 'vcryptctl --help')\n";
+    return static_cast<int>(ErrorCode::kUsage);
+  }
+  auto st = Dispatch(cmd, rest);
+  if (!st.ok()) {
+    err_ << "vcryptctl: " << st.error().message << "\n";
+    return static_cast<int>(st.error().code);
+  }
+  return 0;
+}
+
+Status Cli::Dispatch(const std::string& cmd, const std::vector<std::string>& rest) {
+  if (cmd == "provider") return Provider(rest);
+  if (cmd == "vm") return Vm(rest);
+  if (cmd == "volume") return Volume(rest);
+  if (cmd == "open" || cmd == "close") return OpenClose(cmd, rest);
+  if (cmd == "status") return StatusCmd(rest);
+  if (cmd == "cache") return Cache(rest);
+  return UsageError("unknown command '" + cmd + "'");
+}
+
+Status Cli::Provider(const std::vector<std::string>& a) {
+  if (a.empty()) return UsageError("provider: missing subcommand");
+  const std::string& sub = a[0];
+  std::vector<std::string> args(a.begin() + 1, a.end());
+  po::options_description none;
+  if (sub == "add") {
+    po::options_description o;
+    o.add_options()("tpm", "");
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 2, 2, "provider add"));
+    if (s.words[0] != "native")
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "provider type '" + s.words[0] +
+                           "' is not supported yet (supported: native)");
+    VCRYPT_ASSIGN_OR_RETURN(
+        Json r, Call("provider.add", {{"type", s.words[0]}, {"name", s.words[1]},
+                                      {"tpm", s.vm.count("tpm") > 0}}));
+    Print(r, [&](const Json& j) {
+      out_ << "created " << s.words[0] << " provider '" << s.words[1] << "'"
+           << (j.value("default", false) ? " (default)" : "") << "\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "list") {
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, none, 0, 0, "provider list"));
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider.list", Json::object()));
+    Print(r, [&](const Json& j) {
+      PrintTable(out_, j["providers"],
+                 {{"name", "NAME"}, {"type", "TYPE"}, {"default", "DEFAULT"}, {"vms", "VMS"}});
+    });
+    return Status::Ok();
+  }
+  if (sub == "show" || sub == "default") {
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, none, 1, 1, "provider " + sub));
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider." + sub, {{"name", s.words[0]}}));
+    Print(r, [&](const Json& j) {
+      if (sub == "show") PrintObject(out_, j);
+      else out_ << "default provider: " << s.words[0] << "\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "remove") {
+    po::options_description o;
+    o.add_options()("force", "");
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "provider remove"));
+    VCRYPT_ASSIGN_OR_RETURN(
+        Json r, Call("provider.remove", {{"name", s.words[0]}, {"force", s.vm.count("force") > 0}}));
+    Print(r, [&](const Json&) { out_ << "removed provider '" << s.words[0] << "'\n"; });
+    return Status::Ok();
+  }
+  if (sub == "backup") {
+    std::string outp, pwf;
+    po::options_description o;
+    o.add_options()("out", po::value(&outp))("password-file", po::value(&pwf));
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "provider backup"));
+    if (outp.empty() || pwf.empty())
+      return UsageError("provider backup needs --out FILE and --password-file FILE");
+    struct stat st;
+    if (stat(outp.c_str(), &st) == 0)
+      return MakeError(ErrorCode::kExists, outp + " already exists; choose another --out");
+    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pw, ReadPasswordFile(pwf));
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider.backup", {{"name", s.words[0]}}, &pw));
+    auto bytes = Base64Decode(r.value("p12", ""));
+    if (!bytes.ok() || bytes->empty())
+      return MakeError(ErrorCode::kInternal, "vcryptd returned no backup data");
+    VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(outp, *bytes, {.mode = 0600}));
+    Json shown = {{"name", s.words[0]}, {"out", outp},
+                  {"primary_key_id", r.value("primary_key_id", "")}};
+    Print(shown, [&](const Json&) {
+      out_ << "backed up provider '" << s.words[0] << "' to " << outp << "\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "restore") {
+    std::string name, pwf;
+    po::options_description o;
+    o.add_options()("name", po::value(&name))("password-file", po::value(&pwf));
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "provider restore"));
+    if (name.empty() || pwf.empty())
+      return UsageError("provider restore needs --name NAME and --password-file FILE");
+    auto p12 = ReadFile(s.words[0]);
+    if (!p12.ok()) return std::move(p12).error();
+    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pw, ReadPasswordFile(pwf));
+    std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(p12->data()), p12->size());
+    VCRYPT_ASSIGN_OR_RETURN(
+        Json r, Call("provider.restore", {{"name", name}, {"p12", Base64Encode(bytes)}}, &pw));
+    Print(r, [&](const Json&) { out_ << "restored provider '" << name << "'\n"; });
+    return Status::Ok();
+  }
+  return UsageError("unknown provider subcommand '" + sub + "'");
+}
+
+Status Cli::Vm(const std::vector<std::string>& a) {
+  if (a.empty()) return UsageError("vm: missing subcommand");
+  const std::string& sub = a[0];
+  std::vector<std::string> args(a.begin() + 1, a.end());
+  po::options_description none;
+  if (sub == "create") {
+    std::string provider;
+    po::options_description o;
+    o.add_options()("provider", po::value(&provider))("no-auto-unlock", "");
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "vm create"));
+    Json req = {{"vm", s.words[0]}, {"no_auto_unlock", s.vm.count("no-auto-unlock") > 0}};
+    if (!provider.empty()) req["provider"] = provider;
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm.create", req));
+    Print(r, [&](const Json& j) {
+      out_ << "created VM '" << s.words[0] << "' with provider '" << Str(j["provider"])
+           << "' (KEK " << Str(j["kek_id"]) << ")\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "list") {
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, none, 0, 0, "vm list"));
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm.list", Json::object()));
+    Print(r, [&](const Json& j) {
+      PrintTable(out_, j["vms"], {{"vm", "VM"}, {"provider", "PROVIDER"}, {"disks", "DISKS"},
+                                  {"kek_cached", "KEK_CACHED"}, {"auto_unlock", "AUTO_UNLOCK"}});
+    });
+    return Status::Ok();
+  }
+  if (sub == "show" || sub == "unregister" || sub == "delete") {
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, none, 1, 1, "vm " + sub));
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm." + sub, {{"vm", s.words[0]}}));
+    Print(r, [&](const Json& j) {
+      if (sub == "show") {
+        PrintObject(out_, j);
+      } else {
+        out_ << (sub == "delete" ? "deleted" : "unregistered") << " VM '" << s.words[0]
+             << "': closed " << j["closed"].size() << " volume(s), evicted "
+             << Str(j["evicted"]) << " cached KEK(s)\n";
+      }
+    });
+    return Status::Ok();
+  }
+  return UsageError("unknown vm subcommand '" + sub + "'");
+}
+
+Status Cli::Volume(const std::vector<std::string>& a) {
+  if (a.empty()) return UsageError("volume: missing subcommand");
+  const std::string& sub = a[0];
+  std::vector<std::string> args(a.begin() + 1, a.end());
+  if (sub == "create") {
+    std::string device, file, size;
+    unsigned sector = 4096;
+    po::options_description o;
+    o.add_options()("device", po::value(&device))("file", po::value(&file))(
+        "size", po::value(&size))("sector-size", po::value(&sector))("force", "");
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 2, 2, "volume create"));
+    if (device.empty() == file.empty())
+      return UsageError("volume create needs exactly one of --device PATH or --file PATH");
+    if (sector != 512 && sector != 4096)
+      return MakeError(ErrorCode::kInvalidArgument, "--sector-size must be 512 or 4096");
+    Json req = {{"vm", s.words[0]}, {"disk", s.words[1]}, {"sector_size", sector},
+                {"force", s.vm.count("force") > 0}};
+    if (!device.empty()) {
+      if (!size.empty()) return UsageError("--size goes with --file, not --device");
+      req["device"] = device;
+    } else {
+      if (size.empty()) return UsageError("--file needs --size SIZE (e.g. 10G)");
+      VCRYPT_ASSIGN_OR_RETURN(uint64_t bytes, ParseSize(size));
+      req["file"] = file;
+      req["size"] = bytes;
+    }
+    for (const char* k : {"device", "file"}) {
+      if (req.contains(k) && req[k].get<std::string>()[0] != '/') {
+        char cwd[4096];
+        if (getcwd(cwd, sizeof cwd) == nullptr)
+          return MakeError(ErrorCode::kIo, "cannot resolve relative path");
+        req[k] = std::string(cwd) + "/" + req[k].get<std::string>();
+      }
+    }
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("volume.create", req));
+    Print(r, [&](const Json& j) {
+      out_ << "created volume " << s.words[0] << "/" << s.words[1] << " on "
+           << Str(j["device"]) << " (LUKS2 UUID " << Str(j["uuid"]) << ")\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "list") {
+    po::options_description none;
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, none, 0, 1, "volume list"));
+    Json req = Json::object();
+    if (!s.words.empty()) req["vm"] = s.words[0];
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("volume.list", req));
+    Print(r, [&](const Json& j) {
+      PrintTable(out_, j["volumes"], {{"vm", "VM"}, {"disk", "DISK"}, {"state", "STATE"},
+                                      {"device", "DEVICE"}, {"mapping", "MAPPING"}});
+    });
+    return Status::Ok();
+  }
+  return UsageError("unknown volume subcommand '" + sub + "'");
+}
+
+Status Cli::OpenClose(const std::string& cmd, const std::vector<std::string>& a) {
+  po::options_description o;
+  if (cmd == "open") o.add_options()("discards", "");
+  VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, o, 1, 1, cmd));
+  VCRYPT_ASSIGN_OR_RETURN(Json req, TargetArgs(s.words[0]));
+  if (cmd == "open") req["discards"] = s.vm.count("discards") > 0;
+  VCRYPT_ASSIGN_OR_RETURN(Json r, Call(cmd, req));
+  Print(r, [&](const Json& j) {
+    if (cmd == "open") out_ << Str(j["path"]) << "\n";
+    else out_ << "closed " << Str(j["closed"]) << "\n";
+  });
+  return Status::Ok();
+}
+
+Status Cli::StatusCmd(const std::vector<std::string>& a) {
+  po::options_description none;
+  VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, none, 0, 0, "status"));
+  VCRYPT_ASSIGN_OR_RETURN(Json r, Call("status", Json::object()));
+  Print(r, [&](const Json& j) {
+    out_ << "device-mapper: " << (j.value("device_mapper", false) ? "available" : "NOT available")
+         << "\n";
+    out_ << "providers: " << j["providers"].size();
+    if (j.contains("default_provider")) out_ << " (default " << Str(j["default_provider"]) << ")";
+    out_ << "\n";
+    out_ << "cached KEKs: " << j["kek_cache"].size() << "\n";
+    Json rows = Json::array();
+    for (const auto& vm : j["vms"]) {
+      for (const auto& d : vm["disks"]) {
+        Json row = d;
+        row["kek_cached"] = vm["kek_cached"];
+        row["provider"] = vm["provider"];
+        rows.push_back(row);
+      }
+      if (vm["disks"].empty())
+        rows.push_back({{"vm", vm["vm"]}, {"provider", vm["provider"]},
+                        {"kek_cached", vm["kek_cached"]}, {"disk", "-"}, {"state", "-"}});
+    }
+    PrintTable(out_, rows, {{"vm", "VM"}, {"disk", "DISK"}, {"state", "STATE"},
+                            {"provider", "PROVIDER"}, {"kek_cached", "KEK_CACHED"},
+                            {"mapping", "MAPPING"}});
+  });
+  return Status::Ok();
+}
+
+Status Cli::Cache(const std::vector<std::string>& a) {
+  po::options_description none;
+  VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, none, 1, 2, "cache"));
+  if (s.words[0] != "evict") return UsageError("unknown cache subcommand '" + s.words[0] + "'");
+  Json req = Json::object();
+  if (s.words.size() == 2) req["vm"] = s.words[1];
+  VCRYPT_ASSIGN_OR_RETURN(Json r, Call("cache.evict", req));
+  Print(r, [&](const Json& j) { out_ << "evicted " << Str(j["evicted"]) << " KEK(s)\n"; });
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<uint64_t> ParseSize(std::string_view text) {
+  auto bad = [&] {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "invalid size '" + std::string(text) + "' (use e.g. 512M, 10G)");
+  };
+  size_t i = 0;
+  uint64_t v = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+    uint64_t d = static_cast<uint64_t>(text[i] - '0');
+    if (v > (UINT64_MAX - d) / 10) return bad();
+    v = v * 10 + d;
+    ++i;
+  }
+  if (i == 0) return bad();
+  std::string_view suf = text.substr(i);
+  int shift = 0;
+  if (!suf.empty()) {
+    switch (suf[0]) {
+      case 'K': case 'k': shift = 10; break;
+      case 'M': case 'm': shift = 20; break;
+      case 'G': case 'g': shift = 30; break;
+      case 'T': case 't': shift = 40; break;
+      default: return bad();
+    }
+    suf.remove_prefix(1);
+    if (!(suf.empty() || suf == "B" || suf == "iB")) return bad();
+  }
+  if (v == 0 || v > (UINT64_MAX >> shift)) return bad();
+  return v << shift;
+}
+
+int RunCli(int argc, const char* const* argv, std::ostream& out, std::ostream& err) {
+  Cli cli(out, err);
+  return cli.Run(argc, argv);
+}
+
+}  // namespace vcrypt

@@ -1,0 +1,33 @@
+// The client side of the vcryptd protocol (docs/protocol.md).
+#ifndef VCRYPT_CLI_CLIENT_H_
+#define VCRYPT_CLI_CLIENT_H_
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/handles.h"
+#include "common/result.h"
+#include "common/secure_buffer.h"
+
+namespace vcrypt {
+
+class Client {
+ public:
+  // kDaemonUnavailable when nothing listens on `socket_path`;
+  // kPermissionDenied when the socket refuses this user.
+  static Result<Client> Connect(const std::string& socket_path);
+
+  // One request/response. A daemon error comes back as the Error it
+  // carried (same code, same message).
+  Result<nlohmann::json> Call(const std::string& op, const nlohmann::json& args,
+                              const SecureBuffer* secret = nullptr);
+
+ private:
+  explicit Client(UniqueFd fd) : fd_(std::move(fd)) {}
+  UniqueFd fd_;
+};
+
+}  // namespace vcrypt
+
+#endif  // VCRYPT_CLI_CLIENT_H_

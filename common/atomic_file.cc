@@ -1,0 +1,140 @@
+#include "common/atomic_file.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string_view>
+
+#include "common/handles.h"
+
+namespace vcrypt {
+namespace {
+
+Error ErrnoError(ErrorCode code, const std::string& what, int err) {
+  return MakeError(code, what + ": " + std::strerror(err));
+}
+
+std::string DirName(const std::string& path) {
+  auto pos = path.rfind('/');
+  if (pos == std::string::npos) return ".";
+  if (pos == 0) return "/";
+  return path.substr(0, pos);
+}
+
+Status WriteAll(int fd, const uint8_t* p, size_t n, const std::string& path) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(ErrorCode::kIo, "cannot write " + path, errno);
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+// Removes leftovers of earlier interrupted writes of `base` in `dir`.
+void RemoveStaleTemps(const std::string& dir, const std::string& base,
+                      const std::string& keep) {
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return;
+  const std::string prefix = base + ".tmp.";
+  while (dirent* e = readdir(d)) {
+    std::string_view n(e->d_name);
+    if (n.starts_with(prefix) && n != keep) {
+      unlinkat(dirfd(d), e->d_name, 0);
+    }
+  }
+  closedir(d);
+}
+
+}  // namespace
+
+Status WriteFileAtomic(const std::string& path,
+                       std::span<const uint8_t> contents,
+                       const AtomicWriteOptions& options) {
+  const std::string dir = DirName(path);
+  const std::string base = path.substr(path.rfind('/') + 1);
+  std::string tmpl = path + ".tmp.XXXXXX";
+  UniqueFd fd(mkostemp(tmpl.data(), O_CLOEXEC));
+  if (!fd.valid()) {
+    return ErrnoError(ErrorCode::kIo, "cannot create temporary file in " + dir,
+                      errno);
+  }
+  const std::string tmp = tmpl;
+  auto fail = [&](Error e) -> Status {
+    ::unlink(tmp.c_str());
+    return e;
+  };
+  if (fchmod(fd.get(), options.mode) != 0)
+    return fail(ErrnoError(ErrorCode::kIo, "cannot chmod " + tmp, errno));
+  if (auto st = WriteAll(fd.get(), contents.data(), contents.size(), tmp);
+      !st.ok())
+    return fail(std::move(st).error());
+  if (fsync(fd.get()) != 0)
+    return fail(ErrnoError(ErrorCode::kIo, "cannot fsync " + tmp, errno));
+  fd.reset();
+  if (options.before_rename) options.before_rename();
+  if (rename(tmp.c_str(), path.c_str()) != 0)
+    return fail(ErrnoError(ErrorCode::kIo, "cannot rename onto " + path, errno));
+  UniqueFd dfd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dfd.valid() || fsync(dfd.get()) != 0)
+    return ErrnoError(ErrorCode::kIo, "cannot fsync directory " + dir, errno);
+  RemoveStaleTemps(dir, base, "");
+  return Status::Ok();
+}
+
+Status WriteFileAtomic(const std::string& path, const std::string& contents,
+                       const AtomicWriteOptions& options) {
+  return WriteFileAtomic(
+      path,
+      std::span<const uint8_t>(
+          reinterpret_cast<const uint8_t*>(contents.data()), contents.size()),
+      options);
+}
+
+Result<std::string> ReadFile(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    int err = errno;
+    return ErrnoError(err == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
+                      "cannot open " + path, err);
+  }
+  std::string out;
+  char buf[8192];
+  for (;;) {
+    ssize_t r = ::read(fd.get(), buf, sizeof buf);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError(ErrorCode::kIo, "cannot read " + path, errno);
+    }
+    if (r == 0) break;
+    out.append(buf, static_cast<size_t>(r));
+  }
+  return out;
+}
+
+Status MakeDirs(const std::string& path, mode_t mode) {
+  if (path.empty()) return Status::Ok();
+  std::string cur;
+  size_t i = 0;
+  while (i <= path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    cur = path.substr(0, j);
+    if (!cur.empty() && mkdir(cur.c_str(), mode) != 0 && errno != EEXIST)
+      return ErrnoError(ErrorCode::kIo, "cannot create directory " + cur, errno);
+    i = j + 1;
+  }
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return MakeError(ErrorCode::kIo, path + " is not a directory");
+  return Status::Ok();
+}
+
+}  // namespace vcrypt

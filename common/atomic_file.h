@@ -1,0 +1,43 @@
+// Atomic replacement of small state files.
+//
+// WriteFileAtomic writes to a temporary file in the same directory,
+// fsyncs it, renames it over the target and fsyncs the directory. A crash
+// at any point leaves either the complete old file or the complete new
+// one, never a mix; a stray "<name>.tmp.*" may remain and is ignored by
+// readers (and removed by the next successful write of that file).
+#ifndef VCRYPT_COMMON_ATOMIC_FILE_H_
+#define VCRYPT_COMMON_ATOMIC_FILE_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+
+#include "common/result.h"
+
+namespace vcrypt {
+
+struct AtomicWriteOptions {
+  mode_t mode = 0600;
+  // Test hook: runs after the temp file is fully written and fsynced and
+  // before the rename. A test can _exit() here to simulate a crash.
+  std::function<void()> before_rename;
+};
+
+Status WriteFileAtomic(const std::string& path,
+                       std::span<const uint8_t> contents,
+                       const AtomicWriteOptions& options = {});
+Status WriteFileAtomic(const std::string& path, const std::string& contents,
+                       const AtomicWriteOptions& options = {});
+
+// Reads a whole (small) file. kNotFound if it does not exist.
+Result<std::string> ReadFile(const std::string& path);
+
+// mkdir -p with the given mode for created components.
+Status MakeDirs(const std::string& path, mode_t mode = 0700);
+
+}  // namespace vcrypt
+
+#endif  // VCRYPT_COMMON_ATOMIC_FILE_H_

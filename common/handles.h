@@ -1,0 +1,108 @@
+// RAII owners for every C handle the project uses, in one place.
+//
+// Each is a std::unique_ptr with a deleter that calls the library's own
+// free function; UniqueFd owns a file descriptor. Libraries that the
+// common target does not link (libcryptsetup, libdevmapper) only get
+// forward-declared deleters here; their definitions live in dmtools/.
+#ifndef VCRYPT_COMMON_HANDLES_H_
+#define VCRYPT_COMMON_HANDLES_H_
+
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/pkcs12.h>
+#include <openssl/pkcs7.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <unistd.h>
+
+#include <memory>
+#include <utility>
+
+struct crypt_device;
+struct dm_task;
+
+namespace vcrypt {
+
+template <typename T, void (*F)(T*)>
+struct FnDeleter {
+  void operator()(T* p) const {
+    if (p != nullptr) F(p);
+  }
+};
+
+// OpenSSL.
+using EvpCipherCtxPtr =
+    std::unique_ptr<EVP_CIPHER_CTX, FnDeleter<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>>;
+using EvpCipherPtr =
+    std::unique_ptr<EVP_CIPHER, FnDeleter<EVP_CIPHER, EVP_CIPHER_free>>;
+using EvpPkeyPtr = std::unique_ptr<EVP_PKEY, FnDeleter<EVP_PKEY, EVP_PKEY_free>>;
+using EvpMdCtxPtr =
+    std::unique_ptr<EVP_MD_CTX, FnDeleter<EVP_MD_CTX, EVP_MD_CTX_free>>;
+using EvpKdfCtxPtr =
+    std::unique_ptr<EVP_KDF_CTX, FnDeleter<EVP_KDF_CTX, EVP_KDF_CTX_free>>;
+using EvpKdfPtr = std::unique_ptr<EVP_KDF, FnDeleter<EVP_KDF, EVP_KDF_free>>;
+using BioPtr = std::unique_ptr<BIO, FnDeleter<BIO, BIO_free_all>>;
+using X509Ptr = std::unique_ptr<X509, FnDeleter<X509, X509_free>>;
+using Pkcs12Ptr = std::unique_ptr<PKCS12, FnDeleter<PKCS12, PKCS12_free>>;
+using SslCtxPtr = std::unique_ptr<SSL_CTX, FnDeleter<SSL_CTX, SSL_CTX_free>>;
+using SslPtr = std::unique_ptr<SSL, FnDeleter<SSL, SSL_free>>;
+using Pkcs7Ptr = std::unique_ptr<PKCS7, FnDeleter<PKCS7, PKCS7_free>>;
+using X509AlgorPtr =
+    std::unique_ptr<X509_ALGOR, FnDeleter<X509_ALGOR, X509_ALGOR_free>>;
+using Pkcs12SafeBagPtr =
+    std::unique_ptr<PKCS12_SAFEBAG, FnDeleter<PKCS12_SAFEBAG, PKCS12_SAFEBAG_free>>;
+// STACK_OF(...) owners free the elements too (sk_*_pop_free). A stack whose
+// elements hold key material needs a deleter that wipes them first; see
+// keyproviders/native/native_provider.cc.
+struct Pkcs7StackDeleter {
+  void operator()(STACK_OF(PKCS7) * s) const { sk_PKCS7_pop_free(s, PKCS7_free); }
+};
+using Pkcs7StackPtr = std::unique_ptr<STACK_OF(PKCS7), Pkcs7StackDeleter>;
+// Memory that OpenSSL allocated for us (OPENSSL_malloc: i2d_* output,
+// PKCS12_get_friendlyname, ...). Not for secrets: it is not wiped.
+struct OpensslFreeDeleter {
+  void operator()(void* p) const { OPENSSL_free(p); }
+};
+using OpensslCharPtr = std::unique_ptr<char, OpensslFreeDeleter>;
+using OpensslBytePtr = std::unique_ptr<unsigned char, OpensslFreeDeleter>;
+
+// libcryptsetup / libdevmapper (deleters defined in dmtools/handles.cc).
+struct CryptDeviceDeleter {
+  void operator()(crypt_device* cd) const;
+};
+using CryptDevicePtr = std::unique_ptr<crypt_device, CryptDeviceDeleter>;
+struct DmTaskDeleter {
+  void operator()(dm_task* t) const;
+};
+using DmTaskPtr = std::unique_ptr<dm_task, DmTaskDeleter>;
+
+// A file descriptor, closed on destruction.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) reset(std::exchange(o.fd_, -1));
+    return *this;
+  }
+  ~UniqueFd() { reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int release() { return std::exchange(fd_, -1); }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace vcrypt
+
+#endif  // VCRYPT_COMMON_HANDLES_H_

@@ -1,0 +1,769 @@
+#include "daemon/controller.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "common/aead.h"
+#include "common/atomic_file.h"
+#include "common/base64.h"
+#include "common/handles.h"
+#include "common/names.h"
+#include "common/random.h"
+#include "dmtools/volume.h"
+#include "keyproviders/native/native_provider.h"
+
+namespace vcrypt {
+namespace {
+
+using Json = nlohmann::json;
+
+Error Usage(const std::string& msg) {
+  return MakeError(ErrorCode::kUsage, msg);
+}
+
+// Typed argument access with one clear error per problem.
+Result<std::string> StrArg(const Json& args, const char* key) {
+  auto it = args.find(key);
+  if (it == args.end() || !it->is_string())
+    return Usage(std::string("missing argument '") + key + "'");
+  return it->get<std::string>();
+}
+std::optional<std::string> OptStr(const Json& args, const char* key) {
+  auto it = args.find(key);
+  if (it == args.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+bool BoolArg(const Json& args, const char* key) {
+  auto it = args.find(key);
+  return it != args.end() && it->is_boolean() && it->get<bool>();
+}
+
+Result<std::shared_ptr<KeyProvider>> LoadProvider(const std::string& name,
+                                                  const std::string& dir) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/config.json"));
+  Json cfg = Json::parse(text, nullptr, false);
+  if (cfg.is_discarded() || !cfg.is_object() || !cfg.contains("type") ||
+      !cfg["type"].is_string())
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "provider config " + dir + "/config.json is malformed");
+  std::string type = cfg["type"].get<std::string>();
+  if (type == "native") {
+    VCRYPT_ASSIGN_OR_RETURN(auto p, NativeProvider::Load(name, dir));
+    return std::shared_ptr<KeyProvider>(std::move(p));
+  }
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "provider '" + name + "' has unsupported type '" + type + "'");
+}
+
+bool IsBlockDevice(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISBLK(st.st_mode);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+NamedLocks::Guard NamedLocks::Lock(const std::string& key) {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return held_.count(key) == 0; });
+  held_.insert(key);
+  return Guard(this, key);
+}
+
+void NamedLocks::Unlock(const std::string& key) {
+  {
+    std::lock_guard lock(mu_);
+    held_.erase(key);
+  }
+  cv_.notify_all();
+}
+
+// ---------------------------------------------------------------------------
+Controller::Controller(ControllerOptions options, StateStore store)
+    : options_(std::move(options)), store_(std::move(store)) {}
+
+Result<std::unique_ptr<Controller>> Controller::Create(ControllerOptions options) {
+  VCRYPT_ASSIGN_OR_RETURN(StateStore store, StateStore::Open(options.state_dir));
+  std::unique_ptr<Controller> c(new Controller(std::move(options), std::move(store)));
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(
+           c->store_.dir() + "/providers", ec)) {
+    if (!e.is_directory()) continue;
+    std::string name = e.path().filename().string();
+    if (!ValidateProviderName(name).ok()) continue;
+    VCRYPT_ASSIGN_OR_RETURN(auto p, LoadProvider(name, e.path().string()));
+    c->providers_.emplace(name, std::move(p));
+  }
+  if (ec)
+    return MakeError(ErrorCode::kIo, "cannot list " + c->store_.dir() +
+                                         "/providers: " + ec.message());
+  return c;
+}
+
+Result<Json> Controller::Handle(const std::string& op, const Json& args,
+                                const SecureBuffer& secret,
+                                const Caller& caller) {
+  if (!args.is_object()) return Usage("'args' must be an object");
+  if (op == "provider.add") return ProviderAdd(args);
+  if (op == "provider.list") return ProviderList();
+  if (op == "provider.show") return ProviderShow(args);
+  if (op == "provider.remove") return ProviderRemove(args);
+  if (op == "provider.default") return ProviderDefault(args);
+  if (op == "provider.backup") return ProviderBackup(args, secret);
+  if (op == "provider.restore") return ProviderRestore(args, secret);
+  if (op == "vm.create") return VmCreate(args);
+  if (op == "vm.list") return VmList();
+  if (op == "vm.show") return VmShow(args);
+  if (op == "vm.unregister") return VmUnregister(args, false);
+  if (op == "vm.delete") return VmUnregister(args, true);
+  if (op == "volume.create") return VolumeCreate(args);
+  if (op == "volume.list") return VolumeList(args);
+  if (op == "open") return Open(args);
+  if (op == "close") return Close(args);
+  if (op == "status") return GetStatus();
+  if (op == "cache.evict") return CacheEvict(args);
+  if (op == "ping") return Json{{"pong", true}};
+  return Usage("unknown operation '" + op + "'");
+}
+
+std::shared_ptr<KeyProvider> Controller::FindProvider(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto it = providers_.find(name);
+  return it == providers_.end() ? nullptr : it->second;
+}
+
+// --- providers -------------------------------------------------------------
+
+Result<Json> Controller::ProviderAdd(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string type, StrArg(args, "type"));
+  VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
+  VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
+  if (type != "native")
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "provider type '" + type + "' is not supported by this vcryptd");
+  if (BoolArg(args, "tpm"))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "--tpm (TPM-sealed primary key) is not supported yet; "
+                     "omit it to keep the primary key in a root-only file");
+  std::lock_guard lock(mu_);
+  if (providers_.count(name))
+    return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists");
+  VCRYPT_ASSIGN_OR_RETURN(auto p, NativeProvider::Create(name, store_.ProviderDir(name)));
+  Json desc = p->Describe();
+  providers_.emplace(name, std::move(p));
+  bool made_default = false;
+  if (!store_.default_provider() || !providers_.count(*store_.default_provider())) {
+    VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(name));
+    made_default = true;
+  }
+  desc["default"] = made_default || store_.default_provider() == name;
+  return desc;
+}
+
+Result<Json> Controller::ProviderList() {
+  std::lock_guard lock(mu_);
+  Json out = Json::array();
+  for (const auto& [name, p] : providers_) {
+    Json d = p->Describe();
+    d["name"] = name;
+    d["type"] = std::string(p->type());
+    d["default"] = store_.default_provider() == name;
+    size_t vms = 0;
+    for (const auto& [vn, vm] : store_.vms()) vms += vm.provider == name;
+    d["vms"] = vms;
+    out.push_back(std::move(d));
+  }
+  return Json{{"providers", out}};
+}
+
+Result<Json> Controller::ProviderShow(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
+  VCRYPT_ASSIGN_OR_RETURN(Json all, ProviderList());
+  for (auto& p : all["providers"])
+    if (p["name"] == name) return p;
+  return MakeError(ErrorCode::kNotFound, "no key provider named '" + name + "'");
+}
+
+Result<Json> Controller::ProviderRemove(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
+  std::lock_guard lock(mu_);
+  auto it = providers_.find(name);
+  if (it == providers_.end())
+    return MakeError(ErrorCode::kNotFound, "no key provider named '" + name + "'");
+  for (const auto& [vn, vm] : store_.vms())
+    if (vm.provider == name)
+      return MakeError(ErrorCode::kBusy, "provider '" + name + "' is used by VM '" +
+                                             vn + "'; rekey or delete its VMs first");
+  if (it->second->type() == "native" && !BoolArg(args, "force"))
+    return MakeError(ErrorCode::kExists,
+                     "removing native provider '" + name +
+                         "' destroys its primary key: volumes made with it then "
+                         "open only from a backup; back it up, then re-run with --force");
+  std::string dir = store_.ProviderDir(name);
+  // Move aside first so a crash never leaves a half-deleted provider that
+  // fails to load; then remove the files.
+  std::string trash = store_.dir() + "/providers/.removed-" + name;
+  std::error_code ec;
+  std::filesystem::remove_all(trash, ec);
+  if (rename(dir.c_str(), trash.c_str()) != 0)
+    return MakeError(ErrorCode::kIo, "cannot remove " + dir + ": " + std::strerror(errno));
+  std::filesystem::remove_all(trash, ec);
+  providers_.erase(it);
+  size_t evicted = cache_.EvictProvider(name);
+  if (store_.default_provider() == name)
+    VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(std::nullopt));
+  return Json{{"removed", name}, {"evicted", evicted}};
+}
+
+Result<Json> Controller::ProviderDefault(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
+  std::lock_guard lock(mu_);
+  if (!providers_.count(name))
+    return MakeError(ErrorCode::kNotFound, "no key provider named '" + name + "'");
+  VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(name));
+  return Json{{"default", name}};
+}
+
+Result<Json> Controller::ProviderBackup(const Json& args,
+                                        const SecureBuffer& password) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
+  if (password.empty())
+    return Usage("a backup needs a non-empty password (--password-file)");
+  auto p = FindProvider(name);
+  if (!p) return MakeError(ErrorCode::kNotFound, "no key provider named '" + name + "'");
+  auto* native = dynamic_cast<NativeProvider*>(p.get());
+  if (native == nullptr)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "only native providers hold keys to back up; '" + name +
+                         "' keeps its keys on its key server");
+  // The PKCS#12 file is encrypted under the password; it is returned to the
+  // caller, which writes it with its own permissions.
+  std::string tmp = store_.dir() + "/.backup-" + name + ".p12";
+  VCRYPT_RETURN_IF_ERROR(native->Backup(tmp, password));
+  auto bytes = ReadFile(tmp);
+  ::unlink(tmp.c_str());
+  if (!bytes.ok()) return std::move(bytes).error();
+  return Json{{"name", name},
+              {"primary_key_id", native->primary_key_id()},
+              {"p12", Base64Encode(std::span<const uint8_t>(
+                          reinterpret_cast<const uint8_t*>(bytes->data()),
+                          bytes->size()))}};
+}
+
+Result<Json> Controller::ProviderRestore(const Json& args,
+                                         const SecureBuffer& password) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
+  VCRYPT_ASSIGN_OR_RETURN(std::string p12, StrArg(args, "p12"));
+  VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
+  if (password.empty())
+    return Usage("a restore needs the backup's password (--password-file)");
+  auto bytes = Base64Decode(p12);
+  if (!bytes.ok())
+    return MakeError(ErrorCode::kInvalidArgument, "backup data is not valid base64");
+  std::lock_guard lock(mu_);
+  if (providers_.count(name))
+    return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists; "
+                                         "restore under another --name");
+  std::string tmp = store_.dir() + "/.restore-" + name + ".p12";
+  VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(tmp, *bytes));
+  auto p = NativeProvider::Restore(tmp, password, name, store_.ProviderDir(name));
+  ::unlink(tmp.c_str());
+  if (!p.ok()) return std::move(p).error();
+  for (const auto& [n, other] : providers_) {
+    auto* o = dynamic_cast<NativeProvider*>(other.get());
+    if (o != nullptr && o->primary_key_id() == (*p)->primary_key_id()) {
+      std::error_code ec;
+      std::filesystem::remove_all(store_.ProviderDir(name), ec);
+      return MakeError(ErrorCode::kExists, "this backup's primary key is already "
+                                           "configured as provider '" + n + "'");
+    }
+  }
+  Json desc = (*p)->Describe();
+  providers_.emplace(name, std::shared_ptr<KeyProvider>(std::move(p).value()));
+  if (!store_.default_provider() || !providers_.count(*store_.default_provider()))
+    VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(name));
+  return desc;
+}
+
+// --- VMs -------------------------------------------------------------------
+
+Result<SecureBuffer> Controller::GetKek(KeyProvider& provider, const KekRef& ref,
+                                        const std::string& vm) {
+  if (auto k = cache_.Get(ref.kek_id)) return std::move(*k);
+  // One fetch per KEK even when many volumes of a VM open at once.
+  auto guard = locks_.Lock("kek:" + ref.kek_id);
+  if (auto k = cache_.Get(ref.kek_id)) return std::move(*k);
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, provider.GetKek(ref));
+  if (kek.size() != kKekSize)
+    return MakeError(ErrorCode::kKeyUnavailable,
+                     "provider '" + provider.name() + "' returned a KEK of the wrong size");
+  cache_.Put(ref.kek_id, vm, provider.name(), kek.Clone());
+  return kek;
+}
+
+Result<Json> Controller::VmCreate(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
+  VCRYPT_RETURN_IF_ERROR(ValidateVmName(vm));
+  auto guard = locks_.Lock("vm:" + vm);
+  std::shared_ptr<KeyProvider> provider;
+  {
+    std::lock_guard lock(mu_);
+    if (store_.vms().count(vm))
+      return MakeError(ErrorCode::kExists, "VM '" + vm + "' already exists");
+    std::optional<std::string> pname = OptStr(args, "provider");
+    if (!pname) pname = store_.default_provider();
+    if (!pname)
+      return MakeError(ErrorCode::kNotFound,
+                       "no key provider configured; add one with "
+                       "'vcryptctl provider add native NAME'");
+    auto it = providers_.find(*pname);
+    if (it == providers_.end())
+      return MakeError(ErrorCode::kNotFound, "no key provider named '" + *pname + "'");
+    provider = it->second;
+  }
+  VCRYPT_ASSIGN_OR_RETURN(NewKek nk, provider->CreateKek(vm));
+  VmRecord rec;
+  rec.provider = provider->name();
+  rec.kek = nk.ref;
+  rec.created = NowRfc3339();
+  rec.auto_unlock = !BoolArg(args, "no_auto_unlock");
+  {
+    std::lock_guard lock(mu_);
+    if (auto st = store_.PutVm(vm, rec); !st.ok()) {
+      (void)provider->DestroyKek(nk.ref);  // do not leave an orphan key
+      return std::move(st).error();
+    }
+  }
+  cache_.Put(nk.ref.kek_id, vm, provider->name(), std::move(nk.kek));
+  return Json{{"vm", vm}, {"provider", rec.provider}, {"kek_id", rec.kek.kek_id}};
+}
+
+Result<Json> Controller::DiskStatus(const std::string& vm, const std::string& disk,
+                                    const DiskRecord& d) {
+  Json j = {{"vm", vm},         {"disk", disk},          {"device", d.device},
+            {"uuid", d.uuid},   {"is_file", d.is_file},  {"sector_size", d.sector_size},
+            {"state", "closed"}};
+  if (DeviceMapperAvailable()) {
+    auto m = FindMappingByUuid(d.uuid);
+    if (m.ok() && m->has_value()) {
+      j["state"] = "open";
+      j["mapping"] = (*m)->path;
+      j["open_count"] = (*m)->open_count;
+    }
+  }
+  return j;
+}
+
+Result<Json> Controller::VmList() {
+  std::map<std::string, VmRecord> vms;
+  {
+    std::lock_guard lock(mu_);
+    vms = store_.vms();
+  }
+  Json out = Json::array();
+  for (const auto& [name, vm] : vms) {
+    out.push_back({{"vm", name},
+                   {"provider", vm.provider},
+                   {"kek_id", vm.kek.kek_id},
+                   {"kek_cached", cache_.Contains(vm.kek.kek_id)},
+                   {"auto_unlock", vm.auto_unlock},
+                   {"disks", vm.disks.size()},
+                   {"created", vm.created}});
+  }
+  return Json{{"vms", out}};
+}
+
+Result<Json> Controller::VmShow(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
+  VmRecord rec;
+  {
+    std::lock_guard lock(mu_);
+    auto it = store_.vms().find(vm);
+    if (it == store_.vms().end())
+      return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
+    rec = it->second;
+  }
+  Json disks = Json::array();
+  for (const auto& [dn, d] : rec.disks) {
+    VCRYPT_ASSIGN_OR_RETURN(Json s, DiskStatus(vm, dn, d));
+    disks.push_back(std::move(s));
+  }
+  return Json{{"vm", vm},
+              {"provider", rec.provider},
+              {"kek_id", rec.kek.kek_id},
+              {"kek_cached", cache_.Contains(rec.kek.kek_id)},
+              {"auto_unlock", rec.auto_unlock},
+              {"created", rec.created},
+              {"disks", disks}};
+}
+
+Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
+  auto guard = locks_.Lock("vm:" + vm);
+  VmRecord rec;
+  {
+    std::lock_guard lock(mu_);
+    auto it = store_.vms().find(vm);
+    if (it == store_.vms().end())
+      return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
+    rec = it->second;
+  }
+  // Refuse before touching anything if any volume is in use.
+  std::vector<MappingInfo> to_close;
+  if (DeviceMapperAvailable()) {
+    for (const auto& [dn, d] : rec.disks) {
+      VCRYPT_ASSIGN_OR_RETURN(auto m, FindMappingByUuid(d.uuid));
+      if (!m) continue;
+      if (m->open_count > 0)
+        return MakeError(ErrorCode::kBusy,
+                         "volume " + vm + "/" + dn + " (" + m->path +
+                             ") is in use; stop the guest or unmount it first");
+      to_close.push_back(*m);
+    }
+  }
+  Json closed = Json::array();
+  for (const auto& m : to_close) {
+    VCRYPT_RETURN_IF_ERROR(Deactivate(m.name));
+    closed.push_back(m.path);
+  }
+  size_t evicted = cache_.EvictVm(vm) + cache_.EvictKek(rec.kek.kek_id);
+  {
+    std::lock_guard lock(mu_);
+    VCRYPT_RETURN_IF_ERROR(store_.RemoveVm(vm));
+  }
+  return Json{{"vm", vm},
+              {is_delete ? "deleted" : "unregistered", true},
+              {"closed", closed},
+              {"evicted", evicted}};
+}
+
+// --- volumes ---------------------------------------------------------------
+
+namespace {
+// Creates a sparse image file exclusively. The caller unlinks it on failure.
+Status CreateImageFile(const std::string& path, uint64_t size) {
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd.valid()) {
+    int err = errno;
+    if (err == EEXIST)
+      return MakeError(ErrorCode::kExists,
+                       path + " already exists; use --device " + path +
+                           " to format an existing file");
+    return MakeError(err == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
+                     "cannot create " + path + ": " + std::strerror(err));
+  }
+  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0 || fsync(fd.get()) != 0)
+    return MakeError(ErrorCode::kIo, "cannot size " + path + ": " + std::strerror(errno));
+  return Status::Ok();
+}
+}  // namespace
+
+Result<Json> Controller::VolumeCreate(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
+  VCRYPT_ASSIGN_OR_RETURN(std::string disk, StrArg(args, "disk"));
+  VCRYPT_RETURN_IF_ERROR(ValidateVolumeNames(vm, disk));
+  auto device = OptStr(args, "device");
+  auto file = OptStr(args, "file");
+  if (device.has_value() == file.has_value())
+    return Usage("give exactly one of --device PATH or --file PATH");
+  const std::string path = device ? *device : *file;
+  if (path.empty() || path[0] != '/')
+    return MakeError(ErrorCode::kInvalidArgument, "'" + path + "' is not an absolute path");
+  uint32_t sector = 4096;
+  if (auto it = args.find("sector_size"); it != args.end()) {
+    if (!it->is_number_unsigned() || (*it != 512 && *it != 4096))
+      return MakeError(ErrorCode::kInvalidArgument, "--sector-size must be 512 or 4096");
+    sector = it->get<uint32_t>();
+  }
+  uint64_t size = 0;
+  if (file) {
+    auto it = args.find("size");
+    if (it == args.end() || !it->is_number_unsigned() || it->get<uint64_t>() == 0)
+      return Usage("--file needs --size SIZE");
+    size = it->get<uint64_t>();
+    if (size % sector != 0)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "--size must be a multiple of the sector size (" +
+                           std::to_string(sector) + ")");
+  } else {
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0)
+      return MakeError(ErrorCode::kNotFound, "device " + path + " does not exist");
+    if (!S_ISBLK(st.st_mode) && !S_ISREG(st.st_mode))
+      return MakeError(ErrorCode::kInvalidArgument,
+                       path + " is neither a block device nor a regular file");
+  }
+
+  auto vm_guard = locks_.Lock("vm:" + vm);
+  auto dev_guard = locks_.Lock("dev:" + path);
+  VmRecord rec;
+  std::shared_ptr<KeyProvider> provider;
+  {
+    std::lock_guard lock(mu_);
+    auto it = store_.vms().find(vm);
+    if (it == store_.vms().end())
+      return MakeError(ErrorCode::kNotFound,
+                       "no VM named '" + vm + "'; create it with 'vcryptctl vm create " +
+                           vm + "'");
+    rec = it->second;
+    if (rec.disks.count(disk))
+      return MakeError(ErrorCode::kExists, "VM '" + vm + "' already has a disk '" + disk + "'");
+    for (const auto& [vn, v] : store_.vms())
+      for (const auto& [dn, d] : v.disks)
+        if (d.device == path)
+          return MakeError(ErrorCode::kExists, path + " already holds volume " + vn + "/" + dn);
+    auto pit = providers_.find(rec.provider);
+    if (pit == providers_.end())
+      return MakeError(ErrorCode::kKeyUnavailable,
+                       "VM '" + vm + "' uses provider '" + rec.provider +
+                           "', which is not configured");
+    provider = pit->second;
+  }
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(*provider, rec.kek, vm));
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer dek, RandomKey(kDekSize));
+
+  bool created_file = false;
+  if (file) {
+    VCRYPT_RETURN_IF_ERROR(CreateImageFile(path, size));
+    created_file = true;
+  }
+  auto cleanup = [&](Error e) -> Error {
+    if (created_file) ::unlink(path.c_str());
+    return e;
+  };
+
+  FormatParams fp;
+  fp.device = path;
+  fp.sector_size = sector;
+  fp.label = VolumeLabel(vm, disk);
+  fp.force = BoolArg(args, "force");
+  const std::string provider_name = provider->name();
+  const std::string provider_type(provider->type());
+  auto make_token = [&](const std::string& uuid) -> Result<std::string> {
+    VcryptToken t;
+    t.vm = vm;
+    t.disk = disk;
+    t.provider_name = provider_name;
+    t.provider_type = provider_type;
+    t.kek = rec.kek;
+    VCRYPT_ASSIGN_OR_RETURN(
+        t.dek, WrapKey(kek, dek, DekAad(uuid, rec.kek.kek_id, provider_name)));
+    return t.ToJsonString();
+  };
+  auto uuid = FormatVolume(fp, dek, make_token);
+  if (!uuid.ok()) return cleanup(std::move(uuid).error());
+
+  DiskRecord d;
+  d.device = path;
+  d.is_file = file.has_value() || !IsBlockDevice(path);
+  d.uuid = *uuid;
+  d.sector_size = sector;
+  {
+    std::lock_guard lock(mu_);
+    auto it = store_.vms().find(vm);
+    VmRecord next = it != store_.vms().end() ? it->second : rec;
+    next.disks[disk] = d;
+    if (auto st = store_.PutVm(vm, next); !st.ok()) return cleanup(std::move(st).error());
+  }
+  return Json{{"vm", vm}, {"disk", disk}, {"device", path}, {"uuid", *uuid},
+              {"sector_size", sector}};
+}
+
+Result<Json> Controller::VolumeList(const Json& args) {
+  auto only = OptStr(args, "vm");
+  std::map<std::string, VmRecord> vms;
+  {
+    std::lock_guard lock(mu_);
+    vms = store_.vms();
+  }
+  if (only && !vms.count(*only))
+    return MakeError(ErrorCode::kNotFound, "no VM named '" + *only + "'");
+  Json out = Json::array();
+  for (const auto& [vn, vm] : vms) {
+    if (only && vn != *only) continue;
+    for (const auto& [dn, d] : vm.disks) {
+      VCRYPT_ASSIGN_OR_RETURN(Json s, DiskStatus(vn, dn, d));
+      out.push_back(std::move(s));
+    }
+  }
+  return Json{{"volumes", out}};
+}
+
+Result<Controller::Target> Controller::ResolveTarget(const Json& args) {
+  Target t;
+  if (auto path = OptStr(args, "path")) {
+    if (path->empty() || (*path)[0] != '/')
+      return MakeError(ErrorCode::kInvalidArgument, "'" + *path + "' is not an absolute path");
+    t.device = *path;
+    return t;
+  }
+  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
+  VCRYPT_ASSIGN_OR_RETURN(std::string disk, StrArg(args, "disk"));
+  VCRYPT_RETURN_IF_ERROR(ValidateVolumeNames(vm, disk));
+  std::lock_guard lock(mu_);
+  auto it = store_.vms().find(vm);
+  if (it == store_.vms().end())
+    return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
+  auto dit = it->second.disks.find(disk);
+  if (dit == it->second.disks.end())
+    return MakeError(ErrorCode::kNotFound, "VM '" + vm + "' has no disk '" + disk + "'");
+  t.device = dit->second.device;
+  t.vm = vm;
+  t.disk = disk;
+  return t;
+}
+
+Result<std::shared_ptr<KeyProvider>> Controller::ProviderForToken(
+    const VcryptToken& t) {
+  std::lock_guard lock(mu_);
+  // Prefer the provider that recognises the key material (e.g. a native
+  // provider restored under a new name), then the one named in the token.
+  for (const auto& [n, p] : providers_)
+    if (p->type() == t.provider_type && p->Recognizes(t.kek)) return p;
+  auto it = providers_.find(t.provider_name);
+  if (it != providers_.end() && it->second->type() == t.provider_type)
+    return it->second;
+  return MakeError(ErrorCode::kKeyUnavailable,
+                   "the volume's key provider '" + t.provider_name + "' (" +
+                       t.provider_type + ") is not configured on this host; add it "
+                       "(for native: restore its backup) and retry");
+}
+
+Result<Json> Controller::Open(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(args));
+  if (!DeviceMapperAvailable())
+    return MakeError(ErrorCode::kNoDeviceMapper,
+                     "device-mapper not available in this kernel; cannot open volumes "
+                     "(load dm-mod and dm-crypt, or run on a host kernel that has them)");
+  struct stat st;
+  if (stat(target.device.c_str(), &st) != 0)
+    return MakeError(ErrorCode::kNotFound, "device " + target.device + " does not exist");
+  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, ReadHeader(target.device));
+  if (!hdr.token_json)
+    return MakeError(ErrorCode::kInvalidVolume,
+                     target.device + " is a LUKS volume but not a vcrypt volume "
+                                     "(no vcrypt token); open it with cryptsetup");
+  VCRYPT_ASSIGN_OR_RETURN(VcryptToken token, VcryptToken::Parse(*hdr.token_json));
+  if (target.vm && (token.vm != *target.vm || token.disk != *target.disk))
+    return MakeError(ErrorCode::kInvalidVolume,
+                     target.device + " holds volume " + token.vm + "/" + token.disk +
+                         ", not " + *target.vm + "/" + *target.disk);
+  const std::string name = MappingName(token.vm, token.disk);
+
+  // Never two mappings for one volume: serialise per LUKS UUID and reuse
+  // an existing mapping.
+  auto guard = locks_.Lock("vol:" + hdr.uuid);
+  VCRYPT_ASSIGN_OR_RETURN(auto existing, FindMappingByUuid(hdr.uuid));
+  if (existing) {
+    return Json{{"vm", token.vm}, {"disk", token.disk}, {"path", existing->path},
+                {"already_open", true}};
+  }
+  VCRYPT_ASSIGN_OR_RETURN(auto provider, ProviderForToken(token));
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(*provider, token.kek, token.vm));
+  auto dek = UnwrapKey(kek, token.dek,
+                       DekAad(hdr.uuid, token.kek.kek_id, token.provider_name));
+  if (!dek.ok())
+    return MakeError(ErrorCode::kCrypto,
+                     "cannot unwrap the DEK of " + target.device +
+                         ": the token does not belong to this volume or was altered");
+  ActivateParams ap;
+  ap.device = target.device;
+  ap.name = name;
+  ap.discards = BoolArg(args, "discards");
+  ap.bypass_workqueues = options_.bypass_workqueues;
+  VCRYPT_ASSIGN_OR_RETURN(std::string path, Activate(ap, *dek));
+
+  // Opening by path registers a volume the inventory does not know yet
+  // (the inventory is rebuilt from volumes, never the other way round).
+  {
+    std::lock_guard lock(mu_);
+    auto it = store_.vms().find(token.vm);
+    VmRecord rec;
+    bool changed = false;
+    if (it == store_.vms().end()) {
+      rec.provider = provider->name();
+      rec.kek = token.kek;
+      rec.created = NowRfc3339();
+      changed = true;
+    } else {
+      rec = it->second;
+    }
+    if (rec.kek.kek_id == token.kek.kek_id && !rec.disks.count(token.disk)) {
+      rec.disks[token.disk] = DiskRecord{target.device, !S_ISBLK(st.st_mode), hdr.uuid,
+                                         hdr.sector_size};
+      changed = true;
+    }
+    if (changed) (void)store_.PutVm(token.vm, rec);  // index only; open succeeded
+  }
+  return Json{{"vm", token.vm}, {"disk", token.disk}, {"path", path},
+              {"already_open", false}};
+}
+
+Result<Json> Controller::Close(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(args));
+  if (!DeviceMapperAvailable())
+    return MakeError(ErrorCode::kNoDeviceMapper, "device-mapper not available in this kernel");
+  std::optional<MappingInfo> m;
+  if (target.device.rfind("/dev/mapper/", 0) == 0) {
+    VCRYPT_ASSIGN_OR_RETURN(MappingInfo mi, QueryMapping(target.device.substr(12)));
+    m = mi;
+  } else {
+    VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, ReadHeader(target.device));
+    VCRYPT_ASSIGN_OR_RETURN(m, FindMappingByUuid(hdr.uuid));
+    if (!m)
+      return MakeError(ErrorCode::kNotFound, "volume on " + target.device + " is not open");
+  }
+  auto guard = locks_.Lock("vol:" + m->luks_uuid);
+  VCRYPT_RETURN_IF_ERROR(Deactivate(m->name));
+  return Json{{"closed", m->path}};
+}
+
+Result<Json> Controller::GetStatus() {
+  Json st;
+  st["device_mapper"] = DeviceMapperAvailable();
+  st["state_dir"] = store_.dir();
+  VCRYPT_ASSIGN_OR_RETURN(Json provs, ProviderList());
+  st["providers"] = provs["providers"];
+  std::map<std::string, VmRecord> vms;
+  {
+    std::lock_guard lock(mu_);
+    vms = store_.vms();
+    if (store_.default_provider()) st["default_provider"] = *store_.default_provider();
+  }
+  Json jvms = Json::array();
+  for (const auto& [vn, vm] : vms) {
+    Json disks = Json::array();
+    for (const auto& [dn, d] : vm.disks) {
+      VCRYPT_ASSIGN_OR_RETURN(Json s, DiskStatus(vn, dn, d));
+      disks.push_back(std::move(s));
+    }
+    jvms.push_back({{"vm", vn},
+                    {"provider", vm.provider},
+                    {"kek_id", vm.kek.kek_id},
+                    {"kek_cached", cache_.Contains(vm.kek.kek_id)},
+                    {"disks", disks}});
+  }
+  st["vms"] = jvms;
+  Json cache = Json::array();
+  for (const auto& e : cache_.List())
+    cache.push_back({{"kek_id", e.kek_id}, {"vm", e.vm}, {"provider", e.provider}});
+  st["kek_cache"] = cache;
+  return st;
+}
+
+Result<Json> Controller::CacheEvict(const Json& args) {
+  size_t n;
+  if (auto vm = OptStr(args, "vm")) {
+    n = cache_.EvictVm(*vm);
+  } else {
+    n = cache_.Clear();
+  }
+  return Json{{"evicted", n}};
+}
+
+}  // namespace vcrypt

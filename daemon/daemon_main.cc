@@ -1,0 +1,128 @@
+#include "daemon/daemon_main.h"
+
+#include <grp.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+
+#include <boost/program_options.hpp>
+#include <iostream>
+#include <string>
+
+#include "common/atomic_file.h"
+#include "common/secure_buffer.h"
+#include "daemon/controller.h"
+#include "daemon/server.h"
+
+namespace vcrypt {
+namespace {
+
+namespace po = boost::program_options;
+
+Server* g_server = nullptr;
+
+void OnSignal(int) {
+  if (g_server) g_server->Stop();
+}
+
+void Log(const std::string& line) { std::cerr << "vcryptd: " << line << std::endl; }
+
+int Fail(const Error& e) {
+  Log("error: " + e.message);
+  return static_cast<int>(e.code);
+}
+
+}  // namespace
+
+int DaemonMain(int argc, char** argv) {
+  std::string state_dir = "/var/lib/vcrypt";
+  std::string socket_path = "/run/vcrypt/vcryptd.sock";
+  std::string config, group, bypass = "auto";
+  po::options_description desc(
+      "Usage: vcryptd [--state-dir DIR] [--socket PATH] [--config FILE]\n\n"
+      "The vcrypt controller. Runs in the foreground. Options");
+  desc.add_options()("help,h", "show this help")(
+      "state-dir", po::value(&state_dir), "state directory (default /var/lib/vcrypt)")(
+      "socket", po::value(&socket_path), "control socket (default /run/vcrypt/vcryptd.sock)")(
+      "config", po::value(&config), "JSON config file (keys: state_dir, socket, group, "
+                                    "bypass_workqueues); command-line options win")(
+      "group", po::value(&group), "also allow members of this group on the socket")(
+      "bypass-workqueues", po::value(&bypass),
+      "auto (non-rotational devices), on or off");
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    std::cerr << "vcryptd: " << e.what() << " (see vcryptd --help)" << std::endl;
+    return static_cast<int>(ErrorCode::kUsage);
+  }
+  if (vm.count("help")) {
+    std::cout << desc << std::endl;
+    return 0;
+  }
+  if (!config.empty()) {
+    auto text = ReadFile(config);
+    if (!text.ok()) return Fail(text.error());
+    auto j = nlohmann::json::parse(*text, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      return Fail(MakeError(ErrorCode::kUsage, config + " is not a JSON object"));
+    if (!vm.count("state-dir") && j.contains("state_dir")) state_dir = j["state_dir"];
+    if (!vm.count("socket") && j.contains("socket")) socket_path = j["socket"];
+    if (!vm.count("group") && j.contains("group")) group = j["group"];
+    if (!vm.count("bypass-workqueues") && j.contains("bypass_workqueues"))
+      bypass = j["bypass_workqueues"];
+  }
+  ControllerOptions copts;
+  copts.state_dir = state_dir;
+  if (bypass == "on") copts.bypass_workqueues = true;
+  else if (bypass == "off") copts.bypass_workqueues = false;
+  else if (bypass != "auto")
+    return Fail(MakeError(ErrorCode::kUsage, "--bypass-workqueues must be auto, on or off"));
+  ServerOptions sopts;
+  sopts.socket_path = socket_path;
+  if (!group.empty()) {
+    struct group* g = getgrnam(group.c_str());
+    if (g == nullptr)
+      return Fail(MakeError(ErrorCode::kNotFound, "no group named '" + group + "'"));
+    sopts.allowed_group = g->gr_gid;
+  }
+
+  // Key material must never reach a core dump, swap or another process.
+  umask(0077);
+  prctl(PR_SET_DUMPABLE, 0);
+  rlimit core{0, 0};
+  setrlimit(RLIMIT_CORE, &core);
+  if (!SecureBuffer(32).locked())
+    return Fail(MakeError(ErrorCode::kInternal,
+                          "cannot lock memory for keys (mlock failed); raise "
+                          "RLIMIT_MEMLOCK or run as root"));
+
+  auto controller = Controller::Create(copts);
+  if (!controller.ok()) return Fail(controller.error());
+
+  if (sd_listen_fds(1) == 1) sopts.inherited_fd = SD_LISTEN_FDS_START;
+  Server server(controller->get(), sopts, Log);
+  if (auto st = server.Listen(); !st.ok()) return Fail(st.error());
+  g_server = &server;
+  struct sigaction sa{};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  Log("listening on " + (sopts.inherited_fd >= 0 ? std::string("inherited socket")
+                                                 : socket_path) +
+      ", state in " + state_dir);
+  sd_notify(0, "READY=1");
+  auto st = server.Run();
+  g_server = nullptr;
+  sd_notify(0, "STOPPING=1");
+  (*controller)->cache().Clear();
+  if (!st.ok()) return Fail(st.error());
+  Log("stopped");
+  return 0;
+}
+
+}  // namespace vcrypt

@@ -1,0 +1,145 @@
+#include "daemon/state.h"
+
+#include <ctime>
+
+#include "common/atomic_file.h"
+#include "common/names.h"
+
+namespace vcrypt {
+namespace {
+
+using nlohmann::json;
+
+constexpr int kStateVersion = 1;
+
+json VmToJson(const VmRecord& vm) {
+  json disks = json::object();
+  for (const auto& [name, d] : vm.disks) {
+    disks[name] = {{"device", d.device},
+                   {"is_file", d.is_file},
+                   {"uuid", d.uuid},
+                   {"sector_size", d.sector_size}};
+  }
+  return {{"provider", vm.provider},
+          {"kek", {{"id", vm.kek.kek_id}, {"data", vm.kek.data}}},
+          {"auto_unlock", vm.auto_unlock},
+          {"created", vm.created},
+          {"disks", disks}};
+}
+
+Result<VmRecord> VmFromJson(const std::string& name, const json& j) {
+  auto bad = [&](const std::string& what) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "inventory entry for VM '" + name + "' is malformed (" +
+                         what + ")");
+  };
+  if (!ValidateVmName(name).ok()) return bad("name");
+  try {
+    VmRecord vm;
+    vm.provider = j.at("provider").get<std::string>();
+    vm.kek.kek_id = j.at("kek").at("id").get<std::string>();
+    vm.kek.data = j.at("kek").at("data");
+    if (!vm.kek.data.is_object()) return bad("kek.data");
+    vm.auto_unlock = j.value("auto_unlock", true);
+    vm.created = j.value("created", "");
+    for (const auto& [dname, d] : j.at("disks").items()) {
+      if (!ValidateDiskName(dname).ok()) return bad("disk name");
+      DiskRecord r;
+      r.device = d.at("device").get<std::string>();
+      r.is_file = d.at("is_file").get<bool>();
+      r.uuid = d.at("uuid").get<std::string>();
+      r.sector_size = d.at("sector_size").get<uint32_t>();
+      vm.disks.emplace(dname, std::move(r));
+    }
+    return vm;
+  } catch (const json::exception& e) {
+    return bad(e.what());
+  }
+}
+
+}  // namespace
+
+std::string NowRfc3339() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm;
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+Result<StateStore> StateStore::Open(const std::string& dir) {
+  VCRYPT_RETURN_IF_ERROR(MakeDirs(dir, 0700));
+  VCRYPT_RETURN_IF_ERROR(MakeDirs(dir + "/providers", 0700));
+  StateStore s;
+  s.dir_ = dir;
+  auto state = ReadFile(dir + "/state.json");
+  if (state.ok()) {
+    json j = json::parse(*state, nullptr, false);
+    if (j.is_discarded() || !j.is_object() ||
+        j.value("version", 0) != kStateVersion)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       dir + "/state.json is malformed or of an unknown version");
+    if (j.contains("default_provider") && j["default_provider"].is_string())
+      s.default_provider_ = j["default_provider"].get<std::string>();
+  } else if (state.error().code != ErrorCode::kNotFound) {
+    return std::move(state).error();
+  }
+  auto inv = ReadFile(dir + "/inventory.json");
+  if (inv.ok()) {
+    json j = json::parse(*inv, nullptr, false);
+    if (j.is_discarded() || !j.is_object() ||
+        j.value("version", 0) != kStateVersion || !j.contains("vms") ||
+        !j["vms"].is_object())
+      return MakeError(
+          ErrorCode::kInvalidArgument,
+          dir + "/inventory.json is malformed or of an unknown version");
+    for (const auto& [name, v] : j["vms"].items()) {
+      VCRYPT_ASSIGN_OR_RETURN(VmRecord vm, VmFromJson(name, v));
+      s.vms_.emplace(name, std::move(vm));
+    }
+  } else if (inv.error().code != ErrorCode::kNotFound) {
+    return std::move(inv).error();
+  }
+  return s;
+}
+
+std::string StateStore::ProviderDir(const std::string& name) const {
+  return dir_ + "/providers/" + name;
+}
+
+Status StateStore::SaveInventory(const std::map<std::string, VmRecord>& vms) const {
+  json j = {{"version", kStateVersion}, {"vms", json::object()}};
+  for (const auto& [name, vm] : vms) j["vms"][name] = VmToJson(vm);
+  return WriteFileAtomic(dir_ + "/inventory.json", j.dump(2) + "\n");
+}
+
+Status StateStore::SaveState(const std::optional<std::string>& def) const {
+  json j = {{"version", kStateVersion}};
+  if (def) j["default_provider"] = *def;
+  return WriteFileAtomic(dir_ + "/state.json", j.dump(2) + "\n");
+}
+
+Status StateStore::PutVm(const std::string& name, const VmRecord& vm) {
+  auto next = vms_;
+  next[name] = vm;
+  VCRYPT_RETURN_IF_ERROR(SaveInventory(next));
+  vms_ = std::move(next);
+  return Status::Ok();
+}
+
+Status StateStore::RemoveVm(const std::string& name) {
+  auto next = vms_;
+  next.erase(name);
+  VCRYPT_RETURN_IF_ERROR(SaveInventory(next));
+  vms_ = std::move(next);
+  return Status::Ok();
+}
+
+Status StateStore::SetDefaultProvider(std::optional<std::string> name) {
+  VCRYPT_RETURN_IF_ERROR(SaveState(name));
+  default_provider_ = std::move(name);
+  return Status::Ok();
+}
+
+}  // namespace vcrypt

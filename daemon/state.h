@@ -1,0 +1,79 @@
+// vcryptd's persistent state: the daemon config, provider configs and the
+// VM inventory, under one state directory (default /var/lib/vcrypt):
+//
+//   state.json              {"version":1,"default_provider":"..."}
+//   inventory.json          {"version":1,"vms":{...}} (see VmRecord)
+//   providers/<name>/       one directory per provider, owned by it
+//
+// Every file is written atomically (common/atomic_file.h). The inventory
+// is a convenience index: each volume's own header holds everything needed
+// to open it, so losing this directory never loses data. Nothing here
+// holds plaintext key material (native KEKs appear only wrapped).
+//
+// Not thread-safe: the Controller serialises access.
+#ifndef VCRYPT_DAEMON_STATE_H_
+#define VCRYPT_DAEMON_STATE_H_
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+#include "keyproviders/key_provider.h"
+
+namespace vcrypt {
+
+struct DiskRecord {
+  std::string device;  // block device or image file path
+  bool is_file = false;
+  std::string uuid;    // LUKS2 UUID
+  uint32_t sector_size = 4096;
+};
+
+struct VmRecord {
+  std::string provider;  // provider name
+  KekRef kek;            // never plaintext
+  bool auto_unlock = true;
+  std::string created;   // RFC 3339 UTC
+  std::map<std::string, DiskRecord> disks;
+};
+
+class StateStore {
+ public:
+  // Creates the directory (0700) if needed and loads existing state.
+  // kIo/kInvalidArgument when files are unreadable or malformed: the
+  // daemon refuses to start rather than overwrite state it cannot read.
+  static Result<StateStore> Open(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  std::string ProviderDir(const std::string& name) const;
+
+  const std::map<std::string, VmRecord>& vms() const { return vms_; }
+  const std::optional<std::string>& default_provider() const {
+    return default_provider_;
+  }
+
+  // Each mutation is persisted before it returns; on failure the in-memory
+  // state is unchanged.
+  Status PutVm(const std::string& name, const VmRecord& vm);
+  Status RemoveVm(const std::string& name);
+  Status SetDefaultProvider(std::optional<std::string> name);
+
+ private:
+  StateStore() = default;
+  Status SaveInventory(const std::map<std::string, VmRecord>& vms) const;
+  Status SaveState(const std::optional<std::string>& def) const;
+
+  std::string dir_;
+  std::map<std::string, VmRecord> vms_;
+  std::optional<std::string> default_provider_;
+};
+
+// Current time as RFC 3339 UTC ("2026-11-27T19:00:00Z").
+std::string NowRfc3339();
+
+}  // namespace vcrypt
+
+#endif  // VCRYPT_DAEMON_STATE_H_

@@ -1,0 +1,71 @@
+// The KeyProvider interface: where VM key-encryption keys (KEKs) come from.
+//
+// A provider creates a KEK for a VM and later produces the same KEK again
+// from a KekRef. The KekRef is everything needed to find the KEK again and
+// is stored in every volume token of the VM (and in the inventory), so a
+// volume opens from its own header plus its provider alone:
+//   native:   kek_id + the KEK wrapped under the provider's primary key
+//   standard: kek_id = the KMS unique identifier; data empty
+//   trusted:  kek_id + the key provider service's KEK ciphertext
+// KekRef::data never holds plaintext key material.
+//
+// Implementations must be safe to call from several threads at once.
+#ifndef VCRYPT_KEYPROVIDERS_KEY_PROVIDER_H_
+#define VCRYPT_KEYPROVIDERS_KEY_PROVIDER_H_
+
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+#include "common/secure_buffer.h"
+
+namespace vcrypt {
+
+inline constexpr size_t kKekSize = 32;  // AES-256
+
+struct KekRef {
+  std::string kek_id;
+  nlohmann::json data = nlohmann::json::object();  // provider-specific
+};
+
+struct NewKek {
+  KekRef ref;
+  SecureBuffer kek;  // kKekSize bytes
+};
+
+class KeyProvider {
+ public:
+  virtual ~KeyProvider() = default;
+
+  virtual const std::string& name() const = 0;
+  // "native", "standard" or "trusted".
+  virtual std::string_view type() const = 0;
+
+  // A new KEK for `vm`. Nothing is left behind on failure.
+  virtual Result<NewKek> CreateKek(std::string_view vm) = 0;
+  // The KEK for `ref`. kKeyUnavailable when the provider cannot be reached
+  // or does not have the key; kCrypto/kInvalidVolume when `ref` is damaged.
+  virtual Result<SecureBuffer> GetKek(const KekRef& ref) = 0;
+  // Several KEKs at once (boot storms); results in the order of `refs`.
+  // The default calls GetKek for each.
+  virtual std::vector<Result<SecureBuffer>> GetKeks(
+      std::span<const KekRef> refs);
+  // Makes the KEK permanently unusable where the provider supports it
+  // (KMS Revoke+Destroy). Default: nothing to do.
+  virtual Status DestroyKek(const KekRef& ref);
+  // True when `ref` was made by this provider's key material even if the
+  // token names another provider (e.g. a native provider restored from a
+  // backup under a new name). Default: false.
+  virtual bool Recognizes(const KekRef& ref) const;
+  // Non-secret description for `provider show` (no key material).
+  virtual nlohmann::json Describe() const = 0;
+};
+
+}  // namespace vcrypt
+
+#endif  // VCRYPT_KEYPROVIDERS_KEY_PROVIDER_H_

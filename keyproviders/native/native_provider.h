@@ -1,0 +1,152 @@
+// The native key provider: no key server; a 256-bit primary key held by the
+// host.
+//
+// Decision (architecture.md leaves "derive or wrap" open): each VM gets a
+// random 256-bit KEK, wrapped under the primary key with AES-256-GCM. The
+// wrapped KEK is the KekRef data, stored in every volume token of the VM,
+// so the KEK is recoverable from a token plus the primary key alone. The
+// AAD is BuildAad("vcrypt-native-kek-v1", {primary_key_id, kek_id}): it
+// binds the wrapped KEK to its KEK ID and to the primary key that made it.
+// The VM name is deliberately not bound (the KEK ID is unique and a VM may
+// be re-registered under another name). Wrapping rather than deriving keeps
+// KEKs independent of the primary key (a future primary-key rotation
+// re-wraps KEKs without touching volumes' DEK wraps).
+//
+// On-disk layout under `dir` (created 0700, files 0600, atomic writes):
+//   config.json   {"version":1,"type":"native","name":..,
+//                  "primary_key_id":..,"created":"YYYY-MM-DDTHH:MM:SSZ",
+//                  "key_storage":"file"}
+//   primary.key   the 32 raw primary-key bytes
+// primary.key is written before config.json, so a config.json means a
+// complete provider. Unknown config.json members are ignored; an unknown
+// "version" or "key_storage" is refused.
+// The primary key ID is a random UUID made at creation; it travels with the
+// key in backups so a restored provider recognises its volumes whatever
+// name it is restored under.
+//
+// Future work: a TPM 2.0-sealed primary key (`provider add native --tpm`)
+// will store a sealed blob instead of primary.key and say
+// "key_storage":"tpm"; this version refuses such a directory.
+//
+// KekRef for native: kek_id = a random UUID,
+//   data = {"primary_key_id": <uuid>, "wrapped_kek": WrappedKey JSON}
+//
+// Thread safety: a NativeProvider is immutable after Create/Load/Restore,
+// so all const and KeyProvider methods may be called concurrently.
+#ifndef VCRYPT_KEYPROVIDERS_NATIVE_NATIVE_PROVIDER_H_
+#define VCRYPT_KEYPROVIDERS_NATIVE_NATIVE_PROVIDER_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/secure_buffer.h"
+#include "keyproviders/key_provider.h"
+
+namespace vcrypt {
+
+// Iteration count of the backup's PBKDF2-HMAC-SHA256 (and of its MAC KDF).
+// OWASP 2023 guidance for PBKDF2-HMAC-SHA256.
+inline constexpr int kBackupIterations = 600000;
+// Restore refuses a file claiming more MAC iterations than this, so that a
+// damaged iteration count fails fast instead of hanging for hours.
+inline constexpr int kMaxBackupIterations = 10000000;
+// Backups larger than this are not ours (ours are under 1 KiB).
+inline constexpr size_t kMaxBackupFileSize = 64 * 1024;
+
+// Backup and restore passwords are used byte for byte (UTF-8 expected).
+// A password read from a file usually ends in a newline that the user did
+// not mean as part of it: callers reading --password-file call this, which
+// removes one trailing "\n" (or "\r\n"), and nothing else.
+void StripPasswordFileNewline(SecureBuffer& password);
+
+class NativeProvider : public KeyProvider {
+ public:
+  // Generates a new primary key and writes the provider's files into `dir`
+  // (which must not exist, or be an empty directory; parents are created
+  // 0700). kInvalidArgument for a bad name (ValidateProviderName), kExists
+  // if `dir` is not empty, kIo on write errors. Nothing is left behind on
+  // failure (a directory that existed before is left, empty).
+  static Result<std::unique_ptr<NativeProvider>> Create(const std::string& name,
+                                                        const std::string& dir);
+  // Loads a provider created by Create or Restore. kNotFound when config.json
+  // or primary.key is missing; kIo on read errors; kInvalidArgument when a
+  // file is damaged or inconsistent (config.json not valid or naming another
+  // provider than `name`, primary.key not exactly 32 bytes) or insecure:
+  // primary.key must be a regular file (not a symlink) of mode 0600 owned
+  // by the effective user, and `dir` must be owned by the effective user
+  // and not writable by group or others. The message says how to fix it.
+  static Result<std::unique_ptr<NativeProvider>> Load(const std::string& name,
+                                                      const std::string& dir);
+
+  // Writes a PKCS#12 (RFC 7292) file holding the primary key, so the key can
+  // be restored on this or another host:
+  //  - one secret bag (secretTypeId id-aes256-GCM, 2.16.840.1.101.3.4.1.46,
+  //    "an AES-256 key used for GCM"; value an OCTET STRING of 32 bytes),
+  //    friendlyName = the primary key ID, plus a human-readable X.520
+  //    description attribute naming the provider (informational only);
+  //  - the safe encrypted with PBES2: PBKDF2-HMAC-SHA256, `iterations`
+  //    iterations, 16-byte random salt, AES-256-CBC;
+  //  - the PKCS#12 MAC: HMAC-SHA-256, 16-byte salt, `iterations` iterations
+  //    of the PKCS#12 (RFC 7292 appendix B) KDF with SHA-256 -- OpenSSL 3.0
+  //    has no PBMAC1, and this is what `openssl pkcs12 -macalg sha256`
+  //    produces, so any OpenSSL 3 can read the file.
+  // The password is used as given (see StripPasswordFileNewline); empty or
+  // containing a NUL byte → kInvalidArgument (other tools could not type
+  // it). `iterations` < 1 → kInvalidArgument; production callers use the
+  // default and only tests pass a lower value. The file is written
+  // atomically with mode 0600; kExists if `out_path` exists (a backup is
+  // never overwritten), kIo on write errors.
+  Status Backup(const std::string& out_path, const SecureBuffer& password,
+                int iterations = kBackupIterations) const;
+  // Reads such a file and creates a provider named `name` in `dir` with the
+  // same primary key and primary key ID (Create's rules for `name`/`dir`;
+  // kExists if `dir` is in use, checked before the slow key derivation).
+  // Errors, all one line:
+  //  - kNotFound / kIo: `p12_path` missing or unreadable;
+  //  - kInvalidArgument: bad name or password (see Backup); not a PKCS#12
+  //    file at all (including one cut short so it no longer parses); a
+  //    file without a MAC; or a file whose MAC verifies but which holds
+  //    something else than one vcrypt primary key (exactly one encrypted
+  //    safe with one 32-byte id-aes256-GCM secret bag, friendlyName a UUID);
+  //  - kCrypto "cannot read backup FILE: wrong password or damaged file":
+  //    the MAC does not verify (a wrong password and a modified file are
+  //    indistinguishable by design of PKCS#12 MACs), or it claims more than
+  //    kMaxBackupIterations iterations.
+  // Nothing is left in `dir` on failure.
+  static Result<std::unique_ptr<NativeProvider>> Restore(
+      const std::string& p12_path, const SecureBuffer& password,
+      const std::string& name, const std::string& dir);
+
+  const std::string& name() const override { return name_; }
+  std::string_view type() const override { return "native"; }
+  // A fresh random KEK and its KekRef (see top of file). `vm` is not bound
+  // into the KEK (see above); it is accepted for the interface.
+  Result<NewKek> CreateKek(std::string_view vm) override;
+  // kInvalidVolume: `ref` is malformed; kKeyUnavailable: `ref` names another
+  // primary key ID (made by another native provider: restore its backup);
+  // kCrypto: the wrapped KEK does not unwrap (tampered, or mismatching
+  // kek_id).
+  Result<SecureBuffer> GetKek(const KekRef& ref) override;
+  // True when ref.data.primary_key_id is this provider's primary key ID.
+  bool Recognizes(const KekRef& ref) const override;
+  // {"name","type":"native","primary_key_id","created","key_storage":"file"}
+  nlohmann::json Describe() const override;
+
+  const std::string& primary_key_id() const { return primary_key_id_; }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  NativeProvider(std::string name, std::string dir, std::string primary_key_id,
+                 std::string created, SecureBuffer primary_key);
+
+  std::string name_;
+  std::string dir_;
+  std::string primary_key_id_;
+  std::string created_;
+  SecureBuffer primary_key_;
+};
+
+}  // namespace vcrypt
+
+#endif  // VCRYPT_KEYPROVIDERS_NATIVE_NATIVE_PROVIDER_H_

@@ -1,0 +1,185 @@
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "common/atomic_file.h"
+#include "common/base64.h"
+#include "common/names.h"
+#include "common/random.h"
+#include "common/secure_buffer.h"
+
+namespace vcrypt {
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    char t[] = "/tmp/vcrypt-test-XXXXXX";
+    path_ = mkdtemp(t);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Records what the release hook saw, to prove the wipe happened before
+// the memory went back to the kernel.
+bool g_hook_called = false;
+bool g_hook_all_zero = false;
+void RecordRelease(const uint8_t* data, size_t n) {
+  g_hook_called = true;
+  g_hook_all_zero = true;
+  for (size_t i = 0; i < n; ++i)
+    if (data[i] != 0) g_hook_all_zero = false;
+}
+
+TEST(SecureBufferTest, WipedBeforeRelease) {
+  SecureBuffer::SetReleaseHookForTesting(RecordRelease);
+  g_hook_called = false;
+  {
+    SecureBuffer b(64);
+    std::memset(b.data(), 0xA5, b.size());
+  }
+  SecureBuffer::SetReleaseHookForTesting(nullptr);
+  EXPECT_TRUE(g_hook_called);
+  EXPECT_TRUE(g_hook_all_zero);
+}
+
+TEST(SecureBufferTest, TruncateWipesTail) {
+  SecureBuffer b(32);
+  std::memset(b.data(), 0xFF, 32);
+  uint8_t* p = b.data();
+  b.Truncate(8);
+  EXPECT_EQ(b.size(), 8u);
+  for (int i = 8; i < 32; ++i) EXPECT_EQ(p[i], 0) << i;
+  EXPECT_EQ(p[0], 0xFF);
+}
+
+TEST(SecureBufferTest, MoveLeavesSourceEmpty) {
+  SecureBuffer a(16);
+  a.data()[0] = 7;
+  const uint8_t* p = a.data();
+  SecureBuffer b(std::move(a));
+  EXPECT_EQ(b.data(), p);
+  EXPECT_EQ(b.data()[0], 7);
+  EXPECT_TRUE(a.empty());  // NOLINT(bugprone-use-after-move): contract
+  EXPECT_EQ(a.data(), nullptr);
+  static_assert(!std::is_copy_constructible_v<SecureBuffer>);
+  static_assert(!std::is_copy_assignable_v<SecureBuffer>);
+}
+
+TEST(SecureBufferTest, EqualsComparesContents) {
+  auto a = RandomKey(32);
+  ASSERT_TRUE(a.ok());
+  SecureBuffer b = a->Clone();
+  EXPECT_TRUE(a->Equals(b));
+  b.data()[31] ^= 1;
+  EXPECT_FALSE(a->Equals(b));
+  EXPECT_FALSE(a->Equals(SecureBuffer(31)));
+}
+
+TEST(RandomTest, KeysDiffer) {
+  auto a = RandomKey(64), b = RandomKey(64);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_FALSE(a->Equals(*b));
+  auto u = RandomUuid();
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u->size(), 36u);
+  EXPECT_EQ((*u)[14], '4');
+}
+
+TEST(Base64Test, RoundTripAndStrictness) {
+  for (size_t n = 0; n < 20; ++n) {
+    std::vector<uint8_t> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(i * 37 + 1);
+    auto d = Base64Decode(Base64Encode(v));
+    ASSERT_TRUE(d.ok());
+    EXPECT_EQ(*d, v);
+  }
+  EXPECT_FALSE(Base64Decode("abc").ok());
+  EXPECT_FALSE(Base64Decode("ab=c").ok());
+  EXPECT_FALSE(Base64Decode("ab c").ok());
+  EXPECT_FALSE(Base64Decode("a===").ok());
+}
+
+TEST(NamesTest, AcceptsAndRejects) {
+  EXPECT_TRUE(ValidateVolumeNames("web-01", "disk0").ok());
+  EXPECT_TRUE(ValidateVolumeNames("a.b_c", "root.img").ok());
+  for (const char* bad : {"", "a/b", "..", "a..b", ".hidden", "-x", "a b",
+                          "tab\t", "new\nline", "ü"}) {
+    EXPECT_FALSE(ValidateVmName(bad).ok()) << bad;
+    EXPECT_FALSE(ValidateDiskName(bad).ok()) << bad;
+  }
+  EXPECT_FALSE(ValidateDiskName("d-1").ok());  // keeps dm names unambiguous
+  std::string vm(30, 'v'), disk(16, 'd');
+  EXPECT_TRUE(ValidateVolumeNames(vm, disk).ok());       // 47 bytes
+  EXPECT_FALSE(ValidateVolumeNames(vm, disk + "x").ok());  // 48 bytes
+  auto st = ValidateVmName("a/b");
+  EXPECT_EQ(st.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(MappingName("vm1", "d0"), "vcrypt-vm1-d0");
+}
+
+TEST(AtomicFileTest, WritesAndReplaces) {
+  TempDir d;
+  std::string p = d.path() + "/state.json";
+  ASSERT_TRUE(WriteFileAtomic(p, std::string("one")).ok());
+  ASSERT_TRUE(WriteFileAtomic(p, std::string("two")).ok());
+  auto r = ReadFile(p);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, "two");
+  struct stat st;
+  ASSERT_EQ(stat(p.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(ReadFile(d.path() + "/nope").error().code, ErrorCode::kNotFound);
+}
+
+// A real crash: a child process dies (_exit) after writing the temporary
+// file and before the rename. The old contents must survive intact, and
+// the next successful write must clean the leftover temporary file.
+TEST(AtomicFileTest, CrashBeforeRenameKeepsOldFile) {
+  TempDir d;
+  std::string p = d.path() + "/inventory.json";
+  ASSERT_TRUE(WriteFileAtomic(p, std::string("old contents")).ok());
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    AtomicWriteOptions o;
+    o.before_rename = [] { _exit(42); };
+    (void)WriteFileAtomic(p, std::string("new contents, never visible"), o);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 42);  // it really died mid-write
+  EXPECT_EQ(*ReadFile(p), "old contents");
+  int temps = 0;
+  for (auto& e : std::filesystem::directory_iterator(d.path()))
+    if (e.path().filename().string().find(".tmp.") != std::string::npos)
+      ++temps;
+  EXPECT_EQ(temps, 1);  // the dead writer's temp file
+  ASSERT_TRUE(WriteFileAtomic(p, std::string("next")).ok());
+  temps = 0;
+  for (auto& e : std::filesystem::directory_iterator(d.path()))
+    if (e.path().filename().string().find(".tmp.") != std::string::npos)
+      ++temps;
+  EXPECT_EQ(temps, 0);
+  EXPECT_EQ(*ReadFile(p), "next");
+}
+
+TEST(AtomicFileTest, MissingDirectoryIsAnError) {
+  auto st = WriteFileAtomic("/nonexistent-dir-vcrypt/x", std::string("a"));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ErrorCode::kIo);
+}
+
+}  // namespace
+}  // namespace vcrypt
