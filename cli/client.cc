@@ -35,12 +35,16 @@ Result<Client> Client::Connect(const std::string& socket_path) {
 Result<nlohmann::json> Client::Call(const std::string& op, const nlohmann::json& args,
                                     const SecureBuffer* secret) {
   nlohmann::json req = {{"op", op}, {"args", args}};
-  VCRYPT_RETURN_IF_ERROR(WriteMessage(fd_.get(), req, secret));
+  // A refused peer gets its error before the daemon reads anything, so a
+  // failed write still leaves an answer to read.
+  auto wrote = WriteMessage(fd_.get(), req, secret);
   auto resp = ReadMessage(fd_.get());
-  if (!resp.ok())
+  if (!resp.ok()) {
+    if (!wrote.ok()) return std::move(wrote).error();
     return MakeError(ErrorCode::kDaemonUnavailable,
                      "vcryptd closed the connection without an answer (" +
                          resp.error().message + ")");
+  }
   const auto& b = resp->body;
   if (b.value("ok", false) && b.contains("result")) return b["result"];
   if (b.contains("error") && b["error"].is_object()) {

@@ -50,13 +50,13 @@ using SslPtr = std::unique_ptr<SSL, FnDeleter<SSL, SSL_free>>;
 using Pkcs7Ptr = std::unique_ptr<PKCS7, FnDeleter<PKCS7, PKCS7_free>>;
 using X509AlgorPtr =
     std::unique_ptr<X509_ALGOR, FnDeleter<X509_ALGOR, X509_ALGOR_free>>;
-using Pkcs12SafeBagPtr =
-    std::unique_ptr<PKCS12_SAFEBAG, FnDeleter<PKCS12_SAFEBAG, PKCS12_SAFEBAG_free>>;
 // STACK_OF(...) owners free the elements too (sk_*_pop_free). A stack whose
 // elements hold key material needs a deleter that wipes them first; see
 // keyproviders/native/native_provider.cc.
 struct Pkcs7StackDeleter {
-  void operator()(STACK_OF(PKCS7) * s) const { sk_PKCS7_pop_free(s, PKCS7_free); }
+  void operator()(STACK_OF(PKCS7) * s) const {
+    sk_PKCS7_pop_free(s, PKCS7_free);
+  }
 };
 using Pkcs7StackPtr = std::unique_ptr<STACK_OF(PKCS7), Pkcs7StackDeleter>;
 // Memory that OpenSSL allocated for us (OPENSSL_malloc: i2d_* output,

@@ -244,6 +244,7 @@ Result<Json> Controller::ProviderBackup(const Json& args,
   // The PKCS#12 file is encrypted under the password; it is returned to the
   // caller, which writes it with its own permissions.
   std::string tmp = store_.dir() + "/.backup-" + name + ".p12";
+  ::unlink(tmp.c_str());  // a leftover of an interrupted backup
   VCRYPT_RETURN_IF_ERROR(native->Backup(tmp, password));
   auto bytes = ReadFile(tmp);
   ::unlink(tmp.c_str());
@@ -270,6 +271,7 @@ Result<Json> Controller::ProviderRestore(const Json& args,
     return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists; "
                                          "restore under another --name");
   std::string tmp = store_.dir() + "/.restore-" + name + ".p12";
+  ::unlink(tmp.c_str());
   VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(tmp, *bytes));
   auto p = NativeProvider::Restore(tmp, password, name, store_.ProviderDir(name));
   ::unlink(tmp.c_str());

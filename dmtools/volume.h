@@ -11,6 +11,21 @@
 //
 // Every function either completes or leaves the device and the dm table as
 // they were: no half-written header, no stray mapping or loop device.
+//
+// Process-wide effects of this library (set once, on first use):
+//  - libcryptsetup's log callback is replaced: nothing is printed. The last
+//    error-level message of libcryptsetup/libdevmapper on the calling
+//    thread may be appended to an Error message in parentheses (those
+//    messages describe devices, never key bytes).
+//  - libcryptsetup's use of the kernel keyring for volume keys is turned
+//    off (crypt_volume_key_keyring(0)): the DEK goes straight into the
+//    dm-crypt table. With the keyring, libcryptsetup 2.6 leaves a copy in
+//    the activating thread's keyring for the life of that thread, which a
+//    long-running daemon should not accumulate. Consequence: root can see
+//    the key with `dmsetup table --showkeys`, as with plain dm-crypt.
+// All functions are safe to call from several threads, but two operations
+// on the same device or mapping name must not run concurrently (vcryptd
+// serialises per volume); the busy checks in Activate are check-then-act.
 #ifndef VCRYPT_DMTOOLS_VOLUME_H_
 #define VCRYPT_DMTOOLS_VOLUME_H_
 
@@ -20,6 +35,8 @@
 #include <string>
 #include <vector>
 
+#include <string_view>
+
 #include "common/result.h"
 #include "common/secure_buffer.h"
 
@@ -27,16 +44,26 @@ namespace vcrypt {
 
 inline constexpr size_t kDekSize = 64;  // aes-xts-plain64, 2 x 256 bits
 inline constexpr std::string_view kSubsystem = "vcrypt";
+// libcryptsetup's default LUKS2 header: 2 x 16 KiB metadata plus the
+// keyslots area (kept at its default size although a vcrypt volume has no
+// keyslots: a deep rekey on libcryptsetup 2.6 needs a temporary keyslot).
+// The data area starts here.
+inline constexpr uint64_t kLuks2HeaderSize = 16ull << 20;
+// Smallest device FormatVolume accepts: the header plus 1 MiB of data.
+inline constexpr uint64_t kMinVolumeSize = kLuks2HeaderSize + (1ull << 20);
 
-// True when this kernel offers device-mapper (with dm-crypt loadable).
+// True when /dev/mapper/control exists and the kernel's dm driver answers
+// a version request. dm-crypt itself is loaded on demand by the kernel at
+// the first activation; its absence shows up as kNoDeviceMapper there.
 bool DeviceMapperAvailable();
 
 struct FormatParams {
   std::string device;
   uint32_t sector_size = 4096;  // 512 or 4096
-  std::string label;            // "<vm>/<disk>"
+  std::string label;            // "<vm>/<disk>", 1..kMaxLabelLength bytes
   // Without force, a device that already carries a LUKS header or any
-  // filesystem/partition signature (blkid probe) is refused with kExists.
+  // filesystem/partition signature (libblkid superblock and partition
+  // table probe) is refused with kExists.
   bool force = false;
 };
 
@@ -45,8 +72,28 @@ struct FormatParams {
 // LUKS2 UUID. `make_token` is called with the new UUID (the token's AAD
 // needs it) and returns the token JSON; if it fails, or any step fails, the
 // LUKS header area is wiped again so no half-made volume remains.
-// Errors: kNotFound (no device), kInvalidArgument (too small, bad sector
-// size), kExists (signature present), kIo.
+// The result: LUKS2, aes-xts-plain64, 512-bit key, the given sector size,
+// subsystem "vcrypt", the given label, data offset kLuks2HeaderSize, and
+// a volume-key digest made with PBKDF2-SHA256 at libcryptsetup's minimum
+// of 1000 iterations (not benchmarked: iterations protect guessable
+// secrets, the DEK is 512 random bits, and a benchmarked count costs
+// ~125 ms of CPU at every open and seconds at every format).
+// Checks, all before anything is written (the device is untouched when
+// they fail):
+//  - kInvalidArgument: sector size not 512/4096, DEK not kDekSize bytes,
+//    label empty or too long, device smaller than kMinVolumeSize, size
+//    not a multiple of the sector size, logical block size of a block
+//    device larger than the sector size, `device` neither a block device
+//    nor a regular file;
+//  - kNotFound: `device` does not exist;
+//  - kBusy: a block device that cannot be opened O_EXCL (mounted, mapped,
+//    held), or a file bound to a loop device — even with force;
+//  - kExists: a signature is present and force is false.
+// After writing began: the token from make_token must pass
+// VcryptToken::Parse (else kInvalidArgument) and fit kMaxTokenSize; the
+// error from make_token is returned as is; libcryptsetup failures are kIo.
+// A failure of crypt_format itself wipes only when a new LUKS header is
+// found afterwards (crypt_format may fail before writing anything).
 using TokenMaker = std::function<Result<std::string>(const std::string& uuid)>;
 Result<std::string> FormatVolume(const FormatParams& params,
                                  const SecureBuffer& dek,
@@ -58,57 +105,102 @@ struct VolumeHeader {
   std::string label;
   std::string subsystem;
   std::string cipher;       // e.g. "aes-xts-plain64"
+  // Volume key size. LUKS2 records it only in keyslots, and a vcrypt
+  // volume has none: then it is taken from the vcrypt token (the wrapped
+  // DEK has the DEK's length), and 0 when there is no parsable token. The
+  // LUKS2 digest checks the actual key at activation either way.
   uint32_t key_bits = 0;    // 512
   uint32_t sector_size = 0;
-  int active_keyslots = 0;
+  int active_keyslots = 0;  // keyslots in any state but inactive
   std::optional<std::string> token_json;  // the vcrypt token, if any
   int token_id = -1;
+  uint64_t data_offset = 0;  // bytes
 };
 
-// Reads the LUKS2 header. kNotFound (no device), kInvalidVolume (not LUKS2).
+// Reads the LUKS2 header (read-only; works on an active volume too).
+// Does not require the header to be a vcrypt volume: callers check
+// subsystem/cipher/token. kNotFound (no device), kInvalidVolume (not LUKS,
+// LUKS1, or more than one vcrypt token), kIo.
 Result<VolumeHeader> ReadHeader(const std::string& device);
 
 // Replaces the vcrypt token of a LUKS2 device atomically (libcryptsetup
-// writes both header copies).
+// writes both header copies under its metadata lock); adds one when the
+// header has none. `token_json` must pass VcryptToken::Parse
+// (kInvalidArgument otherwise). kNotFound, kInvalidVolume (not LUKS2, or
+// several vcrypt tokens), kInvalidArgument (no room in the metadata
+// area), kIo.
 Status WriteToken(const std::string& device, const std::string& token_json);
 
 struct ActivateParams {
   std::string device;
   std::string name;  // dm name, e.g. "vcrypt-vm1-disk0"
-  bool discards = false;
-  // nullopt: bypass the dm-crypt read/write workqueues when the backing
-  // device is non-rotational (and for files on such devices).
+  bool discards = false;  // CRYPT_ACTIVATE_ALLOW_DISCARDS when true
+  // true: CRYPT_ACTIVATE_NO_READ_WORKQUEUE|NO_WRITE_WORKQUEUE; false: the
+  // kernel's default (workqueues).
+  // nullopt: bypass when the backing storage is non-rotational per sysfs
+  // (queue/rotational of the whole disk). For a regular file that is the
+  // disk of the file system holding it (st_dev; for file systems with an
+  // anonymous st_dev such as btrfs, the mount source from mountinfo).
+  // When it cannot be told (tmpfs, overlayfs, NFS, 9p), no bypass. In
+  // this automatic mode only, a kernel that refuses the flags gets a
+  // second activation without them.
   std::optional<bool> bypass_workqueues;
 };
 
-// Activates the mapping with the DEK and waits for udev so that
-// /dev/mapper/<name> exists on return. Returns that path.
-// Errors: kNoDeviceMapper, kBusy (the name exists or the volume is active
-// under another name), kCrypto (DEK does not match the LUKS2 digest),
-// kInvalidVolume, kNotFound.
+// Activates the mapping with the DEK and returns /dev/mapper/<name>, which
+// exists on return (libcryptsetup waits for udev when udevd runs; without
+// udev the node is created through libdevmapper). The header must be
+// LUKS2; it need not carry a vcrypt token.
+// Errors: kInvalidArgument (bad name, DEK size), kNoDeviceMapper (message
+// starts "device-mapper not available in this kernel"), kNotFound,
+// kInvalidVolume (not LUKS2), kBusy (a mapping with that name exists, or
+// this LUKS UUID is active under any name — the message names it — or the
+// device is held exclusively), kCrypto (the DEK does not match the LUKS2
+// digest; nothing is left behind), kIo.
 Result<std::string> Activate(const ActivateParams& params,
                              const SecureBuffer& dek);
 
+// What the kernel's dm table says about a mapping. Never holds key bytes:
+// the table is read with dm_task_secure_data and the key field is only
+// measured.
 struct MappingInfo {
   std::string name;
   std::string path;         // /dev/mapper/<name>
-  std::string luks_uuid;    // from the dm UUID "CRYPT-LUKS2-<uuid>-<name>"
+  std::string dm_uuid;      // e.g. "CRYPT-LUKS2-<32 hex>-<name>"
+  std::string luks_uuid;    // canonical 8-4-4-4-12 form from dm_uuid, or ""
   std::string backing;      // backing device path (loop device for files)
   std::string backing_file; // for loop devices, the backing file ("" else)
   int open_count = 0;
   bool suspended = false;
+  // First target of the live table: "crypt" for a vcrypt mapping (tables
+  // with several targets get " (+N)" appended).
+  std::string target;
+  uint64_t size_bytes = 0;  // sum of all targets
+  // For crypt targets:
+  std::string cipher;        // "aes-xts-plain64"
+  uint32_t key_bits = 0;     // 512
+  bool key_in_keyring = false;  // key given as ":<size>:logon:<desc>"
+  // dm-crypt optional parameters, e.g. "allow_discards",
+  // "no_read_workqueue", "no_write_workqueue", "sector_size:4096".
+  std::vector<std::string> options;
 };
 
-// kNotFound if no such mapping.
+// kNotFound if no such mapping; kNoDeviceMapper; kInvalidArgument (name).
 Result<MappingInfo> QueryMapping(const std::string& name);
-// All active mappings whose dm name starts with `prefix`.
+// All active mappings whose dm name starts with `prefix` ("" for all).
 Result<std::vector<MappingInfo>> ListMappings(const std::string& prefix);
-// The active mapping (any name) of the LUKS2 volume with `luks_uuid`.
+// The active mapping (any name) of the LUKS2 volume with `luks_uuid`
+// (dashes and case do not matter); nullopt when none. kInvalidArgument
+// for a string that is not a UUID.
 Result<std::optional<MappingInfo>> FindMappingByUuid(const std::string& luks_uuid);
 
-// Removes the mapping; kBusy with a message naming the holder count when
-// it is open (mounted, attached to a guest, ...); kNotFound.
-// An auto-clear loop device under it goes away with it.
+// Removes the mapping. Refuses with kBusy "/dev/mapper/N is in use (open
+// count C); stop whatever holds it (...)" when it is open (a transient
+// open, e.g. a udev probe, is given about a second to go away);
+// kNotFound; kInvalidArgument for mappings not created by libcryptsetup
+// (dm UUID not "CRYPT-..."), so LVM or multipath maps are never removed.
+// An auto-clear loop device under it is detached by the kernel; this waits
+// (up to 5 s) until it is gone, so none remains on return.
 Status Deactivate(const std::string& name);
 
 }  // namespace vcrypt

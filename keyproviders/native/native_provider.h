@@ -91,12 +91,12 @@ class NativeProvider : public KeyProvider {
   //    of the PKCS#12 (RFC 7292 appendix B) KDF with SHA-256 -- OpenSSL 3.0
   //    has no PBMAC1, and this is what `openssl pkcs12 -macalg sha256`
   //    produces, so any OpenSSL 3 can read the file.
-  // The password is used as given (see StripPasswordFileNewline); empty or
-  // containing a NUL byte → kInvalidArgument (other tools could not type
-  // it). `iterations` < 1 → kInvalidArgument; production callers use the
-  // default and only tests pass a lower value. The file is written
-  // atomically with mode 0600; kExists if `out_path` exists (a backup is
-  // never overwritten), kIo on write errors.
+  // The password is used as given (see StripPasswordFileNewline); empty,
+  // longer than 1024 bytes or containing a NUL byte → kInvalidArgument
+  // (other tools could not type it). `iterations` < 1 → kInvalidArgument;
+  // production callers use the default and only tests pass a lower value. The
+  // file is written atomically with mode 0600; kExists if `out_path` exists (a
+  // backup is never overwritten), kIo on write errors.
   Status Backup(const std::string& out_path, const SecureBuffer& password,
                 int iterations = kBackupIterations) const;
   // Reads such a file and creates a provider named `name` in `dir` with the

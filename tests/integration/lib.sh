@@ -1,0 +1,73 @@
+# Helpers for vcrypt integration tests. Sourced by tests/integration/run.sh
+# inside the VM harness (root, real device-mapper). Each test_* function
+# runs in its own subshell with `set -euo pipefail` and its own temp dir $T.
+
+: "${VCRYPT_BUILD:?VCRYPT_BUILD must point at the build directory}"
+VCRYPTD=$VCRYPT_BUILD/daemon/vcryptd
+VCRYPTCTL=$VCRYPT_BUILD/cli/vcryptctl
+
+fail() { echo "ASSERTION FAILED: $*" >&2; exit 1; }
+log() { echo "  # $*"; }
+
+assert_eq() {  # expected actual [message]
+  [[ "$1" == "$2" ]] || fail "${3:-values differ}: expected '$1', got '$2'"
+}
+assert_contains() {  # haystack needle [message]
+  [[ "$1" == *"$2"* ]] || fail "${3:-missing text}: '$2' not in: $1"
+}
+assert_not_contains() {
+  [[ "$1" != *"$2"* ]] || fail "${3:-unexpected text}: '$2' found in: $1"
+}
+
+# Runs a command that must fail with exit code $1; its stderr must be one
+# line. Leaves the stderr text in $ERR.
+expect_exit() {
+  local want=$1; shift
+  local rc=0
+  ERR=$("$@" 2>&1 >/dev/null) || rc=$?
+  [[ $rc -eq $want ]] || fail "'$*' exited $rc, expected $want: $ERR"
+  local lines
+  lines=$(printf '%s\n' "$ERR" | grep -c . || true)
+  [[ $lines -eq 1 ]] || fail "'$*' printed $lines lines on stderr, expected 1: $ERR"
+}
+
+vc() { "$VCRYPTCTL" --socket "$T/sock" "$@"; }
+
+start_daemon() {  # [state dir]
+  local state=${1:-$T/state}
+  "$VCRYPTD" --state-dir "$state" --socket "$T/sock" >>"$T/vcryptd.log" 2>&1 &
+  DAEMON_PID=$!
+  for _ in $(seq 1 200); do
+    [[ -S $T/sock ]] && vc status >/dev/null 2>&1 && return 0
+    kill -0 "$DAEMON_PID" 2>/dev/null || { cat "$T/vcryptd.log"; fail "vcryptd died"; }
+    sleep 0.05
+  done
+  fail "vcryptd did not come up"
+}
+
+stop_daemon() {
+  [[ -n ${DAEMON_PID:-} ]] || return 0
+  kill "$DAEMON_PID" 2>/dev/null || true
+  wait "$DAEMON_PID" 2>/dev/null || true
+  DAEMON_PID=
+}
+
+# Native provider p1, VM vm1, one file-backed disk d0 of $1 (default 40M).
+setup_vm() {
+  vc provider add native p1 >/dev/null
+  vc vm create vm1 >/dev/null
+  vc volume create vm1 d0 --file "$T/d0.img" --size "${1:-40M}" >/dev/null
+}
+
+vcrypt_mappings() { dmsetup ls 2>/dev/null | awk '$1 ~ /^vcrypt-/ {print $1}' | sort; }
+loop_devices() { losetup -a 2>/dev/null | sort; }
+
+# Writes $2 MiB of random data to mapping $1 and stores its sha256 in $T/$3.
+write_pattern() {
+  head -c "$(($2 * 1024 * 1024))" /dev/urandom >"$T/pattern.bin"
+  dd if="$T/pattern.bin" of="$1" bs=1M oflag=direct conv=fsync status=none
+  sha256sum <"$T/pattern.bin" | cut -d' ' -f1 >"$T/$3"
+}
+read_sha() {  # mapping MiB
+  dd if="$1" bs=1M count="$2" iflag=direct status=none | sha256sum | cut -d' ' -f1
+}

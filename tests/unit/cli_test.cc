@@ -1,0 +1,105 @@
+// vcryptctl argument handling: every bad invocation gets one line on
+// stderr and its documented exit code, before any daemon is contacted
+// (the socket here does not exist, so reaching the daemon would give 3).
+#include <gtest/gtest.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli/cli.h"
+
+namespace vcrypt {
+namespace {
+
+struct CliRun {
+  int code;
+  std::string out, err;
+};
+
+CliRun RunCtl(std::vector<std::string> args) {
+  std::vector<const char*> argv = {"vcryptctl", "--socket", "/nonexistent/vcrypt.sock"};
+  for (auto& a : args) argv.push_back(a.c_str());
+  std::ostringstream out, err;
+  int code = RunCli(static_cast<int>(argv.size()), argv.data(), out, err);
+  return {code, out.str(), err.str()};
+}
+
+int Lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+TEST(CliTest, UsageErrorsExitTwoWithOneLine) {
+  const std::vector<std::vector<std::string>> cases = {
+      {},
+      {"frobnicate"},
+      {"provider"},
+      {"provider", "add"},
+      {"provider", "add", "native"},
+      {"provider", "add", "native", "a", "b"},
+      {"provider", "backup", "p1"},
+      {"provider", "restore", "x.p12"},
+      {"vm", "create"},
+      {"vm", "create", "a", "b"},
+      {"vm", "explode", "a"},
+      {"volume", "create", "vm1"},
+      {"volume", "create", "vm1", "d0"},
+      {"volume", "create", "vm1", "d0", "--file", "/tmp/x"},
+      {"volume", "create", "vm1", "d0", "--device", "/dev/x", "--file", "/tmp/x"},
+      {"volume", "create", "vm1", "d0", "--device", "/dev/x", "--size", "1G"},
+      {"volume", "create", "vm1", "d0", "--device", "/dev/x", "--bogus"},
+      {"open"},
+      {"open", "vm1"},
+      {"open", "vm1/d0/x"},
+      {"close", "a", "b"},
+      {"status", "extra"},
+      {"cache", "flush"},
+  };
+  for (const auto& c : cases) {
+    CliRun r = RunCtl(c);
+    std::string joined;
+    for (auto& w : c) joined += w + " ";
+    EXPECT_EQ(r.code, 2) << joined << " -> " << r.err;
+    EXPECT_EQ(Lines(r.err), 1) << joined << " -> " << r.err;
+    EXPECT_EQ(r.err.rfind("vcryptctl: ", 0), 0u) << r.err;
+    EXPECT_TRUE(r.out.empty()) << joined;
+  }
+}
+
+TEST(CliTest, InvalidValuesExitTwelve) {
+  CliRun r = RunCtl({"volume", "create", "vm1", "d0", "--file", "/tmp/x", "--size", "12Q"});
+  EXPECT_EQ(r.code, 12) << r.err;
+  r = RunCtl({"volume", "create", "vm1", "d0", "--device", "/dev/x", "--sector-size", "1024"});
+  EXPECT_EQ(r.code, 12) << r.err;
+  r = RunCtl({"provider", "add", "kmip", "p"});
+  EXPECT_EQ(r.code, 12) << r.err;
+}
+
+TEST(CliTest, DaemonNotRunningExitsThree) {
+  CliRun r = RunCtl({"status"});
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.err.find("vcryptd is not running"), std::string::npos) << r.err;
+  EXPECT_EQ(Lines(r.err), 1);
+}
+
+TEST(CliTest, HelpListsCommandsAndExitCodes) {
+  CliRun r = RunCtl({"--help"});
+  EXPECT_EQ(r.code, 0);
+  for (const char* w : {"provider add native", "volume create", "open", "Exit codes"})
+    EXPECT_NE(r.out.find(w), std::string::npos) << w;
+}
+
+TEST(CliTest, ParseSize) {
+  EXPECT_EQ(*ParseSize("4096"), 4096u);
+  EXPECT_EQ(*ParseSize("64M"), 64ull << 20);
+  EXPECT_EQ(*ParseSize("10GiB"), 10ull << 30);
+  EXPECT_EQ(*ParseSize("1k"), 1024u);
+  for (const char* bad : {"", "M", "0", "1X", "1MB2", "-1", "99999999999999999999",
+                          "17179869184T"})
+    EXPECT_FALSE(ParseSize(bad).ok()) << bad;
+}
+
+}  // namespace
+}  // namespace vcrypt
