@@ -24,9 +24,9 @@ std::string Printable(std::string_view s, size_t max = 200) {
 }
 
 Error Invalid(const std::string& what) {
-  return MakeError(ErrorCode::kInvalidVolume,
-                   "invalid vcrypt token in the LUKS2 header: " +
-                       Printable(what, 400));
+  return MakeError(
+      ErrorCode::kInvalidVolume,
+      "invalid vcrypt token in the LUKS2 header: " + Printable(what, 400));
 }
 
 // The JSON type names used in messages ("expected a string, got a number").
@@ -109,7 +109,9 @@ Result<VcryptToken> ParseImpl(std::string_view text) {
         break;
       case json::parse_event_t::key:
         if (!dups.open_objects.empty() && parsed.is_string() &&
-            !dups.open_objects.back().insert(parsed.get<std::string>()).second &&
+            !dups.open_objects.back()
+                 .insert(parsed.get<std::string>())
+                 .second &&
             !dups.found) {
           dups.found = true;
           dups.duplicate = parsed.get<std::string>();
@@ -151,10 +153,9 @@ Result<VcryptToken> ParseImpl(std::string_view text) {
                          " (this vcryptd supports " +
                          std::to_string(kTokenVersion) + "); upgrade vcrypt");
   }
-  VCRYPT_RETURN_IF_ERROR(OnlyMembers(
-      j, "",
-      {"type", "keyslots", "vcrypt_version", "vm", "disk", "provider", "kek",
-       "dek"}));
+  VCRYPT_RETURN_IF_ERROR(OnlyMembers(j, "",
+                                     {"type", "keyslots", "vcrypt_version",
+                                      "vm", "disk", "provider", "kek", "dek"}));
 
   VCRYPT_ASSIGN_OR_RETURN(const json* keyslots, Member(j, "", "keyslots"));
   if (!keyslots->is_array() || !keyslots->empty()) {

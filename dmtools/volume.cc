@@ -46,13 +46,23 @@ using namespace std::chrono_literals;
 // only at debug level, which is never enabled here).
 thread_local std::string t_last_log;
 
+// Kept to one line: error messages are one line for an administrator.
+void SetLastLog(const char* msg) {
+  std::string m;
+  for (const char* p = msg; *p != '\0' && m.size() < 300; ++p) {
+    unsigned char c = static_cast<unsigned char>(*p);
+    m += (c < 0x20 || c == 0x7f) ? ' ' : *p;
+  }
+  while (!m.empty() && m.back() == ' ') m.pop_back();
+  if (m.size() > 1 && m.back() == '.') m.pop_back();
+  t_last_log = std::move(m);
+}
+
 void CryptLog(int level, const char* msg, void* /*usrptr*/) {
   // Libraries do not print: everything is dropped except the last error,
   // which may be appended to our own error message.
   if (level != CRYPT_LOG_ERROR || msg == nullptr) return;
-  std::string m(msg);
-  while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
-  t_last_log = std::move(m);
+  SetLastLog(msg);
 }
 
 void DmLog(int level, const char* /*file*/, int /*line*/, int /*dm_errno*/,
@@ -65,7 +75,7 @@ void DmLog(int level, const char* /*file*/, int /*line*/, int /*dm_errno*/,
   va_start(ap, f);
   vsnprintf(buf, sizeof(buf), f, ap);
   va_end(ap);
-  t_last_log = buf;
+  SetLastLog(buf);
 }
 
 void InitLibraries() {
@@ -105,17 +115,18 @@ Error Fail(ErrorCode code, const std::string& what, int r) {
 constexpr size_t kDmNameLen = 128;
 
 Status ValidateMappingName(const std::string& name) {
-  if (name.empty() || name.size() >= kDmNameLen || name == "." ||
-      name == ".." || name.find('/') != std::string::npos) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "'" + name + "' is not a valid device-mapper name");
-  }
   for (char c : name) {
     if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
       return MakeError(ErrorCode::kInvalidArgument,
                        "device-mapper name contains a space or control "
                        "character");
     }
+  }
+  if (name.empty() || name.size() >= kDmNameLen || name == "." ||
+      name == ".." || name.find('/') != std::string::npos) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + name.substr(0, kDmNameLen) +
+                         "' is not a valid device-mapper name");
   }
   return Status::Ok();
 }
@@ -176,8 +187,8 @@ std::optional<bool> NonRotationalDev(dev_t dev) {
 // instance) was mounted from, via /proc/self/mountinfo.
 std::optional<dev_t> MountSourceDevice(dev_t st_dev) {
   std::ifstream in("/proc/self/mountinfo");
-  std::string want = std::to_string(major(st_dev)) + ":" +
-                     std::to_string(minor(st_dev));
+  std::string want =
+      std::to_string(major(st_dev)) + ":" + std::to_string(minor(st_dev));
   std::string line;
   while (std::getline(in, line)) {
     std::istringstream ls(line);
@@ -264,8 +275,8 @@ Result<DeviceGeometry> Geometry(const std::string& device) {
   int lbs = 0;
   if (ioctl(fd.get(), BLKGETSIZE64, &size) != 0 ||
       ioctl(fd.get(), BLKSSZGET, &lbs) != 0) {
-    return MakeError(ErrorCode::kIo, "cannot get the size of " + device +
-                                         ": " + ErrnoText(errno));
+    return MakeError(ErrorCode::kIo, "cannot get the size of " + device + ": " +
+                                         ErrnoText(errno));
   }
   g.size = size;
   g.logical_block = static_cast<uint32_t>(lbs);
@@ -291,9 +302,9 @@ struct Signature {
 Result<Signature> ProbeSignature(const std::string& device) {
   BlkidProbePtr pr(blkid_new_probe_from_filename(device.c_str()));
   if (!pr) {
-    return MakeError(ErrorCode::kIo, "cannot probe " + device +
-                                         " for signatures: " +
-                                         ErrnoText(errno));
+    return MakeError(
+        ErrorCode::kIo,
+        "cannot probe " + device + " for signatures: " + ErrnoText(errno));
   }
   blkid_probe_enable_superblocks(pr.get(), 1);
   blkid_probe_set_superblocks_flags(
@@ -342,15 +353,15 @@ Result<Signature> ProbeSignature(const std::string& device) {
 Status ZeroHeaderArea(const std::string& device, uint64_t length) {
   UniqueFd fd(open(device.c_str(), O_WRONLY | O_CLOEXEC));
   if (!fd.valid()) {
-    return MakeError(ErrorCode::kIo, "cannot open " + device +
-                                         " to wipe the header: " +
-                                         ErrnoText(errno));
+    return MakeError(
+        ErrorCode::kIo,
+        "cannot open " + device + " to wipe the header: " + ErrnoText(errno));
   }
   std::vector<uint8_t> zeros(1 << 20, 0);
   uint64_t off = 0;
   while (off < length) {
-    size_t n = static_cast<size_t>(
-        std::min<uint64_t>(zeros.size(), length - off));
+    size_t n =
+        static_cast<size_t>(std::min<uint64_t>(zeros.size(), length - off));
     ssize_t w = pwrite(fd.get(), zeros.data(), n, static_cast<off_t>(off));
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
@@ -360,8 +371,8 @@ Status ZeroHeaderArea(const std::string& device, uint64_t length) {
     off += static_cast<uint64_t>(w);
   }
   if (fsync(fd.get()) != 0) {
-    return MakeError(ErrorCode::kIo, "cannot sync " + device + ": " +
-                                         ErrnoText(errno));
+    return MakeError(ErrorCode::kIo,
+                     "cannot sync " + device + ": " + ErrnoText(errno));
   }
   return Status::Ok();
 }
@@ -390,8 +401,8 @@ Status LoadLuks2(crypt_device* cd, const std::string& device) {
     return MakeError(ErrorCode::kInvalidVolume,
                      device + " is not a LUKS2 volume (no valid LUKS header)");
   }
-  if (r < 0) return Fail(ErrorCode::kIo, "cannot read the LUKS header of " +
-                                             device, r);
+  if (r < 0)
+    return Fail(ErrorCode::kIo, "cannot read the LUKS header of " + device, r);
   const char* type = crypt_get_type(cd);
   if (type == nullptr || std::strcmp(type, CRYPT_LUKS2) != 0) {
     return MakeError(ErrorCode::kInvalidVolume,
@@ -426,9 +437,9 @@ Status CheckTokenJson(const std::string& json) {
   }
   auto parsed = VcryptToken::Parse(json);
   if (!parsed.ok()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "refusing to write a bad token: " +
-                         parsed.error().message);
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "refusing to write a bad token: " + parsed.error().message);
   }
   return Status::Ok();
 }
@@ -457,10 +468,10 @@ Result<DmTaskPtr> RunDmTask(int type, const std::string& name,
   }
   if (!dm_task_run(dmt.get())) {
     if (!DeviceMapperAvailable()) return NoDm();
-    return MakeError(ErrorCode::kIo,
-                     WithLibMessage("device-mapper request failed" +
-                                    (name.empty() ? std::string()
-                                                  : " for " + name)));
+    return MakeError(
+        ErrorCode::kIo,
+        WithLibMessage("device-mapper request failed" +
+                       (name.empty() ? std::string() : " for " + name)));
   }
   return dmt;
 }
@@ -469,8 +480,8 @@ Result<DmInfo> GetDmInfo(const std::string& name) {
   VCRYPT_ASSIGN_OR_RETURN(DmTaskPtr dmt, RunDmTask(DM_DEVICE_INFO, name));
   struct dm_info info;
   if (!dm_task_get_info(dmt.get(), &info)) {
-    return MakeError(ErrorCode::kIo, "cannot read device-mapper info of " +
-                                         name);
+    return MakeError(ErrorCode::kIo,
+                     "cannot read device-mapper info of " + name);
   }
   DmInfo out;
   out.exists = info.exists != 0;
@@ -516,7 +527,8 @@ std::string LuksUuidFromDmUuid(const std::string& dm_uuid) {
 std::string CompactUuid(std::string_view uuid) {
   std::string out;
   for (char c : uuid) {
-    if (c != '-') out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (c != '-')
+      out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }
   return out;
 }
@@ -586,8 +598,8 @@ Result<MappingInfo> QueryMappingImpl(const std::string& name) {
     void* next = nullptr;
     int targets = 0;
     do {
-      next = dm_get_next_target(dmt.get(), next, &start, &length, &type,
-                                &params);
+      next =
+          dm_get_next_target(dmt.get(), next, &start, &length, &type, &params);
       if (type == nullptr) break;
       ++targets;
       m.size_bytes += length * 512;
@@ -598,7 +610,7 @@ Result<MappingInfo> QueryMappingImpl(const std::string& name) {
         }
       }
     } while (next != nullptr);
-    if (targets > 1) m.target += " (+" + std::to_string(targets - 1) + ")";
+    m.target_count = targets;
     // dmt (and with it the key text in its buffer) is wiped on destruction
     // because the task was marked secure.
   }
@@ -656,13 +668,12 @@ Result<std::string> FormatVolume(const FormatParams& params,
 
   VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
   if (geo.size < kMinVolumeSize) {
-    return MakeError(
-        ErrorCode::kInvalidArgument,
-        device + " is " + std::to_string(geo.size) +
-            " bytes; a vcrypt volume needs at least " +
-            std::to_string(kMinVolumeSize >> 20) + " MiB (" +
-            std::to_string(kLuks2HeaderSize >> 20) +
-            " MiB LUKS2 header and 1 MiB of data)");
+    return MakeError(ErrorCode::kInvalidArgument,
+                     device + " is " + std::to_string(geo.size) +
+                         " bytes; a vcrypt volume needs at least " +
+                         std::to_string(kMinVolumeSize >> 20) + " MiB (" +
+                         std::to_string(kLuks2HeaderSize >> 20) +
+                         " MiB LUKS2 header and 1 MiB of data)");
   }
   if (geo.size % params.sector_size != 0) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -684,15 +695,16 @@ Result<std::string> FormatVolume(const FormatParams& params,
     UniqueFd excl(open(device.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
     if (!excl.valid() && errno == EBUSY) {
       return MakeError(ErrorCode::kBusy,
-                       device + " is in use (mounted, mapped or held by "
-                                "another program); release it first");
+                       device +
+                           " is in use (mounted, mapped or held by "
+                           "another program); release it first");
     }
   } else {
     auto loops = LoopDevicesBackedBy(device);
     if (!loops.empty()) {
-      return MakeError(ErrorCode::kBusy,
-                       device + " is in use (attached to " + loops.front() +
-                           "); close whatever uses it first");
+      return MakeError(ErrorCode::kBusy, device + " is in use (attached to " +
+                                             loops.front() +
+                                             "); close whatever uses it first");
     }
   }
 
@@ -700,7 +712,7 @@ Result<std::string> FormatVolume(const FormatParams& params,
   if (!params.force && !before.description.empty()) {
     return MakeError(ErrorCode::kExists,
                      device + " already contains " + before.description +
-                         "; refusing to overwrite it without force");
+                         "; refusing to overwrite it without --force");
   }
 
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
@@ -711,13 +723,13 @@ Result<std::string> FormatVolume(const FormatParams& params,
   // half-made volume is left for udev, blkid or a later open to find.
   auto undo = [&](Error e) -> Error {
     uint64_t off = crypt_get_data_offset(cd.get()) * 512;
-    uint64_t len = std::min<uint64_t>(std::max<uint64_t>(off, kLuks2HeaderSize),
-                                      geo.size);
+    uint64_t len =
+        std::min<uint64_t>(std::max<uint64_t>(off, kLuks2HeaderSize), geo.size);
     cd.reset();  // release libcryptsetup's fds and locks first
     Status st = ZeroHeaderArea(device, len);
     if (!st.ok()) {
-      e.message += "; wiping the partial header also failed: " +
-                   st.error().message;
+      e.message +=
+          "; wiping the partial header also failed: " + st.error().message;
     }
     return e;
   };
@@ -752,11 +764,11 @@ Result<std::string> FormatVolume(const FormatParams& params,
     bool ours = after.ok() && after->luks_uuid.has_value() &&
                 after->luks_uuid != before.luks_uuid;
     if (!ours) return e;
-    Status st = ZeroHeaderArea(device, std::min<uint64_t>(kLuks2HeaderSize,
-                                                          geo.size));
+    Status st =
+        ZeroHeaderArea(device, std::min<uint64_t>(kLuks2HeaderSize, geo.size));
     if (!st.ok()) {
-      e.message += "; wiping the partial header also failed: " +
-                   st.error().message;
+      e.message +=
+          "; wiping the partial header also failed: " + st.error().message;
     }
     return e;
   }
@@ -781,8 +793,8 @@ Result<std::string> FormatVolume(const FormatParams& params,
   }
   r = crypt_token_json_set(cd.get(), CRYPT_ANY_TOKEN, token->c_str());
   if (r < 0) {
-    return undo(Fail(ErrorCode::kIo,
-                     "cannot write the vcrypt token to " + device, r));
+    return undo(
+        Fail(ErrorCode::kIo, "cannot write the vcrypt token to " + device, r));
   }
   return uuid;
 }
@@ -836,7 +848,8 @@ Result<VolumeHeader> ReadHeader(const std::string& device) {
       // The wrapped DEK has the DEK's length (AES-GCM is length
       // preserving).
       auto t = VcryptToken::Parse(*h.token_json);
-      if (t.ok()) h.key_bits = static_cast<uint32_t>(t->dek.ciphertext.size()) * 8;
+      if (t.ok())
+        h.key_bits = static_cast<uint32_t>(t->dek.ciphertext.size()) * 8;
     }
   }
   return h;
@@ -885,10 +898,9 @@ Result<std::string> Activate(const ActivateParams& params,
 
   VCRYPT_ASSIGN_OR_RETURN(DmInfo existing, GetDmInfo(params.name));
   if (existing.exists) {
-    return MakeError(ErrorCode::kBusy,
-                     "a mapping named " + params.name +
-                         " already exists (/dev/mapper/" + params.name +
-                         "); close it first");
+    return MakeError(ErrorCode::kBusy, "a mapping named " + params.name +
+                                           " already exists (/dev/mapper/" +
+                                           params.name + "); close it first");
   }
   const char* uuid_c = crypt_get_uuid(cd.get());
   std::string uuid = uuid_c ? uuid_c : "";
@@ -896,10 +908,9 @@ Result<std::string> Activate(const ActivateParams& params,
     VCRYPT_ASSIGN_OR_RETURN(std::optional<MappingInfo> other,
                             FindMappingByUuid(uuid));
     if (other.has_value()) {
-      return MakeError(ErrorCode::kBusy,
-                       device + " (LUKS UUID " + uuid +
-                           ") is already open as " + other->path +
-                           "; close it first");
+      return MakeError(ErrorCode::kBusy, device + " (LUKS UUID " + uuid +
+                                             ") is already open as " +
+                                             other->path + "; close it first");
     }
   }
 
@@ -909,8 +920,8 @@ Result<std::string> Activate(const ActivateParams& params,
   bool bypass = bypass_auto ? IsNonRotational(device).value_or(false)
                             : *params.bypass_workqueues;
   if (bypass) {
-    flags |= CRYPT_ACTIVATE_NO_READ_WORKQUEUE |
-             CRYPT_ACTIVATE_NO_WRITE_WORKQUEUE;
+    flags |=
+        CRYPT_ACTIVATE_NO_READ_WORKQUEUE | CRYPT_ACTIVATE_NO_WRITE_WORKQUEUE;
   }
 
   t_last_log.clear();
@@ -919,11 +930,11 @@ Result<std::string> Activate(const ActivateParams& params,
   if (r == -EINVAL && bypass && bypass_auto) {
     // An older dm-crypt without the workqueue options: they were only a
     // performance preference here, so activate without them.
-    flags &= ~(CRYPT_ACTIVATE_NO_READ_WORKQUEUE |
-               CRYPT_ACTIVATE_NO_WRITE_WORKQUEUE);
+    flags &=
+        ~(CRYPT_ACTIVATE_NO_READ_WORKQUEUE | CRYPT_ACTIVATE_NO_WRITE_WORKQUEUE);
     t_last_log.clear();
-    r = crypt_activate_by_volume_key(cd.get(), params.name.c_str(),
-                                     dek.chars(), dek.size(), flags);
+    r = crypt_activate_by_volume_key(cd.get(), params.name.c_str(), dek.chars(),
+                                     dek.size(), flags);
   }
   if (r < 0) {
     switch (r) {
@@ -933,8 +944,8 @@ Result<std::string> Activate(const ActivateParams& params,
                          "the DEK does not match volume " + device +
                              " (LUKS2 digest check failed)");
       case -EEXIST:
-        return MakeError(ErrorCode::kBusy, "a mapping named " + params.name +
-                                               " already exists");
+        return MakeError(ErrorCode::kBusy,
+                         "a mapping named " + params.name + " already exists");
       case -EBUSY:
         return Fail(ErrorCode::kBusy,
                     device + " is in use (already mapped or mounted)", r);
@@ -964,12 +975,11 @@ Result<std::string> Activate(const ActivateParams& params,
   }
   if (!fs::exists(path, ec)) {
     Status undo = Deactivate(params.name);
-    return MakeError(ErrorCode::kIo,
-                     "activated " + params.name + " but " + path +
-                         " did not appear" +
-                         (undo.ok() ? "; the mapping was removed again"
-                                    : "; removing it failed: " +
-                                          undo.error().message));
+    return MakeError(
+        ErrorCode::kIo,
+        "activated " + params.name + " but " + path + " did not appear" +
+            (undo.ok() ? "; the mapping was removed again"
+                       : "; removing it failed: " + undo.error().message));
   }
   return path;
 }
@@ -1032,8 +1042,9 @@ Status Deactivate(const std::string& name) {
   if (m.dm_uuid.rfind("CRYPT-", 0) != 0) {
     // Never remove LVM volumes, multipath maps etc. by mistake.
     return MakeError(ErrorCode::kInvalidArgument,
-                     name + " is not a dm-crypt mapping made by "
-                            "libcryptsetup; not removing it");
+                     name +
+                         " is not a dm-crypt mapping made by "
+                         "libcryptsetup; not removing it");
   }
   // udev briefly opens a new or changed device to probe it; give such a
   // transient opener a moment before calling the mapping busy.

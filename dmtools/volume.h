@@ -33,9 +33,8 @@
 #include <functional>
 #include <optional>
 #include <string>
-#include <vector>
-
 #include <string_view>
+#include <vector>
 
 #include "common/result.h"
 #include "common/secure_buffer.h"
@@ -73,7 +72,8 @@ struct FormatParams {
 // needs it) and returns the token JSON; if it fails, or any step fails, the
 // LUKS header area is wiped again so no half-made volume remains.
 // The result: LUKS2, aes-xts-plain64, 512-bit key, the given sector size,
-// subsystem "vcrypt", the given label, data offset kLuks2HeaderSize, and
+// subsystem "vcrypt", the given label, data offset kLuks2HeaderSize (more
+// if a block device reports a larger I/O alignment), and
 // a volume-key digest made with PBKDF2-SHA256 at libcryptsetup's minimum
 // of 1000 iterations (not benchmarked: iterations protect guessable
 // secrets, the DEK is 512 random bits, and a benchmarked count costs
@@ -104,14 +104,14 @@ struct VolumeHeader {
   std::string uuid;
   std::string label;
   std::string subsystem;
-  std::string cipher;       // e.g. "aes-xts-plain64"
+  std::string cipher;  // e.g. "aes-xts-plain64"
   // Volume key size. LUKS2 records it only in keyslots, and a vcrypt
   // volume has none: then it is taken from the vcrypt token (the wrapped
   // DEK has the DEK's length), and 0 when there is no parsable token. The
   // LUKS2 digest checks the actual key at activation either way.
-  uint32_t key_bits = 0;    // 512
+  uint32_t key_bits = 0;  // 512
   uint32_t sector_size = 0;
-  int active_keyslots = 0;  // keyslots in any state but inactive
+  int active_keyslots = 0;                // keyslots in any state but inactive
   std::optional<std::string> token_json;  // the vcrypt token, if any
   int token_id = -1;
   uint64_t data_offset = 0;  // bytes
@@ -133,7 +133,7 @@ Status WriteToken(const std::string& device, const std::string& token_json);
 
 struct ActivateParams {
   std::string device;
-  std::string name;  // dm name, e.g. "vcrypt-vm1-disk0"
+  std::string name;       // dm name, e.g. "vcrypt-vm1-disk0"
   bool discards = false;  // CRYPT_ACTIVATE_ALLOW_DISCARDS when true
   // true: CRYPT_ACTIVATE_NO_READ_WORKQUEUE|NO_WRITE_WORKQUEUE; false: the
   // kernel's default (workqueues).
@@ -165,20 +165,21 @@ Result<std::string> Activate(const ActivateParams& params,
 // measured.
 struct MappingInfo {
   std::string name;
-  std::string path;         // /dev/mapper/<name>
-  std::string dm_uuid;      // e.g. "CRYPT-LUKS2-<32 hex>-<name>"
-  std::string luks_uuid;    // canonical 8-4-4-4-12 form from dm_uuid, or ""
-  std::string backing;      // backing device path (loop device for files)
-  std::string backing_file; // for loop devices, the backing file ("" else)
+  std::string path;          // /dev/mapper/<name>
+  std::string dm_uuid;       // e.g. "CRYPT-LUKS2-<32 hex>-<name>"
+  std::string luks_uuid;     // canonical 8-4-4-4-12 form from dm_uuid, or ""
+  std::string backing;       // backing device path (loop device for files)
+  std::string backing_file;  // for loop devices, the backing file ("" else)
   int open_count = 0;
   bool suspended = false;
-  // First target of the live table: "crypt" for a vcrypt mapping (tables
-  // with several targets get " (+N)" appended).
+  // Type of the first target of the live table ("crypt" for a vcrypt
+  // mapping, which has exactly one target).
   std::string target;
+  int target_count = 0;
   uint64_t size_bytes = 0;  // sum of all targets
-  // For crypt targets:
-  std::string cipher;        // "aes-xts-plain64"
-  uint32_t key_bits = 0;     // 512
+  // For a crypt first target:
+  std::string cipher;           // "aes-xts-plain64"
+  uint32_t key_bits = 0;        // 512
   bool key_in_keyring = false;  // key given as ":<size>:logon:<desc>"
   // dm-crypt optional parameters, e.g. "allow_discards",
   // "no_read_workqueue", "no_write_workqueue", "sector_size:4096".
@@ -192,7 +193,8 @@ Result<std::vector<MappingInfo>> ListMappings(const std::string& prefix);
 // The active mapping (any name) of the LUKS2 volume with `luks_uuid`
 // (dashes and case do not matter); nullopt when none. kInvalidArgument
 // for a string that is not a UUID.
-Result<std::optional<MappingInfo>> FindMappingByUuid(const std::string& luks_uuid);
+Result<std::optional<MappingInfo>> FindMappingByUuid(
+    const std::string& luks_uuid);
 
 // Removes the mapping. Refuses with kBusy "/dev/mapper/N is in use (open
 // count C); stop whatever holds it (...)" when it is open (a transient

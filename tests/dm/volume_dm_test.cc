@@ -8,14 +8,13 @@
 // skip would hide a broken harness). The VolumeFormatTest cases need no
 // device-mapper and also run on a plain host as root.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <libcryptsetup.h>
 #include <libdevmapper.h>
 #include <linux/loop.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cctype>
 #include <cstdlib>
@@ -80,8 +79,7 @@ std::vector<uint8_t> ReadAll(const std::string& path) {
   return buf;
 }
 
-std::vector<uint8_t> ReadAt(const std::string& path, uint64_t off,
-                            size_t len) {
+std::vector<uint8_t> ReadAt(const std::string& path, uint64_t off, size_t len) {
   std::vector<uint8_t> buf(len);
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   EXPECT_TRUE(fd.valid()) << path;
@@ -248,7 +246,37 @@ TEST(Environment, DeviceMapperPresent) {
   if (!IsRoot()) GTEST_SKIP() << "needs root";
   ASSERT_TRUE(DeviceMapperAvailable())
       << "device-mapper not available in this kernel: run this binary in "
-         "the test VM (tests/vm/run.sh -- " << "vcrypt_dm_tests)";
+         "the test VM (tests/vm/run.sh -- "
+      << "vcrypt_dm_tests)";
+}
+
+// On a kernel without device-mapper every dm operation says so, with the
+// documented message; skipped where dm exists (the VM).
+TEST(Environment, NoDeviceMapperIsReported) {
+  if (!IsRoot()) GTEST_SKIP() << "needs root";
+  if (DeviceMapperAvailable()) GTEST_SKIP() << "device-mapper is available";
+  const std::string prefix = "device-mapper not available in this kernel";
+  SecureBuffer dek = NewDek();
+  ActivateParams p;
+  p.device = "/nonexistent";
+  p.name = MappingPrefix() + "nodm";
+  auto a = Activate(p, dek);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.error().code, ErrorCode::kNoDeviceMapper);
+  EXPECT_EQ(a.error().message.rfind(prefix, 0), 0u) << a.error().message;
+  auto q = QueryMapping(p.name);
+  ASSERT_FALSE(q.ok());
+  EXPECT_EQ(q.error().code, ErrorCode::kNoDeviceMapper);
+  auto l = ListMappings("");
+  ASSERT_FALSE(l.ok());
+  EXPECT_EQ(l.error().code, ErrorCode::kNoDeviceMapper);
+  auto f = FindMappingByUuid("0b5c6f7e-6d3a-4c1e-9e7f-2a1b3c4d5e6f");
+  ASSERT_FALSE(f.ok());
+  EXPECT_EQ(f.error().code, ErrorCode::kNoDeviceMapper);
+  Status d = Deactivate(p.name);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().code, ErrorCode::kNoDeviceMapper);
+  EXPECT_EQ(d.error().message.rfind(prefix, 0), 0u);
 }
 
 // Format/header tests: root (libcryptsetup's metadata locks live in /run),
@@ -265,9 +293,9 @@ class VolumeFormatTest : public ::testing::Test {
   std::string file_;
 };
 
-class VolumeFormatSectorTest
-    : public VolumeFormatTest,
-      public ::testing::WithParamInterface<uint32_t> {};
+class VolumeFormatSectorTest : public VolumeFormatTest,
+                               public ::testing::WithParamInterface<uint32_t> {
+};
 
 TEST_P(VolumeFormatSectorTest, FormatThenReadHeader) {
   SecureBuffer dek = NewDek();
@@ -330,8 +358,8 @@ TEST_F(VolumeFormatTest, RefusesLuks1UnlessForced) {
     fast.iterations = 1000;
     fast.flags = CRYPT_PBKDF_NO_BENCHMARK;
     ASSERT_EQ(crypt_set_pbkdf_type(cd.get(), &fast), 0);
-    ASSERT_EQ(crypt_format(cd.get(), CRYPT_LUKS1, "aes", "xts-plain64",
-                           nullptr, vk.chars(), vk.size(), nullptr),
+    ASSERT_EQ(crypt_format(cd.get(), CRYPT_LUKS1, "aes", "xts-plain64", nullptr,
+                           vk.chars(), vk.size(), nullptr),
               0);
   }
   auto h = ReadHeader(file_);
@@ -369,10 +397,10 @@ TEST_F(VolumeFormatTest, RefusesExt4UnlessForced) {
 TEST_F(VolumeFormatTest, RefusesPartitionTableUnlessForced) {
   // A minimal MBR with one partition entry: libblkid reports PTTYPE=dos.
   std::vector<uint8_t> mbr(512, 0);
-  mbr[446 + 4] = 0x83;          // partition type: Linux
-  mbr[446 + 8] = 0x00;          // first LBA 2048 (little endian)
+  mbr[446 + 4] = 0x83;  // partition type: Linux
+  mbr[446 + 8] = 0x00;  // first LBA 2048 (little endian)
   mbr[446 + 9] = 0x08;
-  mbr[446 + 12] = 0x00;         // 4096 sectors
+  mbr[446 + 12] = 0x00;  // 4096 sectors
   mbr[446 + 13] = 0x10;
   mbr[510] = 0x55;
   mbr[511] = 0xaa;
@@ -418,12 +446,12 @@ TEST_F(VolumeFormatTest, NotFound) {
   auto h = ReadHeader(missing);
   ASSERT_FALSE(h.ok());
   EXPECT_EQ(h.error().code, ErrorCode::kNotFound);
-  EXPECT_EQ(WriteToken(missing, MakeTokenJson(
-                                    "0b5c6f7e-6d3a-4c1e-9e7f-2a1b3c4d5e6f",
-                                    "vm1", "disk0"))
-                .error()
-                .code,
-            ErrorCode::kNotFound);
+  EXPECT_EQ(
+      WriteToken(missing, MakeTokenJson("0b5c6f7e-6d3a-4c1e-9e7f-2a1b3c4d5e6f",
+                                        "vm1", "disk0"))
+          .error()
+          .code,
+      ErrorCode::kNotFound);
 }
 
 TEST_F(VolumeFormatTest, BadArguments) {
@@ -473,9 +501,9 @@ TEST_F(VolumeFormatTest, FailingTokenMakerWipesHeader) {
   ASSERT_FALSE(h.ok());
   EXPECT_EQ(h.error().code, ErrorCode::kInvalidVolume);
   auto head = ReadAt(file_, 0, kLuks2HeaderSize);
-  EXPECT_TRUE(std::all_of(head.begin(), head.end(),
-                          [](uint8_t b) { return b == 0; }))
-      << "header area not wiped";
+  EXPECT_TRUE(std::all_of(head.begin(), head.end(), [](uint8_t b) {
+    return b == 0;
+  })) << "header area not wiped";
   // The device can be formatted again without force: no signature left.
   EXPECT_TRUE(Format(file_, dek).ok());
 }
@@ -487,14 +515,11 @@ TEST_F(VolumeFormatTest, InvalidTokenJsonWipesHeader) {
   p.label = "vm1/disk0";
   for (std::string bad :
        {std::string("{\"type\":\"vcrypt\",\"keyslots\":[]}"),
-        std::string("not json"),
-        std::string(kMaxTokenSize + 1, ' ')}) {
-    auto r = FormatVolume(p, dek, [&](const std::string&) {
-      return Result<std::string>(bad);
-    });
+        std::string("not json"), std::string(kMaxTokenSize + 1, ' ')}) {
+    auto r = FormatVolume(
+        p, dek, [&](const std::string&) { return Result<std::string>(bad); });
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument)
-        << r.error().message;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << r.error().message;
     EXPECT_FALSE(ReadHeader(file_).ok());
   }
 }
@@ -598,6 +623,7 @@ TEST_P(DmSectorTest, FormatActivateWriteReadDeactivate) {
   EXPECT_EQ(m->luks_uuid, *uuid);
   EXPECT_EQ(m->dm_uuid.rfind("CRYPT-LUKS2-", 0), 0u) << m->dm_uuid;
   EXPECT_EQ(m->target, "crypt");
+  EXPECT_EQ(m->target_count, 1);
   EXPECT_EQ(m->cipher, "aes-xts-plain64");
   EXPECT_EQ(m->key_bits, 512u);
   EXPECT_FALSE(m->key_in_keyring);
@@ -645,8 +671,7 @@ TEST_P(DmSectorTest, FormatActivateWriteReadDeactivate) {
   EXPECT_TRUE(LoopsBacking(file_).empty());
 }
 
-INSTANTIATE_TEST_SUITE_P(Sectors, DmSectorTest,
-                         ::testing::Values(4096u, 512u));
+INSTANTIATE_TEST_SUITE_P(Sectors, DmSectorTest, ::testing::Values(4096u, 512u));
 
 TEST_F(DmTest, WrongDekIsCryptoErrorAndLeavesNothing) {
   SecureBuffer dek = NewDek();
@@ -865,8 +890,8 @@ TEST_F(DmTest, DeactivateRefusesNonCryptMappings) {
     ASSERT_TRUE(dmt);
     ASSERT_TRUE(dm_task_set_name(dmt.get(), name.c_str()));
     std::string params = loop.path() + " 0";
-    ASSERT_TRUE(dm_task_add_target(dmt.get(), 0, 2048, "linear",
-                                   params.c_str()));
+    ASSERT_TRUE(
+        dm_task_add_target(dmt.get(), 0, 2048, "linear", params.c_str()));
     ASSERT_TRUE(dm_task_run(dmt.get()));
   }
   Status st = Deactivate(name);

@@ -35,7 +35,7 @@ test_existing_luks_or_filesystem_refused_without_force() {
   local uuid_before
   uuid_before=$(cryptsetup luksUUID "$T/luks.img")
   expect_exit 6 vc volume create vm1 d0 --device "$T/luks.img"
-  assert_contains "$ERR" "--force"
+  assert_contains "$ERR" "force"
   assert_eq "$uuid_before" "$(cryptsetup luksUUID "$T/luks.img")" "LUKS header untouched"
   mkfs.ext4 -q -F "$T/ext4.img"
   expect_exit 6 vc volume create vm1 d0 --device "$T/ext4.img"
@@ -118,7 +118,7 @@ test_bad_names_refused() {
   vc provider add native p1 >/dev/null
   local long
   long=$(printf 'v%.0s' $(seq 1 46))
-  for name in "a/b" ".." "a..b" "has space" "tab	x" "$long" "-x"; do
+  for name in "a/b" ".." "a..b" "has space" "tab	x" "$long" "_ok/../x"; do
     expect_exit 12 vc vm create "$name"
   done
   vc vm create vm1 >/dev/null

@@ -151,8 +151,8 @@ TEST(TokenTest, RejectsUnknownVersion) {
 }
 
 TEST(TokenTest, RejectsMistypedVersion) {
-  for (json v : {json("1"), json(1.0), json(true), json::array({1}),
-                 json(nullptr)}) {
+  for (json v :
+       {json("1"), json(1.0), json(true), json::array({1}), json(nullptr)}) {
     json j = SampleJson();
     j["vcrypt_version"] = v;
     ExpectRejected(j, "'vcrypt_version' must be an integer");
