@@ -30,12 +30,14 @@ constexpr const char* kUsage = R"(Usage: vcryptctl [--socket PATH] [--json] COMM
 
 Key providers:
   provider add native NAME [--tpm]
+  provider add standard NAME --kms HOST:PORT[,HOST:PORT...] --ca FILE
+                             --cert FILE --key FILE
   provider list | show NAME | remove NAME [--force] | default NAME
   provider backup NAME --out FILE.p12 --password-file FILE
   provider restore FILE.p12 --name NAME --password-file FILE
 VMs:
   vm create VM [--provider NAME] [--no-auto-unlock]
-  vm list | show VM | unregister VM | delete VM
+  vm list | show VM | unregister VM | delete VM [--destroy-key]
 Volumes:
   volume create VM DISK (--device PATH | --file PATH --size SIZE)
                 [--sector-size 512|4096] [--force]
@@ -80,29 +82,35 @@ Result<Sub> ParseSub(const std::vector<std::string>& args,
   return s;
 }
 
-// Reads a password file straight into locked memory; strips one trailing
-// newline so `echo pw > file` works.
-Result<SecureBuffer> ReadPasswordFile(const std::string& path) {
+// Reads a secret file (password, private key) straight into locked
+// memory; for passwords strips one trailing newline so `echo pw > file`
+// works.
+Result<SecureBuffer> ReadSecretFile(const std::string& path, const std::string& what,
+                                    bool strip_newline) {
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid())
     return MakeError(errno == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
-                     "cannot open password file " + path + ": " + std::strerror(errno));
+                     "cannot open " + what + " " + path + ": " + std::strerror(errno));
   SecureBuffer buf(kMaxSecretSize + 1);
   size_t got = 0;
   for (;;) {
     ssize_t r = read(fd.get(), buf.data() + got, buf.size() - got);
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return MakeError(ErrorCode::kIo, "cannot read password file " + path);
+    if (r < 0) return MakeError(ErrorCode::kIo, "cannot read " + what + " " + path);
     if (r == 0) break;
     got += static_cast<size_t>(r);
     if (got == buf.size())
-      return MakeError(ErrorCode::kInvalidArgument, "password file " + path + " is too large");
+      return MakeError(ErrorCode::kInvalidArgument, what + " " + path + " is too large");
   }
-  if (got > 0 && buf.data()[got - 1] == '\n') --got;
+  if (strip_newline && got > 0 && buf.data()[got - 1] == '\n') --got;
   buf.Truncate(got);
   if (buf.empty())
-    return MakeError(ErrorCode::kInvalidArgument, "password file " + path + " is empty");
+    return MakeError(ErrorCode::kInvalidArgument, what + " " + path + " is empty");
   return buf;
+}
+
+Result<SecureBuffer> ReadPasswordFile(const std::string& path) {
+  return ReadSecretFile(path, "password file", true);
 }
 
 Result<Json> TargetArgs(const std::string& t) {
@@ -246,19 +254,42 @@ Status Cli::Provider(const std::vector<std::string>& a) {
   std::vector<std::string> args(a.begin() + 1, a.end());
   po::options_description none;
   if (sub == "add") {
+    std::string kms, ca, cert, key;
     po::options_description o;
-    o.add_options()("tpm", "");
+    o.add_options()("tpm", "")("kms", po::value(&kms))("ca", po::value(&ca))(
+        "cert", po::value(&cert))("key", po::value(&key));
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 2, 2, "provider add"));
-    if (s.words[0] != "native")
+    const std::string& type = s.words[0];
+    Json req = {{"type", type}, {"name", s.words[1]}, {"tpm", s.vm.count("tpm") > 0}};
+    SecureBuffer key_pem;
+    if (type == "native") {
+      if (!kms.empty() || !ca.empty() || !cert.empty() || !key.empty())
+        return UsageError("provider add native takes no --kms/--ca/--cert/--key");
+    } else if (type == "standard") {
+      if (kms.empty() || ca.empty() || cert.empty() || key.empty())
+        return UsageError("provider add standard needs --kms HOST:PORT[,...] --ca FILE "
+                          "--cert FILE --key FILE");
+      auto ca_pem = ReadFile(ca);
+      if (!ca_pem.ok()) return std::move(ca_pem).error();
+      auto cert_pem = ReadFile(cert);
+      if (!cert_pem.ok()) return std::move(cert_pem).error();
+      VCRYPT_ASSIGN_OR_RETURN(key_pem, ReadSecretFile(key, "key file", false));
+      req["kms"] = kms;
+      req["ca_pem"] = *ca_pem;
+      req["cert_pem"] = *cert_pem;
+    } else {
       return MakeError(ErrorCode::kInvalidArgument,
-                       "provider type '" + s.words[0] +
-                           "' is not supported yet (supported: native)");
-    VCRYPT_ASSIGN_OR_RETURN(
-        Json r, Call("provider.add", {{"type", s.words[0]}, {"name", s.words[1]},
-                                      {"tpm", s.vm.count("tpm") > 0}}));
+                       "provider type '" + type +
+                           "' is not supported yet (supported: native, standard)");
+    }
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider.add", req, key_pem.empty() ? nullptr : &key_pem));
     Print(r, [&](const Json& j) {
-      out_ << "created " << s.words[0] << " provider '" << s.words[1] << "'"
+      out_ << "created " << type << " provider '" << s.words[1] << "'"
            << (j.value("default", false) ? " (default)" : "") << "\n";
+      if (j.contains("server_states"))
+        for (const auto& st : j["server_states"])
+          out_ << "  " << Str(st["server"]) << ": " << Str(st["state"])
+               << (st.contains("last_error") ? " (" + Str(st["last_error"]) + ")" : "") << "\n";
     });
     return Status::Ok();
   }
@@ -360,15 +391,20 @@ Status Cli::Vm(const std::vector<std::string>& a) {
     return Status::Ok();
   }
   if (sub == "show" || sub == "unregister" || sub == "delete") {
-    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, none, 1, 1, "vm " + sub));
-    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm." + sub, {{"vm", s.words[0]}}));
+    po::options_description o;
+    if (sub == "delete") o.add_options()("destroy-key", "");
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "vm " + sub));
+    Json req = {{"vm", s.words[0]}};
+    if (sub == "delete") req["destroy_key"] = s.vm.count("destroy-key") > 0;
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm." + sub, req));
     Print(r, [&](const Json& j) {
       if (sub == "show") {
         PrintObject(out_, j);
       } else {
         out_ << (sub == "delete" ? "deleted" : "unregistered") << " VM '" << s.words[0]
              << "': closed " << j["closed"].size() << " volume(s), evicted "
-             << Str(j["evicted"]) << " cached KEK(s)\n";
+             << Str(j["evicted"]) << " cached KEK(s)"
+             << (j.value("kek_destroyed", false) ? ", KEK destroyed on the KMS" : "") << "\n";
       }
     });
     return Status::Ok();

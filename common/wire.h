@@ -18,7 +18,7 @@
 namespace vcrypt {
 
 inline constexpr size_t kMaxMessageSize = 4 * 1024 * 1024;
-inline constexpr size_t kMaxSecretSize = 4096;
+inline constexpr size_t kMaxSecretSize = 16384;  // a PEM private key fits
 
 struct WireMessage {
   nlohmann::json body;

@@ -16,6 +16,7 @@
 #include "common/random.h"
 #include "dmtools/volume.h"
 #include "keyproviders/native/native_provider.h"
+#include "keyproviders/standard/standard_provider.h"
 
 namespace vcrypt {
 namespace {
@@ -54,6 +55,10 @@ Result<std::shared_ptr<KeyProvider>> LoadProvider(const std::string& name,
   std::string type = cfg["type"].get<std::string>();
   if (type == "native") {
     VCRYPT_ASSIGN_OR_RETURN(auto p, NativeProvider::Load(name, dir));
+    return std::shared_ptr<KeyProvider>(std::move(p));
+  }
+  if (type == "standard") {
+    VCRYPT_ASSIGN_OR_RETURN(auto p, StandardProvider::Load(name, dir));
     return std::shared_ptr<KeyProvider>(std::move(p));
   }
   return MakeError(ErrorCode::kInvalidArgument,
@@ -109,7 +114,7 @@ Result<Json> Controller::Handle(const std::string& op, const Json& args,
                                 const SecureBuffer& secret,
                                 const Caller& caller) {
   if (!args.is_object()) return Usage("'args' must be an object");
-  if (op == "provider.add") return ProviderAdd(args);
+  if (op == "provider.add") return ProviderAdd(args, secret);
   if (op == "provider.list") return ProviderList();
   if (op == "provider.show") return ProviderShow(args);
   if (op == "provider.remove") return ProviderRemove(args);
@@ -139,23 +144,47 @@ std::shared_ptr<KeyProvider> Controller::FindProvider(const std::string& name) {
 
 // --- providers -------------------------------------------------------------
 
-Result<Json> Controller::ProviderAdd(const Json& args) {
+Result<Json> Controller::ProviderAdd(const Json& args, const SecureBuffer& secret) {
   VCRYPT_ASSIGN_OR_RETURN(std::string type, StrArg(args, "type"));
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
-  if (type != "native")
+  if (type != "native" && type != "standard")
     return MakeError(ErrorCode::kInvalidArgument,
                      "provider type '" + type + "' is not supported by this vcryptd");
   if (BoolArg(args, "tpm"))
     return MakeError(ErrorCode::kInvalidArgument,
                      "--tpm (TPM-sealed primary key) is not supported yet; "
                      "omit it to keep the primary key in a root-only file");
+  {
+    std::lock_guard lock(mu_);
+    if (providers_.count(name))
+      return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists");
+  }
+  // Only one add per name at a time; the cluster check of a standard
+  // provider runs outside the state lock (it may take a connect timeout).
+  auto guard = locks_.Lock("provider:" + name);
+  std::shared_ptr<KeyProvider> provider;
+  Json desc;
+  if (type == "native") {
+    std::lock_guard lock(mu_);
+    if (providers_.count(name))
+      return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists");
+    VCRYPT_ASSIGN_OR_RETURN(auto p, NativeProvider::Create(name, store_.ProviderDir(name)));
+    provider = std::move(p);
+  } else {
+    VCRYPT_ASSIGN_OR_RETURN(std::string kms, StrArg(args, "kms"));
+    VCRYPT_ASSIGN_OR_RETURN(std::string ca, StrArg(args, "ca_pem"));
+    VCRYPT_ASSIGN_OR_RETURN(std::string cert, StrArg(args, "cert_pem"));
+    if (secret.empty()) return Usage("a standard provider needs the client key (--key)");
+    VCRYPT_ASSIGN_OR_RETURN(auto servers, ParseKmsServers(kms));
+    VCRYPT_ASSIGN_OR_RETURN(
+        auto p, StandardProvider::Create(name, store_.ProviderDir(name), servers, ca, cert,
+                                         secret));
+    provider = std::move(p);
+  }
+  desc = provider->Describe();
   std::lock_guard lock(mu_);
-  if (providers_.count(name))
-    return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists");
-  VCRYPT_ASSIGN_OR_RETURN(auto p, NativeProvider::Create(name, store_.ProviderDir(name)));
-  Json desc = p->Describe();
-  providers_.emplace(name, std::move(p));
+  providers_.emplace(name, provider);
   bool made_default = false;
   if (!store_.default_provider() || !providers_.count(*store_.default_provider())) {
     VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(name));
@@ -433,6 +462,15 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
     VCRYPT_RETURN_IF_ERROR(Deactivate(m.name));
     closed.push_back(m.path);
   }
+  bool destroyed = false;
+  if (is_delete && BoolArg(args, "destroy_key")) {
+    auto provider = FindProvider(rec.provider);
+    if (!provider)
+      return MakeError(ErrorCode::kKeyUnavailable,
+                       "cannot destroy the KEK: provider '" + rec.provider + "' is not configured");
+    VCRYPT_RETURN_IF_ERROR(provider->DestroyKek(rec.kek));
+    destroyed = true;
+  }
   size_t evicted = cache_.EvictVm(vm) + cache_.EvictKek(rec.kek.kek_id);
   {
     std::lock_guard lock(mu_);
@@ -441,7 +479,8 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
   return Json{{"vm", vm},
               {is_delete ? "deleted" : "unregistered", true},
               {"closed", closed},
-              {"evicted", evicted}};
+              {"evicted", evicted},
+              {"kek_destroyed", destroyed}};
 }
 
 // --- volumes ---------------------------------------------------------------

@@ -86,7 +86,7 @@ class Controller {
 
   using Json = nlohmann::json;
 
-  Result<Json> ProviderAdd(const Json& args);
+  Result<Json> ProviderAdd(const Json& args, const SecureBuffer& secret);
   Result<Json> ProviderList();
   Result<Json> ProviderShow(const Json& args);
   Result<Json> ProviderRemove(const Json& args);

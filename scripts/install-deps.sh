@@ -11,6 +11,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev googletest
   # runtime tools used by tests and the demo
   cryptsetup-bin dmsetup e2fsprogs util-linux openssl kmod iproute2 procps
+  python3-pykmip
   # VM harness (Debian kernel under QEMU TCG)
   qemu-system-x86 busybox-static cpio udev
 )

@@ -1,0 +1,160 @@
+# The standard key provider end to end: vcryptd + a real pykmip-server on
+# loopback + real dm-crypt. Each test runs its own KMS (fresh database).
+
+KMIP_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../kmip" && pwd)
+
+kms_start() {  # [keep-db]
+  KMS=${KMS:-$T/kms}
+  KMS_PORT=${KMS_PORT:-$((20000 + RANDOM % 20000))}
+  mkdir -p "$KMS"
+  PYKMIP_KEEP_DB=${1:-0} "$KMIP_DIR/pykmip-server.sh" start "$KMS" "$KMS_PORT" >/dev/null
+}
+kms_kill() { "$KMIP_DIR/pykmip-server.sh" kill "$KMS" >/dev/null 2>&1 || true; }
+kms_key() { /usr/bin/python3 "$(dirname "${BASH_SOURCE[0]}")/kmip_key.py" "$KMS/certs" "$KMS_PORT" "$@"; }
+
+add_kms_provider() {  # [extra servers before the real one]
+  vc provider add standard kms --kms "${1:+$1,}127.0.0.1:$KMS_PORT" --ca "$KMS/certs/ca.pem" \
+    --cert "$KMS/certs/client.pem" --key "$KMS/certs/client-key.pem" >/dev/null
+}
+
+# True if the bytes of file $1 occur in any file under the paths given.
+bytes_found_in() {
+  local needle=$1; shift
+  /usr/bin/python3 - "$needle" "$@" <<'PY'
+import os, sys
+needle = open(sys.argv[1], "rb").read()
+assert len(needle) == 32, len(needle)
+for top in sys.argv[2:]:
+    paths = [top] if os.path.isfile(top) else [os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs]
+    for p in paths:
+        with open(p, "rb") as f:
+            if needle in f.read():
+                print(p); sys.exit(0)
+sys.exit(1)
+PY
+}
+
+test_kms_vm_two_disks_roundtrip_and_kek_nowhere_on_disk() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_start
+  start_daemon
+  add_kms_provider
+  vc vm create vm1 --provider kms >/dev/null
+  vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
+  vc volume create vm1 d1 --file "$T/d1.img" --size 40M >/dev/null
+  local p0 p1 id0 id1
+  p0=$(vc open vm1/d0); p1=$(vc open vm1/d1)
+  write_pattern "$p0" 4 d0.sha
+  write_pattern "$p1" 4 d1.sha
+  vc close vm1/d0 >/dev/null; vc close vm1/d1 >/dev/null
+  stop_daemon
+  start_daemon                                   # empty KEK cache
+  vc status --json | grep -q '"kek_cache": \[\]' || fail "cache not empty after restart"
+  p0=$(vc open vm1/d0); p1=$(vc open vm1/d1)
+  assert_eq "$(cat "$T/d0.sha")" "$(read_sha "$p0" 4)" "d0 data"
+  assert_eq "$(cat "$T/d1.sha")" "$(read_sha "$p1" 4)" "d1 data"
+  vc close vm1/d0 >/dev/null; vc close vm1/d1 >/dev/null
+  id0=$(cryptsetup token export --token-id 0 "$T/d0.img" | sed -E 's/.*"kek":\{"data":\{\},"id":"([^"]*)".*/\1/')
+  id1=$(cryptsetup token export --token-id 0 "$T/d1.img" | sed -E 's/.*"kek":\{"data":\{\},"id":"([^"]*)".*/\1/')
+  [[ -n $id0 && $id0 != *'{'* ]] || fail "no KEK ID in token: $(cryptsetup token export --token-id 0 "$T/d0.img")"
+  assert_eq "$id0" "$id1" "both disks carry the same KEK ID"
+  assert_eq "$id0" "$(vc vm show vm1 --json | sed -n 's/.*"kek_id": "\(.*\)".*/\1/p' | head -1)"
+  assert_eq ACTIVE "$(kms_key state "$id0")" "KEK state on the KMS"
+  kms_key get "$id0" "$T/kek.bin"
+  if found=$(bytes_found_in "$T/kek.bin" "$T/state" "$T/d0.img" "$T/d1.img"); then
+    fail "KEK bytes found in $found"
+  fi
+  # Sanity check of the search itself: it does find the key where it is.
+  cp "$T/kek.bin" "$T/state/canary"
+  bytes_found_in "$T/kek.bin" "$T/state" >/dev/null || fail "search does not work"
+  rm "$T/state/canary" "$T/kek.bin"
+}
+
+test_kms_unreachable_then_back() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_start
+  start_daemon
+  add_kms_provider
+  vc vm create vm1 --provider kms >/dev/null
+  vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
+  stop_daemon
+  kms_kill
+  start_daemon
+  expect_exit 8 vc open vm1/d0
+  assert_contains "$ERR" "127.0.0.1:$KMS_PORT"
+  assert_eq "" "$(vcrypt_mappings)" "nothing mapped while the KMS is down"
+  kms_start 1                                    # same database
+  assert_eq /dev/mapper/vcrypt-vm1-d0 "$(vc open vm1/d0)"
+  vc close vm1/d0 >/dev/null
+}
+
+test_kms_failover_past_dead_server_and_provider_show() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_start
+  start_daemon
+  # First server: nothing listens there.
+  add_kms_provider "127.0.0.1:1"
+  vc vm create vm1 --provider kms >/dev/null
+  local show
+  show=$(vc provider show kms --json)
+  assert_contains "$show" '"state": "error"'
+  assert_contains "$show" '"state": "ok"'
+}
+
+test_kms_provider_add_refuses_untrusted_or_unreachable_cluster() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_start
+  start_daemon
+  expect_exit 8 vc provider add standard k1 --kms 127.0.0.1:1 --ca "$KMS/certs/ca.pem" \
+    --cert "$KMS/certs/client.pem" --key "$KMS/certs/client-key.pem"
+  # A server whose certificate comes from a CA we do not trust.
+  expect_exit 8 vc provider add standard k2 --kms "127.0.0.1:$KMS_PORT" \
+    --ca "$KMS/certs/other-ca.pem" --cert "$KMS/certs/client.pem" --key "$KMS/certs/client-key.pem"
+  assert_contains "$ERR" "certificate"
+  vc provider list --json | grep -q '"providers": \[\]' || fail "a provider was saved"
+  [[ -z $(ls "$T/state/providers") ]] || fail "provider files left: $(ls -a "$T/state/providers")"
+}
+
+test_kms_delete_destroy_key() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_start
+  start_daemon
+  add_kms_provider
+  vc vm create vm1 --provider kms >/dev/null
+  local id
+  id=$(vc vm show vm1 --json | sed -n 's/.*"kek_id": "\(.*\)".*/\1/p' | head -1)
+  vc vm delete vm1 --destroy-key >/dev/null
+  assert_eq missing "$(kms_key state "$id")" "KEK destroyed on the KMS"
+  # The default keeps the key (as vSphere does).
+  vc vm create vm2 --provider kms >/dev/null
+  id=$(vc vm show vm2 --json | sed -n 's/.*"kek_id": "\(.*\)".*/\1/p' | head -1)
+  vc vm delete vm2 >/dev/null
+  assert_eq ACTIVE "$(kms_key state "$id")" "KEK kept by default"
+}
+
+test_kms_boot_storm_fetches_each_kek_once_batched() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_start
+  start_daemon
+  add_kms_provider
+  local v d
+  for v in 1 2 3 4; do
+    vc vm create "vm$v" --provider kms >/dev/null
+    for d in 0 1; do vc volume create "vm$v" "d$d" --file "$T/vm$v-d$d.img" --size 20M >/dev/null; done
+  done
+  stop_daemon
+  start_daemon
+  local pids=()
+  for v in 1 2 3 4; do for d in 0 1; do vc open "vm$v/d$d" >/dev/null & pids+=($!); done; done
+  for p in "${pids[@]}"; do wait "$p" || fail "an open failed"; done
+  assert_eq 8 "$(vcrypt_mappings | wc -l)" "all mapped"
+  local show msgs conns
+  show=$(vc provider show kms --json)
+  msgs=$(sed -n 's/.*"kmip_messages_sent": \([0-9]*\).*/\1/p' <<<"$show")
+  conns=$(sed -n 's/.*"tls_connections_made": \([0-9]*\).*/\1/p' <<<"$show")
+  log "8 volumes of 4 VMs: $msgs KMIP messages (incl. version discovery), $conns TLS connection(s)"
+  assert_eq 1 "$conns" "one TLS session"
+  # 4 distinct KEKs, each fetched once: at most 4 Get messages + 1 discovery.
+  (( msgs <= 5 )) || fail "too many KMIP messages: $msgs"
+  for v in 1 2 3 4; do for d in 0 1; do vc close "vm$v/d$d" >/dev/null; done; done
+}
