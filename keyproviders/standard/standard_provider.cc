@@ -123,12 +123,112 @@ Json KmsCluster::States() const {
   return out;
 }
 
+namespace {
+// Operations that can be sent again, to the same or another server, when
+// the answer to a request that may have arrived was lost.
+bool Idempotent(std::span<const kmip::RequestItem> items) {
+  for (const auto& it : items) {
+    switch (it.operation) {
+      case kmip::Operation::kGet:
+      case kmip::Operation::kGetAttributes:
+      case kmip::Operation::kLocate:
+      case kmip::Operation::kQuery:
+      case kmip::Operation::kDiscoverVersions:
+        break;
+      default:
+        return false;
+    }
+  }
+  return true;
+}
+}  // namespace
+
+KmsCluster::Attempt KmsCluster::TryServer(size_t i, std::span<const kmip::RequestItem> items,
+                                          bool continue_on_error, Exchange* ex) {
+  ServerState& s = *states_[i];
+  if (!s.conn.IsUsable()) {
+    s.conn.Close();
+    s.version.reset();
+    auto c = client_.Connect(servers_[i].host, servers_[i].port);
+    if (!c.ok()) {
+      if (!IsTransportError(c.error())) return {AttemptResult::kFatal, std::move(c).error()};
+      return {AttemptResult::kNotSent, std::move(c).error()};
+    }
+    s.conn = std::move(c).value();
+    connections_made_++;
+  }
+  if (!s.version) {
+    // Version negotiation once per connection. A server that does not
+    // know DiscoverVersions (KMIP 1.0) gets the default, 1.2.
+    kmip::RequestItem dv = kmip::MakeDiscoverVersions();
+    kmip::RequestOptions o;
+    o.version = kmip::ProtocolVersion{1, 0};
+    auto req = kmip::EncodeRequest({&dv, 1}, o);
+    if (!req.ok()) return {AttemptResult::kFatal, std::move(req).error()};
+    messages_sent_++;
+    auto bytes = s.conn.RoundTrip(req->message);
+    if (!bytes.ok()) return {AttemptResult::kNotSent, std::move(bytes).error()};
+    kmip::ProtocolVersion chosen = kmip::kDefaultVersion;
+    auto resp = kmip::DecodeResponse(bytes->span());
+    if (resp.ok()) {
+      auto m = kmip::MatchResponse(*req, *resp);
+      if (m.ok() && (*m)[0] != nullptr && (*m)[0]->ok()) {
+        auto versions = kmip::ParseDiscoverVersions((*m)[0]);
+        if (versions.ok() && !versions->empty()) {
+          auto v = kmip::SelectVersion(*versions);
+          if (!v.ok())
+            return {AttemptResult::kFatal,
+                    MakeError(ErrorCode::kKeyUnavailable,
+                              "KMS " + servers_[i].ToString() + ": " + v.error().message)};
+          chosen = *v;
+        }
+      }
+    }
+    s.version = chosen;
+  }
+  kmip::RequestOptions opts;
+  opts.version = *s.version;
+  if (continue_on_error)
+    opts.batch_error_continuation = kmip::BatchErrorContinuationOption::kContinue;
+  auto req = kmip::EncodeRequest(items, opts);
+  if (!req.ok()) return {AttemptResult::kFatal, std::move(req).error()};
+  ex->request = std::move(req).value();
+  messages_sent_++;
+  // Send and read separately: a failed send means the server cannot have
+  // acted on the request (a partial message is never processed); a failed
+  // read means it may have.
+  if (auto st = s.conn.Send(ex->request.message); !st.ok())
+    return {AttemptResult::kNotSent, std::move(st).error()};
+  auto bytes = s.conn.ReadKmipMessage();
+  if (!bytes.ok()) return {AttemptResult::kLostAfterSend, std::move(bytes).error()};
+  const std::string addr = servers_[i].ToString();
+  ex->response_bytes = std::move(bytes).value();
+  auto resp = kmip::DecodeResponse(ex->response_bytes.span());
+  if (!resp.ok()) {
+    s.conn.Close();  // out of sync; the next request reconnects
+    return {AttemptResult::kFatal,
+            MakeError(ErrorCode::kKeyUnavailable,
+                      "KMS " + addr + " sent a malformed response: " + resp.error().message)};
+  }
+  ex->response = std::move(resp).value();
+  auto matched = kmip::MatchResponse(ex->request, ex->response);
+  if (!matched.ok()) {
+    s.conn.Close();
+    return {AttemptResult::kFatal,
+            MakeError(ErrorCode::kKeyUnavailable,
+                      "KMS " + addr + " sent a mismatched response: " + matched.error().message)};
+  }
+  ex->matched = std::move(matched).value();
+  ex->server = addr;
+  return {AttemptResult::kOk, Error{}};
+}
+
 Result<std::unique_ptr<KmsCluster::Exchange>> KmsCluster::Execute(
     std::span<const kmip::RequestItem> items, bool continue_on_error) {
+  const bool idempotent = Idempotent(items);
   std::string tried;
   for (size_t i = 0; i < servers_.size(); ++i) {
     ServerState& s = *states_[i];
-    const std::string addr = servers_[i].ToString();
     auto note = [&](const std::string& state, const std::string& err) {
       std::lock_guard lock(s.info_mu);
       if (s.state != state) s.since = Now();
@@ -136,89 +236,34 @@ Result<std::unique_ptr<KmsCluster::Exchange>> KmsCluster::Execute(
       s.last_error = err;
     };
     std::lock_guard lock(s.mu);
-    auto transport_failed = [&](const Error& e) {
+    // A reused connection may have been dropped silently (idle timeout, a
+    // middlebox): one retry on a fresh connection to the same server.
+    for (int round = 0; round < 2; ++round) {
+      const bool reused = s.conn.IsUsable();
+      auto ex = std::make_unique<Exchange>();
+      Attempt a = TryServer(i, items, continue_on_error, ex.get());
+      if (a.result == AttemptResult::kOk) {
+        note("ok", "");
+        return ex;
+      }
+      if (a.result == AttemptResult::kFatal) {
+        note("error", a.error.message);
+        return std::move(a.error);
+      }
       s.conn.Close();
       s.version.reset();
-      note("error", e.message);
-      tried += (tried.empty() ? "" : "; ") + e.message;
-    };
-    if (!s.conn.IsUsable()) {
-      s.conn.Close();
-      auto c = client_.Connect(servers_[i].host, servers_[i].port);
-      if (!c.ok()) {
-        if (!IsTransportError(c.error())) return std::move(c).error();
-        transport_failed(c.error());
-        continue;
+      note("error", a.error.message);
+      if (a.result == AttemptResult::kLostAfterSend && !idempotent) {
+        // The server may have acted (e.g. created a key): sending it again,
+        // here or elsewhere, could duplicate the effect.
+        return MakeError(ErrorCode::kKeyUnavailable,
+                         a.error.message + " after the request was sent; not retried because "
+                                           "the operation is not idempotent");
       }
-      s.conn = std::move(c).value();
-      connections_made_++;
+      if (reused && round == 0) continue;
+      tried += (tried.empty() ? "" : "; ") + a.error.message;
+      break;
     }
-    if (!s.version) {
-      // Version negotiation once per connection. A server that does not
-      // know DiscoverVersions (KMIP 1.0) gets the default, 1.2.
-      kmip::RequestItem dv = kmip::MakeDiscoverVersions();
-      kmip::RequestOptions o;
-      o.version = kmip::ProtocolVersion{1, 0};
-      auto req = kmip::EncodeRequest({&dv, 1}, o);
-      if (!req.ok()) return std::move(req).error();
-      messages_sent_++;
-      auto bytes = s.conn.RoundTrip(req->message);
-      if (!bytes.ok()) {
-        transport_failed(bytes.error());
-        continue;
-      }
-      s.version = kmip::kDefaultVersion;
-      auto resp = kmip::DecodeResponse(bytes->span());
-      if (resp.ok()) {
-        auto m = kmip::MatchResponse(*req, *resp);
-        if (m.ok() && (*m)[0] != nullptr && (*m)[0]->ok()) {
-          auto versions = kmip::ParseDiscoverVersions((*m)[0]);
-          if (versions.ok() && !versions->empty()) {
-            auto v = kmip::SelectVersion(*versions);
-            if (!v.ok()) {
-              note("error", addr + ": " + v.error().message);
-              return MakeError(ErrorCode::kKeyUnavailable,
-                               "KMS " + addr + ": " + v.error().message);
-            }
-            s.version = *v;
-          }
-        }
-      }
-    }
-    kmip::RequestOptions opts;
-    opts.version = *s.version;
-    if (continue_on_error)
-      opts.batch_error_continuation = kmip::BatchErrorContinuationOption::kContinue;
-    auto ex = std::make_unique<Exchange>();
-    auto req = kmip::EncodeRequest(items, opts);
-    if (!req.ok()) return std::move(req).error();
-    ex->request = std::move(req).value();
-    messages_sent_++;
-    auto bytes = s.conn.RoundTrip(ex->request.message);
-    if (!bytes.ok()) {
-      transport_failed(bytes.error());
-      continue;
-    }
-    ex->response_bytes = std::move(bytes).value();
-    auto resp = kmip::DecodeResponse(ex->response_bytes.span());
-    if (!resp.ok()) {
-      s.conn.Close();  // out of sync; the next request reconnects
-      note("error", "malformed response: " + resp.error().message);
-      return MakeError(ErrorCode::kKeyUnavailable,
-                       "KMS " + addr + " sent a malformed response: " + resp.error().message);
-    }
-    ex->response = std::move(resp).value();
-    auto matched = kmip::MatchResponse(ex->request, ex->response);
-    if (!matched.ok()) {
-      s.conn.Close();
-      note("error", matched.error().message);
-      return MakeError(ErrorCode::kKeyUnavailable,
-                       "KMS " + addr + " sent a mismatched response: " + matched.error().message);
-    }
-    ex->matched = std::move(matched).value();
-    ex->server = addr;
-    note("ok", "");
-    return ex;
   }
   return MakeError(ErrorCode::kKeyUnavailable, "no KMS server reachable (tried " + tried + ")");
 }
@@ -351,7 +396,9 @@ std::vector<Result<SecureBuffer>> StandardProvider::FetchBatch(
     auto ex = cluster_->Execute(items, /*continue_on_error=*/true);
     for (size_t i = 0; i < n; ++i) {
       if (!ex.ok()) {
-        out.push_back(ex.error());
+        Error e = ex.error();
+        e.message = "KEK " + uids[start + i] + " of provider '" + name_ + "': " + e.message;
+        out.push_back(std::move(e));
         continue;
       }
       auto k = kmip::ParseGetAes256((*ex)->matched[i], uids[start + i]);

@@ -60,7 +60,11 @@ class KmsCluster {
 
   // One KMIP exchange: `items` go in one Request Message to the first
   // server that can be reached (in list order), failing over on transport
-  // errors only. On success `matched` has, per request item, the response
+  // errors only. A reused connection that fails gets one retry on a fresh
+  // connection to the same server first. A request that was sent but whose
+  // answer was lost is re-sent (anywhere) only if every operation in it is
+  // idempotent (Get, GetAttributes, Locate, Query, DiscoverVersions);
+  // otherwise the error says so and the caller decides. On success `matched` has, per request item, the response
   // item answering it (or nullptr). Errors: kKeyUnavailable naming every
   // server tried and why, when none could be reached; kInvalidArgument for a
   // malformed response (not a reason to fail over: the server answered).
@@ -74,8 +78,8 @@ class KmsCluster {
   Result<std::unique_ptr<Exchange>> Execute(std::span<const kmip::RequestItem> items,
                                             bool continue_on_error = false);
 
-  // Per server: last state ("ok", "error", "unknown"), last error, when,
-  // negotiated KMIP version. No secrets.
+  // Per server: last state ("ok", "error", "unknown"), last error and
+  // since when. No secrets.
   nlohmann::json States() const;
   // Request messages sent so far (for benchmarks and `provider show`).
   uint64_t messages_sent() const { return messages_sent_.load(); }
@@ -84,6 +88,15 @@ class KmsCluster {
 
  private:
   struct ServerState;
+  enum class AttemptResult { kOk, kNotSent, kLostAfterSend, kFatal };
+  struct Attempt {
+    AttemptResult result;
+    Error error;
+  };
+  // One try on server i (caller holds its lock).
+  Attempt TryServer(size_t i, std::span<const kmip::RequestItem> items,
+                    bool continue_on_error, Exchange* ex);
+
   TlsClient client_;
   std::vector<KmsServer> servers_;
   std::vector<std::unique_ptr<ServerState>> states_;
@@ -104,7 +117,6 @@ class StandardProvider : public KeyProvider {
   // checks the cluster first: at least one server must complete a mutually
   // authenticated handshake and answer DiscoverVersions; otherwise nothing
   // is written and the error names each server and its failure.
-  // The returned JSON in `check` lists each server's state.
   static Result<std::unique_ptr<StandardProvider>> Create(
       const std::string& name, const std::string& dir,
       const std::vector<KmsServer>& servers, const std::string& ca_pem,

@@ -37,108 +37,19 @@
 #include <vector>
 
 #include "common/handles.h"
+#include "tests/kmip/pykmip_fixture.h"
 
 namespace vcrypt {
 namespace {
 
-namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using kmip_test::Clock;
+using kmip_test::Config;
+using kmip_test::FreePort;
+using kmip_test::MakeClient;
+using kmip_test::PyKmipSuite;
+using kmip_test::Seconds;
+using kmip_test::TestDir;
 using std::chrono::milliseconds;
-
-// ---------------------------------------------------------------------------
-// Environment.
-
-std::string ScriptDir() {
-  if (const char* d = std::getenv("VCRYPT_KMIP_SCRIPT_DIR"); d && *d) return d;
-  return VCRYPT_KMIP_SCRIPT_DIR;
-}
-
-// Runs a shell command line, returns its exit status; stdout+stderr in
-// *output.
-int RunShell(const std::string& cmd, std::string* output) {
-  output->clear();
-  FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (f == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) output->append(buf, n);
-  int status = ::pclose(f);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-// One temporary directory per process with the test PKI (make-certs.sh),
-// removed at exit.
-class TestDir {
- public:
-  static TestDir& Get() {
-    static TestDir dir;
-    return dir;
-  }
-  const std::string& path() const { return path_; }
-  std::string certs() const { return path_ + "/certs"; }
-  const std::string& error() const { return error_; }
-
- private:
-  TestDir() {
-    char t[] = "/tmp/vcrypt-kmip-test-XXXXXX";
-    if (::mkdtemp(t) == nullptr) {
-      error_ = "mkdtemp failed";
-      return;
-    }
-    path_ = t;
-    std::string out;
-    if (RunShell(ScriptDir() + "/make-certs.sh " + certs(), &out) != 0) {
-      error_ = "make-certs.sh failed: " + out;
-    }
-  }
-  ~TestDir() {
-    if (!path_.empty()) {
-      std::error_code ec;
-      fs::remove_all(path_, ec);
-    }
-  }
-  std::string path_;
-  std::string error_;
-};
-
-// A port on 127.0.0.1 that nothing listens on right now.
-uint16_t FreePort() {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    return 0;
-  }
-  socklen_t len = sizeof(a);
-  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
-  return ntohs(a.sin_port);
-}
-
-// A config from the test PKI: client identity `client` ("client" or
-// "other-client"), trusting `ca` ("ca" or "other-ca").
-TlsConfig Config(const std::string& client = "client",
-                 const std::string& ca = "ca") {
-  const std::string d = TestDir::Get().certs();
-  TlsConfig c;
-  c.ca_file = d + "/" + ca + ".pem";
-  c.cert_file = d + "/" + client + ".pem";
-  c.key_file = d + "/" + client + "-key.pem";
-  c.connect_timeout = milliseconds(3000);
-  c.io_timeout = milliseconds(5000);
-  return c;
-}
-
-TlsClient MakeClient(const TlsConfig& config) {
-  auto c = TlsClient::Create(config);
-  EXPECT_TRUE(c.ok()) << c.error().message;
-  if (!c.ok()) std::abort();
-  return std::move(c).value();
-}
-
-double Seconds(Clock::duration d) {
-  return std::chrono::duration<double>(d).count();
-}
 
 // ---------------------------------------------------------------------------
 // KMIP bytes.
@@ -674,94 +585,18 @@ TEST_F(TlsLocalTest, WritingToAClosedConnectionIsAnErrorNotSigpipe) {
 // ---------------------------------------------------------------------------
 // PyKmipTest: a real pykmip-server 0.10 on 127.0.0.1.
 
-constexpr const char* kPyKmipServer = "/usr/bin/pykmip-server";
-constexpr const char* kSystemPython = "/usr/bin/python3";
-
-class PyKmipTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    skip_reason_.clear();
-    start_error_.clear();
-    if (::access(kPyKmipServer, X_OK) != 0 ||
-        ::access(kSystemPython, X_OK) != 0) {
-      skip_reason_ = std::string(kPyKmipServer) +
-                     " is not installed (apt-get install python3-pykmip)";
-      return;
-    }
-    if (!TestDir::Get().error().empty()) {
-      start_error_ = TestDir::Get().error();
-      return;
-    }
-    dir_ = TestDir::Get().path() + "/pykmip";
-    std::error_code ec;
-    fs::create_directories(dir_, ec);
-    // The server uses the same PKI as the client (certs/ made above).
-    if (!fs::exists(dir_ + "/certs")) {
-      fs::create_directory_symlink(TestDir::Get().certs(), dir_ + "/certs", ec);
-    }
-    // A free port can be taken by someone else (ctest -j) before PyKMIP
-    // binds it: try a few.
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      port_ = FreePort();
-      std::string out;
-      if (RunShell(Script() + " start " + dir_ + " " + std::to_string(port_),
-                   &out) == 0) {
-        start_error_.clear();
-        return;
-      }
-      start_error_ = "pykmip-server.sh start failed: " + out;
-    }
-  }
-
-  static void TearDownTestSuite() {
-    if (dir_.empty()) return;
-    std::string out;
-    // Fast teardown: PyKMIP's graceful stop takes 10-20 s and the database
-    // is throwaway.
-    (void)RunShell(Script() + " kill " + dir_, &out);
-  }
-
-  void SetUp() override {
-    if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
-    ASSERT_TRUE(start_error_.empty()) << start_error_;
-  }
-
-  static std::string Script() { return ScriptDir() + "/pykmip-server.sh"; }
-
-  static pid_t ServerPid() {
-    std::ifstream f(dir_ + "/server.pid");
-    pid_t pid = 0;
-    f >> pid;
-    return pid;
-  }
-
-  static std::string LogTail() {
-    std::ifstream f(dir_ + "/server.log");
-    std::vector<std::string> lines;
-    for (std::string l; std::getline(f, l);) lines.push_back(l);
-    std::string out;
-    for (size_t i = lines.size() > 15 ? lines.size() - 15 : 0; i < lines.size();
-         ++i) {
-      out += lines[i] + "\n";
-    }
-    return "--- server.log tail:\n" + out;
-  }
-
-  static inline std::string skip_reason_;
-  static inline std::string start_error_;
-  static inline std::string dir_;
-  static inline uint16_t port_ = 0;
-};
+// One server for the whole suite (see pykmip_fixture.h).
+class PyKmipTest : public PyKmipSuite<PyKmipTest> {};
 
 TEST_F(PyKmipTest, RoundTripDiscoverVersions) {
   TlsClient client = MakeClient(Config());
-  auto conn = client.Connect("127.0.0.1", port_);
-  ASSERT_TRUE(conn.ok()) << conn.error().message << "\n" << LogTail();
+  auto conn = client.Connect("127.0.0.1", server().port());
+  ASSERT_TRUE(conn.ok()) << conn.error().message << "\n" << server().LogTail();
   EXPECT_EQ(conn->protocol_version(), "TLSv1.2");  // all PyKMIP 0.10 speaks
   for (int i = 0; i < 2; ++i) {                    // the connection is reused
     EXPECT_TRUE(conn->IsUsable());
     auto m = conn->RoundTrip(kDiscoverVersionsRequest);
-    ASSERT_TRUE(m.ok()) << m.error().message << "\n" << LogTail();
+    ASSERT_TRUE(m.ok()) << m.error().message << "\n" << server().LogTail();
     ExpectSuccessfulResponse(*m);
   }
   conn->Close();
@@ -772,7 +607,7 @@ TEST_F(PyKmipTest, ConnectByHostName) {
   // "localhost" may resolve to ::1 first (nothing listens there: refused),
   // then 127.0.0.1; the certificate carries DNS:localhost; SNI is sent.
   TlsClient client = MakeClient(Config());
-  auto conn = client.Connect("localhost", port_);
+  auto conn = client.Connect("localhost", server().port());
   ASSERT_TRUE(conn.ok()) << conn.error().message;
   auto m = conn->RoundTrip(kDiscoverVersionsRequest);
   ASSERT_TRUE(m.ok()) << m.error().message;
@@ -781,13 +616,13 @@ TEST_F(PyKmipTest, ConnectByHostName) {
 
 TEST_F(PyKmipTest, ConnectToIpVerifyingName) {
   TlsClient client = MakeClient(Config());
-  auto conn = client.Connect("127.0.0.1", port_, "localhost");
+  auto conn = client.Connect("127.0.0.1", server().port(), "localhost");
   ASSERT_TRUE(conn.ok()) << conn.error().message;
 }
 
 TEST_F(PyKmipTest, WrongHostNameRefused) {
   TlsClient client = MakeClient(Config());
-  auto conn = client.Connect("127.0.0.1", port_, "example.com");
+  auto conn = client.Connect("127.0.0.1", server().port(), "example.com");
   ASSERT_FALSE(conn.ok());
   const std::string& msg = conn.error().message;
   EXPECT_TRUE(IsTransportError(conn.error()));
@@ -799,7 +634,7 @@ TEST_F(PyKmipTest, WrongHostNameRefused) {
 
 TEST_F(PyKmipTest, WrongIpAddressRefused) {
   TlsClient client = MakeClient(Config());
-  auto conn = client.Connect("127.0.0.1", port_, "127.0.0.2");
+  auto conn = client.Connect("127.0.0.1", server().port(), "127.0.0.2");
   ASSERT_FALSE(conn.ok());
   EXPECT_NE(conn.error().message.find("IP address mismatch"), std::string::npos)
       << conn.error().message;
@@ -809,11 +644,11 @@ TEST_F(PyKmipTest, ServerCertificateFromAnotherCaRefused) {
   // The client trusts only the other CA; the server's certificate is from
   // the test CA.
   TlsClient client = MakeClient(Config("other-client", "other-ca"));
-  auto conn = client.Connect("127.0.0.1", port_);
+  auto conn = client.Connect("127.0.0.1", server().port());
   ASSERT_FALSE(conn.ok());
   const std::string& msg = conn.error().message;
   EXPECT_TRUE(IsTransportError(conn.error()));
-  EXPECT_NE(msg.find("KMS 127.0.0.1:" + std::to_string(port_)),
+  EXPECT_NE(msg.find("KMS 127.0.0.1:" + std::to_string(server().port())),
             std::string::npos)
       << msg;
   // PyKMIP (Python's ssl) sends its CA along with the leaf, so OpenSSL
@@ -833,7 +668,7 @@ TEST_F(PyKmipTest, ServerCertificateFromAnotherCaRefused) {
 TEST_F(PyKmipTest, ClientCertificateFromAnotherCaRejectedByServer) {
   // The client trusts the server, but its certificate is from the other CA.
   TlsClient client = MakeClient(Config("other-client", "ca"));
-  auto conn = client.Connect("127.0.0.1", port_);
+  auto conn = client.Connect("127.0.0.1", server().port());
   ASSERT_FALSE(conn.ok());
   const std::string& msg = conn.error().message;
   EXPECT_TRUE(IsTransportError(conn.error()));
@@ -847,18 +682,20 @@ TEST_F(PyKmipTest, PausedServerTimesOutInsteadOfHanging) {
   cfg.io_timeout = milliseconds(1500);
   cfg.connect_timeout = milliseconds(1000);
   TlsClient client = MakeClient(cfg);
-  auto conn = client.Connect("127.0.0.1", port_);
+  auto conn = client.Connect("127.0.0.1", server().port());
   ASSERT_TRUE(conn.ok()) << conn.error().message;
 
-  const pid_t pid = ServerPid();
+  const pid_t pid = server().Pid();
   ASSERT_GT(pid, 0);
-  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  ASSERT_EQ(::kill(-pid, SIGSTOP), 0);
   // Resume the server however this test ends.
   struct Resume {
     pid_t pid;
-    ~Resume() { ::kill(pid, SIGCONT); }
+    ~Resume() { ::kill(-pid, SIGCONT); }
   } resume{pid};
 
+  // The whole process group is stopped: PyKMIP serves each connection in
+  // a process of its own, which a stop of the parent alone would miss.
   // The request fits in the socket buffers; the response never comes.
   auto t0 = Clock::now();
   auto m = conn->RoundTrip(kDiscoverVersionsRequest);
@@ -875,7 +712,7 @@ TEST_F(PyKmipTest, PausedServerTimesOutInsteadOfHanging) {
   // A new connection: the kernel still accepts TCP for the stopped
   // process, the TLS handshake gets no answer.
   t0 = Clock::now();
-  auto c2 = client.Connect("127.0.0.1", port_);
+  auto c2 = client.Connect("127.0.0.1", server().port());
   elapsed = Seconds(Clock::now() - t0);
   ASSERT_FALSE(c2.ok());
   EXPECT_NE(c2.error().message.find("TLS handshake timed out"),
@@ -885,36 +722,33 @@ TEST_F(PyKmipTest, PausedServerTimesOutInsteadOfHanging) {
 
   // After SIGCONT the server serves again (backlogged connections notice
   // our side is gone).
-  ::kill(pid, SIGCONT);
-  auto c3 = client.Connect("127.0.0.1", port_);
-  ASSERT_TRUE(c3.ok()) << c3.error().message << "\n" << LogTail();
+  ::kill(-pid, SIGCONT);
+  auto c3 = client.Connect("127.0.0.1", server().port());
+  ASSERT_TRUE(c3.ok()) << c3.error().message << "\n" << server().LogTail();
   auto m3 = c3->RoundTrip(kDiscoverVersionsRequest);
-  ASSERT_TRUE(m3.ok()) << m3.error().message << "\n" << LogTail();
+  ASSERT_TRUE(m3.ok()) << m3.error().message << "\n" << server().LogTail();
   ExpectSuccessfulResponse(*m3);
 }
 
 TEST_F(PyKmipTest, ReconnectAfterServerRestart) {
   TlsClient client = MakeClient(Config());
-  auto conn = client.Connect("127.0.0.1", port_);
+  auto conn = client.Connect("127.0.0.1", server().port());
   ASSERT_TRUE(conn.ok()) << conn.error().message;
   ASSERT_TRUE(conn->RoundTrip(kDiscoverVersionsRequest).ok());
 
   // The KMS crashes (SIGKILL: the kernel closes its sockets) and comes back
   // on the same port.
-  std::string out;
-  ASSERT_EQ(RunShell(Script() + " kill " + dir_, &out), 0) << out;
-  ASSERT_EQ(
-      RunShell(Script() + " start " + dir_ + " " + std::to_string(port_), &out),
-      0)
-      << out;
+  server().Kill();
+  const std::string restarted = server().Restart(/*keep_db=*/false);
+  ASSERT_TRUE(restarted.empty()) << restarted;
 
   EXPECT_FALSE(conn->IsUsable()) << "the old connection looks alive";
   auto stale = conn->RoundTrip(kDiscoverVersionsRequest);
   ASSERT_FALSE(stale.ok());
   EXPECT_TRUE(IsTransportError(stale.error()));
 
-  conn = client.Connect("127.0.0.1", port_);
-  ASSERT_TRUE(conn.ok()) << conn.error().message << "\n" << LogTail();
+  conn = client.Connect("127.0.0.1", server().port());
+  ASSERT_TRUE(conn.ok()) << conn.error().message << "\n" << server().LogTail();
   auto m = conn->RoundTrip(kDiscoverVersionsRequest);
   ASSERT_TRUE(m.ok()) << m.error().message;
   ExpectSuccessfulResponse(*m);
