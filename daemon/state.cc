@@ -59,15 +59,6 @@ Result<VmRecord> VmFromJson(const std::string& name, const json& j) {
 
 }  // namespace
 
-std::string NowRfc3339() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm;
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 Result<StateStore> StateStore::Open(const std::string& dir) {
   VCRYPT_RETURN_IF_ERROR(MakeDirs(dir, 0700));
   VCRYPT_RETURN_IF_ERROR(MakeDirs(dir + "/providers", 0700));

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/clock.h"
 #include "common/result.h"
 #include "keyproviders/key_provider.h"
 
@@ -70,9 +71,6 @@ class StateStore {
   std::map<std::string, VmRecord> vms_;
   std::optional<std::string> default_provider_;
 };
-
-// Current time as RFC 3339 UTC ("2026-11-27T19:00:00Z").
-std::string NowRfc3339();
 
 }  // namespace vcrypt
 

@@ -19,6 +19,7 @@
 
 #include "common/aead.h"
 #include "common/atomic_file.h"
+#include "common/clock.h"
 #include "common/handles.h"
 #include "common/names.h"
 #include "common/random.h"
@@ -66,15 +67,6 @@ bool IsUuid(std::string_view s) {
     }
   }
   return true;
-}
-
-std::string NowUtc() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 std::vector<uint8_t> KekAad(std::string_view primary_key_id,
@@ -425,7 +417,7 @@ Result<std::unique_ptr<NativeProvider>> NativeProvider::Create(
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer key, RandomKey(kPrimaryKeySize));
   VCRYPT_ASSIGN_OR_RETURN(std::string id, RandomUuid());
-  std::string created = NowUtc();
+  std::string created = NowRfc3339();
   VCRYPT_RETURN_IF_ERROR(WriteProviderFiles(name, dir, id, created, key));
   return std::unique_ptr<NativeProvider>(new NativeProvider(
       name, dir, std::move(id), std::move(created), std::move(key)));
@@ -591,7 +583,7 @@ Result<std::unique_ptr<NativeProvider>> NativeProvider::Restore(
       ASN1_STRING_get0_data(value->value.octet_string), kPrimaryKeySize));
   bags.reset();
 
-  std::string created = NowUtc();
+  std::string created = NowRfc3339();
   VCRYPT_RETURN_IF_ERROR(WriteProviderFiles(name, dir, id, created, key));
   return std::unique_ptr<NativeProvider>(new NativeProvider(
       name, dir, std::move(id), std::move(created), std::move(key)));

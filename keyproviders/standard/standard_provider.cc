@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "common/atomic_file.h"
+#include "common/clock.h"
 #include "common/random.h"
 
 namespace vcrypt {
@@ -18,15 +19,6 @@ using Json = nlohmann::json;
 namespace fs = std::filesystem;
 
 constexpr int kConfigVersion = 1;
-
-std::string Now() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm;
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 TlsConfig MakeTlsConfig(const std::string& dir, const StandardProviderOptions& o) {
   TlsConfig c;
@@ -231,7 +223,7 @@ Result<std::unique_ptr<KmsCluster::Exchange>> KmsCluster::Execute(
     ServerState& s = *states_[i];
     auto note = [&](const std::string& state, const std::string& err) {
       std::lock_guard lock(s.info_mu);
-      if (s.state != state) s.since = Now();
+      if (s.state != state) s.since = NowRfc3339();
       s.state = state;
       s.last_error = err;
     };
@@ -298,7 +290,7 @@ Result<std::unique_ptr<StandardProvider>> StandardProvider::Create(
               {"servers", Json::array()},
               {"connect_timeout_ms", options.connect_timeout.count()},
               {"io_timeout_ms", options.io_timeout.count()},
-              {"created", Now()}};
+              {"created", NowRfc3339()}};
   for (const auto& s : servers) cfg["servers"].push_back(s.ToString());
   if (auto w = WriteFileAtomic(tmp + "/ca.pem", ca_pem); !w.ok()) return fail(w.error());
   if (auto w = WriteFileAtomic(tmp + "/cert.pem", cert_pem); !w.ok()) return fail(w.error());
