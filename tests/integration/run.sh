@@ -41,6 +41,7 @@ for file in "$HERE"/t_*.sh; do
     dur="$((ds / 10)).$((ds % 10))"
     if [[ $rc -eq 0 ]]; then
       passed=$((passed + 1)); echo "PASS $t (${dur}s)"
+      grep '^  # ' "$T.out" || true   # figures a passing test logged
     else
       failed=$((failed + 1)); failures+=("$t"); echo "FAIL $t (${dur}s)"
       sed 's/^/    /' "$T.out"
