@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/client.h"
+#include "cli/probe.h"
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/handles.h"
@@ -46,6 +47,8 @@ Volumes:
   close VM/DISK | PATH
   status
   cache evict [VM]                     drop cached KEKs (all, or one VM's)
+  probe DEVICE                         KEY=VALUE lines for udev (reads the
+                                       header; needs no vcryptd)
 
 Exit codes: 0 ok, 1 internal, 2 usage, 3 vcryptd not running, 4 permission
 denied, 5 not found, 6 exists, 7 busy, 8 key unavailable, 9 invalid volume,
@@ -184,6 +187,7 @@ class Cli {
   Status OpenClose(const std::string& cmd, const std::vector<std::string>& a);
   Status StatusCmd(const std::vector<std::string>& a);
   Status Cache(const std::vector<std::string>& a);
+  Status Probe(const std::vector<std::string>& a);
   // Prints `j` as JSON with --json, else with `human`.
   template <typename F>
   void Print(const Json& j, F human) {
@@ -245,6 +249,7 @@ Status Cli::Dispatch(const std::string& cmd, const std::vector<std::string>& res
   if (cmd == "open" || cmd == "close") return OpenClose(cmd, rest);
   if (cmd == "status") return StatusCmd(rest);
   if (cmd == "cache") return Cache(rest);
+  if (cmd == "probe") return Probe(rest);
   return UsageError("unknown command '" + cmd + "'");
 }
 
@@ -520,6 +525,17 @@ Status Cli::Cache(const std::vector<std::string>& a) {
   if (s.words.size() == 2) req["vm"] = s.words[1];
   VCRYPT_ASSIGN_OR_RETURN(Json r, Call("cache.evict", req));
   Print(r, [&](const Json& j) { out_ << "evicted " << Str(j["evicted"]) << " KEK(s)\n"; });
+  return Status::Ok();
+}
+
+// udev IMPORT{program} helper: reads the header itself, never the daemon
+// (see cli/probe.h). Prints nothing on stdout unless DEVICE is a vcrypt
+// volume.
+Status Cli::Probe(const std::vector<std::string>& a) {
+  po::options_description none;
+  VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, none, 1, 1, "probe"));
+  VCRYPT_ASSIGN_OR_RETURN(ProbeInfo info, ProbeDevice(s.words[0]));
+  out_ << FormatProbe(info);
   return Status::Ok();
 }
 
