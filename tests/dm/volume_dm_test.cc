@@ -31,6 +31,7 @@
 #include "common/random.h"
 #include "dmtools/token.h"
 #include "dmtools/volume.h"
+#include "tests/test_util.h"
 
 namespace vcrypt {
 namespace {
@@ -46,21 +47,8 @@ std::string MappingPrefix() {
   return "vcrypt-dmtest" + std::to_string(getpid()) + "-";
 }
 
-class TempDir {
- public:
-  TempDir() {
-    char t[] = "/tmp/vcrypt-dmtest-XXXXXX";
-    char* p = mkdtemp(t);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("dmtest") {}
 };
 
 void MakeSparseFile(const std::string& path, uint64_t size) {

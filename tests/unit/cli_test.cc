@@ -8,28 +8,14 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "tests/test_util.h"
 
 namespace vcrypt {
 namespace {
 
-struct CliRun {
-  int code;
-  std::string out, err;
-};
-
-CliRun RunCtl(std::vector<std::string> args) {
-  std::vector<const char*> argv = {"vcryptctl", "--socket", "/nonexistent/vcrypt.sock"};
-  for (auto& a : args) argv.push_back(a.c_str());
-  std::ostringstream out, err;
-  int code = RunCli(static_cast<int>(argv.size()), argv.data(), out, err);
-  return {code, out.str(), err.str()};
-}
-
-int Lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
+using testing::CliRun;
+using testing::RunCtl;
+int Lines(const std::string& s) { return testing::CountLines(s); }
 
 TEST(CliTest, UsageErrorsExitTwoWithOneLine) {
   const std::vector<std::vector<std::string>> cases = {

@@ -24,6 +24,7 @@
 #include "common/random.h"
 #include "dmtools/token.h"
 #include "dmtools/volume.h"
+#include "tests/test_util.h"
 
 namespace vcrypt {
 namespace {
@@ -32,41 +33,13 @@ namespace fs = std::filesystem;
 
 constexpr uint64_t kFileSize = 40ull << 20;
 
-struct CliRun {
-  int code;
-  std::string out, err;
-};
-
 // vcryptctl with a socket that does not exist: probe must not need it.
-CliRun RunCtl(std::vector<std::string> args) {
-  std::vector<const char*> argv = {"vcryptctl", "--socket", "/nonexistent/vcrypt.sock"};
-  for (auto& a : args) argv.push_back(a.c_str());
-  std::ostringstream out, err;
-  int code = RunCli(static_cast<int>(argv.size()), argv.data(), out, err);
-  return {code, out.str(), err.str()};
-}
+using testing::CliRun;
+using testing::RunCtl;
+int Lines(const std::string& s) { return testing::CountLines(s); }
 
-int Lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
-
-class TempDir {
- public:
-  TempDir() {
-    char t[] = "/tmp/vcrypt-probetest-XXXXXX";
-    char* p = mkdtemp(t);
-    path_ = p ? p : "";
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("probetest") {}
 };
 
 void MakeFile(const std::string& path, uint64_t size, bool garbage = false) {
