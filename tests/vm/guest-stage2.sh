@@ -62,6 +62,72 @@ if [[ -n ${VM_OUTDIR_HOST:-} ]]; then
 		say "warning: cannot bind /vmout at $VM_OUTDIR_HOST"
 fi
 
+# --- systemd as PID 1 (run.sh --systemd) --------------------------------------
+# The job becomes a oneshot service; the service's wrapper writes the status
+# and powers off, exactly as below.
+if [[ ${VM_SYSTEMD:-0} == 1 ]]; then
+	sd_fail() {
+		say "FATAL: $*"
+		echo "stage2: $*" >"$CTL/init-error"
+		poweroff_now
+	}
+	[[ -x /lib/systemd/systemd ]] || sd_fail "no /lib/systemd/systemd in the host root (install systemd)"
+	# The host's fstab names the host's disks.
+	: >/etc/fstab || sd_fail "cannot write /etc/fstab in the overlay"
+	# Units of the host root that would only slow the boot down or wait for
+	# hardware the guest lacks. Tests unmask what they need in --setup.
+	for u in postgresql.service getty.target serial-getty@.service getty@.service \
+		systemd-timesyncd.service timers.target e2scrub_reap.service \
+		systemd-pstore.service remote-fs.target machines.target \
+		libvirt-guests.service libvirtd.service virtlockd.socket virtlogd.socket \
+		libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
+		virtlockd-admin.socket virtlogd-admin.socket \
+		systemd-networkd-wait-online.service NetworkManager-wait-online.service \
+		apt-daily.service apt-daily-upgrade.service man-db.service \
+		systemd-logind.service console-setup.service keyboard-setup.service \
+		systemd-vconsole-setup.service; do
+		ln -sfn /dev/null "/etc/systemd/system/$u"
+	done
+	# tmpfiles' tmp.conf would empty /tmp at boot: in the guest, /tmp is the
+	# host's /tmp (a CI checkout, a test's files) seen through the overlay.
+	mkdir -p /etc/tmpfiles.d && ln -sfn /dev/null /etc/tmpfiles.d/tmp.conf ||
+		sd_fail "cannot override tmpfiles.d/tmp.conf"
+	cat >/etc/systemd/system/vcrypt-vmjob.service <<-'EOF'
+	[Unit]
+	Description=vcrypt VM harness job (tests/vm/run.sh --systemd)
+	After=basic.target
+	[Service]
+	Type=exec
+	ExecStart=/bin/bash /run/vmctl/sd-job.sh
+	StandardInput=null
+	StandardOutput=file:/dev/ttyS0
+	StandardError=inherit
+	TimeoutStopSec=5
+	EOF
+	mkdir -p /etc/systemd/system/multi-user.target.wants &&
+		ln -sfn ../vcrypt-vmjob.service /etc/systemd/system/multi-user.target.wants/ ||
+		sd_fail "cannot install vcrypt-vmjob.service"
+	cat >"$CTL/sd-job.sh" <<-'EOF'
+	# Written by guest-stage2.sh: runs the job under systemd, reports, powers off.
+	env -i /bin/bash --noprofile --norc /run/vmctl/job.sh
+	rc=$?
+	printf '%s\n' "$rc" >/run/vmctl/status.tmp && mv -f /run/vmctl/status.tmp /run/vmctl/status
+	sync
+	# As in stage2: after the sysrq write, run nothing from the host root.
+	exec 2>/dev/null
+	echo o >/proc/sysrq-trigger
+	read -r -t 60 _ <>/run/vm-idle
+	EOF
+	if [[ -f $CTL/setup.sh ]]; then
+		dbg "running the --setup file"
+		env -i /bin/bash --noprofile --norc "$CTL/setup.sh" ||
+			sd_fail "the --setup file failed (status $?)"
+	fi
+	dbg "exec systemd"
+	exec /lib/systemd/systemd
+	sd_fail "cannot exec /lib/systemd/systemd"
+fi
+
 if [[ ${VM_UDEV:-1} == 1 ]]; then
 	udevd=/lib/systemd/systemd-udevd
 	# Coldplug only block devices and misc (device-mapper control,

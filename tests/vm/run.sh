@@ -4,7 +4,8 @@
 # root filesystem (read-only 9p + tmpfs overlay). See tests/vm/README.md.
 #
 # usage: run.sh [--mem MB] [--timeout SECONDS] [--disk FILE]... [--outdir DIR]
-#               [--env NAME]... [--no-udev] -- COMMAND [ARGS...]
+#               [--env NAME]... [--no-udev] [--systemd [--setup FILE]]
+#               -- COMMAND [ARGS...]
 #
 # Exit status: COMMAND's; 124 if the timeout expired; 125 if the guest died
 # (or qemu failed) without reporting a status; 2 for usage errors.
@@ -28,6 +29,12 @@ usage() {
 	                    too, if visible there); default: a temporary directory
 	  --env NAME        also pass the variable NAME into the guest (repeatable)
 	  --no-udev         do not start systemd-udevd in the guest
+	  --systemd         boot systemd as PID 1; COMMAND runs as a Type=exec
+	                    service (vcrypt-vmjob.service, wanted by
+	                    multi-user.target, ordered after basic.target only)
+	  --setup FILE      with --systemd: run FILE (bash, as root, in the
+	                    overlay root, same environment as COMMAND) before
+	                    systemd starts, e.g. to install units or enable them
 	Passed to COMMAND: PATH HOME LANG LANGUAGE LC_* TZ USER LOGNAME CI
 	VCRYPT_* and the names in $VCRYPT_VM_PASSENV (space separated).
 	EOF
@@ -41,6 +48,8 @@ disks=()
 outdir=
 extra_env=()
 udev=1
+systemd=0
+setup=
 while (($#)); do
 	case $1 in
 		--mem) (($# >= 2)) || usage_die "--mem needs a value"; mem=$2; shift 2 ;;
@@ -54,6 +63,9 @@ while (($#)); do
 		--env) (($# >= 2)) || usage_die "--env needs a value"; extra_env+=("$2"); shift 2 ;;
 		--env=*) extra_env+=("${1#*=}"); shift ;;
 		--no-udev) udev=0; shift ;;
+		--systemd) systemd=1; shift ;;
+		--setup) (($# >= 2)) || usage_die "--setup needs a value"; setup=$2; shift 2 ;;
+		--setup=*) setup=${1#*=}; shift ;;
 		-h|--help) usage; exit 0 ;;
 		--) shift; break ;;
 		-*) usage_die "unknown option: $1" ;;
@@ -67,6 +79,11 @@ for d in ${disks[@]+"${disks[@]}"}; do
 	[[ -e $d ]] || usage_die "--disk: no such file: $d"
 done
 ((${#disks[@]} <= 20)) || usage_die "too many --disk options"
+if [[ -n $setup ]]; then
+	((systemd)) || usage_die "--setup needs --systemd"
+	[[ -r $setup ]] || usage_die "--setup: cannot read $setup"
+fi
+((systemd && !udev)) && usage_die "--no-udev and --systemd exclude each other (systemd starts udevd)"
 
 # Paths the guest replaces with fresh filesystems: the host's content there is
 # invisible inside.
@@ -150,8 +167,15 @@ passenv+=(${more[@]+"${more[@]}"} ${extra_env[@]+"${extra_env[@]}"})
 	printf 'VM_UDEV=%q\n' "$udev"
 	printf 'VM_UDEV_COLDPLUG=%q\n' "${VCRYPT_VM_UDEV_COLDPLUG:-}"
 	printf 'VM_DEBUG=%q\n' "$debug"
+	printf 'VM_SYSTEMD=%q\n' "$systemd"
 } >"$ctl/job.env"
 cp "$SCRIPT_DIR/guest-stage2.sh" "$ctl/stage2.sh"
+if [[ -n $setup ]]; then
+	# Same environment and working directory as the job, then the file.
+	sed '$d' "$ctl/job.sh" >"$ctl/setup.sh"
+	cp -- "$setup" "$ctl/setup-file.sh"
+	printf 'source /run/vmctl/setup-file.sh\n' >>"$ctl/setup.sh"
+fi
 
 # A comma in a qemu option value is written as two.
 qemu_escape() { printf '%s' "${1//,/,,}"; }
@@ -169,6 +193,9 @@ if ((debug)); then
 else
 	cmdline+=" console=tty0 quiet loglevel=0"
 fi
+# systemd as PID 1: no status lines on the console, no emergency shell.
+((systemd)) && cmdline+=" systemd.show_status=0 systemd.log_target=journal"
+
 qemu=(
 	qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$mem"
 	-nographic -no-reboot -nodefaults -vga none -nic none -bios qboot.rom

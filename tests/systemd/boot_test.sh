@@ -1,0 +1,262 @@
+#!/bin/bash
+# The boot test: a guest that boots systemd as PID 1 (tests/vm/run.sh
+# --systemd) with vcrypt installed the way `cmake --install` installs it, and
+# four virtio disks that are vcrypt volumes. Nothing is opened by hand:
+#
+#   alpha/root  native provider                 → mapped at boot, data intact
+#   beta/root   KMS that is down at boot        → locked with the reason in
+#                                                 `vcryptctl status`; unlocks by
+#                                                 itself once the KMS starts
+#   gamma/root  KMS that stays down             → its unit gives up at its
+#                                                 deadline, boot completes
+#                                                 (degraded), then the KMS is
+#                                                 started and `systemctl restart`
+#                                                 opens it
+#   delta/root  native, vm create --no-auto-unlock → stays closed
+#
+# Two guest boots: "prep" (the plain harness) creates the providers, VMs and
+# volumes on the disks, with both KMSs running; "job" (under systemd) checks
+# the boot. The work directory is the --outdir share, so the guests see it at
+# the same path and the KMS databases and vcryptd's state survive between
+# the boots.
+#
+# usage: boot_test.sh BUILD_DIR        (host; prints "boot: N passed, M failed")
+#        boot_test.sh prep|setup|job W (inside the guests; internal)
+set -uo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+KMIP=$ROOT/tests/kmip
+
+# ---------------------------------------------------------------- host side
+host() {
+  local build
+  build=$(cd "$1" && pwd) || { echo "boot: no build dir $1" >&2; exit 2; }
+  # VCRYPT_BOOT_KEEP=1 keeps the work directory; VCRYPT_BOOT_REUSE=DIR
+  # reuses a kept one and boots systemd only (for working on the checks).
+  local reuse=${VCRYPT_BOOT_REUSE:-}
+  if [[ -n $reuse ]]; then
+    W=$reuse
+  else
+    W=$(mktemp -d /tmp/vcrypt-boot.XXXXXX)
+  fi
+  [[ ${VCRYPT_BOOT_KEEP:-0} == 1 || -n $reuse ]] || trap 'rm -rf "$W"' EXIT
+  rm -rf "$W/stage"
+  # Installed exactly as a packager would: cmake --install into a staging
+  # root, which the guest copies over its (overlay) root before systemd.
+  DESTDIR=$W/stage cmake --install "$build" >"$W/install.log" 2>&1 ||
+    { cat "$W/install.log"; echo "boot: 0 passed, 1 failed"; exit 1; }
+  export VCRYPT_BOOT_W=$W
+  if [[ -z $reuse ]]; then
+    echo "VCRYPT_BUILD=$build" >"$W/env"
+    echo "P1=$((20000 + RANDOM % 20000))" >>"$W/env"
+    echo "P2=$((40001 + RANDOM % 20000))" >>"$W/env"
+  fi
+  local disks=()
+  for d in alpha beta gamma delta; do
+    [[ -n $reuse ]] || truncate -s 40M "$W/$d.img"
+    disks+=(--disk "$W/$d.img")
+  done
+  echo "# boot test: preparing volumes (plain guest)"
+  if [[ -z $reuse ]] && ! "$ROOT/tests/vm/run.sh" --timeout 600 --outdir "$W" "${disks[@]}" -- \
+      bash "$HERE/boot_test.sh" prep "$W"; then
+    echo "FAIL prep: the preparation guest failed"
+    echo "boot: 0 passed, 1 failed"
+    return 1
+  fi
+  echo "# boot test: booting systemd"
+  local rc=0
+  "$ROOT/tests/vm/run.sh" --systemd --timeout 900 --outdir "$W" "${disks[@]}" \
+    --setup "$HERE/boot_setup.sh" -- \
+    bash "$HERE/boot_test.sh" job "$W" | tee "$W/job.out" || rc=$?
+  local p f
+  p=$(grep -c '^PASS ' "$W/job.out")
+  f=$(grep -c '^FAIL ' "$W/job.out")
+  if ((rc != 0 && f == 0)); then
+    f=1
+    echo "FAIL the systemd guest exited $rc"
+  fi
+  [[ -f $W/journal.txt ]] && ((f > 0)) && {
+    echo "# --- journal of the failed boot (vcrypt units) ---"
+    grep -E 'vcrypt|systemd\[1\]: .*(vcrypt|libvirt|Failed)' "$W/journal.txt" | tail -150
+  }
+  echo "boot: $p passed, $f failed"
+  ((f == 0))
+}
+
+# ------------------------------------------------------- guest 1: prepare
+kms_start() {  # name port
+  mkdir -p "$W/$1"
+  [[ -d $W/kms1/certs && ! -d $W/$1/certs ]] && cp -a "$W/kms1/certs" "$W/$1/certs"
+  PYKMIP_KEEP_DB=${KEEP_DB:-0} "$KMIP/pykmip-server.sh" start "$W/$1" "$2" >/dev/null
+}
+kms_kill() { "$KMIP/pykmip-server.sh" kill "$W/$1" >/dev/null 2>&1 || true; }
+
+prep() {
+  set -e
+  source "$W/env"
+  mkdir -p /dev/shm && mount -t tmpfs shm /dev/shm 2>/dev/null || true
+  local T=/tmp/prep
+  mkdir -p $T
+  local ctl=("$VCRYPT_BUILD/cli/vcryptctl" --socket $T/sock)
+  local t0=$SECONDS
+  "$KMIP/make-certs.sh" "$W/kms1/certs" >/dev/null   # kms2 shares them
+  kms_start kms1 "$P1" &
+  kms_start kms2 "$P2" &
+  wait %1 && wait %2
+  echo "# both KMSs up after $((SECONDS - t0)) s"
+  trap 'kms_kill kms1; kms_kill kms2; kill $dpid 2>/dev/null' EXIT
+  "$VCRYPT_BUILD/daemon/vcryptd" --state-dir "$W/state" --socket $T/sock >$T/d.log 2>&1 &
+  dpid=$!
+  for _ in $(seq 100); do [[ -S $T/sock ]] && break; sleep 0.1; done
+  local c=$W/kms1/certs
+  "${ctl[@]}" provider add native host >/dev/null
+  "${ctl[@]}" provider add standard kms --kms 127.0.0.1:$P1 --ca $c/ca.pem \
+    --cert $c/client.pem --key $c/client-key.pem >/dev/null
+  "${ctl[@]}" provider add standard kmsdown --kms 127.0.0.1:$P2 --ca $c/ca.pem \
+    --cert $c/client.pem --key $c/client-key.pem >/dev/null
+  "${ctl[@]}" vm create alpha --provider host >/dev/null
+  "${ctl[@]}" vm create beta --provider kms >/dev/null
+  "${ctl[@]}" vm create gamma --provider kmsdown >/dev/null
+  "${ctl[@]}" vm create delta --provider host --no-auto-unlock >/dev/null
+  local vm dev=(vda vdb vdc vdd) i=0 path
+  for vm in alpha beta gamma delta; do
+    "${ctl[@]}" volume create $vm root --device /dev/${dev[$i]} >/dev/null
+    path=$("${ctl[@]}" open $vm/root)
+    head -c $((4 << 20)) /dev/urandom >$T/p
+    dd if=$T/p of="$path" bs=1M oflag=direct conv=fsync status=none
+    sha256sum <$T/p | cut -d' ' -f1 >"$W/$vm.sha"
+    "${ctl[@]}" close $vm/root >/dev/null
+    i=$((i + 1))
+  done
+  echo "# prepared in $((SECONDS - t0)) s"
+}
+
+# ----------------------------------------------- guest 2: systemd checks
+pass=0
+PASS() { echo "PASS $*"; }
+FAIL() { echo "FAIL $*"; }
+check() {  # name command...
+  local name=$1; shift
+  local out
+  if out=$("$@" 2>&1); then PASS "$name"; else FAIL "$name: ${out:-failed}"; fi
+}
+wait_for() {  # seconds command...
+  local t=$1; shift
+  local end=$((SECONDS + t))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < end)) || return 1
+    sleep 1
+  done
+}
+up() { cut -d' ' -f1 /proc/uptime; }
+CTL=/usr/local/sbin/vcryptctl
+mapped() { [[ -b /dev/mapper/vcrypt-$1-root ]]; }
+unit_state() { systemctl show -P ActiveState "$1"; }
+unit_is() { [[ $(unit_state "$1") == "$2" ]]; }
+data_intact() {  # vm
+  local got
+  got=$(dd if=/dev/mapper/vcrypt-$1-root bs=1M count=4 iflag=direct status=none | sha256sum | cut -d' ' -f1)
+  [[ $got == "$(cat "$W/$1.sha")" ]] || { echo "sha $got != $(cat "$W/$1.sha")"; return 1; }
+}
+# "STATE|REASON MESSAGE" of VM/root in `vcryptctl --json status`.
+vol_state() {
+  $CTL --json status | python3 -c '
+import json, sys
+st = json.load(sys.stdin)
+for vm in st["vms"]:
+    for d in vm["disks"]:
+        if vm["vm"] == sys.argv[1] and d["disk"] == "root":
+            r = d.get("reason") or {}
+            print(d["state"] + "|" + str(r.get("message", "")))
+' "$1"
+}
+locked_with() {  # vm text
+  local s
+  s=$(vol_state "$1")
+  [[ $s == locked\|*"$2"* ]] || { echo "status of $1/root: $s (want locked, reason naming $2)"; return 1; }
+}
+only_failed_unit() {
+  local failed
+  failed=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | tr '\n' ' ')
+  [[ $failed == "$1 " ]] || { echo "failed units: '$failed', want '$1'"; return 1; }
+}
+after_contains() { [[ " $(systemctl show -P After "$1") " == *" $2 "* ]]; }
+after_lacks() { [[ " $(systemctl show -P After "$1") " != *" $2 "* ]]; }
+ts() { systemctl show -P "$2" "$1" | xargs -r -I{} date -d "{}" +%s%N; }
+before() {  # unit1 prop1 unit2 prop2: unit1's timestamp <= unit2's
+  local a b
+  a=$(systemctl show -P "$2" "$1" --timestamp=unix | tr -d @)
+  b=$(systemctl show -P "$4" "$3" --timestamp=unix | tr -d @)
+  [[ -n $a && -n $b && $a -le $b ]] || { echo "$1 $2=$a, $3 $4=$b"; return 1; }
+}
+
+job() {
+  source "$W/env"
+  mkdir -p /dev/shm
+  echo "# job started at uptime $(up) s"
+  rm -f "$W/journal.txt"
+  trap 'journalctl -b --no-pager -o short-monotonic >"$W/journal.txt" 2>&1; kms_kill kms1; kms_kill kms2' EXIT
+
+  check "alpha (native) is mapped at boot with no manual command" wait_for 180 mapped alpha
+  echo "# alpha mapped at uptime $(up) s"
+  check "alpha: data written before the reboot is intact" data_intact alpha
+  check "alpha: opened by vcrypt-unlock@alpha-root.service" unit_is vcrypt-unlock@alpha-root.service active
+  check "native unit is not ordered after network-online.target" \
+    after_lacks vcrypt-unlock@alpha-root.service network-online.target
+  check "KMS unit is ordered after network-online.target" \
+    after_contains vcrypt-unlock-net@beta-root.service network-online.target
+  check "delta (--no-auto-unlock): its unit ran and opened nothing" \
+    wait_for 60 unit_is vcrypt-unlock@delta-root.service active
+  check "delta stays closed" bash -c "! [[ -e /dev/mapper/vcrypt-delta-root ]]"
+
+  # KMS down: the unit keeps retrying; status says why the volume is locked.
+  check "beta (KMS down): its unlock unit is still retrying" \
+    unit_is vcrypt-unlock-net@beta-root.service activating
+  check "beta: status reports locked with the unreachable KMS" \
+    wait_for 60 locked_with beta "127.0.0.1:$P1"
+  locked_with beta "127.0.0.1:$P1" || true   # the message, for the log
+  echo "# beta: $(vol_state beta)"
+  check "beta is not mapped while the KMS is down" bash -c "! [[ -e /dev/mapper/vcrypt-beta-root ]]"
+
+  echo "# starting the KMS of beta at uptime $(up) s"
+  KEEP_DB=1 kms_start kms1 "$P1" || FAIL "cannot start the KMS"
+  echo "# KMS up at uptime $(up) s"
+  check "beta unlocks by itself once the KMS is up" wait_for 120 mapped beta
+  echo "# beta mapped at uptime $(up) s"
+  check "beta: data intact" data_intact beta
+  check "beta: unit active" wait_for 10 unit_is vcrypt-unlock-net@beta-root.service active
+  check "beta: the unit's log shows retries" bash -c \
+    "journalctl -b -u vcrypt-unlock-net@beta-root.service --no-pager | grep -qi 'retry'"
+  check "beta: status reports unlocked" bash -c "[[ \$($(declare -f vol_state); CTL=$CTL vol_state beta) == unlocked\|* ]]"
+
+  # gamma's KMS never comes: the unit gives up at its deadline (20 s, set by
+  # a per-instance drop-in) and the boot completes.
+  check "gamma: its unit fails at the deadline" wait_for 120 unit_is vcrypt-unlock-net@gamma-root.service failed
+  check "gamma: status reports locked with the unreachable KMS" locked_with gamma "127.0.0.1:$P2"
+  echo "# gamma: $(vol_state gamma)"
+  local state
+  state=$(timeout 180 systemctl is-system-running --wait)
+  echo "# system state: $state at uptime $(up) s"
+  check "boot completes (degraded: one failed unlock)" test "$state" = degraded
+  check "the only failed unit is gamma's" only_failed_unit vcrypt-unlock-net@gamma-root.service
+  check "libvirtd started only after the unlock units finished" \
+    before vcrypt-unlock-net@beta-root.service ActiveEnterTimestamp libvirtd.service ActiveEnterTimestamp
+  check "libvirtd waited for gamma's unit to give up" \
+    before vcrypt-unlock-net@gamma-root.service InactiveEnterTimestamp libvirtd.service ActiveEnterTimestamp
+
+  KEEP_DB=1 kms_start kms2 "$P2" || FAIL "cannot start gamma's KMS"
+  check "gamma opens with systemctl restart once its KMS is up" \
+    systemctl restart vcrypt-unlock-net@gamma-root.service
+  check "gamma: data intact" data_intact gamma
+
+  check "stopping alpha's unit closes the volume it opened" bash -c \
+    "systemctl stop vcrypt-unlock@alpha-root.service && ! [[ -e /dev/mapper/vcrypt-alpha-root ]]"
+  echo "# done at uptime $(up) s"
+}
+
+case ${1:-} in
+  prep) W=$2; prep ;;
+  job) W=$2; job ;;
+  -*|"") echo "usage: $0 BUILD_DIR" >&2; exit 2 ;;
+  *) host "$1" ;;
+esac
