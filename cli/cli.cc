@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cerrno>
 #include <cstring>
@@ -18,8 +19,10 @@
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/handles.h"
+#include "common/names.h"
 #include "common/secure_buffer.h"
 #include "common/wire.h"
+#include "libvirt/attach.h"
 
 namespace vcrypt {
 namespace {
@@ -44,11 +47,22 @@ Volumes:
                 [--sector-size 512|4096] [--force]
   volume list [VM]
   open  VM/DISK | PATH [--discards]    prints the /dev/mapper path
+  open  --all [--file-backed]          opens every volume of the VMs with
+                                       auto-unlock (only image files with
+                                       --file-backed)
   close VM/DISK | PATH
   status
   cache evict [VM]                     drop cached KEKs (all, or one VM's)
   probe DEVICE                         KEY=VALUE lines for udev (reads the
                                        header; needs no vcryptd)
+libvirt domains (--connect URI, default qemu:///system):
+  attach VM/DISK --domain DOMAIN [--target vdX]
+                                       opens the volume, adds it to the
+                                       domain as a raw virtio disk (live and
+                                       persistent)
+  detach VM/DISK --domain DOMAIN [--timeout SEC]
+                                       removes it (waits SEC, default 10,
+                                       for the guest), closes the volume
 
 Exit codes: 0 ok, 1 internal, 2 usage, 3 vcryptd not running, 4 permission
 denied, 5 not found, 6 exists, 7 busy, 8 key unavailable, 9 invalid volume,
@@ -142,11 +156,20 @@ void PrintTable(std::ostream& out, const Json& rows,
     for (const auto& r : rows) m = std::max(m, Str(r.value(key, Json())).size());
     w.push_back(m + 1);
   }
-  for (size_t i = 0; i < cols.size(); ++i) out << Pad(cols[i].second, w[i]);
-  out << "\n";
+  // No trailing blanks.
+  auto print = [&](const std::vector<std::string>& cells) {
+    std::string line;
+    for (size_t i = 0; i < cells.size(); ++i) line += Pad(cells[i], w[i]);
+    line.erase(line.find_last_not_of(' ') + 1);
+    out << line << "\n";
+  };
+  std::vector<std::string> cells;
+  for (const auto& c : cols) cells.push_back(c.second);
+  print(cells);
   for (const auto& r : rows) {
-    for (size_t i = 0; i < cols.size(); ++i) out << Pad(Str(r.value(cols[i].first, Json())), w[i]);
-    out << "\n";
+    cells.clear();
+    for (const auto& c : cols) cells.push_back(Str(r.value(c.first, Json())));
+    print(cells);
   }
 }
 
@@ -164,6 +187,20 @@ void PrintObject(std::ostream& out, const Json& obj, const std::string& indent =
       out << indent << k << ": " << Str(v) << "\n";
     }
   }
+}
+
+// What a volume's state rests on: its mapping, or why it is not open
+// ("(key unavailable: MESSAGE, since TIME)").
+std::string StateDetail(const Json& d) {
+  if (d.contains("mapping")) return Str(d["mapping"]);
+  auto it = d.find("reason");
+  if (it == d.end() || !it->is_object()) return "";
+  std::string code = it->value("code", "");
+  std::replace(code.begin(), code.end(), '_', ' ');
+  std::string out = "(" + code + ": " + it->value("message", "");
+  std::string since = it->value("since", "");
+  if (!since.empty()) out += ", since " + since;
+  return out + ")";
 }
 
 class Cli {
@@ -185,9 +222,12 @@ class Cli {
   Status Vm(const std::vector<std::string>& a);
   Status Volume(const std::vector<std::string>& a);
   Status OpenClose(const std::string& cmd, const std::vector<std::string>& a);
+  Status OpenAll(bool file_backed);
   Status StatusCmd(const std::vector<std::string>& a);
   Status Cache(const std::vector<std::string>& a);
   Status Probe(const std::vector<std::string>& a);
+  Status AttachDetach(const std::string& cmd,
+                      const std::vector<std::string>& a);
   // Prints `j` as JSON with --json, else with `human`.
   template <typename F>
   void Print(const Json& j, F human) {
@@ -236,7 +276,8 @@ int Cli::Run(int argc, const char* const* argv) {
   }
   auto st = Dispatch(cmd, rest);
   if (!st.ok()) {
-    err_ << "vcryptctl: " << st.error().message << "\n";
+    // An empty message: the command printed its own error lines.
+    if (!st.error().message.empty()) err_ << "vcryptctl: " << st.error().message << "\n";
     return static_cast<int>(st.error().code);
   }
   return 0;
@@ -250,6 +291,7 @@ Status Cli::Dispatch(const std::string& cmd, const std::vector<std::string>& res
   if (cmd == "status") return StatusCmd(rest);
   if (cmd == "cache") return Cache(rest);
   if (cmd == "probe") return Probe(rest);
+  if (cmd == "attach" || cmd == "detach") return AttachDetach(cmd, rest);
   return UsageError("unknown command '" + cmd + "'");
 }
 
@@ -465,8 +507,10 @@ Status Cli::Volume(const std::vector<std::string>& a) {
     if (!s.words.empty()) req["vm"] = s.words[0];
     VCRYPT_ASSIGN_OR_RETURN(Json r, Call("volume.list", req));
     Print(r, [&](const Json& j) {
-      PrintTable(out_, j["volumes"], {{"vm", "VM"}, {"disk", "DISK"}, {"state", "STATE"},
-                                      {"device", "DEVICE"}, {"mapping", "MAPPING"}});
+      Json rows = j["volumes"];
+      for (auto& v : rows) v["detail"] = StateDetail(v);
+      PrintTable(out_, rows, {{"vm", "VM"}, {"disk", "DISK"}, {"state", "STATE"},
+                              {"device", "DEVICE"}, {"detail", "DETAIL"}});
     });
     return Status::Ok();
   }
@@ -475,8 +519,15 @@ Status Cli::Volume(const std::vector<std::string>& a) {
 
 Status Cli::OpenClose(const std::string& cmd, const std::vector<std::string>& a) {
   po::options_description o;
-  if (cmd == "open") o.add_options()("discards", "");
-  VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, o, 1, 1, cmd));
+  if (cmd == "open") o.add_options()("discards", "")("all", "")("file-backed", "");
+  VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, o, 0, 1, cmd));
+  if (s.vm.count("all")) {
+    if (!s.words.empty() || s.vm.count("discards"))
+      return UsageError("open --all takes no volume and no --discards");
+    return OpenAll(s.vm.count("file-backed") > 0);
+  }
+  if (s.vm.count("file-backed")) return UsageError("--file-backed goes with open --all");
+  if (s.words.empty()) return UsageError(cmd + ": wrong number of arguments");
   VCRYPT_ASSIGN_OR_RETURN(Json req, TargetArgs(s.words[0]));
   if (cmd == "open") req["discards"] = s.vm.count("discards") > 0;
   VCRYPT_ASSIGN_OR_RETURN(Json r, Call(cmd, req));
@@ -484,6 +535,30 @@ Status Cli::OpenClose(const std::string& cmd, const std::vector<std::string>& a)
     if (cmd == "open") out_ << Str(j["path"]) << "\n";
     else out_ << "closed " << Str(j["closed"]) << "\n";
   });
+  return Status::Ok();
+}
+
+Status Cli::OpenAll(bool file_backed) {
+  VCRYPT_ASSIGN_OR_RETURN(Json r, Call("open_all", {{"file_backed", file_backed}}));
+  Print(r, [&](const Json& j) {
+    for (const auto& v : j["volumes"]) {
+      if (!v.value("ok", false)) continue;
+      out_ << Str(v["vm"]) << "/" << Str(v["disk"]) << ": "
+           << (v.value("already_open", false) ? "already open " : "opened ") << Str(v["path"])
+           << "\n";
+    }
+    if (j["volumes"].empty()) out_ << "no volumes to open\n";
+  });
+  // One line per volume that did not open; the exit code is the first one's.
+  std::optional<ErrorCode> first;
+  for (const auto& v : r["volumes"]) {
+    if (v.value("ok", false)) continue;
+    const Json& e = v["error"];
+    err_ << "vcryptctl: " << Str(v["vm"]) << "/" << Str(v["disk"]) << ": "
+         << Str(e.value("message", Json())) << "\n";
+    if (!first) first = ErrorCodeFromName(e.value("code", ""));
+  }
+  if (first) return MakeError(*first, "");
   return Status::Ok();
 }
 
@@ -501,18 +576,19 @@ Status Cli::StatusCmd(const std::vector<std::string>& a) {
     Json rows = Json::array();
     for (const auto& vm : j["vms"]) {
       for (const auto& d : vm["disks"]) {
-        Json row = d;
-        row["kek_cached"] = vm["kek_cached"];
-        row["provider"] = vm["provider"];
-        rows.push_back(row);
+        rows.push_back({{"volume", Str(d["vm"]) + "/" + Str(d["disk"])},
+                        {"state", d["state"]},
+                        {"provider", vm["provider"]},
+                        {"kek_cached", vm["kek_cached"]},
+                        {"detail", StateDetail(d)}});
       }
       if (vm["disks"].empty())
-        rows.push_back({{"vm", vm["vm"]}, {"provider", vm["provider"]},
-                        {"kek_cached", vm["kek_cached"]}, {"disk", "-"}, {"state", "-"}});
+        rows.push_back({{"volume", Str(vm["vm"]) + "/-"}, {"provider", vm["provider"]},
+                        {"kek_cached", vm["kek_cached"]}, {"state", "-"}, {"detail", ""}});
     }
-    PrintTable(out_, rows, {{"vm", "VM"}, {"disk", "DISK"}, {"state", "STATE"},
+    PrintTable(out_, rows, {{"volume", "VOLUME"}, {"state", "STATE"},
                             {"provider", "PROVIDER"}, {"kek_cached", "KEK_CACHED"},
-                            {"mapping", "MAPPING"}});
+                            {"detail", "DETAIL"}});
   });
   return Status::Ok();
 }
@@ -536,6 +612,98 @@ Status Cli::Probe(const std::vector<std::string>& a) {
   VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, none, 1, 1, "probe"));
   VCRYPT_ASSIGN_OR_RETURN(ProbeInfo info, ProbeDevice(s.words[0]));
   out_ << FormatProbe(info);
+  return Status::Ok();
+}
+
+// attach/detach: a vcrypt volume as a disk of a libvirt domain
+// (libvirt/attach.h, docs/libvirt.md). libvirt is checked before vcryptd
+// is asked to open anything.
+Status Cli::AttachDetach(const std::string& cmd,
+                         const std::vector<std::string>& a) {
+  std::string domain, target, uri = kDefaultLibvirtUri;
+  unsigned timeout = 10;
+  po::options_description o;
+  o.add_options()("domain", po::value(&domain))("connect", po::value(&uri));
+  if (cmd == "attach")
+    o.add_options()("target", po::value(&target));
+  else
+    o.add_options()("timeout", po::value(&timeout));
+  VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, o, 1, 1, cmd));
+  if (domain.empty()) return UsageError(cmd + " needs --domain DOMAIN");
+  if (uri.empty()) return UsageError(cmd + ": --connect needs a libvirt URI");
+  const std::string& t = s.words[0];
+  auto slash = t.find('/');
+  if (slash == std::string::npos || t.find('/', slash + 1) != std::string::npos)
+    return UsageError(cmd + ": '" + t + "' is not VM/DISK");
+  VolumeRef v{t.substr(0, slash), t.substr(slash + 1)};
+  VCRYPT_RETURN_IF_ERROR(ValidateVolumeNames(v.vm, v.disk));
+  std::optional<std::string> want;
+  if (s.vm.count("target")) {
+    VCRYPT_RETURN_IF_ERROR(ValidateTargetName(target));
+    want = target;
+  }
+  if (timeout > 3600)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "--timeout is at most 3600 seconds");
+  VCRYPT_ASSIGN_OR_RETURN(Libvirt lv, Libvirt::Connect(uri));
+  DaemonVolumes vols(socket_);
+  if (cmd == "attach") {
+    VCRYPT_ASSIGN_OR_RETURN(AttachOutcome r,
+                            AttachVolume(lv, vols, {v, domain, want}));
+    Json j = {{"vm", v.vm},
+              {"disk", v.disk},
+              {"domain", domain},
+              {"path", r.path},
+              {"target", r.target},
+              {"live", r.live},
+              {"persistent", r.persistent},
+              {"opened", r.opened}};
+    Print(j, [&](const Json&) {
+      out_ << "attached " << r.path << " to domain '" << domain << "' as "
+           << r.target;
+      if (r.live && r.persistent)
+        out_ << " (live and persistent)\n";
+      else if (r.live)
+        out_ << " (live only: the domain is transient)\n";
+      else
+        out_ << " (persistent configuration; the hook opens it when the domain "
+                "starts)\n";
+    });
+    return Status::Ok();
+  }
+  DetachRequest req{v, domain, std::chrono::seconds(timeout)};
+  VCRYPT_ASSIGN_OR_RETURN(DetachOutcome r, DetachVolume(lv, vols, req));
+  using C = DetachOutcome::Close;
+  const char* close = r.close == C::kClosed    ? "closed"
+                      : r.close == C::kNotOpen ? "not_open"
+                      : r.close == C::kInUse   ? "in_use"
+                                               : "failed";
+  Json j = {{"vm", v.vm},
+            {"disk", v.disk},
+            {"domain", domain},
+            {"path", r.path},
+            {"target", r.target},
+            {"live", r.live},
+            {"persistent", r.persistent},
+            {"volume", close}};
+  if (r.close == C::kInUse || r.close == C::kFailed)
+    j["volume_message"] = r.close_error.message;
+  Print(j, [&](const Json&) {
+    out_ << "detached " << r.path << " (" << r.target << ") from domain '"
+         << domain << "'";
+    if (r.close == C::kClosed)
+      out_ << "; closed " << v.Label() << "\n";
+    else if (r.close == C::kNotOpen)
+      out_ << "; " << v.Label() << " was not open\n";
+    else if (r.close == C::kInUse)
+      out_ << "; " << v.Label() << " stays open (in use)\n";
+    else
+      out_ << "\n";
+  });
+  if (r.close == C::kFailed)
+    return MakeError(r.close_error.code,
+                     "detached " + v.Label() + " from domain '" + domain +
+                         "' but could not close it: " + r.close_error.message);
   return Status::Ok();
 }
 

@@ -4,9 +4,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <system_error>
+#include <thread>
 
 #include "common/aead.h"
 #include "common/atomic_file.h"
@@ -70,6 +74,43 @@ bool IsBlockDevice(const std::string& path) {
   return stat(path.c_str(), &st) == 0 && S_ISBLK(st.st_mode);
 }
 
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+// Lower-case hex without dashes, for comparing UUIDs.
+std::string CompactUuid(std::string_view uuid) {
+  std::string out;
+  for (char c : uuid)
+    if (c != '-')
+      out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+bool SameUuid(std::string_view a, std::string_view b) {
+  return !a.empty() && CompactUuid(a) == CompactUuid(b);
+}
+
+// 8-4-4-4-12 hex digits: safe to put into a path.
+bool IsUuidText(std::string_view u) {
+  if (u.size() != 36) return false;
+  for (size_t i = 0; i < u.size(); ++i) {
+    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? u[i] != '-' : !std::isxdigit(static_cast<unsigned char>(u[i])))
+      return false;
+  }
+  return true;
+}
+
+std::string UuidKey(std::string_view uuid) { return CompactUuid(uuid); }
+
+Json ErrorJson(const Error& e) {
+  return Json{{"code", std::string(ErrorCodeName(e.code))},
+              {"exit", static_cast<int>(e.code)},
+              {"message", e.message}};
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -129,6 +170,7 @@ Result<Json> Controller::Handle(const std::string& op, const Json& args,
   if (op == "volume.create") return VolumeCreate(args);
   if (op == "volume.list") return VolumeList(args);
   if (op == "open") return Open(args);
+  if (op == "open_all") return OpenAll(args);
   if (op == "close") return Close(args);
   if (op == "status") return GetStatus();
   if (op == "cache.evict") return CacheEvict(args);
@@ -374,20 +416,92 @@ Result<Json> Controller::VmCreate(const Json& args) {
   return Json{{"vm", vm}, {"provider", rec.provider}, {"kek_id", rec.kek.kek_id}};
 }
 
-Result<Json> Controller::DiskStatus(const std::string& vm, const std::string& disk,
-                                    const DiskRecord& d) {
-  Json j = {{"vm", vm},         {"disk", disk},          {"device", d.device},
-            {"uuid", d.uuid},   {"is_file", d.is_file},  {"sector_size", d.sector_size},
-            {"state", "closed"}};
-  if (DeviceMapperAvailable()) {
-    auto m = FindMappingByUuid(d.uuid);
-    if (m.ok() && m->has_value()) {
-      j["state"] = "open";
-      j["mapping"] = (*m)->path;
-      j["open_count"] = (*m)->open_count;
+Result<std::vector<MappingInfo>> Controller::AllMappings() {
+  if (!DeviceMapperAvailable()) return std::vector<MappingInfo>();
+  return ListMappings("");
+}
+
+Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
+                            const DiskRecord& d,
+                            const std::vector<MappingInfo>& maps) {
+  Json j = {{"vm", vm},
+            {"disk", disk},
+            {"device", d.device},
+            {"uuid", d.uuid},
+            {"is_file", d.is_file},
+            {"sector_size", d.sector_size},
+            {"state", "locked"}};
+  for (const auto& m : maps) {
+    if (SameUuid(m.luks_uuid, d.uuid)) {
+      j["state"] = "unlocked";
+      j["mapping"] = m.path;
+      j["open_count"] = m.open_count;
+      return j;
     }
   }
+  auto reason = [](const OpenFailure& f) {
+    return Json{{"code", std::string(ErrorCodeName(f.code))},
+                {"message", f.message},
+                {"since", f.since},
+                {"last_attempt", f.last_attempt}};
+  };
+  auto failure = FindFailure(d.uuid);
+  // A block device may have moved: open finds it through its udev link.
+  const std::string link = options_.by_uuid_dir + "/" + d.uuid;
+  bool present =
+      Exists(d.device) || (!d.is_file && IsUuidText(d.uuid) && Exists(link));
+  std::string missing_since = MissingSince(d.uuid, !present);
+  if (!present) {
+    j["state"] = "unavailable";
+    if (failure && failure->code == ErrorCode::kNotFound) {
+      j["reason"] = reason(*failure);
+    } else {
+      j["reason"] = {
+          {"code", "not_found"},
+          {"message", (d.is_file ? "image file " : "device ") + d.device +
+                          " does not exist" +
+                          (d.is_file ? "" : " and there is no " + link)},
+          {"since", missing_since}};
+    }
+  } else if (failure) {
+    j["reason"] = reason(*failure);
+  }
   return j;
+}
+
+// --- failed opens (memory only) -------------------------------------------
+
+void Controller::RecordFailure(const std::string& uuid, const Error& e) {
+  const std::string now = NowRfc3339();
+  std::lock_guard lock(failures_mu_);
+  auto [it, added] = failures_.try_emplace(UuidKey(uuid));
+  OpenFailure& f = it->second;
+  if (added || f.code != e.code) f.since = now;
+  f.code = e.code;
+  f.message = e.message;
+  f.last_attempt = now;
+}
+
+void Controller::ClearFailure(const std::string& uuid) {
+  std::lock_guard lock(failures_mu_);
+  failures_.erase(UuidKey(uuid));
+}
+
+std::optional<Controller::OpenFailure> Controller::FindFailure(
+    const std::string& uuid) {
+  std::lock_guard lock(failures_mu_);
+  auto it = failures_.find(UuidKey(uuid));
+  if (it == failures_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::string Controller::MissingSince(const std::string& uuid, bool missing) {
+  std::lock_guard lock(failures_mu_);
+  if (!missing) {
+    missing_since_.erase(UuidKey(uuid));
+    return "";
+  }
+  return missing_since_.try_emplace(UuidKey(uuid), NowRfc3339()).first->second;
 }
 
 Result<Json> Controller::VmList() {
@@ -419,11 +533,10 @@ Result<Json> Controller::VmShow(const Json& args) {
       return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
     rec = it->second;
   }
+  VCRYPT_ASSIGN_OR_RETURN(auto maps, AllMappings());
   Json disks = Json::array();
-  for (const auto& [dn, d] : rec.disks) {
-    VCRYPT_ASSIGN_OR_RETURN(Json s, DiskStatus(vm, dn, d));
-    disks.push_back(std::move(s));
-  }
+  for (const auto& [dn, d] : rec.disks)
+    disks.push_back(DiskStatus(vm, dn, d, maps));
   return Json{{"vm", vm},
               {"provider", rec.provider},
               {"kek_id", rec.kek.kek_id},
@@ -446,15 +559,15 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
   }
   // Refuse before touching anything if any volume is in use.
   std::vector<MappingInfo> to_close;
-  if (DeviceMapperAvailable()) {
-    for (const auto& [dn, d] : rec.disks) {
-      VCRYPT_ASSIGN_OR_RETURN(auto m, FindMappingByUuid(d.uuid));
-      if (!m) continue;
-      if (m->open_count > 0)
+  VCRYPT_ASSIGN_OR_RETURN(auto maps, AllMappings());
+  for (const auto& [dn, d] : rec.disks) {
+    for (const auto& m : maps) {
+      if (!SameUuid(m.luks_uuid, d.uuid)) continue;
+      if (m.open_count > 0)
         return MakeError(ErrorCode::kBusy,
-                         "volume " + vm + "/" + dn + " (" + m->path +
+                         "volume " + vm + "/" + dn + " (" + m.path +
                              ") is in use; stop the guest or unmount it first");
-      to_close.push_back(*m);
+      to_close.push_back(m);
     }
   }
   Json closed = Json::array();
@@ -475,6 +588,10 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
   {
     std::lock_guard lock(mu_);
     VCRYPT_RETURN_IF_ERROR(store_.RemoveVm(vm));
+  }
+  for (const auto& [dn, d] : rec.disks) {
+    ClearFailure(d.uuid);
+    (void)MissingSince(d.uuid, false);
   }
   return Json{{"vm", vm},
               {is_delete ? "deleted" : "unregistered", true},
@@ -624,13 +741,12 @@ Result<Json> Controller::VolumeList(const Json& args) {
   }
   if (only && !vms.count(*only))
     return MakeError(ErrorCode::kNotFound, "no VM named '" + *only + "'");
+  VCRYPT_ASSIGN_OR_RETURN(auto maps, AllMappings());
   Json out = Json::array();
   for (const auto& [vn, vm] : vms) {
     if (only && vn != *only) continue;
-    for (const auto& [dn, d] : vm.disks) {
-      VCRYPT_ASSIGN_OR_RETURN(Json s, DiskStatus(vn, dn, d));
-      out.push_back(std::move(s));
-    }
+    for (const auto& [dn, d] : vm.disks)
+      out.push_back(DiskStatus(vn, dn, d, maps));
   }
   return Json{{"volumes", out}};
 }
@@ -641,6 +757,15 @@ Result<Controller::Target> Controller::ResolveTarget(const Json& args) {
     if (path->empty() || (*path)[0] != '/')
       return MakeError(ErrorCode::kInvalidArgument, "'" + *path + "' is not an absolute path");
     t.device = *path;
+    // A path the inventory knows: a failure before its header is read is
+    // still that volume's.
+    std::lock_guard lock(mu_);
+    for (const auto& [vn, v] : store_.vms())
+      for (const auto& [dn, d] : v.disks)
+        if (d.device == t.device) {
+          t.uuid = d.uuid;
+          t.is_file = d.is_file;
+        }
     return t;
   }
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
@@ -654,9 +779,77 @@ Result<Controller::Target> Controller::ResolveTarget(const Json& args) {
   if (dit == it->second.disks.end())
     return MakeError(ErrorCode::kNotFound, "VM '" + vm + "' has no disk '" + disk + "'");
   t.device = dit->second.device;
+  t.uuid = dit->second.uuid;
+  t.is_file = dit->second.is_file;
   t.vm = vm;
   t.disk = disk;
   return t;
+}
+
+Result<VolumeHeader> Controller::LocateVolume(Target* t) {
+  const std::string& uuid = *t->uuid;
+  const std::string vol = *t->vm + "/" + *t->disk;
+  // The header at `dev` if it is this volume's, else why not.
+  auto probe = [&](const std::string& dev) -> Result<VolumeHeader> {
+    if (!Exists(dev))
+      return MakeError(ErrorCode::kNotFound, dev + " does not exist");
+    VCRYPT_ASSIGN_OR_RETURN(VolumeHeader h, ReadHeader(dev));
+    if (!SameUuid(h.uuid, uuid))
+      return MakeError(
+          ErrorCode::kNotFound,
+          dev + " now holds another volume (LUKS UUID " + h.uuid + ")");
+    return h;
+  };
+  auto here = probe(t->device);
+  if (here.ok()) return here;
+  if (t->is_file) {
+    // An image file has no udev link to look for.
+    if (!Exists(t->device))
+      return MakeError(
+          ErrorCode::kNotFound,
+          "image file " + t->device + " of volume " + vol + " does not exist");
+    if (here.error().code == ErrorCode::kNotFound)
+      return MakeError(ErrorCode::kInvalidVolume,
+                       "image file " + here.error().message + ", not volume " +
+                           vol + " (LUKS UUID " + uuid + ")");
+    return here;
+  }
+  // Block device names (/dev/vdb, /dev/loop3) can change between boots;
+  // udev links LUKS devices by their UUID.
+  const std::string not_found = "volume " + vol + " (LUKS UUID " + uuid +
+                                ") not found: " + here.error().message;
+  const std::string link = options_.by_uuid_dir + "/" + uuid;
+  if (!IsUuidText(uuid) || !Exists(link))
+    return MakeError(ErrorCode::kNotFound,
+                     not_found + ", and there is no " + link +
+                         "; attach its disk, or open it by path");
+  std::error_code ec;
+  std::string dev = std::filesystem::canonical(link, ec).string();
+  if (ec)
+    return MakeError(
+        ErrorCode::kNotFound,
+        not_found + ", and " + link + " cannot be resolved: " + ec.message());
+  auto there = probe(dev);
+  if (!there.ok())
+    return MakeError(ErrorCode::kNotFound, not_found + ", and " + link +
+                                               " -> " + there.error().message);
+  // Found under its new name: the inventory follows (atomically; it is an
+  // index, so if it cannot be written the next open looks again).
+  {
+    std::lock_guard lock(mu_);
+    auto it = store_.vms().find(*t->vm);
+    if (it != store_.vms().end()) {
+      auto dit = it->second.disks.find(*t->disk);
+      if (dit != it->second.disks.end() && SameUuid(dit->second.uuid, uuid) &&
+          dit->second.device != dev) {
+        VmRecord next = it->second;
+        next.disks[*t->disk].device = dev;
+        (void)store_.PutVm(*t->vm, next);
+      }
+    }
+  }
+  t->device = dev;
+  return there;
 }
 
 Result<std::shared_ptr<KeyProvider>> Controller::ProviderForToken(
@@ -676,15 +869,35 @@ Result<std::shared_ptr<KeyProvider>> Controller::ProviderForToken(
 }
 
 Result<Json> Controller::Open(const Json& args) {
+  std::string uuid;
+  auto r = OpenVolume(args, &uuid);
+  if (!uuid.empty()) {
+    if (r.ok()) {
+      ClearFailure(uuid);
+    } else {
+      RecordFailure(uuid, r.error());
+    }
+  }
+  return r;
+}
+
+Result<Json> Controller::OpenVolume(const Json& args, std::string* uuid) {
   VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(args));
-  if (!DeviceMapperAvailable())
-    return MakeError(ErrorCode::kNoDeviceMapper,
-                     "device-mapper not available in this kernel; cannot open volumes "
-                     "(load dm-mod and dm-crypt, or run on a host kernel that has them)");
+  if (target.uuid) *uuid = *target.uuid;
+  VolumeHeader hdr;
+  if (target.vm) {
+    VCRYPT_ASSIGN_OR_RETURN(hdr, LocateVolume(&target));
+  } else {
+    if (!Exists(target.device))
+      return MakeError(ErrorCode::kNotFound,
+                       "device " + target.device + " does not exist");
+    VCRYPT_ASSIGN_OR_RETURN(hdr, ReadHeader(target.device));
+  }
+  *uuid = hdr.uuid;
   struct stat st;
   if (stat(target.device.c_str(), &st) != 0)
-    return MakeError(ErrorCode::kNotFound, "device " + target.device + " does not exist");
-  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, ReadHeader(target.device));
+    return MakeError(ErrorCode::kNotFound,
+                     "device " + target.device + " does not exist");
   if (!hdr.token_json)
     return MakeError(ErrorCode::kInvalidVolume,
                      target.device + " is a LUKS volume but not a vcrypt volume "
@@ -694,6 +907,15 @@ Result<Json> Controller::Open(const Json& args) {
     return MakeError(ErrorCode::kInvalidVolume,
                      target.device + " holds volume " + token.vm + "/" + token.disk +
                          ", not " + *target.vm + "/" + *target.disk);
+  if (!DeviceMapperAvailable()) {
+    // Nothing can be open without device-mapper. A missing key provider
+    // would stop the open on a kernel with it too: report that first.
+    VCRYPT_RETURN_IF_ERROR(ProviderForToken(token));
+    return MakeError(
+        ErrorCode::kNoDeviceMapper,
+        "device-mapper not available in this kernel; cannot open volumes "
+        "(load dm-mod and dm-crypt, or run on a host kernel that has them)");
+  }
   const std::string name = MappingName(token.vm, token.disk);
 
   // Never two mappings for one volume: serialise per LUKS UUID and reuse
@@ -701,7 +923,10 @@ Result<Json> Controller::Open(const Json& args) {
   auto guard = locks_.Lock("vol:" + hdr.uuid);
   VCRYPT_ASSIGN_OR_RETURN(auto existing, FindMappingByUuid(hdr.uuid));
   if (existing) {
-    return Json{{"vm", token.vm}, {"disk", token.disk}, {"path", existing->path},
+    return Json{{"vm", token.vm},
+                {"disk", token.disk},
+                {"path", existing->path},
+                {"device", target.device},
                 {"already_open", true}};
   }
   VCRYPT_ASSIGN_OR_RETURN(auto provider, ProviderForToken(token));
@@ -720,7 +945,8 @@ Result<Json> Controller::Open(const Json& args) {
   VCRYPT_ASSIGN_OR_RETURN(std::string path, Activate(ap, *dek));
 
   // Opening by path registers a volume the inventory does not know yet
-  // (the inventory is rebuilt from volumes, never the other way round).
+  // (the inventory is rebuilt from volumes, never the other way round),
+  // and records where a known one is now.
   {
     std::lock_guard lock(mu_);
     auto it = store_.vms().find(token.vm);
@@ -734,15 +960,106 @@ Result<Json> Controller::Open(const Json& args) {
     } else {
       rec = it->second;
     }
-    if (rec.kek.kek_id == token.kek.kek_id && !rec.disks.count(token.disk)) {
-      rec.disks[token.disk] = DiskRecord{target.device, !S_ISBLK(st.st_mode), hdr.uuid,
-                                         hdr.sector_size};
+    const bool is_file = !S_ISBLK(st.st_mode);
+    auto dit = rec.disks.find(token.disk);
+    if (rec.kek.kek_id == token.kek.kek_id && dit == rec.disks.end()) {
+      rec.disks[token.disk] =
+          DiskRecord{target.device, is_file, hdr.uuid, hdr.sector_size};
+      changed = true;
+    } else if (dit != rec.disks.end() && SameUuid(dit->second.uuid, hdr.uuid) &&
+               dit->second.is_file == is_file &&
+               dit->second.device != target.device) {
+      dit->second.device = target.device;
       changed = true;
     }
     if (changed) (void)store_.PutVm(token.vm, rec);  // index only; open succeeded
   }
-  return Json{{"vm", token.vm}, {"disk", token.disk}, {"path", path},
+  return Json{{"vm", token.vm},
+              {"disk", token.disk},
+              {"path", path},
+              {"device", target.device},
               {"already_open", false}};
+}
+
+Result<Json> Controller::OpenAll(const Json& args) {
+  const bool files_only = BoolArg(args, "file_backed");
+  struct Item {
+    std::string vm, disk, uuid;
+  };
+  std::vector<Item> items;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [vn, vm] : store_.vms()) {
+      if (!vm.auto_unlock) continue;
+      for (const auto& [dn, d] : vm.disks)
+        if (!files_only || d.is_file) items.push_back({vn, dn, d.uuid});
+    }
+  }
+  VCRYPT_ASSIGN_OR_RETURN(auto maps, AllMappings());
+  std::vector<Json> results(items.size());
+  std::vector<size_t> todo;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const MappingInfo* mapped = nullptr;
+    for (const auto& m : maps)
+      if (SameUuid(m.luks_uuid, items[i].uuid)) mapped = &m;
+    if (mapped == nullptr) {
+      todo.push_back(i);
+      continue;
+    }
+    ClearFailure(items[i].uuid);
+    results[i] = {{"vm", items[i].vm},
+                  {"disk", items[i].disk},
+                  {"ok", true},
+                  {"path", mapped->path},
+                  {"already_open", true}};
+  }
+  // A few at a time: KEKs of one VM are fetched once (GetKek), and a
+  // standard provider batches concurrent fetches into one KMIP message.
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t k; (k = next.fetch_add(1)) < todo.size();) {
+      const Item& it = items[todo[k]];
+      Json& out = results[todo[k]];
+      out = {{"vm", it.vm}, {"disk", it.disk}};
+      auto r = Open(Json{{"vm", it.vm}, {"disk", it.disk}});
+      if (r.ok()) {
+        out["ok"] = true;
+        out["path"] = (*r)["path"];
+        out["already_open"] = (*r)["already_open"];
+      } else {
+        out["ok"] = false;
+        out["error"] = ErrorJson(r.error());
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  const size_t n = std::min(options_.open_all_threads, todo.size());
+  for (size_t i = 1; i < n; ++i) {
+    try {
+      threads.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;  // fewer helpers; this thread does the rest
+    }
+  }
+  work();
+  for (auto& t : threads) t.join();
+
+  Json opened = Json::array();
+  size_t already = 0, failed = 0;
+  for (const auto& r : results) {
+    if (!r.value("ok", false)) {
+      ++failed;
+    } else if (r.value("already_open", false)) {
+      ++already;
+    } else {
+      opened.push_back(r["vm"].get<std::string>() + "/" +
+                       r["disk"].get<std::string>());
+    }
+  }
+  return Json{{"volumes", results},
+              {"opened", opened},
+              {"already_open", already},
+              {"failed", failed}};
 }
 
 Result<Json> Controller::Close(const Json& args) {
@@ -776,13 +1093,12 @@ Result<Json> Controller::GetStatus() {
     vms = store_.vms();
     if (store_.default_provider()) st["default_provider"] = *store_.default_provider();
   }
+  VCRYPT_ASSIGN_OR_RETURN(auto maps, AllMappings());
   Json jvms = Json::array();
   for (const auto& [vn, vm] : vms) {
     Json disks = Json::array();
-    for (const auto& [dn, d] : vm.disks) {
-      VCRYPT_ASSIGN_OR_RETURN(Json s, DiskStatus(vn, dn, d));
-      disks.push_back(std::move(s));
-    }
+    for (const auto& [dn, d] : vm.disks)
+      disks.push_back(DiskStatus(vn, dn, d, maps));
     jvms.push_back({{"vm", vn},
                     {"provider", vm.provider},
                     {"kek_id", vm.kek.kek_id},

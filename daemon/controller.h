@@ -9,6 +9,12 @@
 // Thread-safe: state changes are serialised by one mutex; slow work (key
 // provider round trips, dm activation) runs outside it under a per-volume
 // or per-KEK lock, so opening many volumes in parallel is parallel.
+//
+// Volume states (status, vm.show, volume.list): "unlocked" (a dm mapping
+// of the volume's LUKS UUID exists), "unavailable" (its device or image
+// file is missing), else "locked". The last failed open of each volume
+// (code, message, time) is kept in memory only, keyed by LUKS UUID, shown
+// as the "reason" of a locked volume and cleared by a successful open.
 #ifndef VCRYPT_DAEMON_CONTROLLER_H_
 #define VCRYPT_DAEMON_CONTROLLER_H_
 
@@ -21,6 +27,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -29,6 +36,7 @@
 #include "daemon/kek_cache.h"
 #include "daemon/state.h"
 #include "dmtools/token.h"
+#include "dmtools/volume.h"
 #include "keyproviders/key_provider.h"
 
 namespace vcrypt {
@@ -37,6 +45,12 @@ struct ControllerOptions {
   std::string state_dir = "/var/lib/vcrypt";
   // nullopt: bypass dm-crypt workqueues on non-rotational devices.
   std::optional<bool> bypass_workqueues;
+  // Where udev links block devices by file system UUID; a volume whose
+  // inventory device path is stale is looked up here. Tests point it
+  // elsewhere.
+  std::string by_uuid_dir = "/dev/disk/by-uuid";
+  // How many volumes `open_all` opens at the same time.
+  size_t open_all_threads = 8;
 };
 
 struct Caller {
@@ -99,7 +113,10 @@ class Controller {
   Result<Json> VmUnregister(const Json& args, bool is_delete);
   Result<Json> VolumeCreate(const Json& args);
   Result<Json> VolumeList(const Json& args);
+  // Open with the outcome remembered per LUKS UUID (see OpenFailure).
   Result<Json> Open(const Json& args);
+  Result<Json> OpenVolume(const Json& args, std::string* uuid);
+  Result<Json> OpenAll(const Json& args);
   Result<Json> Close(const Json& args);
   Result<Json> GetStatus();
   Result<Json> CacheEvict(const Json& args);
@@ -109,8 +126,18 @@ class Controller {
   struct Target {
     std::string device;
     std::optional<std::string> vm, disk;  // as named by the caller
+    // From the inventory: for vm+disk, or a path that an inventory disk
+    // names.
+    std::optional<std::string> uuid;
+    bool is_file = false;
   };
   Result<Target> ResolveTarget(const Json& args);
+  // For a target named VM/DISK: the header of the volume with the
+  // inventory's LUKS UUID. When the inventory's device path is missing or
+  // holds something else, a block-device volume is looked up as
+  // by_uuid_dir/<uuid>; when found there, target->device and the
+  // inventory are updated to the device it links to.
+  Result<VolumeHeader> LocateVolume(Target* target);
 
   std::shared_ptr<KeyProvider> FindProvider(const std::string& name);
   // The provider able to produce the KEK of `token`.
@@ -118,8 +145,24 @@ class Controller {
   // The KEK for `ref`, from the cache or the provider (then cached).
   Result<SecureBuffer> GetKek(KeyProvider& provider, const KekRef& ref,
                               const std::string& vm);
-  Result<Json> DiskStatus(const std::string& vm, const std::string& disk,
-                          const DiskRecord& d);
+  // Every dm mapping (none without device-mapper): one listing per
+  // request, looked up by LUKS UUID for each disk.
+  Result<std::vector<MappingInfo>> AllMappings();
+  Json DiskStatus(const std::string& vm, const std::string& disk,
+                  const DiskRecord& d, const std::vector<MappingInfo>& maps);
+
+  // The last failed open of a volume since its last successful one.
+  struct OpenFailure {
+    ErrorCode code;
+    std::string message;
+    std::string since;         // first failure with this code in a row
+    std::string last_attempt;  // the latest failure
+  };
+  void RecordFailure(const std::string& uuid, const Error& e);
+  void ClearFailure(const std::string& uuid);
+  std::optional<OpenFailure> FindFailure(const std::string& uuid);
+  // When status first saw a volume's device missing (for "unavailable").
+  std::string MissingSince(const std::string& uuid, bool missing);
 
   ControllerOptions options_;
   std::mutex mu_;  // guards store_ and providers_
@@ -127,6 +170,10 @@ class Controller {
   std::map<std::string, std::shared_ptr<KeyProvider>> providers_;
   KekCache cache_;
   NamedLocks locks_;
+  std::mutex failures_mu_;  // guards failures_ and missing_since_
+  // Both by LUKS UUID (lower-case hex without dashes).
+  std::map<std::string, OpenFailure> failures_;
+  std::map<std::string, std::string> missing_since_;
 };
 
 }  // namespace vcrypt

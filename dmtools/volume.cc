@@ -78,7 +78,22 @@ void DmLog(int level, const char* /*file*/, int /*line*/, int /*dm_errno*/,
   SetLastLog(buf);
 }
 
-void InitLibraries() {
+// libcryptsetup's device-mapper backend keeps process-wide state (the
+// crypt_device it logs through and a plain use count whose drop to zero
+// releases libdevmapper's caches), and libdevmapper itself is not
+// thread-safe. vcryptd opens volumes from several threads, so every call
+// into either library is made under this one lock. It is recursive because
+// public functions here call each other (Activate -> Deactivate). The
+// calls are short (no PBKDF: vcrypt volumes have no keyslots); the KEK
+// fetch, which is slow, happens outside this library.
+std::recursive_mutex g_lib_mu;
+
+using LibLock = std::unique_lock<std::recursive_mutex>;
+
+// Takes the library lock and sets up the libraries; hold the result for
+// as long as any libcryptsetup/libdevmapper handle is alive.
+[[nodiscard]] LibLock InitLibraries() {
+  LibLock lock(g_lib_mu);
   static std::once_flag once;
   std::call_once(once, [] {
     // Default callback for every crypt_device without its own (that is all
@@ -93,6 +108,7 @@ void InitLibraries() {
     crypt_volume_key_keyring(nullptr, 0);
   });
   t_last_log.clear();
+  return lock;
 }
 
 // libcryptsetup resets libdevmapper's log hook to the stderr default when
@@ -637,6 +653,7 @@ bool DeviceMapperAvailable() {
   // Without the control node libdevmapper would try to mknod it, and on a
   // kernel without dm it would then log to stderr; check the node first.
   if (access("/dev/mapper/control", F_OK) != 0) return false;
+  LibLock lock(g_lib_mu);
   QuietDm();
   char version[64];
   return dm_driver_version(version, sizeof(version)) != 0;
@@ -645,7 +662,7 @@ bool DeviceMapperAvailable() {
 Result<std::string> FormatVolume(const FormatParams& params,
                                  const SecureBuffer& dek,
                                  const TokenMaker& make_token) {
-  InitLibraries();
+  auto lib = InitLibraries();
   const std::string& device = params.device;
   if (params.sector_size != 512 && params.sector_size != 4096) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -800,7 +817,7 @@ Result<std::string> FormatVolume(const FormatParams& params,
 }
 
 Result<VolumeHeader> ReadHeader(const std::string& device) {
-  InitLibraries();
+  auto lib = InitLibraries();
   VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
   (void)geo;
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
@@ -856,7 +873,7 @@ Result<VolumeHeader> ReadHeader(const std::string& device) {
 }
 
 Status WriteToken(const std::string& device, const std::string& token_json) {
-  InitLibraries();
+  auto lib = InitLibraries();
   VCRYPT_RETURN_IF_ERROR(CheckTokenJson(token_json));
   VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
   (void)geo;
@@ -881,7 +898,7 @@ Status WriteToken(const std::string& device, const std::string& token_json) {
 
 Result<std::string> Activate(const ActivateParams& params,
                              const SecureBuffer& dek) {
-  InitLibraries();
+  auto lib = InitLibraries();
   const std::string& device = params.device;
   VCRYPT_RETURN_IF_ERROR(ValidateMappingName(params.name));
   if (dek.size() != kDekSize) {
@@ -985,14 +1002,14 @@ Result<std::string> Activate(const ActivateParams& params,
 }
 
 Result<MappingInfo> QueryMapping(const std::string& name) {
-  InitLibraries();
+  auto lib = InitLibraries();
   VCRYPT_RETURN_IF_ERROR(ValidateMappingName(name));
   if (!DeviceMapperAvailable()) return NoDm();
   return QueryMappingImpl(name);
 }
 
 Result<std::vector<MappingInfo>> ListMappings(const std::string& prefix) {
-  InitLibraries();
+  auto lib = InitLibraries();
   if (!DeviceMapperAvailable()) return NoDm();
   VCRYPT_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDmNames());
   std::vector<MappingInfo> out;
@@ -1010,7 +1027,7 @@ Result<std::vector<MappingInfo>> ListMappings(const std::string& prefix) {
 
 Result<std::optional<MappingInfo>> FindMappingByUuid(
     const std::string& luks_uuid) {
-  InitLibraries();
+  auto lib = InitLibraries();
   std::string want = CompactUuid(luks_uuid);
   if (want.size() != 32 ||
       want.find_first_not_of("0123456789abcdef") != std::string::npos) {
@@ -1035,7 +1052,7 @@ Result<std::optional<MappingInfo>> FindMappingByUuid(
 }
 
 Status Deactivate(const std::string& name) {
-  InitLibraries();
+  auto lib = InitLibraries();
   VCRYPT_RETURN_IF_ERROR(ValidateMappingName(name));
   if (!DeviceMapperAvailable()) return NoDm();
   VCRYPT_ASSIGN_OR_RETURN(MappingInfo m, QueryMappingImpl(name));

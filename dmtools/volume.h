@@ -23,6 +23,9 @@
 //    the activating thread's keyring for the life of that thread, which a
 //    long-running daemon should not accumulate. Consequence: root can see
 //    the key with `dmsetup table --showkeys`, as with plain dm-crypt.
+//  - Every call into libcryptsetup/libdevmapper is made under one
+//    process-wide lock: libcryptsetup's dm backend and libdevmapper keep
+//    unsynchronised global state, and concurrent use crashes.
 // All functions are safe to call from several threads, but two operations
 // on the same device or mapping name must not run concurrently (vcryptd
 // serialises per volume); the busy checks in Activate are check-then-act.

@@ -9,9 +9,12 @@ PACKAGES=(
   libcryptsetup-dev libdevmapper-dev libblkid-dev libssl-dev
   libboost-program-options-dev nlohmann-json3-dev libsystemd-dev
   libgtest-dev libgmock-dev googletest
+  libvirt-dev libxml2-dev
   # runtime tools used by tests and the demo
   cryptsetup-bin dmsetup e2fsprogs util-linux openssl kmod iproute2 procps
   python3-pykmip
+  # libvirt integration tests (t_libvirt.sh: real libvirtd + QEMU in the VM)
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
   # VM harness (Debian kernel under QEMU TCG)
   qemu-system-x86 busybox-static cpio udev
 )

@@ -23,6 +23,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/aead.h"
@@ -901,6 +902,51 @@ TEST_F(DmTest, ReadHeaderOfActiveVolume) {
   ASSERT_TRUE(h.ok()) << h.error().message;
   EXPECT_EQ(h->uuid, *uuid);
   ASSERT_TRUE(Deactivate(name).ok());
+}
+
+
+// vcryptd opens volumes from several threads (open --all, one connection
+// per unlock unit at boot). libcryptsetup's dm backend and libdevmapper
+// keep process-wide state; without the library lock in volume.cc this
+// crashed vcryptd. Many threads activate, query and deactivate their own
+// file-backed volumes (each with its own loop device) at the same time.
+TEST_F(DmTest, ConcurrentActivateAndDeactivateOfDistinctVolumes) {
+  constexpr int kThreads = 8;
+  constexpr int kRounds = 4;
+  std::vector<std::string> files;
+  std::vector<SecureBuffer> deks;
+  for (int i = 0; i < kThreads; ++i) {
+    files.push_back(dir_.path() + "/c" + std::to_string(i) + ".img");
+    MakeSparseFile(files.back(), kFileSize);
+    deks.push_back(NewDek());
+    auto uuid = Format(files.back(), deks.back());
+    ASSERT_TRUE(uuid.ok()) << uuid.error().message;
+  }
+  std::vector<std::string> errors(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      const std::string name = Name("c" + std::to_string(i));
+      for (int r = 0; r < kRounds && errors[i].empty(); ++r) {
+        auto path = Open(files[i], name, deks[i]);
+        if (!path.ok()) {
+          errors[i] = "activate: " + path.error().message;
+          break;
+        }
+        auto all = ListMappings(MappingPrefix());
+        if (!all.ok()) errors[i] = "list: " + all.error().message;
+        auto hdr = ReadHeader(files[i]);
+        if (!hdr.ok()) errors[i] = "header: " + hdr.error().message;
+        Status closed = Deactivate(name);
+        if (!closed.ok()) errors[i] = "deactivate: " + closed.error().message;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kThreads; ++i) {
+    EXPECT_EQ(errors[i], "") << "thread " << i;
+    EXPECT_TRUE(LoopsBacking(files[i]).empty()) << files[i];
+  }
 }
 
 }  // namespace

@@ -7,6 +7,9 @@ VCRYPTD=$VCRYPT_BUILD/daemon/vcryptd
 VCRYPTCTL=$VCRYPT_BUILD/cli/vcryptctl
 
 fail() { echo "ASSERTION FAILED: $*" >&2; exit 1; }
+# Ends the test as skipped (run.sh reports SKIP with the reason), e.g. when
+# the guest lacks what it needs.
+skip() { echo "SKIP: $*"; exit 77; }
 log() { echo "  # $*"; }
 
 assert_eq() {  # expected actual [message]
@@ -70,4 +73,26 @@ write_pattern() {
 }
 read_sha() {  # mapping MiB
   dd if="$1" bs=1M count="$2" iflag=direct status=none | sha256sum | cut -d' ' -f1
+}
+
+# "STATE|CODE|MESSAGE|SINCE" of VM/DISK in `vcryptctl --json status`.
+vol_state() {
+  vc --json status | /usr/bin/python3 -c '
+import json, sys
+st = json.load(sys.stdin)
+for vm in st["vms"]:
+    for d in vm["disks"]:
+        if vm["vm"] == sys.argv[1] and d["disk"] == sys.argv[2]:
+            r = d.get("reason") or {}
+            print("|".join([d["state"], r.get("code", ""), r.get("message", ""), r.get("since", "")]))
+' "$1" "$2"
+}
+# A field of VM/DISK in `vcryptctl --json volume list`.
+vol_field() {
+  vc --json volume list | /usr/bin/python3 -c '
+import json, sys
+for d in json.load(sys.stdin)["volumes"]:
+    if d["vm"] == sys.argv[1] and d["disk"] == sys.argv[2]:
+        print(d.get(sys.argv[3], ""))
+' "$1" "$2" "$3"
 }

@@ -3,7 +3,8 @@
 # function) against a real device-mapper. Meant to run as root inside the
 # VM harness:  tests/vm/run.sh -- tests/integration/run.sh BUILD_DIR [FILTER]
 # After each test it checks that nothing was left behind (vcrypt mappings,
-# loop devices, a running vcryptd); a leftover fails the test.
+# loop devices, a running vcryptd); a leftover fails the test. A test that
+# exits 77 (lib.sh: skip REASON) is reported as skipped, not passed.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -12,7 +13,7 @@ FILTER=${2:-}
 [[ $(id -u) -eq 0 ]] || { echo "integration tests need root" >&2; exit 2; }
 dmsetup version >/dev/null 2>&1 || { echo "no device-mapper here: run inside tests/vm/run.sh" >&2; exit 2; }
 
-passed=0 failed=0 failures=()
+passed=0 failed=0 failures=() skipped=()
 for file in "$HERE"/t_*.sh; do
   tests=$(bash -c "source '$HERE/lib.sh'; source '$file'; declare -F" | awk '{print $3}' | grep '^test_' || true)
   for t in $tests; do
@@ -39,7 +40,9 @@ for file in "$HERE"/t_*.sh; do
     fi
     ds=$((($(date +%s%N) - start) / 100000000))
     dur="$((ds / 10)).$((ds % 10))"
-    if [[ $rc -eq 0 ]]; then
+    if [[ $rc -eq 77 ]]; then
+      skipped+=("$t"); echo "SKIP $t ($(sed -n 's/^SKIP: //p' "$T.out" | head -1))"
+    elif [[ $rc -eq 0 ]]; then
       passed=$((passed + 1)); echo "PASS $t (${dur}s)"
       grep '^  # ' "$T.out" || true   # figures a passing test logged
     else
@@ -51,6 +54,7 @@ for file in "$HERE"/t_*.sh; do
   done
 done
 echo
+[[ ${#skipped[@]} -eq 0 ]] || echo "skipped: ${skipped[*]}"
 [[ $failed -eq 0 ]] || echo "failed: ${failures[*]}"
 echo "integration: $passed passed, $failed failed"
 [[ $failed -eq 0 && $passed -gt 0 ]]

@@ -88,6 +88,37 @@ test_kms_unreachable_then_back() {
   vc close vm1/d0 >/dev/null
 }
 
+# While the KMS is down, status says why the volume is locked (naming the
+# server); open --all fails with 8; both recover once the KMS is back.
+test_kms_down_status_shows_locked_reason() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_start
+  start_daemon
+  add_kms_provider
+  vc vm create vm1 --provider kms >/dev/null
+  vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
+  stop_daemon
+  kms_kill
+  start_daemon
+  expect_exit 8 vc open vm1/d0
+  local s line
+  s=$(vol_state vm1 d0)
+  [[ $s == "locked|key_unavailable|"*"127.0.0.1:$KMS_PORT"*"|20"* ]] || fail "status: $s"
+  line=$(vc status | grep '^vm1/d0 ')
+  assert_contains "$line" " locked "
+  assert_contains "$line" "(key unavailable: "
+  assert_contains "$line" "127.0.0.1:$KMS_PORT"
+  log "$line"
+  expect_exit 8 vc open --all
+  assert_contains "$ERR" "vcryptctl: vm1/d0: "
+  assert_contains "$ERR" "127.0.0.1:$KMS_PORT"
+  assert_eq "" "$(vcrypt_mappings)" "nothing mapped while the KMS is down"
+  kms_start 1                                    # same database
+  assert_eq "vm1/d0: opened /dev/mapper/vcrypt-vm1-d0" "$(vc open --all)"
+  assert_eq "unlocked|||" "$(vol_state vm1 d0)" "reason cleared"
+  vc close vm1/d0 >/dev/null
+}
+
 test_kms_failover_past_dead_server_and_provider_show() {
   trap 'stop_daemon; kms_kill' EXIT
   kms_start

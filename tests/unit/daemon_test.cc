@@ -8,12 +8,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
 #include <thread>
+#include <vector>
 
+#include "cli/cli.h"
 #include "cli/client.h"
 #include "common/atomic_file.h"
 #include "common/handles.h"
@@ -43,6 +46,7 @@ class DaemonTest : public ::testing::Test {
   void Start() {
     ControllerOptions o;
     o.state_dir = dir_ + "/state";
+    o.by_uuid_dir = dir_ + "/by-uuid";
     auto c = Controller::Create(o);
     ASSERT_TRUE(c.ok()) << c.error().message;
     controller_ = std::move(c).value();
@@ -72,6 +76,45 @@ class DaemonTest : public ::testing::Test {
     for (auto& e : fs::recursive_directory_iterator(dir_ + "/state"))
       if (e.is_regular_file()) all += *ReadFile(e.path().string());
     return all;
+  }
+
+  // Provider p1, VM vm1 and file-backed volumes vm1/<disk> (40 MiB
+  // images in dir_). Formatting a file through libcryptsetup needs root.
+  void MakeVolumes(const std::vector<std::string>& disks) {
+    ASSERT_TRUE(
+        Call("provider.add", {{"type", "native"}, {"name", "p1"}}).ok());
+    ASSERT_TRUE(Call("vm.create", {{"vm", "vm1"}}).ok());
+    for (const auto& d : disks) {
+      auto r = Call("volume.create", {{"vm", "vm1"},
+                                      {"disk", d},
+                                      {"file", dir_ + "/" + d + ".img"},
+                                      {"size", 40u << 20}});
+      ASSERT_TRUE(r.ok()) << r.error().message;
+    }
+  }
+  Json Inventory() {
+    return Json::parse(*ReadFile(dir_ + "/state/inventory.json"));
+  }
+  // Rewrites the inventory with the daemon stopped.
+  template <typename F>
+  void EditInventory(F edit) {
+    Stop();
+    Json inv = Inventory();
+    edit(inv);
+    ASSERT_TRUE(
+        WriteFileAtomic(dir_ + "/state/inventory.json", inv.dump(2)).ok());
+    Start();
+  }
+  // The status entry of VM/DISK.
+  Json DiskState(const std::string& vm, const std::string& disk) {
+    auto st = Call("status");
+    EXPECT_TRUE(st.ok()) << st.error().message;
+    if (!st.ok()) return Json();
+    for (const auto& v : (*st)["vms"])
+      for (const auto& d : v["disks"])
+        if (v["vm"] == vm && d["disk"] == disk) return d;
+    ADD_FAILURE() << vm << "/" << disk << " not in status";
+    return Json();
   }
 
   std::string dir_, socket_;
@@ -156,12 +199,20 @@ TEST_F(DaemonTest, UnregisterEvictsKek) {
 
 TEST_F(DaemonTest, OpenWithoutDeviceMapperIsClear) {
   if (DeviceMapperAvailable()) GTEST_SKIP() << "this kernel has device-mapper";
-  ASSERT_TRUE(Call("provider.add", {{"type", "native"}, {"name", "p1"}}).ok());
-  ASSERT_TRUE(Call("vm.create", {{"vm", "vm1"}}).ok());
+  // The header is checked first: what is not a volume is said so.
   auto r = Call("open", {{"path", "/dev/null"}});
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().code, ErrorCode::kNoDeviceMapper);
-  EXPECT_NE(r.error().message.find("device-mapper not available"), std::string::npos);
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << r.error().message;
+  EXPECT_NE(r.error().message.find("neither a block device nor a regular file"),
+            std::string::npos);
+  if (geteuid() == 0) {  // formatting a volume file needs root
+    MakeVolumes({"d0"});
+    r = Call("open", {{"path", dir_ + "/d0.img"}});
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, ErrorCode::kNoDeviceMapper);
+    EXPECT_NE(r.error().message.find("device-mapper not available"),
+              std::string::npos);
+  }
   // Status still works and says so.
   auto st = Call("status");
   ASSERT_TRUE(st.ok());
@@ -203,6 +254,231 @@ TEST_F(DaemonTest, MalformedRequestsGetAnError) {
   EXPECT_FALSE(j["ok"].get<bool>());
   EXPECT_EQ(j["error"]["code"], "usage");
   EXPECT_EQ(Call("no.such.op").error().code, ErrorCode::kUsage);
+}
+
+// The tests below open volumes on a host without device-mapper (the
+// build machines): every open fails, which is what they look at. Opens
+// that succeed are covered in tests/integration (t_status.sh).
+#define SKIP_UNLESS_ROOT_WITHOUT_DM()                                          \
+  do {                                                                         \
+    if (geteuid() != 0) GTEST_SKIP() << "formatting a volume file needs root"; \
+    if (DeviceMapperAvailable())                                               \
+      GTEST_SKIP() << "this kernel has device-mapper";                         \
+  } while (0)
+
+TEST_F(DaemonTest, FailedOpenIsTheLockedReasonUntilRestart) {
+  SKIP_UNLESS_ROOT_WITHOUT_DM();
+  MakeVolumes({"d0"});
+  Json d = DiskState("vm1", "d0");
+  EXPECT_EQ(d["state"], "locked");
+  EXPECT_FALSE(d.contains("reason")) << d.dump();
+
+  auto r = Call("open", {{"vm", "vm1"}, {"disk", "d0"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNoDeviceMapper);
+  d = DiskState("vm1", "d0");
+  EXPECT_EQ(d["state"], "locked");
+  ASSERT_TRUE(d.contains("reason")) << d.dump();
+  EXPECT_EQ(d["reason"]["code"], "no_device_mapper");
+  EXPECT_EQ(d["reason"]["message"], r.error().message);
+  const std::string since = d["reason"]["since"];
+  EXPECT_EQ(since.size(), 20u) << since;  // 2026-01-02T03:04:05Z
+
+  // The provider is gone (its files lost): key_unavailable, in every view.
+  Stop();
+  fs::remove_all(dir_ + "/state/providers/p1");
+  Start();
+  EXPECT_FALSE(DiskState("vm1", "d0").contains("reason"))
+      << "kept across a restart";
+  r = Call("open", {{"vm", "vm1"}, {"disk", "d0"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kKeyUnavailable);
+  EXPECT_NE(r.error().message.find("'p1'"), std::string::npos)
+      << r.error().message;
+  d = DiskState("vm1", "d0");
+  EXPECT_EQ(d["state"], "locked");
+  EXPECT_EQ(d["reason"]["code"], "key_unavailable");
+  EXPECT_EQ(d["reason"]["message"], r.error().message);
+  auto show = Call("vm.show", {{"vm", "vm1"}});
+  ASSERT_TRUE(show.ok());
+  EXPECT_EQ((*show)["disks"][0]["reason"], d["reason"]);
+  auto list = Call("volume.list");
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ((*list)["volumes"][0]["reason"], d["reason"]);
+  // Opening by path counts for the same volume.
+  r = Call("open", {{"path", dir_ + "/d0.img"}});
+  EXPECT_EQ(r.error().code, ErrorCode::kKeyUnavailable);
+  Json again = DiskState("vm1", "d0");
+  EXPECT_EQ(again["reason"]["since"], d["reason"]["since"])
+      << "same failure: same since";
+  // Memory only: nothing of it in the state directory.
+  EXPECT_EQ(AllStateBytes().find("is not configured"), std::string::npos);
+}
+
+TEST_F(DaemonTest, MissingImageFileIsUnavailable) {
+  SKIP_UNLESS_ROOT_WITHOUT_DM();
+  MakeVolumes({"d0", "d1"});
+  ASSERT_EQ(unlink((dir_ + "/d0.img").c_str()), 0);
+  Json d = DiskState("vm1", "d0");
+  EXPECT_EQ(d["state"], "unavailable");
+  EXPECT_EQ(d["reason"]["code"], "not_found");
+  EXPECT_NE(d["reason"]["message"].get<std::string>().find(dir_ + "/d0.img"),
+            std::string::npos);
+  EXPECT_FALSE(d["reason"]["since"].get<std::string>().empty());
+  EXPECT_EQ(DiskState("vm1", "d1")["state"], "locked");
+
+  auto r = Call("open", {{"vm", "vm1"}, {"disk", "d0"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(r.error().message.find(dir_ + "/d0.img"), std::string::npos)
+      << r.error().message;
+  d = DiskState("vm1", "d0");
+  EXPECT_EQ(d["state"], "unavailable");
+  EXPECT_EQ(d["reason"]["message"], r.error().message);
+  // The unlock helper reads `vm show`: it says the same.
+  auto show = Call("vm.show", {{"vm", "vm1"}});
+  ASSERT_TRUE(show.ok());
+  EXPECT_EQ((*show)["disks"][0]["state"], "unavailable");
+}
+
+// A block device's name can change between boots: open VM/DISK looks for
+// by_uuid_dir/<uuid>, checks the header there and moves the inventory.
+TEST_F(DaemonTest, StaleDevicePathFallsBackToTheUuidLink) {
+  SKIP_UNLESS_ROOT_WITHOUT_DM();
+  MakeVolumes({"d0", "d1"});
+  const std::string img0 = dir_ + "/d0.img", img1 = dir_ + "/d1.img";
+  std::string uuid0, uuid1;
+  // Pretend both are block devices whose names have gone.
+  EditInventory([&](Json& inv) {
+    for (const char* d : {"d0", "d1"}) {
+      Json& disk = inv["vms"]["vm1"]["disks"][d];
+      disk["is_file"] = false;
+      disk["device"] = dir_ + "/gone-" + d;
+    }
+    uuid0 = inv["vms"]["vm1"]["disks"]["d0"]["uuid"];
+    uuid1 = inv["vms"]["vm1"]["disks"]["d1"]["uuid"];
+  });
+  ASSERT_TRUE(fs::create_directory(dir_ + "/by-uuid"));
+  Json d = DiskState("vm1", "d0");
+  EXPECT_EQ(d["state"], "unavailable");
+  EXPECT_NE(d["reason"]["message"].get<std::string>().find("by-uuid/" + uuid0),
+            std::string::npos)
+      << d.dump();
+  auto r = Call("open", {{"vm", "vm1"}, {"disk", "d0"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(r.error().message.find(uuid0), std::string::npos)
+      << r.error().message;
+  EXPECT_NE(r.error().message.find("gone-d0 does not exist"), std::string::npos)
+      << r.error().message;
+
+  // udev's link appears: the volume is found, and the inventory follows
+  // before the open goes on (and here stops at the missing device-mapper).
+  fs::create_symlink(img0, dir_ + "/by-uuid/" + uuid0);
+  EXPECT_EQ(DiskState("vm1", "d0")["state"], "locked");
+  r = Call("open", {{"vm", "vm1"}, {"disk", "d0"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNoDeviceMapper) << r.error().message;
+  EXPECT_EQ(Inventory()["vms"]["vm1"]["disks"]["d0"]["device"], img0);
+  EXPECT_EQ(DiskState("vm1", "d0")["device"], img0);
+  EXPECT_EQ(Inventory()["vms"]["vm1"]["disks"]["d0"]["is_file"], false);
+
+  // A link to another volume is not taken: not found, inventory unchanged.
+  fs::create_symlink(img0, dir_ + "/by-uuid/" + uuid1);
+  r = Call("open", {{"vm", "vm1"}, {"disk", "d1"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_NE(r.error().message.find("holds another volume"), std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(Inventory()["vms"]["vm1"]["disks"]["d1"]["device"],
+            dir_ + "/gone-d1");
+  // Nor is a path that now holds another volume.
+  EditInventory(
+      [&](Json& inv) { inv["vms"]["vm1"]["disks"]["d1"]["device"] = img0; });
+  fs::remove(dir_ + "/by-uuid/" + uuid1);
+  r = Call("open", {{"vm", "vm1"}, {"disk", "d1"}});
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(Inventory()["vms"]["vm1"]["disks"]["d1"]["device"], img0);
+  (void)img1;
+}
+
+TEST_F(DaemonTest, OpenAllTriesEveryAutoUnlockVolume) {
+  SKIP_UNLESS_ROOT_WITHOUT_DM();
+  MakeVolumes({"d0", "d1", "d2"});
+  ASSERT_TRUE(
+      Call("vm.create", {{"vm", "vm2"}, {"no_auto_unlock", true}}).ok());
+  ASSERT_TRUE(Call("volume.create", {{"vm", "vm2"},
+                                     {"disk", "d0"},
+                                     {"file", dir_ + "/vm2-d0.img"},
+                                     {"size", 40u << 20}})
+                  .ok());
+  // vm1/d1 "is a block device" that is not there.
+  EditInventory([&](Json& inv) {
+    inv["vms"]["vm1"]["disks"]["d1"]["is_file"] = false;
+    inv["vms"]["vm1"]["disks"]["d1"]["device"] = dir_ + "/no-such-disk";
+  });
+  auto names = [](const Json& r) {
+    std::vector<std::string> out;
+    for (const auto& v : r["volumes"])
+      out.push_back(
+          v["vm"].get<std::string>() + "/" + v["disk"].get<std::string>() +
+          ":" +
+          (v["ok"].get<bool>() ? "ok" : v["error"]["code"].get<std::string>()));
+    return out;
+  };
+  auto r = Call("open_all", {{"file_backed", true}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(names(*r), (std::vector<std::string>{"vm1/d0:no_device_mapper",
+                                                 "vm1/d2:no_device_mapper"}));
+  EXPECT_EQ((*r)["failed"], 2);
+  EXPECT_EQ((*r)["opened"], Json::array());
+  r = Call("open_all");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(names(*r), (std::vector<std::string>{"vm1/d0:no_device_mapper",
+                                                 "vm1/d1:not_found",
+                                                 "vm1/d2:no_device_mapper"}));
+  EXPECT_EQ((*r)["volumes"][1]["error"]["exit"], 5);
+  // Each failure is its volume's locked reason; vm2 was not touched.
+  EXPECT_EQ(DiskState("vm1", "d1")["reason"]["code"], "not_found");
+  EXPECT_EQ(DiskState("vm1", "d2")["reason"]["code"], "no_device_mapper");
+  EXPECT_FALSE(DiskState("vm2", "d0").contains("reason"));
+
+  // vcryptctl: one line per failed volume, the first one's exit code.
+  std::vector<const char*> argv = {"vcryptctl", "--socket", socket_.c_str(),
+                                   "open", "--all"};
+  std::ostringstream out, err;
+  EXPECT_EQ(RunCli(static_cast<int>(argv.size()), argv.data(), out, err), 10);
+  EXPECT_EQ(out.str(), "");
+  EXPECT_EQ(
+      err.str().rfind("vcryptctl: vm1/d0: device-mapper not available", 0), 0u)
+      << err.str();
+  EXPECT_NE(err.str().find("\nvcryptctl: vm1/d1: "), std::string::npos)
+      << err.str();
+  const std::string errs = err.str();
+  EXPECT_EQ(std::count(errs.begin(), errs.end(), '\n'), 3) << errs;
+
+  // The human status names each volume's state and why.
+  argv = {"vcryptctl", "--socket", socket_.c_str(), "status"};
+  std::ostringstream sout, serr;
+  EXPECT_EQ(RunCli(static_cast<int>(argv.size()), argv.data(), sout, serr), 0)
+      << serr.str();
+  auto line = [&](const std::string& volume) {
+    std::istringstream in(sout.str());
+    for (std::string l; std::getline(in, l);)
+      if (l.rfind(volume + " ", 0) == 0) return l;
+    return std::string();
+  };
+  EXPECT_NE(line("vm1/d1").find(" unavailable "), std::string::npos)
+      << sout.str();
+  EXPECT_NE(line("vm1/d1").find(" (not found: volume vm1/d1"),
+            std::string::npos);
+  EXPECT_NE(line("vm1/d0").find(" locked "), std::string::npos) << sout.str();
+  EXPECT_NE(
+      line("vm1/d0").find(" (no device mapper: device-mapper not available"),
+      std::string::npos);
+  EXPECT_NE(line("vm1/d0").find(", since 20"), std::string::npos);
+  EXPECT_EQ(line("vm2/d0").back(), 'e')
+      << "no reason, no trailing blanks";  // KEK_CACHED false
 }
 
 // SO_PEERCRED authorisation: a non-root uid that is not in the allowed
