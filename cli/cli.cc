@@ -42,6 +42,7 @@ Key providers:
 VMs:
   vm create VM [--provider NAME] [--no-auto-unlock]
   vm list | show VM | unregister VM | delete VM [--destroy-key]
+  vm set VM --auto-unlock on|off       open its volumes at boot (or not)
 Volumes:
   volume create VM DISK (--device PATH | --file PATH --size SIZE)
                 [--sector-size 512|4096] [--force]
@@ -428,6 +429,20 @@ Status Cli::Vm(const std::vector<std::string>& a) {
     });
     return Status::Ok();
   }
+  if (sub == "set") {
+    std::string auto_unlock;
+    po::options_description o;
+    o.add_options()("auto-unlock", po::value(&auto_unlock));
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "vm set"));
+    if (auto_unlock != "on" && auto_unlock != "off")
+      return UsageError("vm set needs --auto-unlock on|off");
+    VCRYPT_ASSIGN_OR_RETURN(
+        Json r, Call("vm.set", {{"vm", s.words[0]}, {"auto_unlock", auto_unlock == "on"}}));
+    Print(r, [&](const Json&) {
+      out_ << "VM '" << s.words[0] << "': auto-unlock " << auto_unlock << "\n";
+    });
+    return Status::Ok();
+  }
   if (sub == "list") {
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, none, 0, 0, "vm list"));
     VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm.list", Json::object()));
@@ -647,17 +662,17 @@ Status Cli::AttachDetach(const std::string& cmd,
                      "--timeout is at most 3600 seconds");
   VCRYPT_ASSIGN_OR_RETURN(Libvirt lv, Libvirt::Connect(uri));
   DaemonVolumes vols(socket_);
+  auto disk_json = [&](const std::string& path, const std::string& tgt,
+                       bool live, bool persistent) {
+    return Json{{"vm", v.vm},     {"disk", v.disk},     {"domain", domain},
+                {"path", path},   {"target", tgt},      {"live", live},
+                {"persistent", persistent}};
+  };
   if (cmd == "attach") {
     VCRYPT_ASSIGN_OR_RETURN(AttachOutcome r,
                             AttachVolume(lv, vols, {v, domain, want}));
-    Json j = {{"vm", v.vm},
-              {"disk", v.disk},
-              {"domain", domain},
-              {"path", r.path},
-              {"target", r.target},
-              {"live", r.live},
-              {"persistent", r.persistent},
-              {"opened", r.opened}};
+    Json j = disk_json(r.path, r.target, r.live, r.persistent);
+    j["opened"] = r.opened;
     Print(j, [&](const Json&) {
       out_ << "attached " << r.path << " to domain '" << domain << "' as "
            << r.target;
@@ -678,14 +693,8 @@ Status Cli::AttachDetach(const std::string& cmd,
                       : r.close == C::kNotOpen ? "not_open"
                       : r.close == C::kInUse   ? "in_use"
                                                : "failed";
-  Json j = {{"vm", v.vm},
-            {"disk", v.disk},
-            {"domain", domain},
-            {"path", r.path},
-            {"target", r.target},
-            {"live", r.live},
-            {"persistent", r.persistent},
-            {"volume", close}};
+  Json j = disk_json(r.path, r.target, r.live, r.persistent);
+  j["volume"] = close;
   if (r.close == C::kInUse || r.close == C::kFailed)
     j["volume_message"] = r.close_error.message;
   Print(j, [&](const Json&) {

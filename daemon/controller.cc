@@ -165,6 +165,7 @@ Result<Json> Controller::Handle(const std::string& op, const Json& args,
   if (op == "vm.create") return VmCreate(args);
   if (op == "vm.list") return VmList();
   if (op == "vm.show") return VmShow(args);
+  if (op == "vm.set") return VmSet(args);
   if (op == "vm.unregister") return VmUnregister(args, false);
   if (op == "vm.delete") return VmUnregister(args, true);
   if (op == "volume.create") return VolumeCreate(args);
@@ -367,15 +368,16 @@ Result<Json> Controller::ProviderRestore(const Json& args,
 
 Result<SecureBuffer> Controller::GetKek(KeyProvider& provider, const KekRef& ref,
                                         const std::string& vm) {
-  if (auto k = cache_.Get(ref.kek_id)) return std::move(*k);
+  const std::string& pname = provider.name();
+  if (auto k = cache_.Get(pname, ref.kek_id)) return std::move(*k);
   // One fetch per KEK even when many volumes of a VM open at once.
-  auto guard = locks_.Lock("kek:" + ref.kek_id);
-  if (auto k = cache_.Get(ref.kek_id)) return std::move(*k);
+  auto guard = locks_.Lock("kek:" + pname + "/" + ref.kek_id);
+  if (auto k = cache_.Get(pname, ref.kek_id)) return std::move(*k);
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, provider.GetKek(ref));
   if (kek.size() != kKekSize)
     return MakeError(ErrorCode::kKeyUnavailable,
                      "provider '" + provider.name() + "' returned a KEK of the wrong size");
-  cache_.Put(ref.kek_id, vm, provider.name(), kek.Clone());
+  cache_.Put(pname, ref.kek_id, vm, kek.Clone());
   return kek;
 }
 
@@ -412,7 +414,7 @@ Result<Json> Controller::VmCreate(const Json& args) {
       return std::move(st).error();
     }
   }
-  cache_.Put(nk.ref.kek_id, vm, provider->name(), std::move(nk.kek));
+  cache_.Put(provider->name(), nk.ref.kek_id, vm, std::move(nk.kek));
   return Json{{"vm", vm}, {"provider", rec.provider}, {"kek_id", rec.kek.kek_id}};
 }
 
@@ -515,7 +517,7 @@ Result<Json> Controller::VmList() {
     out.push_back({{"vm", name},
                    {"provider", vm.provider},
                    {"kek_id", vm.kek.kek_id},
-                   {"kek_cached", cache_.Contains(vm.kek.kek_id)},
+                   {"kek_cached", cache_.Contains(vm.provider, vm.kek.kek_id)},
                    {"auto_unlock", vm.auto_unlock},
                    {"disks", vm.disks.size()},
                    {"created", vm.created}});
@@ -540,10 +542,28 @@ Result<Json> Controller::VmShow(const Json& args) {
   return Json{{"vm", vm},
               {"provider", rec.provider},
               {"kek_id", rec.kek.kek_id},
-              {"kek_cached", cache_.Contains(rec.kek.kek_id)},
+              {"kek_cached", cache_.Contains(rec.provider, rec.kek.kek_id)},
               {"auto_unlock", rec.auto_unlock},
               {"created", rec.created},
               {"disks", disks}};
+}
+
+// Settings of a registered VM; today only auto_unlock (read by the boot
+// units through vm.show, and by open_all).
+Result<Json> Controller::VmSet(const Json& args) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
+  auto it_arg = args.find("auto_unlock");
+  if (it_arg == args.end() || !it_arg->is_boolean())
+    return Usage("vm set needs --auto-unlock on|off");
+  auto guard = locks_.Lock("vm:" + vm);
+  std::lock_guard lock(mu_);
+  auto it = store_.vms().find(vm);
+  if (it == store_.vms().end())
+    return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
+  VmRecord rec = it->second;
+  rec.auto_unlock = it_arg->get<bool>();
+  VCRYPT_RETURN_IF_ERROR(store_.PutVm(vm, rec));
+  return Json{{"vm", vm}, {"auto_unlock", rec.auto_unlock}};
 }
 
 Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
@@ -584,7 +604,7 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
     VCRYPT_RETURN_IF_ERROR(provider->DestroyKek(rec.kek));
     destroyed = true;
   }
-  size_t evicted = cache_.EvictVm(vm) + cache_.EvictKek(rec.kek.kek_id);
+  size_t evicted = cache_.EvictVm(vm) + cache_.EvictKek(rec.provider, rec.kek.kek_id);
   {
     std::lock_guard lock(mu_);
     VCRYPT_RETURN_IF_ERROR(store_.RemoveVm(vm));
@@ -1102,7 +1122,7 @@ Result<Json> Controller::GetStatus() {
     jvms.push_back({{"vm", vn},
                     {"provider", vm.provider},
                     {"kek_id", vm.kek.kek_id},
-                    {"kek_cached", cache_.Contains(vm.kek.kek_id)},
+                    {"kek_cached", cache_.Contains(vm.provider, vm.kek.kek_id)},
                     {"disks", disks}});
   }
   st["vms"] = jvms;

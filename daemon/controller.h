@@ -110,6 +110,7 @@ class Controller {
   Result<Json> VmCreate(const Json& args);
   Result<Json> VmList();
   Result<Json> VmShow(const Json& args);
+  Result<Json> VmSet(const Json& args);
   Result<Json> VmUnregister(const Json& args, bool is_delete);
   Result<Json> VolumeCreate(const Json& args);
   Result<Json> VolumeList(const Json& args);

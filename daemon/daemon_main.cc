@@ -9,6 +9,7 @@
 
 #include <boost/program_options.hpp>
 #include <iostream>
+#include <mutex>
 #include <string>
 
 #include "common/atomic_file.h"
@@ -27,7 +28,14 @@ void OnSignal(int) {
   if (g_server) g_server->Stop();
 }
 
-void Log(const std::string& line) { std::cerr << "vcryptd: " << line << std::endl; }
+// Called from every connection thread: one write per line, under a lock,
+// so lines never interleave (stderr is the journal under systemd).
+void Log(const std::string& line) {
+  static std::mutex mu;
+  const std::string out = "vcryptd: " + line + "\n";
+  std::lock_guard lock(mu);
+  std::cerr << out << std::flush;
+}
 
 int Fail(const Error& e) {
   Log("error: " + e.message);

@@ -4,6 +4,8 @@
 
 #include <mutex>
 
+#include "libvirt/domain_xml.h"
+
 namespace vcrypt {
 namespace {
 
@@ -15,13 +17,6 @@ void InitLibvirtOnce() {
     virInitialize();
     virSetErrorFunc(nullptr, SilentErrorHandler);
   });
-}
-
-std::string OneLine(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  for (char& c : s)
-    if (c == '\n' || c == '\r') c = ' ';
-  return s;
 }
 
 }  // namespace

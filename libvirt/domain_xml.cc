@@ -44,15 +44,14 @@ Result<std::string> Serialise(xmlDoc* doc, xmlNode* node) {
                      static_cast<size_t>(xmlBufferLength(buf.get())));
 }
 
-// One line, without libxml2's trailing newline.
+}  // namespace
+
 std::string OneLine(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   for (char& c : s)
     if (c == '\n' || c == '\r') c = ' ';
   return s;
 }
-
-}  // namespace
 
 std::string MappingPath(const VolumeRef& v) {
   return "/dev/mapper/" + MappingName(v.vm, v.disk);

@@ -92,6 +92,10 @@ Result<std::string> ChooseTarget(const std::set<std::string>& used,
 // Every target dev name of the given domains' disks.
 std::set<std::string> UsedTargets(const std::vector<const DomainXml*>& domains);
 
+// `s` as one line for an error message: inner line breaks become spaces,
+// trailing newlines and spaces (libvirt's and libxml2's) are dropped.
+std::string OneLine(std::string s);
+
 }  // namespace vcrypt
 
 #endif  // VCRYPT_LIBVIRT_DOMAIN_XML_H_

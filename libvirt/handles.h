@@ -16,50 +16,29 @@
 
 namespace vcrypt {
 
+// Calls Free(p) for a non-null p; unique_ptr never calls it with null, the
+// check is for the libraries that do not accept null.
+template <auto Free>
+struct FreeWith {
+  template <typename T>
+  void operator()(T* p) const {
+    if (p != nullptr) Free(p);
+  }
+};
+
 // libvirt. virConnectClose/virDomainFree drop one reference each.
-struct VirConnectDeleter {
-  void operator()(virConnectPtr c) const {
-    if (c != nullptr) virConnectClose(c);
-  }
-};
-using VirConnectHandle = std::unique_ptr<virConnect, VirConnectDeleter>;
-
-struct VirDomainDeleter {
-  void operator()(virDomainPtr d) const {
-    if (d != nullptr) virDomainFree(d);
-  }
-};
-using VirDomainHandle = std::unique_ptr<virDomain, VirDomainDeleter>;
-
+using VirConnectHandle = std::unique_ptr<virConnect, FreeWith<virConnectClose>>;
+using VirDomainHandle = std::unique_ptr<virDomain, FreeWith<virDomainFree>>;
 // Strings libvirt returns for the caller to free (virDomainGetXMLDesc, ...):
 // plain malloc memory.
-struct MallocDeleter {
-  void operator()(char* p) const { std::free(p); }
-};
-using VirString = std::unique_ptr<char, MallocDeleter>;
+inline void FreeMalloced(char* p) { std::free(p); }
+using VirString = std::unique_ptr<char, FreeWith<FreeMalloced>>;
 
 // libxml2.
-struct XmlDocDeleter {
-  void operator()(xmlDocPtr d) const {
-    if (d != nullptr) xmlFreeDoc(d);
-  }
-};
-using XmlDocHandle = std::unique_ptr<xmlDoc, XmlDocDeleter>;
-
-struct XmlParserCtxtDeleter {
-  void operator()(xmlParserCtxtPtr c) const {
-    if (c != nullptr) xmlFreeParserCtxt(c);
-  }
-};
+using XmlDocHandle = std::unique_ptr<xmlDoc, FreeWith<xmlFreeDoc>>;
 using XmlParserCtxtHandle =
-    std::unique_ptr<xmlParserCtxt, XmlParserCtxtDeleter>;
-
-struct XmlBufferDeleter {
-  void operator()(xmlBufferPtr b) const {
-    if (b != nullptr) xmlBufferFree(b);
-  }
-};
-using XmlBufferHandle = std::unique_ptr<xmlBuffer, XmlBufferDeleter>;
+    std::unique_ptr<xmlParserCtxt, FreeWith<xmlFreeParserCtxt>>;
+using XmlBufferHandle = std::unique_ptr<xmlBuffer, FreeWith<xmlBufferFree>>;
 
 // Strings libxml2 allocates (xmlGetProp, ...). xmlFree is a function
 // pointer variable, so it cannot be a template argument.

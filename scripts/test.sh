@@ -5,6 +5,8 @@
 #   2. the same unit tests built with AddressSanitizer + UBSan
 #   3. dm-level tests and integration tests inside the VM harness (Debian's
 #      kernel under QEMU TCG), against a real dm-crypt
+#   4. tests that need systemd as PID 1 in the VM: the boot test
+#      (tests/systemd/boot_test.sh) and libvirt (real libvirtd + QEMU)
 # Ends with one line "all: N passed, M failed"; exits non-zero on any failure.
 #   VCRYPT_TEST_SKIP_ASAN=1   skip step 2 (quicker local runs)
 #   VCRYPT_TEST_FILTER=word   only integration tests whose name contains word
@@ -30,13 +32,14 @@ count_gtest() {  # log file
   if [[ -z $p && -z $f ]]; then failed=$((failed + 1)); return; fi
   passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
 }
-count_integration() {
+count_summary() {  # log file, prefix of its "PREFIX: N passed, M failed" line
   local line
-  line=$(grep -E '^integration: [0-9]+ passed, [0-9]+ failed' "$1" | tail -1)
+  line=$(grep -E "^$2: [0-9]+ passed, [0-9]+ failed" "$1" | tail -1)
   if [[ -z $line ]]; then failed=$((failed + 1)); return; fi
-  passed=$((passed + $(sed -E 's/integration: ([0-9]+) passed.*/\1/' <<<"$line")))
+  passed=$((passed + $(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$line")))
   failed=$((failed + $(sed -E 's/.* ([0-9]+) failed/\1/' <<<"$line")))
 }
+count_integration() { count_summary "$1" integration; }
 
 section "dependencies"
 scripts/install-deps.sh || exit 1
@@ -73,6 +76,23 @@ if tests/vm/prepare.sh; then
   if [[ -f $LOG/it.log ]]; then count_integration "$LOG/it.log"; else failed=$((failed + 1)); fi
 else
   status=1; failed=$((failed + 1))
+fi
+
+if [[ -z ${VCRYPT_TEST_FILTER:-} || ${VCRYPT_TEST_FILTER:-} == boot ]]; then
+  section "VM harness, systemd as PID 1: boot test"
+  tests/systemd/boot_test.sh "$ROOT/build" 2>&1 | tee "$LOG/boot.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  count_summary "$LOG/boot.log" boot
+fi
+
+if [[ -z ${VCRYPT_TEST_FILTER:-} || ${VCRYPT_TEST_FILTER:-} == libvirt ]]; then
+  section "VM harness, systemd as PID 1: libvirt (libvirtd + QEMU in the guest)"
+  mkdir -p "$LOG/libvirt"
+  tests/vm/run.sh --systemd --timeout 1800 --mem 3072 --outdir "$LOG/libvirt" -- bash -c "
+      tests/integration/run.sh '$ROOT/build' libvirt 2>&1 | tee /vmout/it.log
+      true" 2>&1 | tee "$LOG/libvirt.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  if [[ -f $LOG/libvirt/it.log ]]; then count_integration "$LOG/libvirt/it.log"; else failed=$((failed + 1)); fi
 fi
 
 [[ $failed -eq 0 ]] || status=1

@@ -65,6 +65,28 @@ setup_vm() {
 vcrypt_mappings() { dmsetup ls 2>/dev/null | awk '$1 ~ /^vcrypt-/ {print $1}' | sort; }
 loop_devices() { losetup -a 2>/dev/null | sort; }
 
+# A loop device for image $1 that cleanup_loops detaches. Prints its path.
+attach_loop() {
+  local dev
+  dev=$(losetup -f --show "$1") || fail "losetup $1"
+  echo "$dev" >>"$T/loops"
+  echo "$dev"
+}
+# Closes every vcrypt mapping (through vcryptd while it runs, then with
+# dmsetup), stops vcryptd and detaches the loops attach_loop attached.
+cleanup_loops() {
+  local m
+  for m in $(vcrypt_mappings); do
+    [[ -n ${DAEMON_PID:-} ]] && vc close "/dev/mapper/$m" >/dev/null 2>&1 || true
+  done
+  stop_daemon
+  for m in $(vcrypt_mappings); do dmsetup remove --retry "$m" >/dev/null 2>&1 || true; done
+  if [[ -f $T/loops ]]; then
+    while read -r d; do losetup -d "$d" 2>/dev/null || true; done <"$T/loops"
+  fi
+  udevadm settle --timeout=30 2>/dev/null || true
+}
+
 # Writes $2 MiB of random data to mapping $1 and stores its sha256 in $T/$3.
 write_pattern() {
   head -c "$(($2 * 1024 * 1024))" /dev/urandom >"$T/pattern.bin"

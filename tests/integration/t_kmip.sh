@@ -70,8 +70,9 @@ test_kms_vm_two_disks_roundtrip_and_kek_nowhere_on_disk() {
   rm "$T/state/canary" "$T/kek.bin"
 }
 
-test_kms_unreachable_then_back() {
-  trap 'stop_daemon; kms_kill' EXIT
+# vm1/d0 on the KMS provider "kms"; then the KMS is killed and vcryptd
+# restarted (nothing cached): vm1/d0 cannot be opened until kms_start 1.
+kms_volume_then_kms_down() {
   kms_start
   start_daemon
   add_kms_provider
@@ -80,6 +81,11 @@ test_kms_unreachable_then_back() {
   stop_daemon
   kms_kill
   start_daemon
+}
+
+test_kms_unreachable_then_back() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_volume_then_kms_down
   expect_exit 8 vc open vm1/d0
   assert_contains "$ERR" "127.0.0.1:$KMS_PORT"
   assert_eq "" "$(vcrypt_mappings)" "nothing mapped while the KMS is down"
@@ -92,14 +98,7 @@ test_kms_unreachable_then_back() {
 # server); open --all fails with 8; both recover once the KMS is back.
 test_kms_down_status_shows_locked_reason() {
   trap 'stop_daemon; kms_kill' EXIT
-  kms_start
-  start_daemon
-  add_kms_provider
-  vc vm create vm1 --provider kms >/dev/null
-  vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
-  stop_daemon
-  kms_kill
-  start_daemon
+  kms_volume_then_kms_down
   expect_exit 8 vc open vm1/d0
   local s line
   s=$(vol_state vm1 d0)

@@ -8,25 +8,6 @@ UNLOCK=$VCRYPT_BUILD/systemd/vcrypt-unlock
 # The line of VM/DISK in the human `vcryptctl status`.
 status_line() { vc status | grep "^$1 "; }
 
-# Loop devices this test attached, detached by cleanup_loops.
-attach_loop() {
-  local dev
-  dev=$(losetup -f --show "$1") || fail "losetup $1"
-  echo "$dev" >>"$T/loops"
-  echo "$dev"
-}
-cleanup_loops() {
-  for m in $(vcrypt_mappings); do
-    [[ -n ${DAEMON_PID:-} ]] && vc close "/dev/mapper/$m" >/dev/null 2>&1 || true
-  done
-  stop_daemon
-  for m in $(vcrypt_mappings); do dmsetup remove --retry "$m" >/dev/null 2>&1 || true; done
-  if [[ -f $T/loops ]]; then
-    while read -r d; do losetup -d "$d" 2>/dev/null || true; done <"$T/loops"
-  fi
-  udevadm settle --timeout=30 2>/dev/null || true
-}
-
 wait_for_path() {  # path seconds
   local i
   for ((i = 0; i < $2 * 10; i++)); do
@@ -239,7 +220,9 @@ test_unlock_files_helper() {
 
 # Retry policy of start-all against a stand-in vcryptctl: the first failed
 # volume is permanent (exit 5), another one transient (8): retried until
-# the transient one opens.
+# the transient one opens. The stand-in is a fake on purpose: a real
+# vcryptd cannot be made to fail one volume transiently twice and then
+# succeed on cue; the real open --all path is test_open_all_and_file_backed.
 test_unlock_files_helper_retries_transient_volume() {
   mkdir -p "$T/run" "$T/stub-state"
   cat >"$T/stub" <<'STUB'

@@ -21,26 +21,10 @@ make_ext4() {
 	mkfs.ext4 -q -F "$1" >/dev/null
 }
 
-# A loop device for image $1, detached by cleanup. Prints its path.
-attach() {
-	local dev
-	dev=$(losetup -f --show "$1") || fail "losetup $1"
-	echo "$dev" >>"$T/loops"
-	echo "$dev"
-}
-
 udev_cleanup() {
 	rm -f "$RULE_DST"
 	udevadm control --reload 2>/dev/null || true
-	for m in $(vcrypt_mappings); do
-		[[ -n ${DAEMON_PID:-} ]] && vc close "/dev/mapper/$m" >/dev/null 2>&1 || true
-	done
-	stop_daemon
-	for m in $(vcrypt_mappings); do dmsetup remove --retry "$m" >/dev/null 2>&1 || true; done
-	if [[ -f $T/loops ]]; then
-		while read -r d; do losetup -d "$d" 2>/dev/null || true; done <"$T/loops"
-	fi
-	udevadm settle --timeout=30 2>/dev/null || true
+	cleanup_loops
 }
 
 install_rule() {
@@ -87,7 +71,7 @@ VCRYPT_NEEDS_NETWORK=0
 VCRYPT_UNIT=web-01-root" "$out" "probe output"
 	# On a block device too.
 	local dev
-	dev=$(attach "$T/v.img")
+	dev=$(attach_loop "$T/v.img")
 	assert_eq "$out" "$("$VCRYPTCTL" probe "$dev")" "probe of $dev"
 	losetup -d "$dev"
 
@@ -119,8 +103,8 @@ test_udev_rule_fires_for_vcrypt_volumes() {
 	stop_daemon
 	set_provider_type "$T/n.img" standard # a KMS volume, as far as udev can tell
 	local dev ndev p
-	dev=$(attach "$T/v.img")
-	ndev=$(attach "$T/n.img")
+	dev=$(attach_loop "$T/v.img")
+	ndev=$(attach_loop "$T/n.img")
 	replay_add "$dev"
 	replay_add "$ndev"
 	p=$(props "$dev")
@@ -159,7 +143,7 @@ test_udev_rule_ignores_plain_luks_ext4_and_garbage() {
 	head -c 20M /dev/urandom >"$T/garbage.img"
 	local f dev p
 	for f in plain ext4 garbage; do
-		dev=$(attach "$T/$f.img")
+		dev=$(attach_loop "$T/$f.img")
 		replay_add "$dev"
 		p=$(props "$dev")
 		assert_not_contains "$p" "VCRYPT_" "$f on $dev"

@@ -65,7 +65,7 @@ host() {
   fi
   echo "# boot test: booting systemd"
   local rc=0
-  "$ROOT/tests/vm/run.sh" --systemd --timeout 900 --outdir "$W" "${disks[@]}" \
+  "$ROOT/tests/vm/run.sh" --systemd --timeout 1800 --outdir "$W" "${disks[@]}" \
     --setup "$HERE/boot_setup.sh" -- \
     bash "$HERE/boot_test.sh" job "$W" | tee "$W/job.out" || rc=$?
   local p f
@@ -190,6 +190,15 @@ before() {  # unit1 prop1 unit2 prop2: unit1's timestamp <= unit2's
   [[ -n $a && -n $b && $a -le $b ]] || { echo "$1 $2=$a, $3 $4=$b"; return 1; }
 }
 
+libvirtd_waited_for() {  # vm check-name property-marking-the-end
+  local u=vcrypt-unlock-net@$1-root.service
+  if before "$u" InactiveExitTimestamp libvirtd.service InactiveExitTimestamp >/dev/null; then
+    check "$2" before "$u" "$3" libvirtd.service ActiveEnterTimestamp
+  else
+    echo "# $u started after libvirtd: no ordering to check"
+  fi
+}
+
 job() {
   source "$W/env"
   mkdir -p /dev/shm
@@ -241,10 +250,13 @@ job() {
   echo "# system state: $state at uptime $(up) s"
   check "boot completes (degraded: one failed unlock)" test "$state" = degraded
   check "the only failed unit is gamma's" only_failed_unit vcrypt-unlock-net@gamma-root.service
-  check "libvirtd started only after the unlock units finished" \
-    before vcrypt-unlock-net@beta-root.service ActiveEnterTimestamp libvirtd.service ActiveEnterTimestamp
-  check "libvirtd waited for gamma's unit to give up" \
-    before vcrypt-unlock-net@gamma-root.service InactiveEnterTimestamp libvirtd.service ActiveEnterTimestamp
+  # Ordering only binds jobs that exist together: an unlock unit pulled in
+  # by a device that udev announces after libvirtd's start job has run
+  # cannot hold libvirtd back (docs/boot.md; the qemu hook opens such a
+  # disk when its domain starts). So: an unlock unit started before
+  # libvirtd must have finished before libvirtd started.
+  libvirtd_waited_for beta "libvirtd waited for beta's unit to open it" ActiveEnterTimestamp
+  libvirtd_waited_for gamma "libvirtd waited for gamma's unit to give up" InactiveEnterTimestamp
 
   KEEP_DB=1 kms_start kms2 "$P2" || FAIL "cannot start gamma's KMS"
   check "gamma opens with systemctl restart once its KMS is up" \

@@ -23,32 +23,35 @@ void ExpectOneLineError(const CliRun& r, int code, const std::string& text) {
   EXPECT_EQ(r.out, "");
 }
 
-TEST(CliLibvirt, UsageErrors) {
-  ExpectOneLineError(RunCtl({"attach", "vm1/d0"}), 2, "needs --domain");
-  ExpectOneLineError(RunCtl({"detach", "vm1/d0"}), 2, "needs --domain");
-  ExpectOneLineError(RunCtl({"attach", "--domain", "x"}), 2,
-                     "wrong number of arguments");
-  ExpectOneLineError(RunCtl({"attach", "vm1", "--domain", "x"}), 2,
-                     "is not VM/DISK");
-  ExpectOneLineError(RunCtl({"attach", "/dev/sda", "--domain", "x"}), 2,
-                     "is not VM/DISK");
-  ExpectOneLineError(RunCtl({"attach", "vm1/d0", "--domain", "x", "--timeout",
-                             "5"}),
-                     2, "unrecognised option");
-  ExpectOneLineError(RunCtl({"detach", "vm1/d0", "--domain", "x", "--target",
-                             "vdb"}),
-                     2, "unrecognised option");
-}
-
-TEST(CliLibvirt, InvalidValues) {
-  ExpectOneLineError(RunCtl({"attach", "vm1/d-0", "--domain", "x"}), 12,
-                     "disk name 'd-0' is not allowed");
-  ExpectOneLineError(RunCtl({"attach", "vm1/d0", "--domain", "x", "--target",
-                             "sdb"}),
-                     12, "target 'sdb' is not allowed");
-  ExpectOneLineError(RunCtl({"detach", "vm1/d0", "--domain", "x", "--timeout",
-                             "100000"}),
-                     12, "--timeout");
+// Rejected before libvirt or vcryptd is contacted: usage errors (2) and
+// invalid values (12).
+TEST(CliLibvirt, BadArgumentsAreOneLineErrors) {
+  struct Case {
+    std::vector<std::string> args;
+    int code;
+    const char* text;
+  };
+  const Case cases[] = {
+      {{"attach", "vm1/d0"}, 2, "needs --domain"},
+      {{"detach", "vm1/d0"}, 2, "needs --domain"},
+      {{"attach", "--domain", "x"}, 2, "wrong number of arguments"},
+      {{"attach", "vm1", "--domain", "x"}, 2, "is not VM/DISK"},
+      {{"attach", "/dev/sda", "--domain", "x"}, 2, "is not VM/DISK"},
+      {{"attach", "vm1/d0", "--domain", "x", "--timeout", "5"}, 2,
+       "unrecognised option"},
+      {{"detach", "vm1/d0", "--domain", "x", "--target", "vdb"}, 2,
+       "unrecognised option"},
+      {{"attach", "vm1/d-0", "--domain", "x"}, 12,
+       "disk name 'd-0' is not allowed"},
+      {{"attach", "vm1/d0", "--domain", "x", "--target", "sdb"}, 12,
+       "target 'sdb' is not allowed"},
+      {{"detach", "vm1/d0", "--domain", "x", "--timeout", "100000"}, 12,
+       "--timeout"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.args[0] + " " + c.args[1]);
+    ExpectOneLineError(RunCtl(c.args), c.code, c.text);
+  }
 }
 
 TEST(CliLibvirt, LibvirtIsCheckedBeforeVcryptd) {

@@ -30,6 +30,8 @@ TEST(CliTest, UsageErrorsExitTwoWithOneLine) {
       {"vm", "create"},
       {"vm", "create", "a", "b"},
       {"vm", "explode", "a"},
+      {"vm", "set", "a"},
+      {"vm", "set", "a", "--auto-unlock", "maybe"},
       {"volume", "create", "vm1"},
       {"volume", "create", "vm1", "d0"},
       {"volume", "create", "vm1", "d0", "--file", "/tmp/x"},

@@ -481,6 +481,28 @@ TEST_F(DaemonTest, OpenAllTriesEveryAutoUnlockVolume) {
       << "no reason, no trailing blanks";  // KEK_CACHED false
 }
 
+// vm.set changes auto-unlock after creation: stored in the inventory, seen
+// by vm.show (the boot units) and by open_all.
+TEST_F(DaemonTest, VmSetAutoUnlock) {
+  SKIP_UNLESS_ROOT_WITHOUT_DM();
+  MakeVolumes({"d0"});
+  auto r = Call("vm.set", {{"vm", "vm1"}, {"auto_unlock", false}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ((*r)["auto_unlock"], false);
+  EXPECT_EQ(Inventory()["vms"]["vm1"]["auto_unlock"], false);
+  EXPECT_EQ((*Call("vm.show", {{"vm", "vm1"}}))["auto_unlock"], false);
+  EXPECT_EQ((*Call("open_all"))["volumes"], Json::array());
+  ASSERT_TRUE(Call("vm.set", {{"vm", "vm1"}, {"auto_unlock", true}}).ok());
+  EXPECT_EQ(Inventory()["vms"]["vm1"]["auto_unlock"], true);
+  EXPECT_EQ((*Call("open_all"))["volumes"].size(), 1u);
+
+  EXPECT_EQ(Call("vm.set", {{"vm", "nope"}, {"auto_unlock", true}}).error().code,
+            ErrorCode::kNotFound);
+  EXPECT_EQ(Call("vm.set", {{"vm", "vm1"}}).error().code, ErrorCode::kUsage);
+  EXPECT_EQ(Call("vm.set", {{"vm", "vm1"}, {"auto_unlock", "yes"}}).error().code,
+            ErrorCode::kUsage);
+}
+
 // SO_PEERCRED authorisation: a non-root uid that is not in the allowed
 // group is refused even when the socket file itself is open to everyone.
 TEST_F(DaemonTest, UnauthorisedUidIsRefused) {

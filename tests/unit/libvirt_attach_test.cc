@@ -17,36 +17,14 @@
 #include "libvirt/attach.h"
 #include "libvirt/connection.h"
 #include "libvirt/handles.h"
+#include "tests/unit/fake_volumes.h"
 
 namespace vcrypt {
 namespace {
 
 constexpr const char* kTestUri = "test:///default";
 
-class FakeVolumes : public VolumeControl {
- public:
-  Result<Opened> Open(const VolumeRef& v) override {
-    calls.push_back("open " + v.Label());
-    if (auto it = open_errors.find(v.Label()); it != open_errors.end())
-      return it->second;
-    return Opened{MappingPath(v), already_open.count(v.Label()) > 0};
-  }
-  Status Close(const VolumeRef& v) override {
-    calls.push_back("close " + v.Label());
-    if (close_error) return *close_error;
-    return Status::Ok();
-  }
-  Status CheckKnown(const VolumeRef& v) override {
-    calls.push_back("known " + v.Label());
-    if (unknown) return MakeError(ErrorCode::kNotFound, "no such volume");
-    return Status::Ok();
-  }
-  std::vector<std::string> calls;
-  std::set<std::string> already_open;
-  std::map<std::string, Error> open_errors;
-  std::optional<Error> close_error;
-  bool unknown = false;
-};
+using testing::FakeVolumes;
 
 // A domain of the test driver, defined (and optionally started) by the
 // fixture through the plain C API and removed afterwards. Our own
@@ -170,7 +148,7 @@ TEST_F(LibvirtAttachTest, FailedAttachClosesWhatItOpened) {
 
   // When closing fails too, the message says so.
   vols_.calls.clear();
-  vols_.close_error = MakeError(ErrorCode::kBusy, "in use");
+  vols_.close_errors["vm1/d0"] = MakeError(ErrorCode::kBusy, "in use");
   r = AttachVolume(*lv_, vols_, {{"vm1", "d0"}, dom, {}});
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("closing vm1/d0 again failed too: in use"),

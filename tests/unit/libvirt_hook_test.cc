@@ -19,37 +19,13 @@
 #include "dmtools/volume.h"
 #include "libvirt/hook.h"
 #include "tests/test_util.h"
+#include "tests/unit/fake_volumes.h"
 
 namespace vcrypt {
 namespace {
 
+using testing::FakeVolumes;
 using testing::TempDir;
-
-// Records what the hook asks vcryptd for; answers as configured.
-class FakeVolumes : public VolumeControl {
- public:
-  Result<Opened> Open(const VolumeRef& v) override {
-    calls.push_back("open " + v.Label());
-    if (auto it = open_errors.find(v.Label()); it != open_errors.end())
-      return it->second;
-    std::string path = MappingPath(v);
-    if (wrong_path.count(v.Label())) path = "/dev/mapper/elsewhere";
-    return Opened{path, already_open.count(v.Label()) > 0};
-  }
-  Status Close(const VolumeRef& v) override {
-    calls.push_back("close " + v.Label());
-    if (auto it = close_errors.find(v.Label()); it != close_errors.end())
-      return it->second;
-    return Status::Ok();
-  }
-  Status CheckKnown(const VolumeRef& v) override {
-    calls.push_back("known " + v.Label());
-    return Status::Ok();
-  }
-  std::vector<std::string> calls;
-  std::set<std::string> already_open, wrong_path;
-  std::map<std::string, Error> open_errors, close_errors;
-};
 
 constexpr const char* kXml = R"(<domain type='qemu'><name>web01</name><devices>
   <disk type='file' device='disk'><source file='/img/os.qcow2'/><target dev='vda'/></disk>
