@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <boost/program_options.hpp>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <optional>
@@ -20,6 +22,7 @@
 #include "common/base64.h"
 #include "common/handles.h"
 #include "common/names.h"
+#include "common/random.h"
 #include "common/secure_buffer.h"
 #include "common/wire.h"
 #include "libvirt/attach.h"
@@ -41,12 +44,22 @@ Key providers:
   provider restore FILE.p12 --name NAME --password-file FILE
 VMs:
   vm create VM [--provider NAME] [--no-auto-unlock]
-  vm list | show VM | unregister VM | delete VM [--destroy-key]
+  vm list | show VM | unregister VM | delete VM [--erase] [--destroy-key]
+  vm register VM --from PATH [PATH...] [--no-auto-unlock]
+                                       rebuild a VM's entry from its volumes
   vm set VM --auto-unlock on|off       open its volumes at boot (or not)
+  vm rekey VM [--provider NAME] [--revoke-old]
+                                       new KEK (from NAME: provider change),
+                                       every disk's DEK re-wrapped; re-run
+                                       to finish an interrupted one
 Volumes:
   volume create VM DISK (--device PATH | --file PATH --size SIZE)
                 [--sector-size 512|4096] [--force]
   volume list [VM]
+  volume recovery-key add VM/DISK      adds a passphrase keyslot that opens the
+                                       volume with plain cryptsetup, and
+                                       prints its key once (docs/recovery.md)
+  volume recovery-key remove VM/DISK [--force]
   open  VM/DISK | PATH [--discards]    prints the /dev/mapper path
   open  --all [--file-backed]          opens every volume of the VMs with
                                        auto-unlock (only image files with
@@ -211,12 +224,13 @@ class Cli {
 
  private:
   Result<Json> Call(const std::string& op, const Json& args,
-                    const SecureBuffer* secret = nullptr) {
+                    const SecureBuffer* secret = nullptr,
+                    SecureBuffer* reply_secret = nullptr) {
     if (!client_) {
       VCRYPT_ASSIGN_OR_RETURN(Client c, Client::Connect(socket_));
       client_.emplace(std::move(c));
     }
-    return client_->Call(op, args, secret);
+    return client_->Call(op, args, secret, reply_secret);
   }
   Status Dispatch(const std::string& cmd, const std::vector<std::string>& rest);
   Status Provider(const std::vector<std::string>& a);
@@ -429,6 +443,57 @@ Status Cli::Vm(const std::vector<std::string>& a) {
     });
     return Status::Ok();
   }
+  if (sub == "register") {
+    std::vector<std::string> from;
+    po::options_description o;
+    o.add_options()("from", po::value(&from)->multitoken())("no-auto-unlock", "");
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "vm register"));
+    if (from.empty()) return UsageError("vm register needs --from PATH (one per volume)");
+    for (auto& p : from) {
+      std::error_code ec;
+      auto abs = std::filesystem::absolute(p, ec);
+      if (!ec) p = abs.lexically_normal().string();
+    }
+    VCRYPT_ASSIGN_OR_RETURN(
+        Json r, Call("vm.register", {{"vm", s.words[0]},
+                                     {"from", from},
+                                     {"no_auto_unlock", s.vm.count("no-auto-unlock") > 0}}));
+    Print(r, [&](const Json& j) {
+      out_ << "registered VM '" << s.words[0] << "' with provider '" << Str(j["provider"])
+           << "' (KEK " << Str(j["kek_id"]) << "), " << j["disks"].size() << " disk(s)\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "rekey") {
+    std::string provider;
+    po::options_description o;
+    o.add_options()("provider", po::value(&provider))("revoke-old", "")("deep", "");
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "vm rekey"));
+    Json req = {{"vm", s.words[0]},
+                {"revoke_old", s.vm.count("revoke-old") > 0},
+                {"deep", s.vm.count("deep") > 0}};
+    if (s.vm.count("provider")) {
+      if (provider.empty()) return UsageError("vm rekey: --provider needs a name");
+      req["provider"] = provider;
+    }
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm.rekey", req));
+    Print(r, [&](const Json& j) {
+      size_t rekeyed = 0;
+      for (const auto& d : j["disks"]) rekeyed += d["result"] == "rekeyed";
+      out_ << (j["resumed"].get<bool>() ? "finished the rekey of VM '" : "rekeyed VM '")
+           << s.words[0] << "': KEK " << Str(j["kek_id"]) << " of provider '"
+           << Str(j["provider"]) << "' (was " << Str(j["old_kek_id"]) << " of '"
+           << Str(j["old_provider"]) << "'); " << rekeyed << " of " << j["disks"].size()
+           << " disk(s) re-wrapped now\n";
+      if (j["old_kek_revoked"].get<bool>()) out_ << "old KEK revoked and destroyed\n";
+    });
+    // The rekey is complete, but the admin asked for the old key to go.
+    if (r.contains("revoke_error"))
+      return MakeError(ErrorCodeFromName(Str(r["revoke_error"]["code"])),
+                       "the rekey is complete, but the old KEK was not revoked: " +
+                           Str(r["revoke_error"]["message"]));
+    return Status::Ok();
+  }
   if (sub == "set") {
     std::string auto_unlock;
     po::options_description o;
@@ -454,10 +519,13 @@ Status Cli::Vm(const std::vector<std::string>& a) {
   }
   if (sub == "show" || sub == "unregister" || sub == "delete") {
     po::options_description o;
-    if (sub == "delete") o.add_options()("destroy-key", "");
+    if (sub == "delete") o.add_options()("destroy-key", "")("erase", "");
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "vm " + sub));
     Json req = {{"vm", s.words[0]}};
-    if (sub == "delete") req["destroy_key"] = s.vm.count("destroy-key") > 0;
+    if (sub == "delete") {
+      req["destroy_key"] = s.vm.count("destroy-key") > 0;
+      req["erase"] = s.vm.count("erase") > 0;
+    }
     VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm." + sub, req));
     Print(r, [&](const Json& j) {
       if (sub == "show") {
@@ -466,7 +534,10 @@ Status Cli::Vm(const std::vector<std::string>& a) {
         out_ << (sub == "delete" ? "deleted" : "unregistered") << " VM '" << s.words[0]
              << "': closed " << j["closed"].size() << " volume(s), evicted "
              << Str(j["evicted"]) << " cached KEK(s)"
-             << (j.value("kek_destroyed", false) ? ", KEK destroyed on the KMS" : "") << "\n";
+             << (j.value("kek_destroyed", false) ? ", KEK destroyed on the KMS" : "");
+        if (j.contains("erased") && !j["erased"].empty())
+          out_ << ", key material erased from " << j["erased"].size() << " volume(s)";
+        out_ << "\n";
       }
     });
     return Status::Ok();
@@ -525,8 +596,83 @@ Status Cli::Volume(const std::vector<std::string>& a) {
       Json rows = j["volumes"];
       for (auto& v : rows) v["detail"] = StateDetail(v);
       PrintTable(out_, rows, {{"vm", "VM"}, {"disk", "DISK"}, {"state", "STATE"},
-                              {"device", "DEVICE"}, {"detail", "DETAIL"}});
+                              {"device", "DEVICE"}, {"recovery_key", "RECOVERY_KEY"},
+                              {"detail", "DETAIL"}});
     });
+    return Status::Ok();
+  }
+  if (sub == "recovery-key") {
+    // docs/recovery.md. The key arrives on the protocol's secret channel
+    // into locked memory and is printed once from there; it never becomes
+    // a std::string or part of a JSON value here.
+    if (args.empty()) return UsageError("volume recovery-key: missing add or remove");
+    const std::string action = args[0];
+    std::vector<std::string> rest(args.begin() + 1, args.end());
+    po::options_description o;
+    if (action == "remove") o.add_options()("force", "");
+    else if (action != "add")
+      return UsageError("unknown volume recovery-key subcommand '" + action + "'");
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(rest, o, 1, 1, "volume recovery-key " + action));
+    VCRYPT_ASSIGN_OR_RETURN(Json req, TargetArgs(s.words[0]));
+    if (action == "remove") {
+      req["force"] = s.vm.count("force") > 0;
+      VCRYPT_ASSIGN_OR_RETURN(Json r, Call("volume.recovery_key.remove", req));
+      Print(r, [&](const Json& j) {
+        out_ << "removed the recovery key of " << Str(j["vm"]) << "/" << Str(j["disk"])
+             << " (keyslot " << Str(j["keyslot"]) << ")\n";
+      });
+      return Status::Ok();
+    }
+    SecureBuffer key;
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("volume.recovery_key.add", req, nullptr, &key));
+    if (key.size() != kRecoveryKeySize)
+      return MakeError(ErrorCode::kInternal,
+                       "vcryptd added a recovery keyslot to " + Str(r["vm"]) + "/" +
+                           Str(r["disk"]) + " but sent no key; remove it with "
+                           "'vcryptctl volume recovery-key remove'");
+    // As vcryptctl, straight from locked memory to fd 1 (no copy in
+    // stdio's buffer); into the stream otherwise (tests).
+    auto emit_key = [&] {
+      if (&out_ == &std::cout) {
+        out_.flush();
+        std::fflush(stdout);
+        for (size_t done = 0; done < key.size();) {
+          ssize_t w = ::write(STDOUT_FILENO, key.data() + done, key.size() - done);
+          if (w < 0 && errno == EINTR) continue;
+          if (w <= 0) return false;
+          done += static_cast<size_t>(w);
+        }
+        return true;
+      }
+      out_.write(key.chars(), static_cast<std::streamsize>(key.size()));
+      return static_cast<bool>(out_);
+    };
+    bool printed;
+    if (json_) {
+      // The result's members after "recovery_key"; the key's alphabet
+      // needs no JSON escaping.
+      const std::string rest_json = r.dump(2).substr(2);
+      out_ << "{\n  \"recovery_key\": \"";
+      printed = emit_key();
+      out_ << "\",\n" << rest_json << "\n";
+    } else {
+      const Json& p = r["pbkdf"];
+      out_ << "recovery key of " << Str(r["vm"]) << "/" << Str(r["disk"]) << " (keyslot "
+           << Str(r["keyslot"]) << ", " << Str(p["type"]) << " " << Str(p["memory_kib"])
+           << " KiB, time cost " << Str(p["time_cost"]) << ", " << Str(p["threads"])
+           << " threads):\n\n    ";
+      printed = emit_key();
+      out_ << "\n\nIt is shown only this once: vcrypt keeps no copy. Keep it offline and "
+              "apart from the\ndisk. With it, 'cryptsetup open " << Str(r["device"])
+           << " NAME' opens the volume\nwithout vcrypt or its key provider: type it "
+              "exactly as shown, dashes included.\n";
+    }
+    out_.flush();
+    key.Clear();
+    if (!printed || !out_)
+      return MakeError(ErrorCode::kIo,
+                       "the recovery key could not be printed; remove it with 'vcryptctl "
+                       "volume recovery-key remove " + s.words[0] + "' and add a new one");
     return Status::Ok();
   }
   return UsageError("unknown volume subcommand '" + sub + "'");
@@ -595,6 +741,7 @@ Status Cli::StatusCmd(const std::vector<std::string>& a) {
                         {"state", d["state"]},
                         {"provider", vm["provider"]},
                         {"kek_cached", vm["kek_cached"]},
+                        {"recovery_key", d.value("recovery_key", Json())},
                         {"detail", StateDetail(d)}});
       }
       if (vm["disks"].empty())
@@ -603,7 +750,7 @@ Status Cli::StatusCmd(const std::vector<std::string>& a) {
     }
     PrintTable(out_, rows, {{"volume", "VOLUME"}, {"state", "STATE"},
                             {"provider", "PROVIDER"}, {"kek_cached", "KEK_CACHED"},
-                            {"detail", "DETAIL"}});
+                            {"recovery_key", "RECOVERY_KEY"}, {"detail", "DETAIL"}});
   });
   return Status::Ok();
 }

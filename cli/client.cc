@@ -33,7 +33,8 @@ Result<Client> Client::Connect(const std::string& socket_path) {
 }
 
 Result<nlohmann::json> Client::Call(const std::string& op, const nlohmann::json& args,
-                                    const SecureBuffer* secret) {
+                                    const SecureBuffer* secret,
+                                    SecureBuffer* reply_secret) {
   nlohmann::json req = {{"op", op}, {"args", args}};
   // A refused peer gets its error before the daemon reads anything, so a
   // failed write still leaves an answer to read.
@@ -46,7 +47,10 @@ Result<nlohmann::json> Client::Call(const std::string& op, const nlohmann::json&
                          resp.error().message + ")");
   }
   const auto& b = resp->body;
-  if (b.value("ok", false) && b.contains("result")) return b["result"];
+  if (b.value("ok", false) && b.contains("result")) {
+    if (reply_secret != nullptr) *reply_secret = std::move(resp->secret);
+    return b["result"];
+  }
   if (b.contains("error") && b["error"].is_object()) {
     const auto& e = b["error"];
     return MakeError(ErrorCodeFromName(e.value("code", "internal")),

@@ -19,9 +19,12 @@ class Client {
   static Result<Client> Connect(const std::string& socket_path);
 
   // One request/response. A daemon error comes back as the Error it
-  // carried (same code, same message).
+  // carried (same code, same message). A secret that comes back with the
+  // answer (a new recovery key) is moved into *reply_secret, read there
+  // straight from the socket; without reply_secret it is wiped unseen.
   Result<nlohmann::json> Call(const std::string& op, const nlohmann::json& args,
-                              const SecureBuffer* secret = nullptr);
+                              const SecureBuffer* secret = nullptr,
+                              SecureBuffer* reply_secret = nullptr);
 
  private:
   explicit Client(UniqueFd fd) : fd_(std::move(fd)) {}

@@ -42,4 +42,19 @@ Result<std::string> RandomUuid() {
   return std::string(s);
 }
 
+Result<SecureBuffer> RandomRecoveryKey() {
+  constexpr size_t kChars = kRecoveryKeyGroups * kRecoveryKeyGroupLength;
+  static_assert(kRecoveryKeyAlphabet.size() == 16, "one nibble per character");
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer random, RandomKey(kChars / 2));
+  SecureBuffer key(kRecoveryKeySize);
+  size_t out = 0;
+  for (size_t i = 0; i < kChars; ++i) {
+    if (i > 0 && i % kRecoveryKeyGroupLength == 0) key.data()[out++] = '-';
+    const uint8_t byte = random.data()[i / 2];
+    const uint8_t nibble = (i % 2 == 0) ? byte >> 4 : byte & 0x0f;
+    key.data()[out++] = static_cast<uint8_t>(kRecoveryKeyAlphabet[nibble]);
+  }
+  return key;
+}
+
 }  // namespace vcrypt

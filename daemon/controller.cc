@@ -1,6 +1,7 @@
 #include "daemon/controller.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -105,6 +106,13 @@ bool IsUuidText(std::string_view u) {
 
 std::string UuidKey(std::string_view uuid) { return CompactUuid(uuid); }
 
+// The primary key ID of a native provider ("" for others): what an audit
+// record names for provider.* operations.
+std::string PrimaryKeyId(const KeyProvider& p) {
+  auto* native = dynamic_cast<const NativeProvider*>(&p);
+  return native ? native->primary_key_id() : std::string();
+}
+
 Json ErrorJson(const Error& e) {
   return Json{{"code", std::string(ErrorCodeName(e.code))},
               {"exit", static_cast<int>(e.code)},
@@ -134,6 +142,7 @@ Controller::Controller(ControllerOptions options, StateStore store)
     : options_(std::move(options)), store_(std::move(store)) {}
 
 Result<std::unique_ptr<Controller>> Controller::Create(ControllerOptions options) {
+  if (!options.audit) options.audit = SystemAuditSink::ForThisProcess();
   VCRYPT_ASSIGN_OR_RETURN(StateStore store, StateStore::Open(options.state_dir));
   std::unique_ptr<Controller> c(new Controller(std::move(options), std::move(store)));
   std::error_code ec;
@@ -155,26 +164,33 @@ Result<Json> Controller::Handle(const std::string& op, const Json& args,
                                 const SecureBuffer& secret,
                                 const Caller& caller) {
   if (!args.is_object()) return Usage("'args' must be an object");
-  if (op == "provider.add") return ProviderAdd(args, secret);
+  const AuditContext ctx{caller.uid, op};
+  if (op == "provider.add") return ProviderAdd(args, secret, ctx);
   if (op == "provider.list") return ProviderList();
   if (op == "provider.show") return ProviderShow(args);
-  if (op == "provider.remove") return ProviderRemove(args);
+  if (op == "provider.remove") return ProviderRemove(args, ctx);
   if (op == "provider.default") return ProviderDefault(args);
-  if (op == "provider.backup") return ProviderBackup(args, secret);
-  if (op == "provider.restore") return ProviderRestore(args, secret);
-  if (op == "vm.create") return VmCreate(args);
+  if (op == "provider.backup") return ProviderBackup(args, secret, ctx);
+  if (op == "provider.restore") return ProviderRestore(args, secret, ctx);
+  if (op == "vm.create") return VmCreate(args, ctx);
   if (op == "vm.list") return VmList();
   if (op == "vm.show") return VmShow(args);
   if (op == "vm.set") return VmSet(args);
-  if (op == "vm.unregister") return VmUnregister(args, false);
-  if (op == "vm.delete") return VmUnregister(args, true);
-  if (op == "volume.create") return VolumeCreate(args);
+  if (op == "vm.rekey") return VmRekey(args, ctx);
+  if (op == "vm.register") return VmRegister(args, ctx);
+  if (op == "vm.unregister") return VmUnregister(args, false, ctx);
+  if (op == "vm.delete") return VmUnregister(args, true, ctx);
+  if (op == "volume.create") return VolumeCreate(args, ctx);
   if (op == "volume.list") return VolumeList(args);
-  if (op == "open") return Open(args);
-  if (op == "open_all") return OpenAll(args);
+  if (op == "open") return Open(args, ctx);
+  if (op == "open_all") return OpenAll(args, ctx);
   if (op == "close") return Close(args);
   if (op == "status") return GetStatus();
-  if (op == "cache.evict") return CacheEvict(args);
+  if (op == "cache.evict") return CacheEvict(args, ctx);
+  if (op == "volume.recovery_key.remove") return RecoveryKeyRemove(args, ctx);
+  if (op == "volume.recovery_key.add")  // its key needs the other overload
+    return MakeError(ErrorCode::kInternal,
+                     "volume.recovery_key.add needs a caller that can take a secret back");
   if (op == "ping") return Json{{"pong", true}};
   return Usage("unknown operation '" + op + "'");
 }
@@ -187,7 +203,8 @@ std::shared_ptr<KeyProvider> Controller::FindProvider(const std::string& name) {
 
 // --- providers -------------------------------------------------------------
 
-Result<Json> Controller::ProviderAdd(const Json& args, const SecureBuffer& secret) {
+Result<Json> Controller::ProviderAdd(const Json& args, const SecureBuffer& secret,
+                                     const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string type, StrArg(args, "type"));
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
@@ -206,24 +223,36 @@ Result<Json> Controller::ProviderAdd(const Json& args, const SecureBuffer& secre
   // Only one add per name at a time; the cluster check of a standard
   // provider runs outside the state lock (it may take a connect timeout).
   auto guard = locks_.Lock("provider:" + name);
+  // Audited once the provider's key material is made (native) or its
+  // cluster checked (standard), whatever the outcome.
+  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kProviderAdd);
+  audit.provider = name;
   std::shared_ptr<KeyProvider> provider;
   Json desc;
   if (type == "native") {
-    std::lock_guard lock(mu_);
-    if (providers_.count(name))
-      return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists");
-    VCRYPT_ASSIGN_OR_RETURN(auto p, NativeProvider::Create(name, store_.ProviderDir(name)));
-    provider = std::move(p);
+    Result<std::unique_ptr<NativeProvider>> p =
+        MakeError(ErrorCode::kInternal, "not created");
+    {
+      std::lock_guard lock(mu_);
+      if (providers_.count(name))
+        return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists");
+      p = NativeProvider::Create(name, store_.ProviderDir(name));
+    }
+    if (p.ok()) audit.primary_key_id = (*p)->primary_key_id();
+    Audit(audit.Outcome(p));
+    if (!p.ok()) return std::move(p).error();
+    provider = std::move(p).value();
   } else {
     VCRYPT_ASSIGN_OR_RETURN(std::string kms, StrArg(args, "kms"));
     VCRYPT_ASSIGN_OR_RETURN(std::string ca, StrArg(args, "ca_pem"));
     VCRYPT_ASSIGN_OR_RETURN(std::string cert, StrArg(args, "cert_pem"));
     if (secret.empty()) return Usage("a standard provider needs the client key (--key)");
     VCRYPT_ASSIGN_OR_RETURN(auto servers, ParseKmsServers(kms));
-    VCRYPT_ASSIGN_OR_RETURN(
-        auto p, StandardProvider::Create(name, store_.ProviderDir(name), servers, ca, cert,
-                                         secret));
-    provider = std::move(p);
+    auto p = StandardProvider::Create(name, store_.ProviderDir(name), servers, ca,
+                                      cert, secret);
+    Audit(audit.Outcome(p));
+    if (!p.ok()) return std::move(p).error();
+    provider = std::move(p).value();
   }
   desc = provider->Describe();
   std::lock_guard lock(mu_);
@@ -261,35 +290,51 @@ Result<Json> Controller::ProviderShow(const Json& args) {
   return MakeError(ErrorCode::kNotFound, "no key provider named '" + name + "'");
 }
 
-Result<Json> Controller::ProviderRemove(const Json& args) {
+Result<Json> Controller::ProviderRemove(const Json& args, const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
-  std::lock_guard lock(mu_);
-  auto it = providers_.find(name);
-  if (it == providers_.end())
-    return MakeError(ErrorCode::kNotFound, "no key provider named '" + name + "'");
-  for (const auto& [vn, vm] : store_.vms())
-    if (vm.provider == name)
-      return MakeError(ErrorCode::kBusy, "provider '" + name + "' is used by VM '" +
-                                             vn + "'; rekey or delete its VMs first");
-  if (it->second->type() == "native" && !BoolArg(args, "force"))
-    return MakeError(ErrorCode::kExists,
-                     "removing native provider '" + name +
-                         "' destroys its primary key: volumes made with it then "
-                         "open only from a backup; back it up, then re-run with --force");
-  std::string dir = store_.ProviderDir(name);
-  // Move aside first so a crash never leaves a half-deleted provider that
-  // fails to load; then remove the files.
-  std::string trash = store_.dir() + "/providers/.removed-" + name;
-  std::error_code ec;
-  std::filesystem::remove_all(trash, ec);
-  if (rename(dir.c_str(), trash.c_str()) != 0)
-    return MakeError(ErrorCode::kIo, "cannot remove " + dir + ": " + std::strerror(errno));
-  std::filesystem::remove_all(trash, ec);
-  providers_.erase(it);
-  size_t evicted = cache_.EvictProvider(name);
-  if (store_.default_provider() == name)
-    VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(std::nullopt));
-  return Json{{"removed", name}, {"evicted", evicted}};
+  // Records are written once the state lock is released.
+  std::vector<AuditRecord> records;
+  auto r = [&]() -> Result<Json> {
+    std::lock_guard lock(mu_);
+    auto it = providers_.find(name);
+    if (it == providers_.end())
+      return MakeError(ErrorCode::kNotFound, "no key provider named '" + name + "'");
+    for (const auto& [vn, vm] : store_.vms())
+      if (vm.provider == name)
+        return MakeError(ErrorCode::kBusy, "provider '" + name + "' is used by VM '" +
+                                               vn + "'; rekey or delete its VMs first");
+    if (it->second->type() == "native" && !BoolArg(args, "force"))
+      return MakeError(ErrorCode::kExists,
+                       "removing native provider '" + name +
+                           "' destroys its primary key: volumes made with it then "
+                           "open only from a backup; back it up, then re-run with --force");
+    AuditRecord audit = AuditRecord::For(ctx, AuditOp::kProviderRemove);
+    audit.provider = name;
+    audit.primary_key_id = PrimaryKeyId(*it->second);
+    std::string dir = store_.ProviderDir(name);
+    // Move aside first so a crash never leaves a half-deleted provider that
+    // fails to load; then remove the files.
+    std::string trash = store_.dir() + "/providers/.removed-" + name;
+    std::error_code ec;
+    std::filesystem::remove_all(trash, ec);
+    if (rename(dir.c_str(), trash.c_str()) != 0) {
+      audit.error =
+          MakeError(ErrorCode::kIo, "cannot remove " + dir + ": " + std::strerror(errno));
+      records.push_back(audit);
+      return *audit.error;
+    }
+    std::filesystem::remove_all(trash, ec);
+    providers_.erase(it);
+    records.push_back(audit);
+    auto evicted = EvictKeks(
+        ctx, [&](const KekCache::EntryInfo& e) { return e.provider == name; });
+    records.insert(records.end(), evicted.begin(), evicted.end());
+    if (store_.default_provider() == name)
+      VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(std::nullopt));
+    return Json{{"removed", name}, {"evicted", evicted.size()}};
+  }();
+  Audit(records);
+  return r;
 }
 
 Result<Json> Controller::ProviderDefault(const Json& args) {
@@ -302,7 +347,8 @@ Result<Json> Controller::ProviderDefault(const Json& args) {
 }
 
 Result<Json> Controller::ProviderBackup(const Json& args,
-                                        const SecureBuffer& password) {
+                                        const SecureBuffer& password,
+                                        const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   if (password.empty())
     return Usage("a backup needs a non-empty password (--password-file)");
@@ -313,23 +359,31 @@ Result<Json> Controller::ProviderBackup(const Json& args,
     return MakeError(ErrorCode::kInvalidArgument,
                      "only native providers hold keys to back up; '" + name +
                          "' keeps its keys on its key server");
-  // The PKCS#12 file is encrypted under the password; it is returned to the
-  // caller, which writes it with its own permissions.
-  std::string tmp = store_.dir() + "/.backup-" + name + ".p12";
-  ::unlink(tmp.c_str());  // a leftover of an interrupted backup
-  VCRYPT_RETURN_IF_ERROR(native->Backup(tmp, password));
-  auto bytes = ReadFile(tmp);
-  ::unlink(tmp.c_str());
-  if (!bytes.ok()) return std::move(bytes).error();
-  return Json{{"name", name},
-              {"primary_key_id", native->primary_key_id()},
-              {"p12", Base64Encode(std::span<const uint8_t>(
-                          reinterpret_cast<const uint8_t*>(bytes->data()),
-                          bytes->size()))}};
+  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kProviderBackup);
+  audit.provider = name;
+  audit.primary_key_id = native->primary_key_id();
+  auto r = [&]() -> Result<Json> {
+    // The PKCS#12 file is encrypted under the password; it is returned to
+    // the caller, which writes it with its own permissions.
+    std::string tmp = store_.dir() + "/.backup-" + name + ".p12";
+    ::unlink(tmp.c_str());  // a leftover of an interrupted backup
+    VCRYPT_RETURN_IF_ERROR(native->Backup(tmp, password));
+    auto bytes = ReadFile(tmp);
+    ::unlink(tmp.c_str());
+    if (!bytes.ok()) return std::move(bytes).error();
+    return Json{{"name", name},
+                {"primary_key_id", native->primary_key_id()},
+                {"p12", Base64Encode(std::span<const uint8_t>(
+                            reinterpret_cast<const uint8_t*>(bytes->data()),
+                            bytes->size()))}};
+  }();
+  Audit(audit.Outcome(r));
+  return r;
 }
 
 Result<Json> Controller::ProviderRestore(const Json& args,
-                                         const SecureBuffer& password) {
+                                         const SecureBuffer& password,
+                                         const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   VCRYPT_ASSIGN_OR_RETURN(std::string p12, StrArg(args, "p12"));
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
@@ -338,50 +392,95 @@ Result<Json> Controller::ProviderRestore(const Json& args,
   auto bytes = Base64Decode(p12);
   if (!bytes.ok())
     return MakeError(ErrorCode::kInvalidArgument, "backup data is not valid base64");
-  std::lock_guard lock(mu_);
-  if (providers_.count(name))
-    return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists; "
-                                         "restore under another --name");
-  std::string tmp = store_.dir() + "/.restore-" + name + ".p12";
-  ::unlink(tmp.c_str());
-  VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(tmp, *bytes));
-  auto p = NativeProvider::Restore(tmp, password, name, store_.ProviderDir(name));
-  ::unlink(tmp.c_str());
-  if (!p.ok()) return std::move(p).error();
-  for (const auto& [n, other] : providers_) {
-    auto* o = dynamic_cast<NativeProvider*>(other.get());
-    if (o != nullptr && o->primary_key_id() == (*p)->primary_key_id()) {
-      std::error_code ec;
-      std::filesystem::remove_all(store_.ProviderDir(name), ec);
-      return MakeError(ErrorCode::kExists, "this backup's primary key is already "
-                                           "configured as provider '" + n + "'");
+  // Audited once the backup is opened, whatever the outcome (a wrong
+  // password is result=crypto); written after the state lock is released.
+  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kProviderRestore);
+  audit.provider = name;
+  bool attempted = false;
+  auto r = [&]() -> Result<Json> {
+    std::lock_guard lock(mu_);
+    if (providers_.count(name))
+      return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists; "
+                                           "restore under another --name");
+    attempted = true;
+    std::string tmp = store_.dir() + "/.restore-" + name + ".p12";
+    ::unlink(tmp.c_str());
+    VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(tmp, *bytes));
+    auto p = NativeProvider::Restore(tmp, password, name, store_.ProviderDir(name));
+    ::unlink(tmp.c_str());
+    if (!p.ok()) return std::move(p).error();
+    audit.primary_key_id = (*p)->primary_key_id();
+    for (const auto& [n, other] : providers_) {
+      auto* o = dynamic_cast<NativeProvider*>(other.get());
+      if (o != nullptr && o->primary_key_id() == (*p)->primary_key_id()) {
+        std::error_code ec;
+        std::filesystem::remove_all(store_.ProviderDir(name), ec);
+        return MakeError(ErrorCode::kExists, "this backup's primary key is already "
+                                             "configured as provider '" + n + "'");
+      }
     }
-  }
-  Json desc = (*p)->Describe();
-  providers_.emplace(name, std::shared_ptr<KeyProvider>(std::move(p).value()));
-  if (!store_.default_provider() || !providers_.count(*store_.default_provider()))
-    VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(name));
-  return desc;
+    Json desc = (*p)->Describe();
+    providers_.emplace(name, std::shared_ptr<KeyProvider>(std::move(p).value()));
+    if (!store_.default_provider() || !providers_.count(*store_.default_provider()))
+      VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(name));
+    return desc;
+  }();
+  if (attempted) Audit(audit.Outcome(r));
+  return r;
 }
 
 // --- VMs -------------------------------------------------------------------
 
 Result<SecureBuffer> Controller::GetKek(KeyProvider& provider, const KekRef& ref,
-                                        const std::string& vm) {
+                                        AuditRecord audit) {
   const std::string& pname = provider.name();
-  if (auto k = cache_.Get(pname, ref.kek_id)) return std::move(*k);
+  audit.op = AuditOp::kKekFetch;
+  audit.provider = pname;
+  audit.kek_id = ref.kek_id;
+  // A cache hit is a use of the KEK too: audited, as source=cache.
+  auto from_cache = [&](SecureBuffer kek) {
+    audit.source = "cache";
+    Audit(audit);
+    return kek;
+  };
+  if (auto k = cache_.Get(pname, ref.kek_id)) return from_cache(std::move(*k));
   // One fetch per KEK even when many volumes of a VM open at once.
   auto guard = locks_.Lock("kek:" + pname + "/" + ref.kek_id);
-  if (auto k = cache_.Get(pname, ref.kek_id)) return std::move(*k);
-  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, provider.GetKek(ref));
-  if (kek.size() != kKekSize)
-    return MakeError(ErrorCode::kKeyUnavailable,
-                     "provider '" + provider.name() + "' returned a KEK of the wrong size");
-  cache_.Put(pname, ref.kek_id, vm, kek.Clone());
+  if (auto k = cache_.Get(pname, ref.kek_id)) return from_cache(std::move(*k));
+  audit.source = "provider";
+  Result<SecureBuffer> kek = provider.GetKek(ref);
+  if (kek.ok() && kek->size() != kKekSize)
+    kek = MakeError(ErrorCode::kKeyUnavailable,
+                    "provider '" + pname + "' returned a KEK of the wrong size");
+  Audit(audit.Outcome(kek));
+  if (!kek.ok()) return std::move(kek).error();
+  cache_.Put(pname, ref.kek_id, audit.vm, kek->Clone());
   return kek;
 }
 
-Result<Json> Controller::VmCreate(const Json& args) {
+std::vector<AuditRecord> Controller::EvictKeks(
+    const AuditContext& ctx,
+    const std::function<bool(const KekCache::EntryInfo&)>& match) {
+  std::vector<AuditRecord> records;
+  for (const auto& e : cache_.List()) {
+    if (!match(e) || cache_.EvictKek(e.provider, e.kek_id) == 0) continue;
+    AuditRecord r = AuditRecord::For(ctx, AuditOp::kKekEvict);
+    r.vm = e.vm;
+    r.provider = e.provider;
+    r.kek_id = e.kek_id;
+    records.push_back(std::move(r));
+  }
+  return records;
+}
+
+size_t Controller::EvictAllOnShutdown() {
+  auto records = EvictKeks(AuditContext{geteuid(), "shutdown"},
+                           [](const KekCache::EntryInfo&) { return true; });
+  Audit(records);
+  return records.size() + cache_.Clear();  // none left unless one raced in
+}
+
+Result<Json> Controller::VmCreate(const Json& args, const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
   VCRYPT_RETURN_IF_ERROR(ValidateVmName(vm));
   auto guard = locks_.Lock("vm:" + vm);
@@ -401,18 +500,34 @@ Result<Json> Controller::VmCreate(const Json& args) {
       return MakeError(ErrorCode::kNotFound, "no key provider named '" + *pname + "'");
     provider = it->second;
   }
-  VCRYPT_ASSIGN_OR_RETURN(NewKek nk, provider->CreateKek(vm));
+  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kKekCreate);
+  audit.vm = vm;
+  audit.provider = provider->name();
+  auto created = provider->CreateKek(vm);
+  if (!created.ok()) {
+    Audit(audit.Outcome(created));
+    return std::move(created).error();
+  }
+  NewKek nk = std::move(created).value();
+  audit.kek_id = nk.ref.kek_id;
   VmRecord rec;
   rec.provider = provider->name();
   rec.kek = nk.ref;
   rec.created = NowRfc3339();
   rec.auto_unlock = !BoolArg(args, "no_auto_unlock");
+  Status st;
   {
     std::lock_guard lock(mu_);
-    if (auto st = store_.PutVm(vm, rec); !st.ok()) {
-      (void)provider->DestroyKek(nk.ref);  // do not leave an orphan key
-      return std::move(st).error();
-    }
+    st = store_.PutVm(vm, rec);
+  }
+  // A KEK the inventory could not record is a failed create, and is
+  // destroyed again: no orphan key on a KMS.
+  Audit(audit.Outcome(st));
+  if (!st.ok()) {
+    AuditRecord destroy = audit;
+    destroy.op = AuditOp::kKekDestroy;
+    Audit(destroy.Outcome(provider->DestroyKek(nk.ref)));
+    return std::move(st).error();
   }
   cache_.Put(provider->name(), nk.ref.kek_id, vm, std::move(nk.kek));
   return Json{{"vm", vm}, {"provider", rec.provider}, {"kek_id", rec.kek.kek_id}};
@@ -433,6 +548,10 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
             {"is_file", d.is_file},
             {"sector_size", d.sector_size},
             {"state", "locked"}};
+  // Whether the header carries a recovery keyslot (docs/recovery.md); left
+  // out when it cannot be read here or is another volume's.
+  if (auto rk = ReadRecoveryKeyslot(d.device); rk.ok() && SameUuid(rk->uuid, d.uuid))
+    j["recovery_key"] = rk->slot.has_value();
   for (const auto& m : maps) {
     if (SameUuid(m.luks_uuid, d.uuid)) {
       j["state"] = "unlocked";
@@ -566,7 +685,8 @@ Result<Json> Controller::VmSet(const Json& args) {
   return Json{{"vm", vm}, {"auto_unlock", rec.auto_unlock}};
 }
 
-Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
+Result<Json> Controller::VmUnregister(const Json& args, bool is_delete,
+                                      const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
   auto guard = locks_.Lock("vm:" + vm);
   VmRecord rec;
@@ -576,6 +696,21 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
     if (it == store_.vms().end())
       return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
     rec = it->second;
+  }
+  // --erase: every disk must be found first (by LUKS UUID, as open does),
+  // so that the delete does not stop half-way over a missing one.
+  const bool erase = is_delete && BoolArg(args, "erase");
+  std::vector<std::pair<std::string, Target>> to_erase;  // disk, where
+  if (erase) {
+    for (const auto& [dn, d] : rec.disks) {
+      VCRYPT_ASSIGN_OR_RETURN(Target t, ResolveTarget(Json{{"vm", vm}, {"disk", dn}}));
+      auto hdr = LocateVolume(&t);
+      if (!hdr.ok())
+        return MakeError(hdr.error().code,
+                         "cannot erase " + vm + "/" + dn + ": " + hdr.error().message +
+                             "; nothing was deleted");
+      to_erase.emplace_back(dn, std::move(t));
+    }
   }
   // Refuse before touching anything if any volume is in use.
   std::vector<MappingInfo> to_close;
@@ -595,16 +730,43 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
     VCRYPT_RETURN_IF_ERROR(Deactivate(m.name));
     closed.push_back(m.path);
   }
+  // Erase before the KEK goes: a failure here leaves the VM registered
+  // (and every KEK in place), so the same command can be repeated.
+  Json erased = Json::array();
+  for (const auto& [dn, t] : to_erase) {
+    AuditRecord audit = AuditRecord::For(ctx, AuditOp::kDekErase);
+    audit.vm = vm;
+    audit.disk = dn;
+    audit.volume = *t.uuid;
+    Status st = EraseKeyMaterial(t.device);
+    Audit(audit.Outcome(st));
+    if (!st.ok())
+      return MakeError(st.error().code, "cannot erase " + vm + "/" + dn + ": " +
+                                            st.error().message +
+                                            "; the VM is still registered, retry");
+    erased.push_back(dn);
+  }
   bool destroyed = false;
   if (is_delete && BoolArg(args, "destroy_key")) {
+    AuditRecord audit = AuditRecord::For(ctx, AuditOp::kKekDestroy);
+    audit.vm = vm;
+    audit.provider = rec.provider;
+    audit.kek_id = rec.kek.kek_id;
     auto provider = FindProvider(rec.provider);
-    if (!provider)
-      return MakeError(ErrorCode::kKeyUnavailable,
-                       "cannot destroy the KEK: provider '" + rec.provider + "' is not configured");
-    VCRYPT_RETURN_IF_ERROR(provider->DestroyKek(rec.kek));
+    Status st = provider ? provider->DestroyKek(rec.kek)
+                         : MakeError(ErrorCode::kKeyUnavailable,
+                                     "cannot destroy the KEK: provider '" +
+                                         rec.provider + "' is not configured");
+    Audit(audit.Outcome(st));
+    VCRYPT_RETURN_IF_ERROR(st);
     destroyed = true;
   }
-  size_t evicted = cache_.EvictVm(vm) + cache_.EvictKek(rec.provider, rec.kek.kek_id);
+  auto evictions = EvictKeks(ctx, [&](const KekCache::EntryInfo& e) {
+    return e.vm == vm ||
+           (e.provider == rec.provider && e.kek_id == rec.kek.kek_id);
+  });
+  Audit(evictions);
+  size_t evicted = evictions.size();
   {
     std::lock_guard lock(mu_);
     VCRYPT_RETURN_IF_ERROR(store_.RemoveVm(vm));
@@ -617,6 +779,7 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete) {
               {is_delete ? "deleted" : "unregistered", true},
               {"closed", closed},
               {"evicted", evicted},
+              {"erased", erased},
               {"kek_destroyed", destroyed}};
 }
 
@@ -641,7 +804,7 @@ Status CreateImageFile(const std::string& path, uint64_t size) {
 }
 }  // namespace
 
-Result<Json> Controller::VolumeCreate(const Json& args) {
+Result<Json> Controller::VolumeCreate(const Json& args, const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
   VCRYPT_ASSIGN_OR_RETURN(std::string disk, StrArg(args, "disk"));
   VCRYPT_RETURN_IF_ERROR(ValidateVolumeNames(vm, disk));
@@ -696,13 +859,22 @@ Result<Json> Controller::VolumeCreate(const Json& args) {
         if (d.device == path)
           return MakeError(ErrorCode::kExists, path + " already holds volume " + vn + "/" + dn);
     auto pit = providers_.find(rec.provider);
-    if (pit == providers_.end())
-      return MakeError(ErrorCode::kKeyUnavailable,
-                       "VM '" + vm + "' uses provider '" + rec.provider +
-                           "', which is not configured");
-    provider = pit->second;
+    if (pit != providers_.end()) provider = pit->second;
   }
-  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(*provider, rec.kek, vm));
+  // The KEK this volume's DEK is wrapped under (kek.fetch, dek.wrap).
+  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kKekFetch);
+  audit.vm = vm;
+  audit.disk = disk;
+  audit.provider = rec.provider;
+  audit.kek_id = rec.kek.kek_id;
+  if (!provider) {
+    audit.error = MakeError(ErrorCode::kKeyUnavailable,
+                            "VM '" + vm + "' uses provider '" + rec.provider +
+                                "', which is not configured");
+    Audit(audit);
+    return *audit.error;
+  }
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(*provider, rec.kek, audit));
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer dek, RandomKey(kDekSize));
 
   bool created_file = false;
@@ -729,8 +901,13 @@ Result<Json> Controller::VolumeCreate(const Json& args) {
     t.provider_name = provider_name;
     t.provider_type = provider_type;
     t.kek = rec.kek;
-    VCRYPT_ASSIGN_OR_RETURN(
-        t.dek, WrapKey(kek, dek, DekAad(uuid, rec.kek.kek_id, provider_name)));
+    auto wrapped = WrapKey(kek, dek, DekAad(uuid, rec.kek.kek_id, provider_name));
+    AuditRecord wrap = audit;
+    wrap.op = AuditOp::kDekWrap;
+    wrap.provider = provider_name;
+    wrap.volume = uuid;
+    Audit(wrap.Outcome(wrapped));
+    VCRYPT_ASSIGN_OR_RETURN(t.dek, std::move(wrapped));
     return t.ToJsonString();
   };
   auto uuid = FormatVolume(fp, dek, make_token);
@@ -888,9 +1065,39 @@ Result<std::shared_ptr<KeyProvider>> Controller::ProviderForToken(
                        "(for native: restore its backup) and retry");
 }
 
-Result<Json> Controller::Open(const Json& args) {
+Result<Controller::UnwrappedDek> Controller::UnwrapVolumeDek(
+    const VcryptToken& token, const std::string& uuid,
+    const std::string& device, const AuditContext& ctx) {
+  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kKekFetch);
+  audit.vm = token.vm;
+  audit.disk = token.disk;
+  audit.volume = uuid;
+  audit.provider = token.provider_name;
+  audit.kek_id = token.kek.kek_id;
+  auto provider = ProviderForToken(token);
+  if (!provider.ok()) {
+    Audit(audit.Outcome(provider));
+    return std::move(provider).error();
+  }
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(**provider, token.kek, audit));
+  auto dek = UnwrapKey(kek, token.dek,
+                       DekAad(uuid, token.kek.kek_id, token.provider_name));
+  AuditRecord unwrap = audit;
+  unwrap.op = AuditOp::kDekUnwrap;
+  unwrap.provider = (*provider)->name();
+  if (!dek.ok())
+    unwrap.error = MakeError(
+        ErrorCode::kCrypto,
+        "cannot unwrap the DEK of " + device +
+            ": the token does not belong to this volume or was altered");
+  Audit(unwrap);
+  if (!dek.ok()) return *unwrap.error;
+  return UnwrappedDek{std::move(*provider), std::move(dek).value()};
+}
+
+Result<Json> Controller::Open(const Json& args, const AuditContext& ctx) {
   std::string uuid;
-  auto r = OpenVolume(args, &uuid);
+  auto r = OpenVolume(args, ctx, &uuid);
   if (!uuid.empty()) {
     if (r.ok()) {
       ClearFailure(uuid);
@@ -901,7 +1108,8 @@ Result<Json> Controller::Open(const Json& args) {
   return r;
 }
 
-Result<Json> Controller::OpenVolume(const Json& args, std::string* uuid) {
+Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
+                                    std::string* uuid) {
   VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(args));
   if (target.uuid) *uuid = *target.uuid;
   VolumeHeader hdr;
@@ -949,20 +1157,15 @@ Result<Json> Controller::OpenVolume(const Json& args, std::string* uuid) {
                 {"device", target.device},
                 {"already_open", true}};
   }
-  VCRYPT_ASSIGN_OR_RETURN(auto provider, ProviderForToken(token));
-  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(*provider, token.kek, token.vm));
-  auto dek = UnwrapKey(kek, token.dek,
-                       DekAad(hdr.uuid, token.kek.kek_id, token.provider_name));
-  if (!dek.ok())
-    return MakeError(ErrorCode::kCrypto,
-                     "cannot unwrap the DEK of " + target.device +
-                         ": the token does not belong to this volume or was altered");
+  VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u,
+                          UnwrapVolumeDek(token, hdr.uuid, target.device, ctx));
+  const std::shared_ptr<KeyProvider>& provider = u.provider;
   ActivateParams ap;
   ap.device = target.device;
   ap.name = name;
   ap.discards = BoolArg(args, "discards");
   ap.bypass_workqueues = options_.bypass_workqueues;
-  VCRYPT_ASSIGN_OR_RETURN(std::string path, Activate(ap, *dek));
+  VCRYPT_ASSIGN_OR_RETURN(std::string path, Activate(ap, u.dek));
 
   // Opening by path registers a volume the inventory does not know yet
   // (the inventory is rebuilt from volumes, never the other way round),
@@ -1001,7 +1204,7 @@ Result<Json> Controller::OpenVolume(const Json& args, std::string* uuid) {
               {"already_open", false}};
 }
 
-Result<Json> Controller::OpenAll(const Json& args) {
+Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
   const bool files_only = BoolArg(args, "file_backed");
   struct Item {
     std::string vm, disk, uuid;
@@ -1041,7 +1244,7 @@ Result<Json> Controller::OpenAll(const Json& args) {
       const Item& it = items[todo[k]];
       Json& out = results[todo[k]];
       out = {{"vm", it.vm}, {"disk", it.disk}};
-      auto r = Open(Json{{"vm", it.vm}, {"disk", it.disk}});
+      auto r = Open(Json{{"vm", it.vm}, {"disk", it.disk}}, ctx);
       if (r.ok()) {
         out["ok"] = true;
         out["path"] = (*r)["path"];
@@ -1133,14 +1336,491 @@ Result<Json> Controller::GetStatus() {
   return st;
 }
 
-Result<Json> Controller::CacheEvict(const Json& args) {
-  size_t n;
-  if (auto vm = OptStr(args, "vm")) {
-    n = cache_.EvictVm(*vm);
-  } else {
-    n = cache_.Clear();
+Result<Json> Controller::CacheEvict(const Json& args, const AuditContext& ctx) {
+  auto vm = OptStr(args, "vm");
+  auto records = EvictKeks(ctx, [&](const KekCache::EntryInfo& e) {
+    return !vm || e.vm == *vm;
+  });
+  Audit(records);
+  return Json{{"evicted", records.size()}};
+}
+
+// --- shallow rekey ---------------------------------------------------------
+//
+// Every step leaves each volume with exactly one token, wrapping its DEK
+// under either the old or the new KEK (a token is replaced in one header
+// update), and both KEKs stay available until every disk carries the new
+// one. See docs/rekey.md for the crash analysis.
+
+Result<std::string> Controller::RekeyDisk(const std::string& vm,
+                                          const std::string& disk,
+                                          const PendingRekey& to,
+                                          KeyProvider& to_provider,
+                                          const SecureBuffer& new_kek,
+                                          const AuditContext& ctx) {
+  VCRYPT_ASSIGN_OR_RETURN(Target target,
+                          ResolveTarget(Json{{"vm", vm}, {"disk", disk}}));
+  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, LocateVolume(&target));
+  auto guard = locks_.Lock("vol:" + hdr.uuid);
+  // Read again under the volume lock: two rekeys of one volume must not
+  // interleave.
+  VCRYPT_ASSIGN_OR_RETURN(hdr, ReadHeader(target.device));
+  if (!hdr.token_json)
+    return MakeError(ErrorCode::kInvalidVolume,
+                     target.device + " has no vcrypt token");
+  VCRYPT_ASSIGN_OR_RETURN(VcryptToken token, VcryptToken::Parse(*hdr.token_json));
+  if (token.vm != vm || token.disk != disk)
+    return MakeError(ErrorCode::kInvalidVolume,
+                     target.device + " holds volume " + token.vm + "/" +
+                         token.disk + ", not " + vm + "/" + disk);
+  if (token.provider_name == to.provider && token.kek.kek_id == to.kek.kek_id)
+    return std::string("already");
+
+  // Audited: the old KEK's fetch and unwrap, the new KEK's wrap.
+  VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u,
+                          UnwrapVolumeDek(token, hdr.uuid, target.device, ctx));
+  const SecureBuffer& dek = u.dek;
+  // The DEK must be the volume's before it is wrapped again: a wrong one
+  // written now would lose the volume.
+  VCRYPT_RETURN_IF_ERROR(VerifyDek(target.device, dek));
+
+  VcryptToken next = token;
+  next.provider_name = to.provider;
+  next.provider_type = std::string(to_provider.type());
+  next.kek = to.kek;
+  auto wrapped = WrapKey(new_kek, dek, DekAad(hdr.uuid, to.kek.kek_id, to.provider));
+  AuditRecord wrap = AuditRecord::For(ctx, AuditOp::kDekWrap);
+  wrap.vm = vm;
+  wrap.disk = disk;
+  wrap.volume = hdr.uuid;
+  wrap.provider = to.provider;
+  wrap.kek_id = to.kek.kek_id;
+  Audit(wrap.Outcome(wrapped));
+  VCRYPT_ASSIGN_OR_RETURN(next.dek, std::move(wrapped));
+  VCRYPT_RETURN_IF_ERROR(WriteToken(target.device, next.ToJsonString()));
+  if (options_.crash_after_token_writes > 0 &&
+      ++token_writes_ == options_.crash_after_token_writes)
+    ::raise(SIGKILL);
+
+  // Read back: the header now opens with the new KEK.
+  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader check, ReadHeader(target.device));
+  if (!check.token_json)
+    return MakeError(ErrorCode::kIo, "the new token of " + target.device + " is gone");
+  VCRYPT_ASSIGN_OR_RETURN(VcryptToken written, VcryptToken::Parse(*check.token_json));
+  auto again = UnwrapKey(new_kek, written.dek,
+                         DekAad(check.uuid, written.kek.kek_id, written.provider_name));
+  if (!again.ok() || !again->Equals(dek))
+    return MakeError(ErrorCode::kIo,
+                     "the new token of " + target.device + " does not read back");
+  return std::string("rekeyed");
+}
+
+Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
+  const auto want_provider = OptStr(args, "provider");
+  const bool revoke_old = BoolArg(args, "revoke_old");
+  if (BoolArg(args, "deep"))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "deep rekey (--deep) is not implemented yet");
+  auto vm_guard = locks_.Lock("vm:" + vm);
+  VmRecord rec;
+  {
+    std::lock_guard lock(mu_);
+    auto it = store_.vms().find(vm);
+    if (it == store_.vms().end())
+      return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
+    rec = it->second;
   }
-  return Json{{"evicted", n}};
+
+  // 1. The new KEK: the pending one after an interrupted run, else a new
+  //    one, recorded before any volume is touched.
+  PendingRekey to;
+  std::shared_ptr<KeyProvider> to_provider;
+  std::optional<SecureBuffer> new_kek;
+  bool resumed = false;
+  if (rec.rekey) {
+    to = *rec.rekey;
+    if (want_provider && *want_provider != to.provider)
+      return MakeError(ErrorCode::kBusy,
+                       "VM '" + vm + "' has an unfinished rekey to provider '" +
+                           to.provider + "'; finish it first with 'vcryptctl vm rekey " +
+                           vm + (to.provider != rec.provider ? " --provider " + to.provider : "") +
+                           "'");
+    to_provider = FindProvider(to.provider);
+    if (!to_provider)
+      return MakeError(ErrorCode::kKeyUnavailable,
+                       "the unfinished rekey of VM '" + vm + "' uses provider '" +
+                           to.provider + "', which is not configured");
+    AuditRecord fetch = AuditRecord::For(ctx, AuditOp::kKekFetch);
+    fetch.vm = vm;
+    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer k, GetKek(*to_provider, to.kek, fetch));
+    new_kek = std::move(k);
+    resumed = true;
+  } else {
+    to.provider = want_provider ? *want_provider : rec.provider;
+    to_provider = FindProvider(to.provider);
+    if (!to_provider)
+      return MakeError(ErrorCode::kNotFound,
+                       "no key provider named '" + to.provider + "'");
+    AuditRecord create = AuditRecord::For(ctx, AuditOp::kKekCreate);
+    create.vm = vm;
+    create.provider = to.provider;
+    auto created = to_provider->CreateKek(vm);
+    if (!created.ok()) {
+      Audit(create.Outcome(created));
+      return std::move(created).error();
+    }
+    NewKek nk = std::move(created).value();
+    create.kek_id = nk.ref.kek_id;
+    to.kek = nk.ref;
+    to.started = NowRfc3339();
+    VmRecord next = rec;
+    next.rekey = to;
+    Status st;
+    {
+      std::lock_guard lock(mu_);
+      st = store_.PutVm(vm, next);
+    }
+    Audit(create.Outcome(st));
+    if (!st.ok()) {
+      AuditRecord destroy = create;  // never used: no orphan key
+      destroy.op = AuditOp::kKekDestroy;
+      Audit(destroy.Outcome(to_provider->DestroyKek(nk.ref)));
+      return std::move(st).error();
+    }
+    rec = next;
+    cache_.Put(to.provider, to.kek.kek_id, vm, nk.kek.Clone());
+    new_kek = std::move(nk.kek);
+  }
+
+  // 2. Every disk, one header update each. A disk that fails leaves the
+  //    rekey pending; the others still move on.
+  Json disks = Json::array();
+  size_t failed = 0;
+  std::string first_error;
+  ErrorCode first_code = ErrorCode::kInternal;
+  for (const auto& [dn, d] : rec.disks) {
+    auto r = RekeyDisk(vm, dn, to, *to_provider, *new_kek, ctx);
+    if (r.ok()) {
+      disks.push_back({{"disk", dn}, {"result", *r}});
+    } else {
+      ++failed;
+      if (first_error.empty()) {
+        first_error = vm + "/" + dn + ": " + r.error().message;
+        first_code = r.error().code;
+      }
+      disks.push_back({{"disk", dn}, {"result", "failed"}, {"error", ErrorJson(r.error())}});
+    }
+  }
+  // One kek.rekey record for the VM: ok once every disk carries the new
+  // KEK (named here), else the error that leaves the rekey pending.
+  AuditRecord rekeyed = AuditRecord::For(ctx, AuditOp::kKekRekey);
+  rekeyed.vm = vm;
+  rekeyed.provider = to.provider;
+  rekeyed.kek_id = to.kek.kek_id;
+  if (failed > 0) {
+    Error e = MakeError(first_code,
+                        "rekey of VM '" + vm + "' is not finished: " +
+                            std::to_string(failed) + " of " +
+                            std::to_string(rec.disks.size()) +
+                            " disk(s) still carry the old KEK, which is kept (" +
+                            first_error + "); fix that and run 'vcryptctl vm rekey " +
+                            vm + "' again");
+    Audit(rekeyed.Outcome(Status(e)));
+    return e;
+  }
+
+  // 3. Every disk carries the new KEK: it becomes the VM's, and only then
+  //    is the old one dropped.
+  const KekRef old_kek = rec.kek;
+  const std::string old_provider_name = rec.provider;
+  VmRecord done = rec;
+  done.provider = to.provider;
+  done.kek = to.kek;
+  done.rekey.reset();
+  {
+    std::lock_guard lock(mu_);
+    // Disks added meanwhile are not possible (the VM lock is held), so the
+    // record is written as computed.
+    Status st = store_.PutVm(vm, done);
+    Audit(rekeyed.Outcome(st));
+    VCRYPT_RETURN_IF_ERROR(st);
+  }
+  if (!(old_provider_name == to.provider && old_kek.kek_id == to.kek.kek_id))
+    Audit(EvictKeks(ctx, [&](const KekCache::EntryInfo& e) {
+      return e.provider == old_provider_name && e.kek_id == old_kek.kek_id;
+    }));
+  Json out = {{"vm", vm},
+              {"provider", to.provider},
+              {"old_provider", old_provider_name},
+              {"kek_id", to.kek.kek_id},
+              {"old_kek_id", old_kek.kek_id},
+              {"resumed", resumed},
+              {"disks", disks},
+              {"old_kek_revoked", false}};
+  if (revoke_old) {
+    auto old_provider = FindProvider(old_provider_name);
+    Status st = old_provider ? old_provider->DestroyKek(old_kek)
+                             : Status(MakeError(ErrorCode::kKeyUnavailable,
+                                                "provider '" + old_provider_name +
+                                                    "' is not configured"));
+    AuditRecord destroy = AuditRecord::For(ctx, AuditOp::kKekDestroy);
+    destroy.vm = vm;
+    destroy.provider = old_provider_name;
+    destroy.kek_id = old_kek.kek_id;
+    Audit(destroy.Outcome(st));
+    if (st.ok()) {
+      out["old_kek_revoked"] = true;
+    } else {
+      // The rekey itself is complete; say why the old key is still there.
+      out["revoke_error"] = ErrorJson(st.error());
+    }
+  }
+  return out;
+}
+
+// --- register ----------------------------------------------------------------
+
+// Rebuilds a VM's inventory entry from its volumes' headers (after
+// `vm unregister`, or on another host). Every volume must carry a token of
+// this VM and the same KEK, and that KEK must unwrap every DEK, which the
+// LUKS2 digest then confirms: nothing is registered that this host could
+// not open.
+Result<Json> Controller::VmRegister(const Json& args, const AuditContext& ctx) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
+  VCRYPT_RETURN_IF_ERROR(ValidateVmName(vm));
+  auto from = args.find("from");
+  if (from == args.end() || !from->is_array() || from->empty())
+    return Usage("vm register needs --from PATH (one per volume)");
+  std::vector<std::string> paths;
+  for (const auto& p : *from) {
+    if (!p.is_string() || p.get<std::string>().empty() || p.get<std::string>()[0] != '/')
+      return MakeError(ErrorCode::kInvalidArgument, "--from takes absolute paths");
+    paths.push_back(p.get<std::string>());
+  }
+  auto guard = locks_.Lock("vm:" + vm);
+  {
+    std::lock_guard lock(mu_);
+    if (store_.vms().count(vm))
+      return MakeError(ErrorCode::kExists, "VM '" + vm + "' is already registered");
+  }
+  struct Found {
+    std::string path;
+    VolumeHeader hdr;
+    VcryptToken token;
+  };
+  std::vector<Found> found;
+  for (const auto& path : paths) {
+    if (!Exists(path)) return MakeError(ErrorCode::kNotFound, path + " does not exist");
+    VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, ReadHeader(path));
+    if (!hdr.token_json)
+      return MakeError(ErrorCode::kInvalidVolume, path + " is not a vcrypt volume (no vcrypt token)");
+    VCRYPT_ASSIGN_OR_RETURN(VcryptToken t, VcryptToken::Parse(*hdr.token_json));
+    if (t.vm != vm)
+      return MakeError(ErrorCode::kInvalidVolume,
+                       path + " holds volume " + t.vm + "/" + t.disk + " of VM '" + t.vm +
+                           "', not of '" + vm + "'");
+    for (const auto& f : found) {
+      if (f.token.disk == t.disk)
+        return MakeError(ErrorCode::kInvalidArgument,
+                         path + " and " + f.path + " both hold disk '" + t.disk + "'");
+      if (SameUuid(f.hdr.uuid, hdr.uuid))
+        return MakeError(ErrorCode::kInvalidArgument,
+                         path + " and " + f.path + " are the same volume");
+      if (f.token.provider_name != t.provider_name || f.token.kek.kek_id != t.kek.kek_id)
+        return MakeError(ErrorCode::kInvalidVolume,
+                         path + " and " + f.path +
+                             " are wrapped under different KEKs (an interrupted "
+                             "rekey?): register the VM from the volumes of one KEK, "
+                             "or finish the rekey on the host that started it");
+    }
+    found.push_back({path, std::move(hdr), std::move(t)});
+  }
+  // Proof that this host can use the KEK: every DEK unwraps and matches.
+  std::shared_ptr<KeyProvider> provider;
+  for (const auto& f : found) {
+    VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u,
+                            UnwrapVolumeDek(f.token, f.hdr.uuid, f.path, ctx));
+    VCRYPT_RETURN_IF_ERROR(VerifyDek(f.path, u.dek));
+    provider = u.provider;
+  }
+  VmRecord rec;
+  rec.provider = provider->name();
+  rec.kek = found[0].token.kek;
+  rec.created = NowRfc3339();
+  rec.auto_unlock = !BoolArg(args, "no_auto_unlock");
+  Json disks = Json::array();
+  for (const auto& f : found) {
+    rec.disks[f.token.disk] =
+        DiskRecord{f.path, !IsBlockDevice(f.path), f.hdr.uuid, f.hdr.sector_size};
+    disks.push_back({{"disk", f.token.disk}, {"device", f.path}, {"uuid", f.hdr.uuid}});
+  }
+  {
+    std::lock_guard lock(mu_);
+    VCRYPT_RETURN_IF_ERROR(store_.PutVm(vm, rec));
+  }
+  return Json{{"vm", vm}, {"provider", rec.provider}, {"kek_id", rec.kek.kek_id},
+              {"disks", disks}};
+}
+
+// --- recovery keys (docs/recovery.md) --------------------------------------
+//
+// A recovery key is a passphrase keyslot holding the DEK: a second way to
+// the data that needs no key provider. It is generated here, goes back to
+// the caller once on the wire's secret channel, and is kept nowhere else:
+// not in the inventory, the audit log, vcryptd's log or an error message.
+
+Result<Json> Controller::Handle(const std::string& op, const Json& args,
+                                const SecureBuffer& secret, const Caller& caller,
+                                SecureBuffer* reply_secret) {
+  if (op != "volume.recovery_key.add") return Handle(op, args, secret, caller);
+  if (!args.is_object()) return Usage("'args' must be an object");
+  if (reply_secret == nullptr)
+    return MakeError(ErrorCode::kInternal, "no channel for the recovery key");
+  return RecoveryKeyAdd(args, AuditContext{caller.uid, op}, reply_secret);
+}
+
+Result<Controller::RecoveryTarget> Controller::ResolveRecoveryTarget(const Json& args) {
+  RecoveryTarget t;
+  VCRYPT_ASSIGN_OR_RETURN(t.target, ResolveTarget(args));
+  if (t.target.vm) {
+    VCRYPT_ASSIGN_OR_RETURN(t.header, LocateVolume(&t.target));
+  } else {
+    if (!Exists(t.target.device))
+      return MakeError(ErrorCode::kNotFound, "device " + t.target.device + " does not exist");
+    VCRYPT_ASSIGN_OR_RETURN(t.header, ReadHeader(t.target.device));
+  }
+  if (!t.header.token_json)
+    return MakeError(ErrorCode::kInvalidVolume,
+                     t.target.device + " is a LUKS volume but not a vcrypt volume "
+                                       "(no vcrypt token); use cryptsetup for it");
+  VCRYPT_ASSIGN_OR_RETURN(t.token, VcryptToken::Parse(*t.header.token_json));
+  if (t.target.vm && (t.token.vm != *t.target.vm || t.token.disk != *t.target.disk))
+    return MakeError(ErrorCode::kInvalidVolume,
+                     t.target.device + " holds volume " + t.token.vm + "/" + t.token.disk +
+                         ", not " + *t.target.vm + "/" + *t.target.disk);
+  return t;
+}
+
+Result<SecureBuffer> Controller::RecoveryDek(const RecoveryTarget& t,
+                                             const AuditContext& ctx) {
+  // As open does it (kek.fetch, dek.unwrap).
+  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kKekFetch);
+  audit.vm = t.token.vm;
+  audit.disk = t.token.disk;
+  audit.volume = t.header.uuid;
+  audit.provider = t.token.provider_name;
+  audit.kek_id = t.token.kek.kek_id;
+  auto provider = ProviderForToken(t.token);
+  if (!provider.ok()) {
+    Audit(audit.Outcome(provider));
+    return std::move(provider).error();
+  }
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(**provider, t.token.kek, audit));
+  auto dek = UnwrapKey(kek, t.token.dek,
+                       DekAad(t.header.uuid, t.token.kek.kek_id, t.token.provider_name));
+  AuditRecord unwrap = audit;
+  unwrap.op = AuditOp::kDekUnwrap;
+  unwrap.provider = (*provider)->name();
+  if (!dek.ok())
+    unwrap.error = MakeError(
+        ErrorCode::kCrypto,
+        "cannot unwrap the DEK of " + t.target.device +
+            ": the token does not belong to this volume or was altered");
+  Audit(unwrap);
+  if (!dek.ok()) return *unwrap.error;
+  VCRYPT_RETURN_IF_ERROR(VerifyDek(t.target.device, *dek));
+  return std::move(dek).value();
+}
+
+Result<Json> Controller::RecoveryKeyAdd(const Json& args, const AuditContext& ctx,
+                                        SecureBuffer* key) {
+  VCRYPT_ASSIGN_OR_RETURN(RecoveryTarget t, ResolveRecoveryTarget(args));
+  const std::string& device = t.target.device;
+  const std::string volume = t.token.vm + "/" + t.token.disk;
+  auto guard = locks_.Lock("vol:" + t.header.uuid);
+  // An existing recovery key is refused before the provider is asked.
+  VCRYPT_ASSIGN_OR_RETURN(RecoveryState state, ReadRecoveryKeyslot(device));
+  if (!SameUuid(state.uuid, t.header.uuid))
+    return MakeError(ErrorCode::kInvalidVolume,
+                     device + " changed while it was being read; retry");
+  if (state.slot)
+    return MakeError(ErrorCode::kExists,
+                     "volume " + volume + " already has a recovery key (keyslot " +
+                         std::to_string(state.slot->keyslot) +
+                         (state.slot->created.empty() ? "" : ", added " + state.slot->created) +
+                         "); remove it first with 'vcryptctl volume recovery-key remove " +
+                         volume + "'");
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer dek, RecoveryDek(t, ctx));
+
+  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kRecoveryAdd);
+  audit.vm = t.token.vm;
+  audit.disk = t.token.disk;
+  audit.volume = t.header.uuid;
+  audit.provider = t.token.provider_name;
+  audit.kek_id = t.token.kek.kek_id;
+  auto generated = RandomRecoveryKey();
+  if (!generated.ok()) {
+    Audit(audit.Outcome(generated));
+    return std::move(generated).error();
+  }
+  auto added = AddRecoveryKeyslot(device, dek, *generated, NowRfc3339());
+  Audit(audit.Outcome(added));
+  if (!added.ok()) return std::move(added).error();
+  *key = std::move(generated).value();
+  return Json{{"vm", t.token.vm},
+              {"disk", t.token.disk},
+              {"device", device},
+              {"uuid", t.header.uuid},
+              {"keyslot", added->keyslot},
+              {"created", added->created},
+              {"pbkdf", {{"type", added->pbkdf},
+                         {"time_cost", added->iterations},
+                         {"memory_kib", added->memory_kib},
+                         {"threads", added->threads}}}};
+}
+
+Result<Json> Controller::RecoveryKeyRemove(const Json& args, const AuditContext& ctx) {
+  VCRYPT_ASSIGN_OR_RETURN(RecoveryTarget t, ResolveRecoveryTarget(args));
+  const std::string& device = t.target.device;
+  const std::string volume = t.token.vm + "/" + t.token.disk;
+  auto guard = locks_.Lock("vol:" + t.header.uuid);
+  VCRYPT_ASSIGN_OR_RETURN(RecoveryState state, ReadRecoveryKeyslot(device));
+  if (!SameUuid(state.uuid, t.header.uuid))
+    return MakeError(ErrorCode::kInvalidVolume,
+                     device + " changed while it was being read; retry");
+  if (!state.slot)
+    return MakeError(ErrorCode::kNotFound, "volume " + volume + " has no recovery key");
+
+  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kRecoveryRemove);
+  audit.vm = t.token.vm;
+  audit.disk = t.token.disk;
+  audit.volume = t.header.uuid;
+  audit.provider = t.token.provider_name;
+  audit.kek_id = t.token.kek.kek_id;
+  // Without a key provider that still produces the DEK, the recovery key
+  // may be the last way to the data: removing it then takes --force.
+  if (!BoolArg(args, "force")) {
+    auto dek = RecoveryDek(t, ctx);
+    if (!dek.ok()) {
+      audit.error = MakeError(
+          dek.error().code,
+          "not removing the recovery key of " + volume + ": " + dek.error().message +
+              "; without it the volume may not open at all; re-run with --force to "
+              "remove it anyway");
+      Audit(audit);
+      return *audit.error;
+    }
+  }
+  auto removed = RemoveRecoveryKeyslot(device);
+  Audit(audit.Outcome(removed));
+  if (!removed.ok()) return std::move(removed).error();
+  return Json{{"vm", t.token.vm},
+              {"disk", t.token.disk},
+              {"device", device},
+              {"uuid", t.header.uuid},
+              {"keyslot", removed->keyslot},
+              {"removed", true}};
 }
 
 }  // namespace vcrypt

@@ -15,12 +15,23 @@
 // file is missing), else "locked". The last failed open of each volume
 // (code, message, time) is kept in memory only, keyed by LUKS UUID, shown
 // as the "reason" of a locked volume and cleared by a successful open.
+//
+// Audit: every key operation (KEK create/fetch/evict/destroy, DEK
+// wrap/unwrap, native primary key add/remove/backup/restore) is reported,
+// with the caller's uid and its outcome, to ControllerOptions::audit, and
+// only there: the Controller prints nothing itself (daemon/audit.h,
+// docs/audit.md). A key operation is audited once it is attempted, that
+// is once the request names a key the daemon has resolved; a request
+// refused before that (bad arguments, unknown VM) touched no key and shows
+// only in vcryptd's request log.
 #ifndef VCRYPT_DAEMON_CONTROLLER_H_
 #define VCRYPT_DAEMON_CONTROLLER_H_
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,6 +44,7 @@
 
 #include "common/result.h"
 #include "common/secure_buffer.h"
+#include "daemon/audit.h"
 #include "daemon/kek_cache.h"
 #include "daemon/state.h"
 #include "dmtools/token.h"
@@ -51,6 +63,15 @@ struct ControllerOptions {
   std::string by_uuid_dir = "/dev/disk/by-uuid";
   // How many volumes `open_all` opens at the same time.
   size_t open_all_threads = 8;
+  // Where audit records go. nullptr: SystemAuditSink::ForThisProcess()
+  // (the journal when stderr is connected to it, else stderr), which is
+  // what vcryptd wires in explicitly. Tests pass a recording sink.
+  std::shared_ptr<AuditSink> audit;
+  // Fault injection for the crash tests of `vm rekey` (tests/integration/
+  // t_rekey.sh): when N > 0, the process kills itself with SIGKILL right
+  // after the N-th volume token it rewrites. vcryptd sets it from
+  // VCRYPT_TEST_CRASH_AFTER_TOKEN_WRITES; nothing else does.
+  unsigned crash_after_token_writes = 0;
 };
 
 struct Caller {
@@ -92,35 +113,77 @@ class Controller {
                                 const nlohmann::json& args,
                                 const SecureBuffer& secret,
                                 const Caller& caller);
+  // The same, for a caller that can carry a secret back: ops whose result
+  // includes one (volume.recovery_key.add) put it into *reply_secret,
+  // never into the JSON, and the Server sends it on the wire's secret
+  // channel (common/wire.h). Every other op goes to the overload above and
+  // leaves *reply_secret empty; that overload refuses those ops.
+  Result<nlohmann::json> Handle(const std::string& op,
+                                const nlohmann::json& args,
+                                const SecureBuffer& secret,
+                                const Caller& caller,
+                                SecureBuffer* reply_secret);
 
   KekCache& cache() { return cache_; }
+
+  // Evicts (and wipes) every cached KEK, each audited as kek.evict of
+  // request "shutdown" by vcryptd's own uid. vcryptd calls it when it
+  // stops. Returns the number evicted.
+  size_t EvictAllOnShutdown();
 
  private:
   explicit Controller(ControllerOptions options, StateStore store);
 
   using Json = nlohmann::json;
 
-  Result<Json> ProviderAdd(const Json& args, const SecureBuffer& secret);
+  // Ops that perform key operations take the request's AuditContext.
+  Result<Json> ProviderAdd(const Json& args, const SecureBuffer& secret,
+                           const AuditContext& ctx);
   Result<Json> ProviderList();
   Result<Json> ProviderShow(const Json& args);
-  Result<Json> ProviderRemove(const Json& args);
+  Result<Json> ProviderRemove(const Json& args, const AuditContext& ctx);
   Result<Json> ProviderDefault(const Json& args);
-  Result<Json> ProviderBackup(const Json& args, const SecureBuffer& password);
-  Result<Json> ProviderRestore(const Json& args, const SecureBuffer& password);
-  Result<Json> VmCreate(const Json& args);
+  Result<Json> ProviderBackup(const Json& args, const SecureBuffer& password,
+                              const AuditContext& ctx);
+  Result<Json> ProviderRestore(const Json& args, const SecureBuffer& password,
+                               const AuditContext& ctx);
+  Result<Json> VmCreate(const Json& args, const AuditContext& ctx);
   Result<Json> VmList();
   Result<Json> VmShow(const Json& args);
   Result<Json> VmSet(const Json& args);
-  Result<Json> VmUnregister(const Json& args, bool is_delete);
-  Result<Json> VolumeCreate(const Json& args);
+  Result<Json> VmRegister(const Json& args, const AuditContext& ctx);
+  // The DEK of a volume whose header holds `token` (LUKS UUID `uuid`,
+  // found at `device`): the KEK from the token's provider (cache first),
+  // then the unwrap. Audited as kek.fetch and dek.unwrap. kCrypto when the
+  // token does not belong to the volume.
+  struct UnwrappedDek {
+    std::shared_ptr<KeyProvider> provider;
+    SecureBuffer dek;
+  };
+  Result<UnwrappedDek> UnwrapVolumeDek(const VcryptToken& token,
+                                       const std::string& uuid,
+                                       const std::string& device,
+                                       const AuditContext& ctx);
+  // Shallow rekey / provider change (docs/rekey.md).
+  Result<Json> VmRekey(const Json& args, const AuditContext& ctx);
+  // Re-wraps the DEK of one disk under `new_kek` (a no-op when the token
+  // already carries it). Returns "rekeyed" or "already".
+  Result<std::string> RekeyDisk(const std::string& vm, const std::string& disk,
+                                const PendingRekey& to, KeyProvider& to_provider,
+                                const SecureBuffer& new_kek,
+                                const AuditContext& ctx);
+  Result<Json> VmUnregister(const Json& args, bool is_delete,
+                            const AuditContext& ctx);
+  Result<Json> VolumeCreate(const Json& args, const AuditContext& ctx);
   Result<Json> VolumeList(const Json& args);
   // Open with the outcome remembered per LUKS UUID (see OpenFailure).
-  Result<Json> Open(const Json& args);
-  Result<Json> OpenVolume(const Json& args, std::string* uuid);
-  Result<Json> OpenAll(const Json& args);
+  Result<Json> Open(const Json& args, const AuditContext& ctx);
+  Result<Json> OpenVolume(const Json& args, const AuditContext& ctx,
+                          std::string* uuid);
+  Result<Json> OpenAll(const Json& args, const AuditContext& ctx);
   Result<Json> Close(const Json& args);
   Result<Json> GetStatus();
-  Result<Json> CacheEvict(const Json& args);
+  Result<Json> CacheEvict(const Json& args, const AuditContext& ctx);
 
   // Where a request's target lives: from "vm"+"disk" via the inventory, or
   // from "path" directly.
@@ -140,12 +203,41 @@ class Controller {
   // inventory are updated to the device it links to.
   Result<VolumeHeader> LocateVolume(Target* target);
 
+  // Recovery keys (docs/recovery.md). Add returns the key in *key only.
+  Result<Json> RecoveryKeyAdd(const Json& args, const AuditContext& ctx,
+                              SecureBuffer* key);
+  Result<Json> RecoveryKeyRemove(const Json& args, const AuditContext& ctx);
+  // The volume a recovery-key request names, its header and vcrypt token,
+  // checked as open checks them.
+  struct RecoveryTarget {
+    Target target;
+    VolumeHeader header;
+    VcryptToken token;
+  };
+  Result<RecoveryTarget> ResolveRecoveryTarget(const Json& args);
+  // The DEK of `t` from its provider (kek.fetch, dek.unwrap audited),
+  // checked against the LUKS2 digest.
+  Result<SecureBuffer> RecoveryDek(const RecoveryTarget& t,
+                                   const AuditContext& ctx);
+
   std::shared_ptr<KeyProvider> FindProvider(const std::string& name);
   // The provider able to produce the KEK of `token`.
   Result<std::shared_ptr<KeyProvider>> ProviderForToken(const VcryptToken& t);
-  // The KEK for `ref`, from the cache or the provider (then cached).
+  // The KEK for `ref`, from the cache or the provider (then cached under
+  // `audit.vm`), audited as kek.fetch: `audit` carries the request and
+  // what the KEK is for (vm, and disk/volume when known); op, provider,
+  // kek_id, source and result are filled in here.
   Result<SecureBuffer> GetKek(KeyProvider& provider, const KekRef& ref,
-                              const std::string& vm);
+                              AuditRecord audit);
+  // Evicts each cached KEK that `match` selects; one kek.evict record per
+  // KEK evicted, returned for the caller to Audit (after its locks).
+  std::vector<AuditRecord> EvictKeks(
+      const AuditContext& ctx,
+      const std::function<bool(const KekCache::EntryInfo&)>& match);
+  void Audit(const AuditRecord& record) { options_.audit->Write(record); }
+  void Audit(const std::vector<AuditRecord>& records) {
+    for (const auto& r : records) Audit(r);
+  }
   // Every dm mapping (none without device-mapper): one listing per
   // request, looked up by LUKS UUID for each disk.
   Result<std::vector<MappingInfo>> AllMappings();
@@ -171,6 +263,7 @@ class Controller {
   std::map<std::string, std::shared_ptr<KeyProvider>> providers_;
   KekCache cache_;
   NamedLocks locks_;
+  std::atomic<unsigned> token_writes_{0};  // for crash_after_token_writes
   std::mutex failures_mu_;  // guards failures_ and missing_since_
   // Both by LUKS UUID (lower-case hex without dashes).
   std::map<std::string, OpenFailure> failures_;

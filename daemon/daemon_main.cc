@@ -8,12 +8,14 @@
 #include <systemd/sd-daemon.h>
 
 #include <boost/program_options.hpp>
+#include <cstdlib>
 #include <iostream>
 #include <mutex>
 #include <string>
 
 #include "common/atomic_file.h"
 #include "common/secure_buffer.h"
+#include "daemon/audit.h"
 #include "daemon/controller.h"
 #include "daemon/server.h"
 
@@ -89,6 +91,10 @@ int DaemonMain(int argc, char** argv) {
   else if (bypass == "off") copts.bypass_workqueues = false;
   else if (bypass != "auto")
     return Fail(MakeError(ErrorCode::kUsage, "--bypass-workqueues must be auto, on or off"));
+  // Test hook of the rekey crash tests (ControllerOptions); unset in
+  // production.
+  if (const char* n = getenv("VCRYPT_TEST_CRASH_AFTER_TOKEN_WRITES"))
+    copts.crash_after_token_writes = static_cast<unsigned>(std::strtoul(n, nullptr, 10));
   ServerOptions sopts;
   sopts.socket_path = socket_path;
   if (!group.empty()) {
@@ -108,6 +114,12 @@ int DaemonMain(int argc, char** argv) {
                           "cannot lock memory for keys (mlock failed); raise "
                           "RLIMIT_MEMLOCK or run as root"));
 
+  // The audit log of key operations (docs/audit.md): structured journal
+  // records when systemd connected stderr to the journal, else lines on
+  // stderr.
+  std::shared_ptr<SystemAuditSink> audit = SystemAuditSink::ForThisProcess();
+  copts.audit = audit;
+
   auto controller = Controller::Create(copts);
   if (!controller.ok()) return Fail(controller.error());
 
@@ -122,12 +134,13 @@ int DaemonMain(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   Log("listening on " + (sopts.inherited_fd >= 0 ? std::string("inherited socket")
                                                  : socket_path) +
-      ", state in " + state_dir);
+      ", state in " + state_dir + ", audit log to " +
+      (audit->to_journal() ? "the journal" : "stderr"));
   sd_notify(0, "READY=1");
   auto st = server.Run();
   g_server = nullptr;
   sd_notify(0, "STOPPING=1");
-  (*controller)->cache().Clear();
+  (*controller)->EvictAllOnShutdown();
   if (!st.ok()) return Fail(st.error());
   Log("stopped");
   return 0;

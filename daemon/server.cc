@@ -167,12 +167,15 @@ void Server::Serve(UniqueFd conn) {
     }
     const Json& body = msg->body;
     Json response;
+    // A secret in the result (a new recovery key) travels after the JSON
+    // line, like a request's secret, never inside it.
+    SecureBuffer reply_secret;
     if (!body.contains("op") || !body["op"].is_string()) {
       response = ErrorResponse(MakeError(ErrorCode::kUsage, "request without 'op'"));
     } else {
       std::string op = body["op"].get<std::string>();
       Json args = body.value("args", Json::object());
-      auto r = controller_->Handle(op, args, msg->secret, caller);
+      auto r = controller_->Handle(op, args, msg->secret, caller, &reply_secret);
       if (r.ok()) {
         response = Json{{"ok", true}, {"result", std::move(r).value()}};
       } else {
@@ -182,7 +185,9 @@ void Server::Serve(UniqueFd conn) {
            (r.ok() ? " ok" : " error=" + std::string(ErrorCodeName(r.error().code))));
     }
     msg->secret.Clear();
-    if (!WriteMessage(conn.get(), response).ok()) return;
+    Status sent = WriteMessage(conn.get(), response, &reply_secret);
+    reply_secret.Clear();
+    if (!sent.ok()) return;
   }
 }
 

@@ -20,11 +20,16 @@ json VmToJson(const VmRecord& vm) {
                    {"uuid", d.uuid},
                    {"sector_size", d.sector_size}};
   }
-  return {{"provider", vm.provider},
-          {"kek", {{"id", vm.kek.kek_id}, {"data", vm.kek.data}}},
-          {"auto_unlock", vm.auto_unlock},
-          {"created", vm.created},
-          {"disks", disks}};
+  json j = {{"provider", vm.provider},
+            {"kek", {{"id", vm.kek.kek_id}, {"data", vm.kek.data}}},
+            {"auto_unlock", vm.auto_unlock},
+            {"created", vm.created},
+            {"disks", disks}};
+  if (vm.rekey)
+    j["rekey"] = {{"provider", vm.rekey->provider},
+                  {"kek", {{"id", vm.rekey->kek.kek_id}, {"data", vm.rekey->kek.data}}},
+                  {"started", vm.rekey->started}};
+  return j;
 }
 
 Result<VmRecord> VmFromJson(const std::string& name, const json& j) {
@@ -42,6 +47,16 @@ Result<VmRecord> VmFromJson(const std::string& name, const json& j) {
     if (!vm.kek.data.is_object()) return bad("kek.data");
     vm.auto_unlock = j.value("auto_unlock", true);
     vm.created = j.value("created", "");
+    if (j.contains("rekey")) {
+      const json& r = j.at("rekey");
+      PendingRekey p;
+      p.provider = r.at("provider").get<std::string>();
+      p.kek.kek_id = r.at("kek").at("id").get<std::string>();
+      p.kek.data = r.at("kek").at("data");
+      if (!p.kek.data.is_object()) return bad("rekey.kek.data");
+      p.started = r.value("started", "");
+      vm.rekey = std::move(p);
+    }
     for (const auto& [dname, d] : j.at("disks").items()) {
       if (!ValidateDiskName(dname).ok()) return bad("disk name");
       DiskRecord r;

@@ -33,12 +33,23 @@ struct DiskRecord {
   uint32_t sector_size = 4096;
 };
 
+// A shallow rekey (or provider change) that has started and not finished:
+// the new KEK exists, some disks may carry it. Recorded before the first
+// volume is touched, so a re-run after a crash finishes with the same KEK
+// (docs/rekey.md).
+struct PendingRekey {
+  std::string provider;  // provider of the new KEK
+  KekRef kek;            // the new KEK; never plaintext
+  std::string started;   // RFC 3339 UTC
+};
+
 struct VmRecord {
   std::string provider;  // provider name
   KekRef kek;            // never plaintext
   bool auto_unlock = true;
   std::string created;   // RFC 3339 UTC
   std::map<std::string, DiskRecord> disks;
+  std::optional<PendingRekey> rekey;
 };
 
 class StateStore {

@@ -3,7 +3,8 @@
 //
 // A vcrypt volume is LUKS2 with cipher aes-xts-plain64, a 512-bit volume
 // key (the DEK), sector size 4096 (or 512), subsystem "vcrypt", label
-// "<vm>/<disk>", zero keyslots and one `vcrypt` token (token.h).
+// "<vm>/<disk>", zero keyslots (or one recovery keyslot, see the end of
+// this file) and one `vcrypt` token (token.h).
 //
 // `device` may be a block device or a regular file; for a file,
 // libcryptsetup attaches an auto-clearing loop device on activation, which
@@ -134,6 +135,20 @@ Result<VolumeHeader> ReadHeader(const std::string& device);
 // area), kIo.
 Status WriteToken(const std::string& device, const std::string& token_json);
 
+// Checks `dek` against the LUKS2 digest of `device` without activating
+// anything (crypt_activate_by_volume_key with no name). kCrypto when it is
+// not this volume's key; kNotFound, kInvalidVolume, kIo as ReadHeader.
+Status VerifyDek(const std::string& device, const SecureBuffer& dek);
+
+// Erases the key material of a LUKS2 device for good: every token (the
+// vcrypt token holds the only copy of the wrapped DEK) and every keyslot
+// (a recovery passphrase) are removed, and libcryptsetup rewrites both
+// header copies and wipes the keyslot areas. The header stays (UUID,
+// label, digest), so the device is still recognisable, but no key opens it
+// again. Idempotent. kNotFound, kInvalidVolume (not LUKS2), kBusy (the
+// volume is mapped), kIo.
+Status EraseKeyMaterial(const std::string& device);
+
 struct ActivateParams {
   std::string device;
   std::string name;       // dm name, e.g. "vcrypt-vm1-disk0"
@@ -207,6 +222,81 @@ Result<std::optional<MappingInfo>> FindMappingByUuid(
 // An auto-clear loop device under it is detached by the kernel; this waits
 // (up to 5 s) until it is gone, so none remains on return.
 Status Deactivate(const std::string& name);
+
+// ---------------------------------------------------------------------------
+// Recovery keyslot (docs/recovery.md).
+//
+// An optional passphrase keyslot that holds the DEK, so that a stock
+// `cryptsetup open` opens the volume with the recovery key alone, without
+// vcrypt or its key provider. vcrypt knows it by a marker, a LUKS2 token
+// bound to that one keyslot:
+//   {"type": "vcrypt-recovery", "keyslots": ["<n>"],
+//    "vcrypt_recovery_version": 1, "created": "<RFC 3339 UTC>"}
+// (the strictly parsed `vcrypt` token is not touched). A keyslot without a
+// marker is not vcrypt's and is never destroyed here. A marker bound to no
+// keyslot, which is what a removal leaves if it stops between its two
+// header writes, counts as no recovery key; the next AddRecoveryKeyslot
+// deletes it.
+//
+// These hold the library lock (see the top of this file) for the whole
+// argon2id computation, a few seconds: other volume operations of the
+// process wait meanwhile.
+
+inline constexpr std::string_view kRecoveryTokenType = "vcrypt-recovery";
+
+struct RecoveryKeyslot {
+  int keyslot = -1;
+  int token_id = -1;     // the marker
+  std::string created;   // from the marker; "" when it has none
+  // The keyslot's PBKDF as libcryptsetup reports it (luksDump shows the
+  // same): "argon2id", time cost, memory cost, threads.
+  std::string pbkdf;
+  uint32_t iterations = 0;
+  uint32_t memory_kib = 0;
+  uint32_t threads = 0;
+};
+
+struct RecoveryState {
+  std::string uuid;                     // LUKS2 UUID of the header read
+  std::optional<RecoveryKeyslot> slot;  // nullopt: no recovery keyslot
+};
+
+// The recovery keyslot of a LUKS2 device, read-only. kInvalidVolume when a
+// marker is bound to several keyslots or to one that is not a valid
+// keyslot, or several markers are bound; otherwise as ReadHeader.
+Result<RecoveryState> ReadRecoveryKeyslot(const std::string& device);
+
+// Adds a keyslot holding `dek` under `passphrase` with libcryptsetup's
+// default LUKS2 PBKDF (crypt_get_pbkdf_default: argon2id, 2 s target,
+// up to 1 GiB and 4 threads, benchmarked on this host now, so a busy or
+// small host gets a lower memory cost), then its marker (`created` goes
+// into it), then opens the new keyslot with `passphrase` from a freshly
+// read header (crypt_activate_by_passphrase without a name: a check,
+// nothing is activated). Returns the keyslot.
+// Errors, each leaving no new keyslot and no new marker behind:
+//  - kExists: the device already has a recovery keyslot (message names it);
+//  - kInvalidArgument: DEK not kDekSize bytes, empty passphrase;
+//  - kCrypto: `dek` is not this volume's key (LUKS2 digest);
+//  - kInternal: not enough memory for argon2id, found before anything is
+//    written (MemAvailable below the memory cost libcryptsetup would use,
+//    which is its default capped at half of physical memory) or when
+//    libcryptsetup's allocation fails (ENOMEM);
+//  - kIo: libcryptsetup failures (no free keyslot, write errors), or the
+//    new keyslot does not open with `passphrase`;
+//  - as ReadRecoveryKeyslot.
+Result<RecoveryKeyslot> AddRecoveryKeyslot(const std::string& device,
+                                           const SecureBuffer& dek,
+                                           const SecureBuffer& passphrase,
+                                           const std::string& created);
+
+// Destroys the recovery keyslot (crypt_keyslot_destroy wipes its key
+// material area and unbinds the marker in one header write), then deletes
+// the marker. Returns what was removed. kNotFound when there is no
+// recovery keyslot (the header is then not written); kIo when the keyslot
+// is gone but the marker could not be deleted (the message says so; the
+// unbound marker counts as no recovery key); otherwise as
+// ReadRecoveryKeyslot.
+Result<RecoveryKeyslot> RemoveRecoveryKeyslot(const std::string& device);
 
 }  // namespace vcrypt
 

@@ -118,3 +118,14 @@ for d in json.load(sys.stdin)["volumes"]:
         print(d.get(sys.argv[3], ""))
 ' "$1" "$2" "$3"
 }
+
+# "PROVIDER KEK_ID" of the vcrypt token in the LUKS2 header of $1, read by
+# cryptsetup (not by vcrypt's code).
+token_kek() {
+  cryptsetup luksDump --dump-json-metadata "$1" | /usr/bin/python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+t = [t for t in m["tokens"].values() if t["type"] == "vcrypt"]
+assert len(t) == 1, t
+print(t[0]["provider"]["name"], t[0]["kek"]["id"])'
+}

@@ -188,3 +188,106 @@ test_kms_boot_storm_fetches_each_kek_once_batched() {
   (( msgs <= 5 )) || fail "too many KMIP messages: $msgs"
   for v in 1 2 3 4; do for d in 0 1; do vc close "vm$v/d$d" >/dev/null; done; done
 }
+
+# Provider change by shallow rekey: native -> standard (a real
+# pykmip-server) -> native. Each step re-wraps every DEK under a KEK of the
+# new provider; data stays; after the way back, --revoke-old destroys the
+# KMS key and the volumes open with the KMS gone.
+test_provider_change_native_to_kms_and_back() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_start
+  start_daemon
+  vc provider add native p1 >/dev/null
+  add_kms_provider
+  vc vm create vm1 --provider p1 >/dev/null
+  local d p kid
+  for d in d0 d1; do
+    vc volume create vm1 $d --file "$T/$d.img" --size 40M >/dev/null
+    p=$(vc open vm1/$d)
+    write_pattern "$p" 4 $d.sha
+    vc close vm1/$d >/dev/null
+  done
+  local out
+  out=$(vc vm rekey vm1 --provider kms)
+  assert_contains "$out" "of provider 'kms'"
+  kid=$(vc --json vm show vm1 | /usr/bin/python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["provider"], j["kek_id"])')
+  assert_eq kms "${kid%% *}" "VM's provider"
+  kid=${kid#* }
+  assert_eq ACTIVE "$(kms_key state "$kid")" "new KEK on the KMS"
+  for d in d0 d1; do assert_eq "kms $kid" "$(token_kek "$T/$d.img")" "token of $d"; done
+  stop_daemon; start_daemon                     # cold cache: the KEK comes from the KMS
+  for d in d0 d1; do
+    p=$(vc open vm1/$d)
+    assert_eq "$(cat "$T/$d.sha")" "$(read_sha "$p" 4)" "data of $d on kms"
+    vc close vm1/$d >/dev/null
+  done
+  out=$(vc vm rekey vm1 --provider p1 --revoke-old)
+  assert_contains "$out" "old KEK revoked and destroyed"
+  assert_eq missing "$(kms_key state "$kid")" "old KMS key destroyed"
+  for d in d0 d1; do
+    [[ $(token_kek "$T/$d.img") == "p1 "* ]] || fail "token of $d: $(token_kek "$T/$d.img")"
+  done
+  kms_kill
+  stop_daemon; start_daemon
+  for d in d0 d1; do
+    p=$(vc open vm1/$d)
+    assert_eq "$(cat "$T/$d.sha")" "$(read_sha "$p" 4)" "data of $d back on native, KMS gone"
+    vc close vm1/$d >/dev/null
+  done
+}
+
+# unregister evicts the KEK: with the KMS gone, opening the volume by path
+# must go back to the provider and fails; register rebuilds the VM from the
+# header once the KMS is back; delete --erase --destroy-key leaves a
+# header no key opens and no key on the KMS.
+test_unregister_evicts_register_from_header_delete_erase() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_start
+  start_daemon
+  add_kms_provider
+  vc vm create vm1 --provider kms >/dev/null
+  vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
+  local p kid
+  p=$(vc open vm1/d0)
+  write_pattern "$p" 4 d0.sha
+  vc close vm1/d0 >/dev/null
+  kid=$(token_kek "$T/d0.img" | cut -d' ' -f2)
+  cached() { vc --json status | /usr/bin/python3 -c 'import json,sys; print(" ".join(e["provider"] + "/" + e["kek_id"] for e in json.load(sys.stdin)["kek_cache"]))'; }
+  assert_eq "kms/$kid" "$(cached)" "cached KEKs before unregister"
+  vc vm unregister vm1 >/dev/null
+  assert_eq "" "$(cached)" "cached KEKs after unregister"
+  kms_kill
+  expect_exit 8 vc open "$T/d0.img"
+  assert_contains "$ERR" "127.0.0.1:$KMS_PORT"
+  kms_start 1
+  # open by path registered the volume again: forget it, then register.
+  vc vm unregister vm1 >/dev/null
+  local out
+  out=$(vc vm register vm1 --from "$T/d0.img")
+  assert_contains "$out" "registered VM 'vm1' with provider 'kms' (KEK $kid), 1 disk(s)"
+  p=$(vc open vm1/d0)
+  assert_eq "$(cat "$T/d0.sha")" "$(read_sha "$p" 4)" "data after register"
+  expect_exit 7 vc vm delete vm1 --erase --destroy-key 7<"$p"
+  vc close vm1/d0 >/dev/null
+  out=$(vc vm delete vm1 --erase --destroy-key)
+  assert_contains "$out" "key material erased from 1 volume(s)"
+  assert_eq missing "$(kms_key state "$kid")" "KEK destroyed on the KMS"
+  local tokens slots
+  tokens=$(cryptsetup luksDump --dump-json-metadata "$T/d0.img" | /usr/bin/python3 -c 'import json,sys; m=json.load(sys.stdin); print(len(m["tokens"]), len(m["keyslots"]))')
+  assert_eq "0 0" "$tokens" "tokens and keyslots left after --erase"
+  expect_exit 9 vc open "$T/d0.img"
+  expect_exit 9 vc vm register vm1 --from "$T/d0.img"
+}
+
+# The KMS answers but no longer has the key (here: a KMS started on a fresh
+# database): locked, with the KMS's own answer as the reason.
+test_locked_reason_key_not_found_on_kms() {
+  trap 'stop_daemon; kms_kill' EXIT
+  kms_volume_then_kms_down
+  kms_start 0                                    # same certs, empty database
+  expect_exit 8 vc open vm1/d0
+  local s
+  s=$(vol_state vm1 d0)
+  [[ $s == "locked|key_unavailable|"*"Item Not Found"* ]] || fail "status: $s"
+  assert_eq "" "$(vcrypt_mappings)"
+}

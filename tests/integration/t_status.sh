@@ -248,3 +248,17 @@ STUB
   assert_contains "$(cat "$T/log")" "retrying in 2s"
   assert_eq "vm1/d0 vm2/d0" "$(sort -u "$T/run/opened-all" | tr '\n' ' ' | sed 's/ $//')"
 }
+
+# Both LUKS2 header copies overwritten: locked, reason invalid_volume
+# naming the image; nothing mapped.
+test_locked_reason_header_damaged() {
+  trap cleanup_loops EXIT
+  start_daemon
+  setup_vm
+  dd if=/dev/zero of="$T/d0.img" bs=4096 count=8 conv=notrunc status=none
+  expect_exit 9 vc open vm1/d0
+  local s
+  s=$(vol_state vm1 d0)
+  [[ $s == "locked|invalid_volume|"*"$T/d0.img"* ]] || fail "status: $s"
+  assert_eq "" "$(vcrypt_mappings)"
+}

@@ -527,3 +527,450 @@ TEST_F(DaemonTest, UnauthorisedUidIsRefused) {
 
 }  // namespace
 }  // namespace vcrypt
+
+// --- audit log (daemon/audit.h, docs/audit.md) ------------------------------
+// (Appended as a block, with its own includes, while this file is edited
+// concurrently; they can move to the top.)
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include <mutex>
+
+#include "common/aead.h"
+#include "common/base64.h"
+#include "daemon/audit.h"
+#include "dmtools/token.h"
+
+namespace vcrypt {
+namespace {
+
+// Keeps every record; Write comes from the server's connection threads.
+class RecordingAuditSink : public AuditSink {
+ public:
+  void Write(const AuditRecord& r) override {
+    std::lock_guard lock(mu_);
+    records_.push_back(r);
+  }
+  std::vector<AuditRecord> records() const {
+    std::lock_guard lock(mu_);
+    return records_;
+  }
+  // The records written since the last Take.
+  std::vector<AuditRecord> Take() {
+    std::lock_guard lock(mu_);
+    std::vector<AuditRecord> out(records_.begin() + taken_, records_.end());
+    taken_ = records_.size();
+    return out;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<AuditRecord> records_;
+  size_t taken_ = 0;
+};
+
+// "op result" of each record, e.g. "kek.fetch ok", in order.
+std::vector<std::string> OpsOf(const std::vector<AuditRecord>& rs) {
+  std::vector<std::string> out;
+  for (const auto& r : rs)
+    out.push_back(std::string(AuditOpName(r.op)) + " " +
+                  (r.error ? std::string(ErrorCodeName(r.error->code)) : "ok"));
+  return out;
+}
+
+// A self-signed EC certificate and its key (PEM), good enough for a
+// standard provider to load: the KMS it names is never reached.
+std::pair<std::string, std::string> SelfSignedPem() {
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  X509* x = X509_new();
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x), 0);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+  X509_set_pubkey(x, key);
+  X509_NAME* name = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>("vcrypt-test"),
+                             -1, -1, 0);
+  X509_set_issuer_name(x, name);
+  X509_sign(x, key, EVP_sha256());
+  auto pem = [](auto write) {
+    BIO* b = BIO_new(BIO_s_mem());
+    write(b);
+    char* p = nullptr;
+    long n = BIO_get_mem_data(b, &p);  // NOLINT(runtime/int)
+    std::string s(p, static_cast<size_t>(n));
+    BIO_free(b);
+    return s;
+  };
+  std::string cert = pem([&](BIO* b) { PEM_write_bio_X509(b, x); });
+  std::string key_pem = pem([&](BIO* b) {
+    PEM_write_bio_PrivateKey(b, key, nullptr, nullptr, 0, nullptr, nullptr);
+  });
+  X509_free(x);
+  EVP_PKEY_free(key);
+  return {cert, key_pem};
+}
+
+std::string Hex(std::span<const uint8_t> bytes, bool upper) {
+  const char* digits = upper ? "0123456789ABCDEF" : "0123456789abcdef";
+  std::string out;
+  for (uint8_t b : bytes) {
+    out += digits[b >> 4];
+    out += digits[b & 0xf];
+  }
+  return out;
+}
+
+// DaemonTest with the controller's audit records going to `audit_`.
+class AuditDaemonTest : public DaemonTest {
+ protected:
+  void SetUp() override {
+    char t[] = "/tmp/vcrypt-audit-test-XXXXXX";
+    dir_ = mkdtemp(t);
+    socket_ = dir_ + "/sock";
+    StartAudited();
+  }
+  void StartAudited() {
+    ControllerOptions o;
+    o.state_dir = dir_ + "/state";
+    o.by_uuid_dir = dir_ + "/by-uuid";
+    o.audit = audit_;
+    auto c = Controller::Create(o);
+    ASSERT_TRUE(c.ok()) << c.error().message;
+    controller_ = std::move(c).value();
+    ServerOptions so;
+    so.socket_path = socket_;
+    server_ = std::make_unique<Server>(controller_.get(), so,
+                                       [](const std::string&) {});
+    auto st = server_->Listen();
+    ASSERT_TRUE(st.ok()) << st.error().message;
+    thread_ = std::thread([this] { (void)server_->Run(); });
+  }
+  void Restart() {
+    Stop();
+    StartAudited();
+  }
+  // Adds VM `vm` using provider `provider` with KEK ID `kek_id` to the
+  // inventory, with the daemon stopped.
+  void AddVmRecord(const std::string& vm, const std::string& provider,
+                   const std::string& kek_id) {
+    Stop();
+    Json inv = Inventory();
+    inv["vms"][vm] = {{"provider", provider},
+                      {"kek", {{"id", kek_id}, {"data", Json::object()}}},
+                      {"auto_unlock", true},
+                      {"created", "2026-01-01T00:00:00Z"},
+                      {"disks", Json::object()}};
+    ASSERT_TRUE(
+        WriteFileAtomic(dir_ + "/state/inventory.json", inv.dump(2)).ok());
+    StartAudited();
+  }
+  Result<Json> CreateVolume(const std::string& vm, const std::string& disk) {
+    return Call("volume.create", {{"vm", vm},
+                                  {"disk", disk},
+                                  {"file", dir_ + "/" + vm + "-" + disk + ".img"},
+                                  {"size", 40u << 20}});
+  }
+  static SecureBuffer Password(const std::string& pw) {
+    return SecureBuffer::CopyOf(std::span<const uint8_t>(
+        reinterpret_cast<const uint8_t*>(pw.data()), pw.size()));
+  }
+
+  std::shared_ptr<RecordingAuditSink> audit_ =
+      std::make_shared<RecordingAuditSink>();
+};
+
+// One record per key operation, with who, what and on what; operations
+// that touch no key (list, show, status, a refused request) none.
+TEST_F(AuditDaemonTest, EachKeyOperationIsAudited) {
+  if (geteuid() != 0) GTEST_SKIP() << "formatting a volume file needs root";
+  const uid_t uid = geteuid();  // SO_PEERCRED of this process
+
+  auto r = Call("provider.add", {{"type", "native"}, {"name", "p1"}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const std::string pk_id = (*r)["primary_key_id"];
+  auto rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"provider.add ok"});
+  EXPECT_EQ(rs[0].uid, uid);
+  EXPECT_EQ(rs[0].request, "provider.add");
+  EXPECT_EQ(rs[0].provider, "p1");
+  EXPECT_EQ(rs[0].primary_key_id, pk_id);
+
+  r = Call("vm.create", {{"vm", "vm1"}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const std::string kek_id = (*r)["kek_id"];
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"kek.create ok"});
+  EXPECT_EQ(FormatAuditLine(rs[0]),
+            "vcrypt-audit: uid=" + std::to_string(uid) +
+                " op=kek.create request=vm.create vm=vm1 provider=p1 kek_id=" +
+                kek_id + " result=ok");
+
+  // The KEK just made is cached: the volume's fetch is a cache hit.
+  r = CreateVolume("vm1", "d0");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const std::string uuid0 = (*r)["uuid"];
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), (std::vector<std::string>{"kek.fetch ok", "dek.wrap ok"}));
+  EXPECT_EQ(FormatAuditLine(rs[0]),
+            "vcrypt-audit: uid=" + std::to_string(uid) +
+                " op=kek.fetch request=volume.create vm=vm1 disk=d0 provider=p1"
+                " kek_id=" + kek_id + " source=cache result=ok");
+  EXPECT_EQ(FormatAuditLine(rs[1]),
+            "vcrypt-audit: uid=" + std::to_string(uid) +
+                " op=dek.wrap request=volume.create vm=vm1 disk=d0 volume=" +
+                uuid0 + " provider=p1 kek_id=" + kek_id + " result=ok");
+
+  // After a restart the cache is empty: the provider produces it.
+  Restart();
+  r = CreateVolume("vm1", "d1");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), (std::vector<std::string>{"kek.fetch ok", "dek.wrap ok"}));
+  EXPECT_EQ(rs[0].source, "provider");
+  EXPECT_EQ(rs[1].volume, (*r)["uuid"]);
+  EXPECT_EQ(rs[1].disk, "d1");
+
+  // Nothing here touches a key.
+  ASSERT_TRUE(Call("status").ok());
+  ASSERT_TRUE(Call("vm.show", {{"vm", "vm1"}}).ok());
+  ASSERT_TRUE(Call("provider.list").ok());
+  EXPECT_FALSE(Call("vm.create", {{"vm", "vm1"}}).ok());  // exists
+  EXPECT_FALSE(Call("volume.create", {{"vm", "nope"}, {"disk", "d0"},
+                                      {"file", dir_ + "/x.img"}, {"size", 1 << 20}})
+                   .ok());
+  EXPECT_EQ(OpsOf(audit_->Take()), std::vector<std::string>{});
+
+  // Without device-mapper an open stops before any key is fetched.
+  if (!DeviceMapperAvailable()) {
+    EXPECT_EQ(Call("open", {{"vm", "vm1"}, {"disk", "d0"}}).error().code,
+              ErrorCode::kNoDeviceMapper);
+    EXPECT_EQ(OpsOf(audit_->Take()), std::vector<std::string>{});
+  }
+
+  r = Call("cache.evict", {{"vm", "vm1"}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ((*r)["evicted"], 1);
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"kek.evict ok"});
+  EXPECT_EQ(FormatAuditLine(rs[0]),
+            "vcrypt-audit: uid=" + std::to_string(uid) +
+                " op=kek.evict request=cache.evict vm=vm1 provider=p1 kek_id=" +
+                kek_id + " result=ok");
+  // Nothing cached, nothing evicted, nothing audited.
+  ASSERT_TRUE(Call("cache.evict").ok());
+  EXPECT_EQ(OpsOf(audit_->Take()), std::vector<std::string>{});
+
+  // Backup, and restores that fail: a wrong password, the same key twice.
+  SecureBuffer pw = Password("correct horse");
+  auto b = Call("provider.backup", {{"name", "p1"}}, &pw);
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"provider.backup ok"});
+  EXPECT_EQ(FormatAuditLine(rs[0]),
+            "vcrypt-audit: uid=" + std::to_string(uid) +
+                " op=provider.backup request=provider.backup provider=p1"
+                " primary_key_id=" + pk_id + " result=ok");
+  SecureBuffer wrong = Password("wrong");
+  EXPECT_EQ(Call("provider.restore", {{"name", "p2"}, {"p12", (*b)["p12"]}}, &wrong)
+                .error()
+                .code,
+            ErrorCode::kCrypto);
+  EXPECT_EQ(Call("provider.restore", {{"name", "p2"}, {"p12", (*b)["p12"]}}, &pw)
+                .error()
+                .code,
+            ErrorCode::kExists);
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), (std::vector<std::string>{"provider.restore crypto",
+                                                 "provider.restore exists"}));
+  EXPECT_EQ(rs[0].provider, "p2");
+  EXPECT_TRUE(rs[0].primary_key_id.empty()) << "the backup did not open";
+  EXPECT_EQ(rs[1].primary_key_id, pk_id);
+  EXPECT_NE(FormatAuditLine(rs[1]).find(
+                " result=exists error=\"this backup's primary key is already "
+                "configured as provider 'p1'\""),
+            std::string::npos)
+      << FormatAuditLine(rs[1]);
+
+  // Delete with --destroy-key: the KEK is destroyed, then evicted.
+  ASSERT_TRUE(Call("vm.create", {{"vm", "vm2"}}).ok());
+  const std::string kek2 = audit_->Take().at(0).kek_id;
+  ASSERT_TRUE(Call("vm.delete", {{"vm", "vm2"}, {"destroy_key", true}}).ok());
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), (std::vector<std::string>{"kek.destroy ok", "kek.evict ok"}));
+  for (const auto& rec : rs) {
+    EXPECT_EQ(rec.request, "vm.delete");
+    EXPECT_EQ(rec.vm, "vm2");
+    EXPECT_EQ(rec.kek_id, kek2);
+  }
+
+  // Unregister evicts what is cached; removing the provider destroys its
+  // primary key.
+  ASSERT_TRUE(CreateVolume("vm1", "d2").ok());  // caches vm1's KEK again
+  audit_->Take();
+  ASSERT_TRUE(Call("vm.unregister", {{"vm", "vm1"}}).ok());
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"kek.evict ok"});
+  EXPECT_EQ(rs[0].request, "vm.unregister");
+  EXPECT_EQ(rs[0].kek_id, kek_id);
+  EXPECT_FALSE(Call("provider.remove", {{"name", "p1"}}).ok());  // needs --force
+  EXPECT_EQ(OpsOf(audit_->Take()), std::vector<std::string>{});
+  ASSERT_TRUE(Call("provider.remove", {{"name", "p1"}, {"force", true}}).ok());
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"provider.remove ok"});
+  EXPECT_EQ(rs[0].primary_key_id, pk_id);
+
+  // vcryptd evicts what is left when it stops, as request=shutdown.
+  ASSERT_TRUE(Call("provider.add", {{"type", "native"}, {"name", "p3"}}).ok());
+  ASSERT_TRUE(Call("vm.create", {{"vm", "vm3"}}).ok());
+  audit_->Take();
+  EXPECT_EQ(controller_->EvictAllOnShutdown(), 1u);
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"kek.evict ok"});
+  EXPECT_EQ(rs[0].request, "shutdown");
+  EXPECT_EQ(rs[0].vm, "vm3");
+}
+
+// Failed key operations are audited with the error code and message: a
+// KMS that does not answer, a provider that is not configured.
+TEST_F(AuditDaemonTest, FailuresAreAudited) {
+  ASSERT_TRUE(Call("provider.add", {{"type", "native"}, {"name", "p1"}}).ok());
+  ASSERT_TRUE(Call("vm.create", {{"vm", "vm1"}}).ok());
+  // A standard provider whose only KMS refuses connections (port 1 on
+  // loopback), and a VM whose KEK lives there; a VM whose provider is gone.
+  Stop();
+  const std::string kms_dir = dir_ + "/state/providers/kms";
+  ASSERT_TRUE(fs::create_directory(kms_dir));
+  auto [cert, key] = SelfSignedPem();
+  ASSERT_TRUE(WriteFileAtomic(kms_dir + "/ca.pem", cert).ok());
+  ASSERT_TRUE(WriteFileAtomic(kms_dir + "/cert.pem", cert).ok());
+  ASSERT_TRUE(WriteFileAtomic(kms_dir + "/key.pem", key).ok());
+  ASSERT_TRUE(WriteFileAtomic(kms_dir + "/config.json",
+                              Json{{"version", 1},
+                                   {"type", "standard"},
+                                   {"name", "kms"},
+                                   {"servers", {"127.0.0.1:1"}},
+                                   {"connect_timeout_ms", 2000},
+                                   {"io_timeout_ms", 2000}}
+                                  .dump())
+                  .ok());
+  StartAudited();
+  AddVmRecord("vmk", "kms", "42");
+  AddVmRecord("vmx", "gone", "7");
+  audit_->Take();
+
+  auto r = CreateVolume("vmk", "d0");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kKeyUnavailable) << r.error().message;
+  EXPECT_FALSE(fs::exists(dir_ + "/vmk-d0.img"));
+  auto rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"kek.fetch key_unavailable"});
+  EXPECT_EQ(rs[0].vm, "vmk");
+  EXPECT_EQ(rs[0].disk, "d0");
+  EXPECT_EQ(rs[0].provider, "kms");
+  EXPECT_EQ(rs[0].kek_id, "42");
+  EXPECT_EQ(rs[0].source, "provider");
+  EXPECT_EQ(rs[0].error->message, r.error().message);
+  const std::string line = FormatAuditLine(rs[0]);
+  EXPECT_EQ(line.rfind("vcrypt-audit: uid=" + std::to_string(geteuid()) +
+                           " op=kek.fetch request=volume.create vm=vmk disk=d0"
+                           " provider=kms kek_id=42 source=provider"
+                           " result=key_unavailable error=\"",
+                       0),
+            0u)
+      << line;
+  EXPECT_NE(line.find("127.0.0.1:1"), std::string::npos) << line;
+
+  // Destroying a KEK on an unreachable KMS fails, audited; the VM stays.
+  r = Call("vm.delete", {{"vm", "vmk"}, {"destroy_key", true}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kKeyUnavailable);
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"kek.destroy key_unavailable"});
+  EXPECT_EQ(rs[0].kek_id, "42");
+  EXPECT_EQ(rs[0].provider, "kms");
+  EXPECT_TRUE(Call("vm.show", {{"vm", "vmk"}}).ok());
+
+  // A provider that is not configured cannot produce the KEK either.
+  r = CreateVolume("vmx", "d0");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kKeyUnavailable);
+  rs = audit_->Take();
+  ASSERT_EQ(OpsOf(rs), std::vector<std::string>{"kek.fetch key_unavailable"});
+  EXPECT_EQ(rs[0].provider, "gone");
+  EXPECT_EQ(rs[0].kek_id, "7");
+  EXPECT_TRUE(rs[0].source.empty()) << "nothing was asked";
+}
+
+// The audit lines name keys by ID only: no byte of the native primary key,
+// a KEK or a DEK, raw or as hex or base64, in any line or journal field.
+TEST_F(AuditDaemonTest, AuditLinesHoldNoKeyBytes) {
+  if (geteuid() != 0) GTEST_SKIP() << "formatting a volume file needs root";
+  ASSERT_TRUE(Call("provider.add", {{"type", "native"}, {"name", "p1"}}).ok());
+  auto r = Call("vm.create", {{"vm", "vm1"}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const std::string kek_id = (*r)["kek_id"];
+  r = CreateVolume("vm1", "d0");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  const std::string uuid = (*r)["uuid"];
+  Restart();
+  ASSERT_TRUE(CreateVolume("vm1", "d1").ok());  // fetched from the provider
+  SecureBuffer pw = Password("correct horse");
+  auto b = Call("provider.backup", {{"name", "p1"}}, &pw);
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  (void)Call("provider.restore", {{"name", "p2"}, {"p12", (*b)["p12"]}}, &pw);
+
+  // The keys, as this host holds them.
+  auto primary = ReadFile(dir_ + "/state/providers/p1/primary.key");
+  ASSERT_TRUE(primary.ok()) << primary.error().message;
+  ASSERT_EQ(primary->size(), 32u);
+  auto kek = controller_->cache().Get("p1", kek_id);
+  ASSERT_TRUE(kek.has_value()) << "vm1's KEK is cached";
+  auto hdr = ReadHeader(dir_ + "/vm1-d0.img");
+  ASSERT_TRUE(hdr.ok() && hdr->token_json) << "vm1/d0 has a vcrypt token";
+  auto token = VcryptToken::Parse(*hdr->token_json);
+  ASSERT_TRUE(token.ok()) << token.error().message;
+  auto dek = UnwrapKey(*kek, token->dek, DekAad(uuid, kek_id, "p1"));
+  ASSERT_TRUE(dek.ok()) << dek.error().message;
+
+  ASSERT_TRUE(Call("vm.unregister", {{"vm", "vm1"}}).ok());  // kek.evict
+  ASSERT_TRUE(Call("provider.remove", {{"name", "p1"}, {"force", true}}).ok());
+
+  std::vector<std::string> texts;  // every line and every journal field
+  for (const auto& rec : audit_->records()) {
+    texts.push_back(FormatAuditLine(rec));
+    for (const auto& [name, value] : AuditFields(rec))
+      texts.push_back(AuditEscape(value));
+  }
+  ASSERT_GE(audit_->records().size(), 10u);
+  // Not vacuous: the lines do name the keys, by ID.
+  EXPECT_NE(std::find_if(texts.begin(), texts.end(),
+                         [&](const std::string& t) {
+                           return t.find("kek_id=" + kek_id) != std::string::npos;
+                         }),
+            texts.end());
+
+  auto forms = [](std::span<const uint8_t> key) {
+    std::string b64 = Base64Encode(key);
+    std::string b64_bare = b64.substr(0, b64.find('='));
+    return std::vector<std::string>{
+        std::string(reinterpret_cast<const char*>(key.data()), key.size()),
+        Hex(key, false), Hex(key, true), b64, b64_bare};
+  };
+  const std::vector<std::pair<std::string, std::vector<std::string>>> keys = {
+      {"primary key",
+       forms(std::span<const uint8_t>(
+           reinterpret_cast<const uint8_t*>(primary->data()), primary->size()))},
+      {"KEK", forms(kek->span())},
+      {"DEK", forms(dek->span())},
+  };
+  for (const auto& [what, needles] : keys)
+    for (const auto& needle : needles)
+      for (const auto& t : texts)
+        EXPECT_EQ(t.find(needle), std::string::npos) << what << " in: " << t;
+}
+
+}  // namespace
+}  // namespace vcrypt
