@@ -431,6 +431,14 @@ Result<Json> Controller::ProviderRestore(const Json& args,
 
 // --- VMs -------------------------------------------------------------------
 
+Result<VmRecord> Controller::FindVm(const std::string& vm) {
+  std::lock_guard lock(mu_);
+  auto it = store_.vms().find(vm);
+  if (it == store_.vms().end())
+    return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
+  return it->second;
+}
+
 Result<SecureBuffer> Controller::GetKek(KeyProvider& provider, const KekRef& ref,
                                         AuditRecord audit) {
   const std::string& pname = provider.name();
@@ -646,14 +654,7 @@ Result<Json> Controller::VmList() {
 
 Result<Json> Controller::VmShow(const Json& args) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
-  VmRecord rec;
-  {
-    std::lock_guard lock(mu_);
-    auto it = store_.vms().find(vm);
-    if (it == store_.vms().end())
-      return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
-    rec = it->second;
-  }
+  VCRYPT_ASSIGN_OR_RETURN(VmRecord rec, FindVm(vm));
   VCRYPT_ASSIGN_OR_RETURN(auto maps, AllMappings());
   Json disks = Json::array();
   for (const auto& [dn, d] : rec.disks)
@@ -689,14 +690,7 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete,
                                       const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
   auto guard = locks_.Lock("vm:" + vm);
-  VmRecord rec;
-  {
-    std::lock_guard lock(mu_);
-    auto it = store_.vms().find(vm);
-    if (it == store_.vms().end())
-      return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
-    rec = it->second;
-  }
+  VCRYPT_ASSIGN_OR_RETURN(VmRecord rec, FindVm(vm));
   // --erase: every disk must be found first (by LUKS UUID, as open does),
   // so that the delete does not stop half-way over a missing one.
   const bool erase = is_delete && BoolArg(args, "erase");
@@ -1423,14 +1417,7 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "deep rekey (--deep) is not implemented yet");
   auto vm_guard = locks_.Lock("vm:" + vm);
-  VmRecord rec;
-  {
-    std::lock_guard lock(mu_);
-    auto it = store_.vms().find(vm);
-    if (it == store_.vms().end())
-      return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
-    rec = it->second;
-  }
+  VCRYPT_ASSIGN_OR_RETURN(VmRecord rec, FindVm(vm));
 
   // 1. The new KEK: the pending one after an interrupted run, else a new
   //    one, recorded before any volume is touched.
@@ -1704,33 +1691,22 @@ Result<Controller::RecoveryTarget> Controller::ResolveRecoveryTarget(const Json&
 
 Result<SecureBuffer> Controller::RecoveryDek(const RecoveryTarget& t,
                                              const AuditContext& ctx) {
-  // As open does it (kek.fetch, dek.unwrap).
-  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kKekFetch);
-  audit.vm = t.token.vm;
-  audit.disk = t.token.disk;
-  audit.volume = t.header.uuid;
-  audit.provider = t.token.provider_name;
-  audit.kek_id = t.token.kek.kek_id;
-  auto provider = ProviderForToken(t.token);
-  if (!provider.ok()) {
-    Audit(audit.Outcome(provider));
-    return std::move(provider).error();
-  }
-  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(**provider, t.token.kek, audit));
-  auto dek = UnwrapKey(kek, t.token.dek,
-                       DekAad(t.header.uuid, t.token.kek.kek_id, t.token.provider_name));
-  AuditRecord unwrap = audit;
-  unwrap.op = AuditOp::kDekUnwrap;
-  unwrap.provider = (*provider)->name();
-  if (!dek.ok())
-    unwrap.error = MakeError(
-        ErrorCode::kCrypto,
-        "cannot unwrap the DEK of " + t.target.device +
-            ": the token does not belong to this volume or was altered");
-  Audit(unwrap);
-  if (!dek.ok()) return *unwrap.error;
-  VCRYPT_RETURN_IF_ERROR(VerifyDek(t.target.device, *dek));
-  return std::move(dek).value();
+  // As open does it (kek.fetch, dek.unwrap), then checked against the
+  // LUKS2 digest: a keyslot for a wrong key would be useless.
+  VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u, UnwrapVolumeDek(t.token, t.header.uuid,
+                                                          t.target.device, ctx));
+  VCRYPT_RETURN_IF_ERROR(VerifyDek(t.target.device, u.dek));
+  return std::move(u.dek);
+}
+
+// The recovery keyslot of `t`'s device, read under its volume lock, and
+// still of the same volume as when `t` was resolved.
+Result<RecoveryState> Controller::RecoveryStateOf(const RecoveryTarget& t) {
+  VCRYPT_ASSIGN_OR_RETURN(RecoveryState state, ReadRecoveryKeyslot(t.target.device));
+  if (!SameUuid(state.uuid, t.header.uuid))
+    return MakeError(ErrorCode::kInvalidVolume,
+                     t.target.device + " changed while it was being read; retry");
+  return state;
 }
 
 Result<Json> Controller::RecoveryKeyAdd(const Json& args, const AuditContext& ctx,
@@ -1740,10 +1716,7 @@ Result<Json> Controller::RecoveryKeyAdd(const Json& args, const AuditContext& ct
   const std::string volume = t.token.vm + "/" + t.token.disk;
   auto guard = locks_.Lock("vol:" + t.header.uuid);
   // An existing recovery key is refused before the provider is asked.
-  VCRYPT_ASSIGN_OR_RETURN(RecoveryState state, ReadRecoveryKeyslot(device));
-  if (!SameUuid(state.uuid, t.header.uuid))
-    return MakeError(ErrorCode::kInvalidVolume,
-                     device + " changed while it was being read; retry");
+  VCRYPT_ASSIGN_OR_RETURN(RecoveryState state, RecoveryStateOf(t));
   if (state.slot)
     return MakeError(ErrorCode::kExists,
                      "volume " + volume + " already has a recovery key (keyslot " +
@@ -1785,10 +1758,7 @@ Result<Json> Controller::RecoveryKeyRemove(const Json& args, const AuditContext&
   const std::string& device = t.target.device;
   const std::string volume = t.token.vm + "/" + t.token.disk;
   auto guard = locks_.Lock("vol:" + t.header.uuid);
-  VCRYPT_ASSIGN_OR_RETURN(RecoveryState state, ReadRecoveryKeyslot(device));
-  if (!SameUuid(state.uuid, t.header.uuid))
-    return MakeError(ErrorCode::kInvalidVolume,
-                     device + " changed while it was being read; retry");
+  VCRYPT_ASSIGN_OR_RETURN(RecoveryState state, RecoveryStateOf(t));
   if (!state.slot)
     return MakeError(ErrorCode::kNotFound, "volume " + volume + " has no recovery key");
 

@@ -215,11 +215,14 @@ class Controller {
     VcryptToken token;
   };
   Result<RecoveryTarget> ResolveRecoveryTarget(const Json& args);
+  Result<RecoveryState> RecoveryStateOf(const RecoveryTarget& t);
   // The DEK of `t` from its provider (kek.fetch, dek.unwrap audited),
   // checked against the LUKS2 digest.
   Result<SecureBuffer> RecoveryDek(const RecoveryTarget& t,
                                    const AuditContext& ctx);
 
+  // A copy of VM `vm`'s record; kNotFound "no VM named ..." otherwise.
+  Result<VmRecord> FindVm(const std::string& vm);
   std::shared_ptr<KeyProvider> FindProvider(const std::string& name);
   // The provider able to produce the KEK of `token`.
   Result<std::shared_ptr<KeyProvider>> ProviderForToken(const VcryptToken& t);

@@ -432,6 +432,17 @@ Status LoadLuks2(crypt_device* cd, const std::string& device) {
 }
 
 // Ids of all tokens of type "vcrypt".
+// The LUKS2 header of `device` loaded into a new handle, after checking
+// that the device exists and is readable (Geometry gives the clear
+// not-found / not-a-device errors).
+Result<CryptDevicePtr> OpenLuks2(const std::string& device) {
+  VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
+  (void)geo;
+  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
+  VCRYPT_RETURN_IF_ERROR(LoadLuks2(cd.get(), device));
+  return cd;
+}
+
 std::vector<int> VcryptTokenIds(crypt_device* cd) {
   std::vector<int> ids;
   int max = crypt_token_max(CRYPT_LUKS2);
@@ -821,10 +832,7 @@ Result<std::string> FormatVolume(const FormatParams& params,
 
 Result<VolumeHeader> ReadHeader(const std::string& device) {
   auto lib = InitLibraries();
-  VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
-  (void)geo;
-  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
-  VCRYPT_RETURN_IF_ERROR(LoadLuks2(cd.get(), device));
+  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
 
   VolumeHeader h;
   h.device = device;
@@ -878,10 +886,7 @@ Result<VolumeHeader> ReadHeader(const std::string& device) {
 Status WriteToken(const std::string& device, const std::string& token_json) {
   auto lib = InitLibraries();
   VCRYPT_RETURN_IF_ERROR(CheckTokenJson(token_json));
-  VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
-  (void)geo;
-  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
-  VCRYPT_RETURN_IF_ERROR(LoadLuks2(cd.get(), device));
+  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   std::vector<int> ids = VcryptTokenIds(cd.get());
   if (ids.size() > 1) {
     return MakeError(ErrorCode::kInvalidVolume,
@@ -901,10 +906,7 @@ Status WriteToken(const std::string& device, const std::string& token_json) {
 
 Status VerifyDek(const std::string& device, const SecureBuffer& dek) {
   auto lib = InitLibraries();
-  VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
-  (void)geo;
-  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
-  VCRYPT_RETURN_IF_ERROR(LoadLuks2(cd.get(), device));
+  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   int r = crypt_activate_by_volume_key(cd.get(), nullptr, dek.chars(),
                                        dek.size(), 0);
   if (r == -EPERM || r == -EINVAL)
@@ -916,10 +918,7 @@ Status VerifyDek(const std::string& device, const SecureBuffer& dek) {
 
 Status EraseKeyMaterial(const std::string& device) {
   auto lib = InitLibraries();
-  VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
-  (void)geo;
-  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
-  VCRYPT_RETURN_IF_ERROR(LoadLuks2(cd.get(), device));
+  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   // A mapped volume keeps its key in the dm table; erasing under it would
   // leave a running volume whose key exists nowhere else.
   if (DeviceMapperAvailable()) {
@@ -1354,10 +1353,7 @@ std::string Mib(uint64_t kib) { return std::to_string((kib + 1023) / 1024); }
 
 Result<RecoveryState> ReadRecoveryKeyslot(const std::string& device) {
   auto lib = InitLibraries();
-  VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
-  (void)geo;
-  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
-  VCRYPT_RETURN_IF_ERROR(LoadLuks2(cd.get(), device));
+  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   RecoveryState state;
   const char* uuid = crypt_get_uuid(cd.get());
   state.uuid = uuid != nullptr ? uuid : "";
@@ -1383,10 +1379,7 @@ Result<RecoveryKeyslot> AddRecoveryKeyslot(const std::string& device,
     return MakeError(ErrorCode::kInvalidArgument,
                      "the recovery passphrase is empty");
   }
-  VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
-  (void)geo;
-  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
-  VCRYPT_RETURN_IF_ERROR(LoadLuks2(cd.get(), device));
+  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   VCRYPT_ASSIGN_OR_RETURN(RecoveryMarkers markers,
                           FindRecoveryMarkers(cd.get(), device));
   if (markers.bound) {
@@ -1506,10 +1499,7 @@ Result<RecoveryKeyslot> AddRecoveryKeyslot(const std::string& device,
 
 Result<RecoveryKeyslot> RemoveRecoveryKeyslot(const std::string& device) {
   auto lib = InitLibraries();
-  VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
-  (void)geo;
-  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
-  VCRYPT_RETURN_IF_ERROR(LoadLuks2(cd.get(), device));
+  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   VCRYPT_ASSIGN_OR_RETURN(RecoveryMarkers markers,
                           FindRecoveryMarkers(cd.get(), device));
   if (!markers.bound) {

@@ -17,6 +17,14 @@ add_kms_provider() {  # [extra servers before the real one]
     --cert "$KMS/certs/client.pem" --key "$KMS/certs/client-key.pem" >/dev/null
 }
 
+# A fresh KMS, vcryptd, provider "kms" and VM vm1 on it.
+kms_vm() {
+  kms_start
+  start_daemon
+  add_kms_provider
+  vc vm create vm1 --provider kms >/dev/null
+}
+
 # True if the bytes of file $1 occur in any file under the paths given.
 bytes_found_in() {
   local needle=$1; shift
@@ -36,10 +44,7 @@ PY
 
 test_kms_vm_two_disks_roundtrip_and_kek_nowhere_on_disk() {
   trap 'stop_daemon; kms_kill' EXIT
-  kms_start
-  start_daemon
-  add_kms_provider
-  vc vm create vm1 --provider kms >/dev/null
+  kms_vm
   vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
   vc volume create vm1 d1 --file "$T/d1.img" --size 40M >/dev/null
   local p0 p1 id0 id1
@@ -73,10 +78,7 @@ test_kms_vm_two_disks_roundtrip_and_kek_nowhere_on_disk() {
 # vm1/d0 on the KMS provider "kms"; then the KMS is killed and vcryptd
 # restarted (nothing cached): vm1/d0 cannot be opened until kms_start 1.
 kms_volume_then_kms_down() {
-  kms_start
-  start_daemon
-  add_kms_provider
-  vc vm create vm1 --provider kms >/dev/null
+  kms_vm
   vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
   stop_daemon
   kms_kill
@@ -147,10 +149,7 @@ test_kms_provider_add_refuses_untrusted_or_unreachable_cluster() {
 
 test_kms_delete_destroy_key() {
   trap 'stop_daemon; kms_kill' EXIT
-  kms_start
-  start_daemon
-  add_kms_provider
-  vc vm create vm1 --provider kms >/dev/null
+  kms_vm
   local id
   id=$(vc vm show vm1 --json | sed -n 's/.*"kek_id": "\(.*\)".*/\1/p' | head -1)
   vc vm delete vm1 --destroy-key >/dev/null
@@ -242,10 +241,7 @@ test_provider_change_native_to_kms_and_back() {
 # header no key opens and no key on the KMS.
 test_unregister_evicts_register_from_header_delete_erase() {
   trap 'stop_daemon; kms_kill' EXIT
-  kms_start
-  start_daemon
-  add_kms_provider
-  vc vm create vm1 --provider kms >/dev/null
+  kms_vm
   vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
   local p kid
   p=$(vc open vm1/d0)
@@ -260,8 +256,7 @@ test_unregister_evicts_register_from_header_delete_erase() {
   expect_exit 8 vc open "$T/d0.img"
   assert_contains "$ERR" "127.0.0.1:$KMS_PORT"
   kms_start 1
-  # open by path registered the volume again: forget it, then register.
-  vc vm unregister vm1 >/dev/null
+  assert_eq "" "$(vc --json vm list | /usr/bin/python3 -c 'import json,sys; print(" ".join(v["vm"] for v in json.load(sys.stdin)["vms"]))')" "a failed open registers nothing"
   local out
   out=$(vc vm register vm1 --from "$T/d0.img")
   assert_contains "$out" "registered VM 'vm1' with provider 'kms' (KEK $kid), 1 disk(s)"

@@ -24,6 +24,7 @@
 #include "daemon/server.h"
 #include "dmtools/volume.h"
 #include "keyproviders/native/native_provider.h"
+#include "tests/unit/daemon_fixture.h"
 
 namespace vcrypt {
 namespace {
@@ -31,97 +32,7 @@ namespace {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
-class DaemonTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    char t[] = "/tmp/vcrypt-daemon-test-XXXXXX";
-    dir_ = mkdtemp(t);
-    socket_ = dir_ + "/sock";
-    Start();
-  }
-  void TearDown() override {
-    Stop();
-    fs::remove_all(dir_);
-  }
-  void Start() {
-    ControllerOptions o;
-    o.state_dir = dir_ + "/state";
-    o.by_uuid_dir = dir_ + "/by-uuid";
-    auto c = Controller::Create(o);
-    ASSERT_TRUE(c.ok()) << c.error().message;
-    controller_ = std::move(c).value();
-    ServerOptions so;
-    so.socket_path = socket_;
-    server_ = std::make_unique<Server>(controller_.get(), so, [](const std::string&) {});
-    auto st = server_->Listen();
-    ASSERT_TRUE(st.ok()) << st.error().message;
-    thread_ = std::thread([this] { (void)server_->Run(); });
-  }
-  void Stop() {
-    if (!server_) return;
-    server_->Stop();
-    thread_.join();
-    server_.reset();
-    controller_.reset();
-  }
-  Result<Json> Call(const std::string& op, const Json& args = Json::object(),
-                    const SecureBuffer* secret = nullptr) {
-    auto c = Client::Connect(socket_);
-    if (!c.ok()) return std::move(c).error();
-    return c->Call(op, args, secret);
-  }
-  // Every regular file under the state directory, concatenated.
-  std::string AllStateBytes() {
-    std::string all;
-    for (auto& e : fs::recursive_directory_iterator(dir_ + "/state"))
-      if (e.is_regular_file()) all += *ReadFile(e.path().string());
-    return all;
-  }
-
-  // Provider p1, VM vm1 and file-backed volumes vm1/<disk> (40 MiB
-  // images in dir_). Formatting a file through libcryptsetup needs root.
-  void MakeVolumes(const std::vector<std::string>& disks) {
-    ASSERT_TRUE(
-        Call("provider.add", {{"type", "native"}, {"name", "p1"}}).ok());
-    ASSERT_TRUE(Call("vm.create", {{"vm", "vm1"}}).ok());
-    for (const auto& d : disks) {
-      auto r = Call("volume.create", {{"vm", "vm1"},
-                                      {"disk", d},
-                                      {"file", dir_ + "/" + d + ".img"},
-                                      {"size", 40u << 20}});
-      ASSERT_TRUE(r.ok()) << r.error().message;
-    }
-  }
-  Json Inventory() {
-    return Json::parse(*ReadFile(dir_ + "/state/inventory.json"));
-  }
-  // Rewrites the inventory with the daemon stopped.
-  template <typename F>
-  void EditInventory(F edit) {
-    Stop();
-    Json inv = Inventory();
-    edit(inv);
-    ASSERT_TRUE(
-        WriteFileAtomic(dir_ + "/state/inventory.json", inv.dump(2)).ok());
-    Start();
-  }
-  // The status entry of VM/DISK.
-  Json DiskState(const std::string& vm, const std::string& disk) {
-    auto st = Call("status");
-    EXPECT_TRUE(st.ok()) << st.error().message;
-    if (!st.ok()) return Json();
-    for (const auto& v : (*st)["vms"])
-      for (const auto& d : v["disks"])
-        if (v["vm"] == vm && d["disk"] == disk) return d;
-    ADD_FAILURE() << vm << "/" << disk << " not in status";
-    return Json();
-  }
-
-  std::string dir_, socket_;
-  std::unique_ptr<Controller> controller_;
-  std::unique_ptr<Server> server_;
-  std::thread thread_;
-};
+using testing::DaemonTest;
 
 TEST_F(DaemonTest, ProvidersAndVmsPersistAcrossRestart) {
   auto r = Call("provider.add", {{"type", "native"}, {"name", "p1"}});
@@ -626,31 +537,10 @@ std::string Hex(std::span<const uint8_t> bytes, bool upper) {
 // DaemonTest with the controller's audit records going to `audit_`.
 class AuditDaemonTest : public DaemonTest {
  protected:
-  void SetUp() override {
-    char t[] = "/tmp/vcrypt-audit-test-XXXXXX";
-    dir_ = mkdtemp(t);
-    socket_ = dir_ + "/sock";
-    StartAudited();
-  }
-  void StartAudited() {
-    ControllerOptions o;
-    o.state_dir = dir_ + "/state";
-    o.by_uuid_dir = dir_ + "/by-uuid";
-    o.audit = audit_;
-    auto c = Controller::Create(o);
-    ASSERT_TRUE(c.ok()) << c.error().message;
-    controller_ = std::move(c).value();
-    ServerOptions so;
-    so.socket_path = socket_;
-    server_ = std::make_unique<Server>(controller_.get(), so,
-                                       [](const std::string&) {});
-    auto st = server_->Listen();
-    ASSERT_TRUE(st.ok()) << st.error().message;
-    thread_ = std::thread([this] { (void)server_->Run(); });
-  }
+  void Configure(ControllerOptions& o) override { o.audit = audit_; }
   void Restart() {
     Stop();
-    StartAudited();
+    Start();
   }
   // Adds VM `vm` using provider `provider` with KEK ID `kek_id` to the
   // inventory, with the daemon stopped.
@@ -665,7 +555,7 @@ class AuditDaemonTest : public DaemonTest {
                       {"disks", Json::object()}};
     ASSERT_TRUE(
         WriteFileAtomic(dir_ + "/state/inventory.json", inv.dump(2)).ok());
-    StartAudited();
+    Start();
   }
   Result<Json> CreateVolume(const std::string& vm, const std::string& disk) {
     return Call("volume.create", {{"vm", vm},
@@ -856,7 +746,7 @@ TEST_F(AuditDaemonTest, FailuresAreAudited) {
                                    {"io_timeout_ms", 2000}}
                                   .dump())
                   .ok());
-  StartAudited();
+  Start();
   AddVmRecord("vmk", "kms", "42");
   AddVmRecord("vmx", "gone", "7");
   audit_->Take();

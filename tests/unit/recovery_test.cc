@@ -44,11 +44,13 @@
 #include "dmtools/token.h"
 #include "dmtools/volume.h"
 #include "tests/test_util.h"
+#include "tests/unit/daemon_fixture.h"
 
 namespace vcrypt {
 namespace {
 
 using Json = nlohmann::json;
+using testing::DaemonTest;
 
 constexpr const char* kCryptsetup = "/usr/sbin/cryptsetup";
 
@@ -414,14 +416,13 @@ std::string KeyIn(const std::string& text) {
   return begin->str();
 }
 
-class RecoveryDaemonTest : public ::testing::Test {
+class RecoveryDaemonTest : public DaemonTest {
  protected:
   void SetUp() override {
     if (geteuid() != 0) GTEST_SKIP() << "formatting a volume file needs root";
     if (access(kCryptsetup, X_OK) != 0) GTEST_SKIP() << "no " << kCryptsetup;
-    socket_ = dir_ / "sock";
-    image_ = dir_ / "d0.img";
-    Start();
+    DaemonTest::SetUp();
+    image_ = dir_ + "/d0.img";
     ASSERT_TRUE(Call("provider.add", {{"type", "native"}, {"name", "p1"}}).ok());
     ASSERT_TRUE(Call("vm.create", {{"vm", "vm1"}}).ok());
     auto r = Call("volume.create",
@@ -429,37 +430,7 @@ class RecoveryDaemonTest : public ::testing::Test {
     ASSERT_TRUE(r.ok()) << r.error().message;
     uuid_ = (*r)["uuid"];
   }
-  void TearDown() override { Stop(); }
-  void Start() {
-    ControllerOptions o;
-    o.state_dir = dir_ / "state";
-    o.by_uuid_dir = dir_ / "by-uuid";
-    o.audit = audit_;
-    auto c = Controller::Create(o);
-    ASSERT_TRUE(c.ok()) << c.error().message;
-    controller_ = std::move(c).value();
-    ServerOptions so;
-    so.socket_path = socket_;
-    server_ = std::make_unique<Server>(controller_.get(), so, [this](const std::string& l) {
-      std::lock_guard lock(log_mu_);
-      log_ += l + "\n";
-    });
-    auto st = server_->Listen();
-    ASSERT_TRUE(st.ok()) << st.error().message;
-    thread_ = std::thread([this] { (void)server_->Run(); });
-  }
-  void Stop() {
-    if (!server_) return;
-    server_->Stop();
-    thread_.join();
-    server_.reset();
-    controller_.reset();
-  }
-  Result<Json> Call(const std::string& op, const Json& args = Json::object()) {
-    auto c = Client::Connect(socket_);
-    if (!c.ok()) return std::move(c).error();
-    return c->Call(op, args);
-  }
+  void Configure(ControllerOptions& o) override { o.audit = audit_; }
   testing::CliRun Ctl(const std::vector<std::string>& args) {
     std::vector<const char*> argv = {"vcryptctl", "--socket", socket_.c_str()};
     for (const auto& a : args) argv.push_back(a.c_str());
@@ -477,12 +448,8 @@ class RecoveryDaemonTest : public ::testing::Test {
   // lines, the audit records.
   std::string EverythingVcryptdWrote() {
     std::string all;
-    for (auto& e : fs::recursive_directory_iterator(dir_ / "state"))
-      if (e.is_regular_file()) all += *ReadFile(e.path().string());
-    {
-      std::lock_guard lock(log_mu_);
-      all += log_;
-    }
+    all += AllStateBytes();
+    all += ServerLog();
     for (const auto& l : audit_->Lines()) all += l + "\n";
     return all;
   }
@@ -495,14 +462,8 @@ class RecoveryDaemonTest : public ::testing::Test {
     EXPECT_EQ(all.find(key.substr(0, 17)), std::string::npos);
   }
 
-  testing::TempDir dir_{"recovery"};
-  std::string socket_, image_, uuid_;
+  std::string image_, uuid_;
   std::shared_ptr<AuditLines> audit_ = std::make_shared<AuditLines>();
-  std::mutex log_mu_;
-  std::string log_;
-  std::unique_ptr<Controller> controller_;
-  std::unique_ptr<Server> server_;
-  std::thread thread_;
 };
 
 TEST_F(RecoveryDaemonTest, KeyIsPrintedOnceOpensTheVolumeAndIsKeptNowhere) {
@@ -639,7 +600,7 @@ TEST_F(RecoveryDaemonTest, WithoutItsProviderRemoveNeedsForceAndAddFails) {
   EXPECT_EQ(CheckPassphrase(image_, 0, key), 0);
 
   Stop();
-  fs::rename(dir_ / "state/providers/p1", dir_ / "p1.away");
+  fs::rename(dir_ + "/state/providers/p1", dir_ + "/p1.away");
   Start();
   auto rm = Ctl({"volume", "recovery-key", "remove", "vm1/d0"});
   EXPECT_EQ(rm.code, 8);
