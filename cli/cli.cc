@@ -1,6 +1,7 @@
 #include "cli/cli.h"
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <optional>
@@ -48,10 +50,12 @@ VMs:
   vm register VM --from PATH [PATH...] [--no-auto-unlock]
                                        rebuild a VM's entry from its volumes
   vm set VM --auto-unlock on|off       open its volumes at boot (or not)
-  vm rekey VM [--provider NAME] [--revoke-old]
+  vm rekey VM [--provider NAME] [--revoke-old] [--deep]
                                        new KEK (from NAME: provider change),
-                                       every disk's DEK re-wrapped; re-run
-                                       to finish an interrupted one
+                                       every disk's DEK re-wrapped; --deep:
+                                       also new DEKs, data re-encrypted
+                                       (online or offline); re-run to
+                                       finish an interrupted one
 Volumes:
   volume create VM DISK (--device PATH | --file PATH --size SIZE)
                 [--sector-size 512|4096] [--force]
@@ -225,12 +229,13 @@ class Cli {
  private:
   Result<Json> Call(const std::string& op, const Json& args,
                     const SecureBuffer* secret = nullptr,
-                    SecureBuffer* reply_secret = nullptr) {
+                    SecureBuffer* reply_secret = nullptr,
+                    const std::function<void(const Json&)>& on_event = {}) {
     if (!client_) {
       VCRYPT_ASSIGN_OR_RETURN(Client c, Client::Connect(socket_));
       client_.emplace(std::move(c));
     }
-    return client_->Call(op, args, secret, reply_secret);
+    return client_->Call(op, args, secret, reply_secret, on_event);
   }
   Status Dispatch(const std::string& cmd, const std::vector<std::string>& rest);
   Status Provider(const std::vector<std::string>& a);
@@ -476,7 +481,26 @@ Status Cli::Vm(const std::vector<std::string>& a) {
       if (provider.empty()) return UsageError("vm rekey: --provider needs a name");
       req["provider"] = provider;
     }
-    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm.rekey", req));
+    // Progress: with --json every event, one line each, as it comes; on
+    // a terminal a progress display on stderr; else nothing, so scripts
+    // reading the human output see what they always did.
+    std::function<void(const Json&)> on_event;
+    std::optional<ProgressRenderer> progress;
+    if (json_) {
+      on_event = [&](const Json& ev) {
+        out_ << Json{{"event", ev}}.dump() << "\n" << std::flush;
+      };
+    } else if (&err_ == &std::cerr && isatty(STDERR_FILENO)) {
+      winsize ws{};
+      size_t columns = 80;
+      if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        columns = ws.ws_col;
+      progress.emplace(err_, columns);
+      on_event = [&](const Json& ev) { progress->OnEvent(ev); };
+    }
+    auto answer = Call("vm.rekey", req, nullptr, nullptr, on_event);
+    if (progress) progress->Finish();
+    VCRYPT_ASSIGN_OR_RETURN(Json r, std::move(answer));
     Print(r, [&](const Json& j) {
       size_t rekeyed = 0;
       for (const auto& d : j["disks"]) rekeyed += d["result"] == "rekeyed";
@@ -484,7 +508,8 @@ Status Cli::Vm(const std::vector<std::string>& a) {
            << s.words[0] << "': KEK " << Str(j["kek_id"]) << " of provider '"
            << Str(j["provider"]) << "' (was " << Str(j["old_kek_id"]) << " of '"
            << Str(j["old_provider"]) << "'); " << rekeyed << " of " << j["disks"].size()
-           << " disk(s) re-wrapped now\n";
+           << (j.value("deep", false) ? " disk(s) re-encrypted under a new DEK now\n"
+                                      : " disk(s) re-wrapped now\n");
       if (j["old_kek_revoked"].get<bool>()) out_ << "old KEK revoked and destroyed\n";
     });
     // The rekey is complete, but the admin asked for the old key to go.
@@ -894,6 +919,84 @@ Result<uint64_t> ParseSize(std::string_view text) {
   }
   if (v == 0 || v > (UINT64_MAX >> shift)) return bad();
   return v << shift;
+}
+
+ProgressRenderer::ProgressRenderer(std::ostream& out, size_t columns)
+    : out_(out), columns_(columns) {}
+
+std::string ProgressRenderer::ProgressLine(const std::string& label,
+                                           uint64_t done, uint64_t total) {
+  constexpr size_t kBar = 20;
+  // In floating point: done * 100 overflows for the largest sizes. Floors
+  // throughout, so only a finished disk shows 100%.
+  const double frac =
+      total == 0 ? 1.0 : static_cast<double>(std::min(done, total)) / total;
+  const size_t filled = std::min(kBar, static_cast<size_t>(frac * kBar));
+  const int percent = std::min(100, static_cast<int>(frac * 100));
+  std::ostringstream line;
+  line << label << "  [" << std::string(filled, '#')
+       << std::string(kBar - filled, '-') << "] " << std::setw(3) << percent
+       << "%  " << (std::min(done, total) >> 20) << "/" << (total >> 20)
+       << " MiB";
+  return line.str();
+}
+
+void ProgressRenderer::OnEvent(const Json& event) {
+  if (!event.is_object()) return;
+  auto str = [&](const char* key) {
+    auto it = event.find(key);
+    return it != event.end() && it->is_string() ? it->get<std::string>()
+                                                : std::string("?");
+  };
+  auto bytes = [&](const char* key) -> uint64_t {
+    auto it = event.find(key);
+    if (it == event.end()) return 0;
+    if (it->is_number_unsigned()) return it->get<uint64_t>();
+    if (it->is_number_integer() && it->get<int64_t>() > 0)
+      return static_cast<uint64_t>(it->get<int64_t>());
+    return 0;
+  };
+  const std::string type = str("type");
+  const std::string label = str("vm") + "/" + str("disk");
+  if (type == "disk.start") {
+    Draw(label, label + "  rekeying", false);
+  } else if (type == "disk.progress") {
+    Draw(label, ProgressLine(label, bytes("done_bytes"), bytes("total_bytes")),
+         false);
+  } else if (type == "disk.done") {
+    std::string result = str("result");
+    if (result == "already") result = "already rekeyed";
+    if (result == "failed") {
+      auto it = event.find("error");
+      if (it != event.end() && it->is_object())
+        result += ": " + it->value("message", std::string());
+    }
+    Draw(label, label + "  " + result, true);
+  }
+}
+
+void ProgressRenderer::Finish() {
+  if (open_) out_ << "\n" << std::flush;
+  open_ = false;
+}
+
+void ProgressRenderer::Draw(const std::string& label, std::string line,
+                            bool end) {
+  // Another disk's line: the open one stays as it is.
+  if (open_ && label != open_label_) Finish();
+  if (!end && columns_ > 1 && line.size() > columns_ - 1)
+    line.resize(columns_ - 1);
+  if (open_) {
+    out_ << "\r";
+    // Blank what is left of a longer line underneath.
+    if (line.size() < open_len_) line.append(open_len_ - line.size(), ' ');
+  }
+  out_ << line;
+  if (end) out_ << "\n";
+  out_ << std::flush;
+  open_ = !end;
+  open_label_ = label;
+  open_len_ = line.size();
 }
 
 int RunCli(int argc, const char* const* argv, std::ostream& out, std::ostream& err) {

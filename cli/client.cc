@@ -32,14 +32,21 @@ Result<Client> Client::Connect(const std::string& socket_path) {
   return Client(std::move(fd));
 }
 
-Result<nlohmann::json> Client::Call(const std::string& op, const nlohmann::json& args,
-                                    const SecureBuffer* secret,
-                                    SecureBuffer* reply_secret) {
+Result<nlohmann::json> Client::Call(
+    const std::string& op, const nlohmann::json& args,
+    const SecureBuffer* secret, SecureBuffer* reply_secret,
+    const std::function<void(const nlohmann::json&)>& on_event) {
   nlohmann::json req = {{"op", op}, {"args", args}};
   // A refused peer gets its error before the daemon reads anything, so a
   // failed write still leaves an answer to read.
   auto wrote = WriteMessage(fd_.get(), req, secret);
-  auto resp = ReadMessage(fd_.get());
+  Result<WireMessage> resp = ReadMessage(fd_.get());
+  // Event lines come first; the answer is the line with "ok".
+  while (resp.ok() && !resp->body.contains("ok") &&
+         resp->body.contains("event")) {
+    if (on_event) on_event(resp->body["event"]);
+    resp = ReadMessage(fd_.get());
+  }
   if (!resp.ok()) {
     if (!wrote.ok()) return std::move(wrote).error();
     return MakeError(ErrorCode::kDaemonUnavailable,

@@ -2,6 +2,7 @@
 #ifndef VCRYPT_CLI_CLIENT_H_
 #define VCRYPT_CLI_CLIENT_H_
 
+#include <functional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -22,9 +23,14 @@ class Client {
   // carried (same code, same message). A secret that comes back with the
   // answer (a new recovery key) is moved into *reply_secret, read there
   // straight from the socket; without reply_secret it is wiped unseen.
-  Result<nlohmann::json> Call(const std::string& op, const nlohmann::json& args,
-                              const SecureBuffer* secret = nullptr,
-                              SecureBuffer* reply_secret = nullptr);
+  // The events the daemon sends before its answer (docs/protocol.md,
+  // "Events") go to `on_event`, each as it arrives; without one they are
+  // read and dropped.
+  Result<nlohmann::json> Call(
+      const std::string& op, const nlohmann::json& args,
+      const SecureBuffer* secret = nullptr,
+      SecureBuffer* reply_secret = nullptr,
+      const std::function<void(const nlohmann::json&)>& on_event = {});
 
  private:
   explicit Client(UniqueFd fd) : fd_(std::move(fd)) {}

@@ -19,6 +19,7 @@
 #include "common/handles.h"
 #include "common/names.h"
 #include "common/random.h"
+#include "daemon/reencrypt_helper.h"
 #include "dmtools/volume.h"
 #include "keyproviders/native/native_provider.h"
 #include "keyproviders/standard/standard_provider.h"
@@ -176,7 +177,7 @@ Result<Json> Controller::Handle(const std::string& op, const Json& args,
   if (op == "vm.list") return VmList();
   if (op == "vm.show") return VmShow(args);
   if (op == "vm.set") return VmSet(args);
-  if (op == "vm.rekey") return VmRekey(args, ctx);
+  if (op == "vm.rekey") return VmRekey(args, ctx, EventSink());
   if (op == "vm.register") return VmRegister(args, ctx);
   if (op == "vm.unregister") return VmUnregister(args, false, ctx);
   if (op == "vm.delete") return VmUnregister(args, true, ctx);
@@ -1059,30 +1060,52 @@ Result<std::shared_ptr<KeyProvider>> Controller::ProviderForToken(
                        "(for native: restore its backup) and retry");
 }
 
+namespace {
+
+// An audit record about one volume's key.
+AuditRecord VolumeAudit(const AuditContext& ctx, AuditOp op, const std::string& vm,
+                        const std::string& disk, const std::string& uuid,
+                        const std::string& provider, const std::string& kek_id) {
+  AuditRecord r = AuditRecord::For(ctx, op);
+  r.vm = vm;
+  r.disk = disk;
+  r.volume = uuid;
+  r.provider = provider;
+  r.kek_id = kek_id;
+  return r;
+}
+
+}  // namespace
+
 Result<Controller::UnwrappedDek> Controller::UnwrapVolumeDek(
     const VcryptToken& token, const std::string& uuid,
     const std::string& device, const AuditContext& ctx) {
-  AuditRecord audit = AuditRecord::For(ctx, AuditOp::kKekFetch);
-  audit.vm = token.vm;
-  audit.disk = token.disk;
-  audit.volume = uuid;
-  audit.provider = token.provider_name;
-  audit.kek_id = token.kek.kek_id;
+  return UnwrapUnderTokenKek(token, token.dek,
+                             DekAad(uuid, token.kek.kek_id, token.provider_name),
+                             uuid, device, "the DEK", ctx);
+}
+
+Result<Controller::UnwrappedDek> Controller::UnwrapUnderTokenKek(
+    const VcryptToken& token, const WrappedKey& wrapped,
+    const std::vector<uint8_t>& aad, const std::string& uuid,
+    const std::string& device, const std::string& what,
+    const AuditContext& ctx) {
+  AuditRecord audit = VolumeAudit(ctx, AuditOp::kKekFetch, token.vm, token.disk, uuid,
+                                  token.provider_name, token.kek.kek_id);
   auto provider = ProviderForToken(token);
   if (!provider.ok()) {
     Audit(audit.Outcome(provider));
     return std::move(provider).error();
   }
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(**provider, token.kek, audit));
-  auto dek = UnwrapKey(kek, token.dek,
-                       DekAad(uuid, token.kek.kek_id, token.provider_name));
+  auto dek = UnwrapKey(kek, wrapped, aad);
   AuditRecord unwrap = audit;
   unwrap.op = AuditOp::kDekUnwrap;
   unwrap.provider = (*provider)->name();
   if (!dek.ok())
     unwrap.error = MakeError(
         ErrorCode::kCrypto,
-        "cannot unwrap the DEK of " + device +
+        "cannot unwrap " + what + " of " + device +
             ": the token does not belong to this volume or was altered");
   Audit(unwrap);
   if (!dek.ok()) return *unwrap.error;
@@ -1151,15 +1174,25 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
                 {"device", target.device},
                 {"already_open", true}};
   }
-  VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u,
-                          UnwrapVolumeDek(token, hdr.uuid, target.device, ctx));
-  const std::shared_ptr<KeyProvider>& provider = u.provider;
   ActivateParams ap;
   ap.device = target.device;
   ap.name = name;
   ap.discards = BoolArg(args, "discards");
   ap.bypass_workqueues = options_.bypass_workqueues;
-  VCRYPT_ASSIGN_OR_RETURN(std::string path, Activate(ap, u.dek));
+  std::shared_ptr<KeyProvider> provider;
+  std::string path;
+  VCRYPT_ASSIGN_OR_RETURN(ReencryptState rs, ReadReencryptState(target.device));
+  if (rs.has_marker()) {
+    // In the middle of a deep rekey (an interrupted one: a running one
+    // holds the volume lock).
+    VCRYPT_ASSIGN_OR_RETURN(path, ActivateMidRekey(ap, rs, token, hdr.uuid, ctx));
+    VCRYPT_ASSIGN_OR_RETURN(provider, ProviderForToken(token));
+  } else {
+    VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u,
+                            UnwrapVolumeDek(token, hdr.uuid, target.device, ctx));
+    provider = u.provider;
+    VCRYPT_ASSIGN_OR_RETURN(path, Activate(ap, u.dek));
+  }
 
   // Opening by path registers a volume the inventory does not know yet
   // (the inventory is rebuilt from volumes, never the other way round),
@@ -1346,6 +1379,36 @@ Result<Json> Controller::CacheEvict(const Json& args, const AuditContext& ctx) {
 // update), and both KEKs stay available until every disk carries the new
 // one. See docs/rekey.md for the crash analysis.
 
+Status Controller::WriteRewrappedToken(const VcryptToken& token, const std::string& uuid,
+                                       const std::string& device, const PendingRekey& to,
+                                       KeyProvider& to_provider, const SecureBuffer& new_kek,
+                                       const SecureBuffer& dek, const AuditContext& ctx) {
+  VcryptToken next = token;
+  next.provider_name = to.provider;
+  next.provider_type = std::string(to_provider.type());
+  next.kek = to.kek;
+  auto wrapped = WrapKey(new_kek, dek, DekAad(uuid, to.kek.kek_id, to.provider));
+  AuditRecord wrap = VolumeAudit(ctx, AuditOp::kDekWrap, token.vm, token.disk, uuid,
+                                 to.provider, to.kek.kek_id);
+  Audit(wrap.Outcome(wrapped));
+  VCRYPT_ASSIGN_OR_RETURN(next.dek, std::move(wrapped));
+  VCRYPT_RETURN_IF_ERROR(WriteToken(device, next.ToJsonString()));
+  if (options_.crash_after_token_writes > 0 &&
+      ++token_writes_ == options_.crash_after_token_writes)
+    ::raise(SIGKILL);
+
+  // Read back: the header now opens with the new KEK.
+  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader check, ReadHeader(device));
+  if (!check.token_json)
+    return MakeError(ErrorCode::kIo, "the new token of " + device + " is gone");
+  VCRYPT_ASSIGN_OR_RETURN(VcryptToken written, VcryptToken::Parse(*check.token_json));
+  auto again = UnwrapKey(new_kek, written.dek,
+                         DekAad(check.uuid, written.kek.kek_id, written.provider_name));
+  if (!again.ok() || !again->Equals(dek))
+    return MakeError(ErrorCode::kIo, "the new token of " + device + " does not read back");
+  return Status::Ok();
+}
+
 Result<std::string> Controller::RekeyDisk(const std::string& vm,
                                           const std::string& disk,
                                           const PendingRekey& to,
@@ -1378,44 +1441,17 @@ Result<std::string> Controller::RekeyDisk(const std::string& vm,
   // written now would lose the volume.
   VCRYPT_RETURN_IF_ERROR(VerifyDek(target.device, dek));
 
-  VcryptToken next = token;
-  next.provider_name = to.provider;
-  next.provider_type = std::string(to_provider.type());
-  next.kek = to.kek;
-  auto wrapped = WrapKey(new_kek, dek, DekAad(hdr.uuid, to.kek.kek_id, to.provider));
-  AuditRecord wrap = AuditRecord::For(ctx, AuditOp::kDekWrap);
-  wrap.vm = vm;
-  wrap.disk = disk;
-  wrap.volume = hdr.uuid;
-  wrap.provider = to.provider;
-  wrap.kek_id = to.kek.kek_id;
-  Audit(wrap.Outcome(wrapped));
-  VCRYPT_ASSIGN_OR_RETURN(next.dek, std::move(wrapped));
-  VCRYPT_RETURN_IF_ERROR(WriteToken(target.device, next.ToJsonString()));
-  if (options_.crash_after_token_writes > 0 &&
-      ++token_writes_ == options_.crash_after_token_writes)
-    ::raise(SIGKILL);
-
-  // Read back: the header now opens with the new KEK.
-  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader check, ReadHeader(target.device));
-  if (!check.token_json)
-    return MakeError(ErrorCode::kIo, "the new token of " + target.device + " is gone");
-  VCRYPT_ASSIGN_OR_RETURN(VcryptToken written, VcryptToken::Parse(*check.token_json));
-  auto again = UnwrapKey(new_kek, written.dek,
-                         DekAad(check.uuid, written.kek.kek_id, written.provider_name));
-  if (!again.ok() || !again->Equals(dek))
-    return MakeError(ErrorCode::kIo,
-                     "the new token of " + target.device + " does not read back");
+  VCRYPT_RETURN_IF_ERROR(WriteRewrappedToken(token, hdr.uuid, target.device, to,
+                                             to_provider, new_kek, dek, ctx));
   return std::string("rekeyed");
 }
 
-Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx) {
+Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
+                                 const EventSink& on_event) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
   const auto want_provider = OptStr(args, "provider");
   const bool revoke_old = BoolArg(args, "revoke_old");
-  if (BoolArg(args, "deep"))
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "deep rekey (--deep) is not implemented yet");
+  const bool want_deep = BoolArg(args, "deep");
   auto vm_guard = locks_.Lock("vm:" + vm);
   VCRYPT_ASSIGN_OR_RETURN(VmRecord rec, FindVm(vm));
 
@@ -1433,6 +1469,16 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx) {
                            to.provider + "'; finish it first with 'vcryptctl vm rekey " +
                            vm + (to.provider != rec.provider ? " --provider " + to.provider : "") +
                            "'");
+    if (want_deep && !to.deep)
+      return MakeError(ErrorCode::kBusy,
+                       "VM '" + vm + "' has an unfinished shallow rekey; finish it first "
+                       "with 'vcryptctl vm rekey " + vm +
+                           (to.provider != rec.provider ? " --provider " + to.provider : "") +
+                           "', then run the deep one");
+    // A pending deep rekey stays deep, with or without --deep now.
+    if (to.deep && options_.reencrypt_helper.empty())
+      return MakeError(ErrorCode::kInternal,
+                       "this vcryptd has no reencryption helper; deep rekey is unavailable");
     to_provider = FindProvider(to.provider);
     if (!to_provider)
       return MakeError(ErrorCode::kKeyUnavailable,
@@ -1449,6 +1495,9 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx) {
     if (!to_provider)
       return MakeError(ErrorCode::kNotFound,
                        "no key provider named '" + to.provider + "'");
+    // Refused before a KEK exists when a disk cannot be reencrypted.
+    if (want_deep) VCRYPT_RETURN_IF_ERROR(CheckDeepRekeyPossible(vm, rec));
+    to.deep = want_deep;
     AuditRecord create = AuditRecord::For(ctx, AuditOp::kKekCreate);
     create.vm = vm;
     create.provider = to.provider;
@@ -1487,7 +1536,13 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx) {
   std::string first_error;
   ErrorCode first_code = ErrorCode::kInternal;
   for (const auto& [dn, d] : rec.disks) {
-    auto r = RekeyDisk(vm, dn, to, *to_provider, *new_kek, ctx);
+    if (on_event)
+      on_event(Json{{"type", "disk.start"},
+                    {"vm", vm},
+                    {"disk", dn},
+                    {"deep", to.deep}});
+    auto r = to.deep ? DeepRekeyDisk(vm, dn, to, *to_provider, *new_kek, ctx, on_event)
+                     : RekeyDisk(vm, dn, to, *to_provider, *new_kek, ctx);
     if (r.ok()) {
       disks.push_back({{"disk", dn}, {"result", *r}});
     } else {
@@ -1497,6 +1552,14 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx) {
         first_code = r.error().code;
       }
       disks.push_back({{"disk", dn}, {"result", "failed"}, {"error", ErrorJson(r.error())}});
+    }
+    if (on_event) {
+      Json done = {{"type", "disk.done"},
+                   {"vm", vm},
+                   {"disk", dn},
+                   {"result", r.ok() ? *r : std::string("failed")}};
+      if (!r.ok()) done["error"] = ErrorJson(r.error());
+      on_event(done);
     }
   }
   // One kek.rekey record for the VM: ok once every disk carries the new
@@ -1543,6 +1606,7 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx) {
               {"kek_id", to.kek.kek_id},
               {"old_kek_id", old_kek.kek_id},
               {"resumed", resumed},
+              {"deep", to.deep},
               {"disks", disks},
               {"old_kek_revoked", false}};
   if (revoke_old) {
@@ -1659,7 +1723,13 @@ Result<Json> Controller::VmRegister(const Json& args, const AuditContext& ctx) {
 
 Result<Json> Controller::Handle(const std::string& op, const Json& args,
                                 const SecureBuffer& secret, const Caller& caller,
-                                SecureBuffer* reply_secret) {
+                                SecureBuffer* reply_secret,
+                                const EventSink& on_event) {
+  // vm.rekey reports progress (docs/protocol.md, "Events").
+  if (op == "vm.rekey") {
+    if (!args.is_object()) return Usage("'args' must be an object");
+    return VmRekey(args, AuditContext{caller.uid, op}, on_event);
+  }
   if (op != "volume.recovery_key.add") return Handle(op, args, secret, caller);
   if (!args.is_object()) return Usage("'args' must be an object");
   if (reply_secret == nullptr)
@@ -1791,6 +1861,234 @@ Result<Json> Controller::RecoveryKeyRemove(const Json& args, const AuditContext&
               {"uuid", t.header.uuid},
               {"keyslot", removed->keyslot},
               {"removed", true}};
+}
+
+// --- deep rekey --------------------------------------------------------------
+//
+// A new DEK per disk, the data reencrypted under it (dmtools/reencrypt.h),
+// and the new KEK as for a shallow rekey. At every instant a volume opens:
+// with its DEK before the reencryption starts, with the reencryption
+// passphrase (both keys) while it runs, with the passphrase or the new
+// token after it ends. docs/rekey.md has the crash analysis.
+
+namespace {
+
+constexpr size_t kReencryptPassphraseSize = 32;
+
+std::vector<uint8_t> ReencryptAad(std::string_view uuid, std::string_view kek_id,
+                                  std::string_view provider) {
+  return BuildAad("vcrypt-reencrypt-passphrase-v1", {uuid, kek_id, provider});
+}
+
+// The marker payload: the new KEK's reference and the passphrase wrapped
+// under it. Never plaintext.
+Json ReencryptPayload(const PendingRekey& to, std::string_view provider_type,
+                      const WrappedKey& passphrase) {
+  return Json{{"provider", {{"name", to.provider}, {"type", std::string(provider_type)}}},
+              {"kek", {{"id", to.kek.kek_id}, {"data", to.kek.data}}},
+              {"passphrase", passphrase.ToJson()}};
+}
+
+// The payload read back as a token-shaped value (its "dek" holds the
+// wrapped passphrase), so the KEK is found as for a volume's own token.
+Result<VcryptToken> PayloadAsToken(const ReencryptState& rs, const VcryptToken& owner,
+                                   const std::string& device) {
+  auto bad = [&](const std::string& what) {
+    return MakeError(ErrorCode::kInvalidVolume,
+                     "the deep rekey marker of " + device + " is malformed (" + what + ")");
+  };
+  Json j = Json::parse(rs.payload, nullptr, false);
+  if (!j.is_object()) return bad("not an object");
+  try {
+    VcryptToken t = owner;
+    t.provider_name = j.at("provider").at("name").get<std::string>();
+    t.provider_type = j.at("provider").at("type").get<std::string>();
+    t.kek.kek_id = j.at("kek").at("id").get<std::string>();
+    t.kek.data = j.at("kek").at("data");
+    VCRYPT_ASSIGN_OR_RETURN(t.dek, WrappedKey::FromJson(j.at("passphrase")));
+    return t;
+  } catch (const Json::exception&) {
+    return bad("missing or mistyped member");
+  }
+}
+
+}  // namespace
+
+Result<SecureBuffer> Controller::ReencryptPassphrase(const ReencryptState& rs,
+                                                     const VcryptToken& token,
+                                                     const std::string& device,
+                                                     const AuditContext& ctx) {
+  VCRYPT_ASSIGN_OR_RETURN(VcryptToken t, PayloadAsToken(rs, token, device));
+  VCRYPT_ASSIGN_OR_RETURN(
+      UnwrappedDek u,
+      UnwrapUnderTokenKek(t, t.dek, ReencryptAad(rs.uuid, t.kek.kek_id, t.provider_name),
+                          rs.uuid, device, "the reencryption passphrase", ctx));
+  return std::move(u.dek);
+}
+
+Result<std::string> Controller::ActivateMidRekey(const ActivateParams& ap,
+                                                 const ReencryptState& rs,
+                                                 const VcryptToken& token,
+                                                 const std::string& uuid,
+                                                 const AuditContext& ctx) {
+  if (rs.phase == ReencryptPhase::kNone) {
+    // Set up but not started, or finished with the token already
+    // rewritten: the token's DEK is the data's key.
+    VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u, UnwrapVolumeDek(token, uuid, ap.device, ctx));
+    auto path = Activate(ap, u.dek);
+    if (path.ok() || path.error().code != ErrorCode::kCrypto) return path;
+  }
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pass, ReencryptPassphrase(rs, token, ap.device, ctx));
+  return ActivateByPassphrase(ap, pass);
+}
+
+Status Controller::CheckDeepRekeyPossible(const std::string& vm, const VmRecord& rec) {
+  if (options_.reencrypt_helper.empty())
+    return MakeError(ErrorCode::kInternal,
+                     "this vcryptd has no reencryption helper; deep rekey is unavailable");
+  for (const auto& [dn, d] : rec.disks) {
+    VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(Json{{"vm", vm}, {"disk", dn}}));
+    VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, LocateVolume(&target));
+    VCRYPT_ASSIGN_OR_RETURN(ReencryptState rs, ReadReencryptState(target.device));
+    if (rs.has_marker()) continue;  // an interrupted deep rekey: resumable
+    if (rs.phase != ReencryptPhase::kNone)
+      return MakeError(ErrorCode::kBusy,
+                       vm + "/" + dn + " (" + target.device +
+                           ") is being reencrypted by something other than vcrypt; "
+                           "finish that with cryptsetup first");
+    VCRYPT_ASSIGN_OR_RETURN(RecoveryState recovery, ReadRecoveryKeyslot(target.device));
+    if (recovery.slot)
+      return MakeError(ErrorCode::kBusy,
+                       vm + "/" + dn + " has a recovery key, which holds the old DEK and "
+                       "would not open the volume after a deep rekey; remove it first "
+                       "('vcryptctl volume recovery-key remove " + vm + "/" + dn +
+                           "') and add a new one afterwards");
+    if (rs.active_keyslots > 0)
+      return MakeError(ErrorCode::kBusy,
+                       vm + "/" + dn + " has " + std::to_string(rs.active_keyslots) +
+                           " keyslot(s) vcrypt did not add; a deep rekey would leave "
+                           "them unusable: remove them first (cryptsetup luksKillSlot)");
+  }
+  return Status::Ok();
+}
+
+Result<std::string> Controller::DeepRekeyDisk(const std::string& vm, const std::string& disk,
+                                              const PendingRekey& to, KeyProvider& to_provider,
+                                              const SecureBuffer& new_kek,
+                                              const AuditContext& ctx,
+                                              const EventSink& on_event) {
+  VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(Json{{"vm", vm}, {"disk", disk}}));
+  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, LocateVolume(&target));
+  auto guard = locks_.Lock("vol:" + hdr.uuid);
+  const std::string& device = target.device;
+  VCRYPT_ASSIGN_OR_RETURN(hdr, ReadHeader(device));
+  if (!hdr.token_json)
+    return MakeError(ErrorCode::kInvalidVolume, device + " has no vcrypt token");
+  VCRYPT_ASSIGN_OR_RETURN(VcryptToken token, VcryptToken::Parse(*hdr.token_json));
+  if (token.vm != vm || token.disk != disk)
+    return MakeError(ErrorCode::kInvalidVolume, device + " holds volume " + token.vm + "/" +
+                                                    token.disk + ", not " + vm + "/" + disk);
+  const bool token_is_new =
+      token.provider_name == to.provider && token.kek.kek_id == to.kek.kek_id;
+  VCRYPT_ASSIGN_OR_RETURN(ReencryptState rs, ReadReencryptState(device));
+  // 1. Set up: marker with the wrapped passphrase, the two keyslots.
+  auto set_up = [&]() -> Status {
+    VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek old_dek, UnwrapVolumeDek(token, hdr.uuid, device, ctx));
+    VCRYPT_RETURN_IF_ERROR(VerifyDek(device, old_dek.dek));
+    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer new_dek, RandomKey(kDekSize));
+    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pass, RandomKey(kReencryptPassphraseSize));
+    auto wrapped = WrapKey(new_kek, pass, ReencryptAad(hdr.uuid, to.kek.kek_id, to.provider));
+    AuditRecord wrap =
+        VolumeAudit(ctx, AuditOp::kDekWrap, vm, disk, hdr.uuid, to.provider, to.kek.kek_id);
+    Audit(wrap.Outcome(wrapped));
+    VCRYPT_ASSIGN_OR_RETURN(WrappedKey wp, std::move(wrapped));
+    VCRYPT_RETURN_IF_ERROR(PrepareReencrypt(device, old_dek.dek, new_dek, pass,
+                                            ReencryptPayload(to, to_provider.type(), wp).dump()));
+    VCRYPT_ASSIGN_OR_RETURN(rs, ReadReencryptState(device));
+    return Status::Ok();
+  };
+  if (!rs.has_marker()) {
+    if (token_is_new) return std::string("already");
+    // As CheckDeepRekeyPossible, for a disk reached by a resumed rekey.
+    if (rs.phase != ReencryptPhase::kNone || rs.active_keyslots > 0)
+      return MakeError(ErrorCode::kBusy,
+                       device + " has keyslots or a reencryption vcrypt did not make (a "
+                                "recovery key?); remove them first");
+    VCRYPT_RETURN_IF_ERROR(set_up());
+  }
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pass, ReencryptPassphrase(rs, token, device, ctx));
+
+  if (!token_is_new) {
+    // 2. Reencrypt, unless it already ended (the segment's key is then no
+    //    longer the token's DEK).
+    bool run = rs.phase != ReencryptPhase::kNone;
+    if (!run) {
+      auto current = VolumeKeyByPassphrase(device, pass);
+      // Only "no keyslot opens" means a set-up cut short; any other
+      // failure must not lead to removing keyslots (one may hold the only
+      // copy of the new DEK).
+      if (!current.ok() && current.error().code != ErrorCode::kCrypto)
+        return std::move(current).error();
+      VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek old_dek,
+                              UnwrapVolumeDek(token, hdr.uuid, device, ctx));
+      const bool not_started = current.ok() && current->Equals(old_dek.dek);
+      if (!current.ok() || (not_started && (rs.old_keyslot < 0 || rs.new_keyslot < 0))) {
+        // A set-up cut short (keyslots missing): remove what it left and
+        // set up again.
+        VCRYPT_RETURN_IF_ERROR(RemoveReencryptKeyslots(device, &pass));
+        VCRYPT_RETURN_IF_ERROR(set_up());
+        VCRYPT_ASSIGN_OR_RETURN(pass, ReencryptPassphrase(rs, token, device, ctx));
+        run = true;
+      } else {
+        run = not_started;
+      }
+    }
+    if (run) {
+      // Without device-mapper nothing is mapped: offline.
+      std::optional<MappingInfo> mapped;
+      if (DeviceMapperAvailable()) {
+        VCRYPT_ASSIGN_OR_RETURN(mapped, FindMappingByUuid(hdr.uuid));
+      }
+      // Online, libcryptsetup checks that the header's device is the one
+      // under the mapping: for an image file that is the loop device the
+      // mapping uses, not a new loop device for the file.
+      ReencryptJob job{mapped && !mapped->backing.empty() ? mapped->backing : device,
+                       mapped ? mapped->name : ""};
+      auto progress = [&](uint64_t done, uint64_t total) {
+        if (on_event)
+          on_event(Json{{"type", "disk.progress"}, {"vm", vm}, {"disk", disk},
+                        {"done_bytes", done}, {"total_bytes", total}});
+      };
+      VCRYPT_RETURN_IF_ERROR(
+          RunReencryptHelper(options_.reencrypt_helper, job, pass, progress));
+    }
+    // 3. The new DEK into the token, under the new KEK.
+    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer new_dek, VolumeKeyByPassphrase(device, pass));
+    VCRYPT_RETURN_IF_ERROR(VerifyDek(device, new_dek));
+    VCRYPT_RETURN_IF_ERROR(WriteRewrappedToken(token, hdr.uuid, device, to, to_provider,
+                                               new_kek, new_dek, ctx));
+  }
+  // 4. No keyslot remains.
+  VCRYPT_RETURN_IF_ERROR(RemoveReencryptKeyslots(device, &pass));
+  return std::string("rekeyed");
+}
+
+std::vector<std::string> Controller::ResumeDeepRekeys() {
+  std::vector<std::string> pending;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [vn, rec] : store_.vms())
+      if (rec.rekey && rec.rekey->deep) pending.push_back(vn);
+  }
+  std::vector<std::string> lines;
+  for (const auto& vn : pending) {
+    auto r = Handle("vm.rekey", Json{{"vm", vn}}, SecureBuffer(),
+                    Caller{getuid(), getgid(), getpid()});
+    lines.push_back(r.ok() ? "finished the interrupted deep rekey of VM '" + vn + "'"
+                           : "the interrupted deep rekey of VM '" + vn +
+                                 "' is still pending: " + r.error().message);
+  }
+  return lines;
 }
 
 }  // namespace vcrypt

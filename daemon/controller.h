@@ -47,6 +47,7 @@
 #include "daemon/audit.h"
 #include "daemon/kek_cache.h"
 #include "daemon/state.h"
+#include "dmtools/reencrypt.h"
 #include "dmtools/token.h"
 #include "dmtools/volume.h"
 #include "keyproviders/key_provider.h"
@@ -72,6 +73,11 @@ struct ControllerOptions {
   // after the N-th volume token it rewrites. vcryptd sets it from
   // VCRYPT_TEST_CRASH_AFTER_TOKEN_WRITES; nothing else does.
   unsigned crash_after_token_writes = 0;
+  // The command that runs a LUKS2 reencryption for a deep rekey
+  // (daemon/reencrypt_helper.h); argv[0] absolute. vcryptd sets
+  // {"/proc/self/exe", "--reencrypt-helper"}. Empty: deep rekeys are
+  // refused.
+  std::vector<std::string> reencrypt_helper;
 };
 
 struct Caller {
@@ -79,6 +85,12 @@ struct Caller {
   gid_t gid = 0;
   pid_t pid = 0;
 };
+
+// Receives the progress events of an operation while it runs
+// (docs/protocol.md, "Events"), in order, on the thread running it. The
+// operation blocks while the sink runs, so a sink must not wait on the
+// caller for long. Events never carry secrets.
+using EventSink = std::function<void(const nlohmann::json& event)>;
 
 // Named locks: Lock("x") blocks while another holder has "x".
 class NamedLocks {
@@ -118,11 +130,14 @@ class Controller {
   // never into the JSON, and the Server sends it on the wire's secret
   // channel (common/wire.h). Every other op goes to the overload above and
   // leaves *reply_secret empty; that overload refuses those ops.
+  // vm.rekey reports its progress to `on_event` (disk.start, disk.done,
+  // disk.progress); through the overload above it reports to no one.
   Result<nlohmann::json> Handle(const std::string& op,
                                 const nlohmann::json& args,
                                 const SecureBuffer& secret,
                                 const Caller& caller,
-                                SecureBuffer* reply_secret);
+                                SecureBuffer* reply_secret,
+                                const EventSink& on_event = {});
 
   KekCache& cache() { return cache_; }
 
@@ -164,14 +179,68 @@ class Controller {
                                        const std::string& uuid,
                                        const std::string& device,
                                        const AuditContext& ctx);
-  // Shallow rekey / provider change (docs/rekey.md).
-  Result<Json> VmRekey(const Json& args, const AuditContext& ctx);
+  // Shallow rekey / provider change (docs/rekey.md). Each disk is
+  // bracketed by disk.start and disk.done events to `on_event`, when set.
+  Result<Json> VmRekey(const Json& args, const AuditContext& ctx,
+                       const EventSink& on_event);
   // Re-wraps the DEK of one disk under `new_kek` (a no-op when the token
   // already carries it). Returns "rekeyed" or "already".
   Result<std::string> RekeyDisk(const std::string& vm, const std::string& disk,
                                 const PendingRekey& to, KeyProvider& to_provider,
                                 const SecureBuffer& new_kek,
                                 const AuditContext& ctx);
+  // Deep rekey of one disk (docs/rekey.md): a new DEK, the data
+  // reencrypted under it by the helper process (disk.progress events to
+  // `on_event`), then the token rewritten under `new_kek` and the
+  // temporary keyslots removed. Picks up whatever an interrupted run left.
+  // Returns "rekeyed" or "already".
+  Result<std::string> DeepRekeyDisk(const std::string& vm, const std::string& disk,
+                                    const PendingRekey& to, KeyProvider& to_provider,
+                                    const SecureBuffer& new_kek,
+                                    const AuditContext& ctx, const EventSink& on_event);
+  // Before a deep rekey creates anything: every disk is present and has
+  // no keyslot vcrypt did not add for a deep rekey (a recovery key among
+  // them, which a new DEK would make useless).
+  Status CheckDeepRekeyPossible(const std::string& vm, const VmRecord& rec);
+  // Writes `token` re-targeted at the KEK of `to`, with `dek` wrapped
+  // under `new_kek`, into the header of `device` (LUKS UUID `uuid`), then
+  // reads it back and checks that it unwraps to `dek`. Audited as
+  // dek.wrap.
+  Status WriteRewrappedToken(const VcryptToken& token, const std::string& uuid,
+                             const std::string& device, const PendingRekey& to,
+                             KeyProvider& to_provider, const SecureBuffer& new_kek,
+                             const SecureBuffer& dek, const AuditContext& ctx);
+  // The passphrase of a deep rekey's temporary keyslots, unwrapped from
+  // the reencryption marker of the volume that holds `token`. Audited as
+  // kek.fetch and dek.unwrap.
+  Result<SecureBuffer> ReencryptPassphrase(const ReencryptState& rs,
+                                           const VcryptToken& token,
+                                           const std::string& device,
+                                           const AuditContext& ctx);
+  // Unwraps `wrapped` under the KEK named by `token` with `aad`: the
+  // common part of UnwrapVolumeDek and ReencryptPassphrase.
+  Result<UnwrappedDek> UnwrapUnderTokenKek(const VcryptToken& token,
+                                           const WrappedKey& wrapped,
+                                           const std::vector<uint8_t>& aad,
+                                           const std::string& uuid,
+                                           const std::string& device,
+                                           const std::string& what,
+                                           const AuditContext& ctx);
+  // Activates a volume in the middle of a deep rekey: with its DEK while
+  // the data is still under it, else with the reencryption passphrase.
+  Result<std::string> ActivateMidRekey(const ActivateParams& ap,
+                                       const ReencryptState& rs,
+                                       const VcryptToken& token,
+                                       const std::string& uuid,
+                                       const AuditContext& ctx);
+
+ public:
+  // Finishes, one VM after the other, every deep rekey the inventory
+  // records as pending (a crash or restart interrupted it). vcryptd runs
+  // it in a thread at start. Returns one line per VM for the log.
+  std::vector<std::string> ResumeDeepRekeys();
+
+ private:
   Result<Json> VmUnregister(const Json& args, bool is_delete,
                             const AuditContext& ctx);
   Result<Json> VolumeCreate(const Json& args, const AuditContext& ctx);

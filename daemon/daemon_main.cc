@@ -10,7 +10,10 @@
 #include <boost/program_options.hpp>
 #include <cstdlib>
 #include <iostream>
+#include <atomic>
+#include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 
 #include "common/atomic_file.h"
@@ -95,6 +98,9 @@ int DaemonMain(int argc, char** argv) {
   // production.
   if (const char* n = getenv("VCRYPT_TEST_CRASH_AFTER_TOKEN_WRITES"))
     copts.crash_after_token_writes = static_cast<unsigned>(std::strtoul(n, nullptr, 10));
+  // A deep rekey reencrypts in a child: vcryptd itself, re-executed
+  // (daemon/reencrypt_helper.h).
+  copts.reencrypt_helper = {"/proc/self/exe", "--reencrypt-helper"};
   ServerOptions sopts;
   sopts.socket_path = socket_path;
   if (!group.empty()) {
@@ -137,10 +143,25 @@ int DaemonMain(int argc, char** argv) {
       ", state in " + state_dir + ", audit log to " +
       (audit->to_journal() ? "the journal" : "stderr"));
   sd_notify(0, "READY=1");
+  // Deep rekeys a crash or stop interrupted are finished in the
+  // background; volumes open meanwhile (docs/rekey.md).
+  auto resuming = std::make_shared<std::atomic<bool>>(true);
+  std::thread([c = controller->get(), resuming] {
+    for (const auto& line : c->ResumeDeepRekeys()) Log(line);
+    *resuming = false;
+  }).detach();
   auto st = server.Run();
   g_server = nullptr;
   sd_notify(0, "STOPPING=1");
   (*controller)->EvictAllOnShutdown();
+  if (*resuming) {
+    // The resume thread still uses the controller. Leave without
+    // destructors; the reencryption helper gets SIGTERM from the kernel
+    // (PR_SET_PDEATHSIG), stops after its current chunk, and the next
+    // start resumes it.
+    Log("stopped (a deep rekey was still running; it resumes at the next start)");
+    std::_Exit(0);
+  }
   if (!st.ok()) return Fail(st.error());
   Log("stopped");
   return 0;

@@ -33,6 +33,43 @@ std::string ParentDir(const std::string& p) {
   return pos == std::string::npos || pos == 0 ? "/" : p.substr(0, pos);
 }
 
+// How long an event line may wait for a peer that does not read. The
+// operation waits meanwhile, holding its locks (a VM's, for vm.rekey), so
+// a stalled client must not hold it for long.
+constexpr auto kEventWriteTimeout = std::chrono::seconds(30);
+
+// Writes one event line `{"event": ...}` (docs/protocol.md, "Events").
+// kIo when the peer is gone or has not taken the line within
+// kEventWriteTimeout; part of the line may have been sent then.
+Status WriteEvent(int fd, const Json& event) {
+  std::string line = Json{{"event", event}}.dump(
+      -1, ' ', false, Json::error_handler_t::replace);
+  line.push_back('\n');
+  const auto deadline = std::chrono::steady_clock::now() + kEventWriteTimeout;
+  size_t off = 0;
+  while (off < line.size()) {
+    ssize_t w = ::send(fd, line.data() + off, line.size() - off,
+                       MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w >= 0) {
+      off += static_cast<size_t>(w);
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return MakeError(ErrorCode::kIo,
+                       std::string("write failed: ") + std::strerror(errno));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0)
+      return MakeError(ErrorCode::kIo, "the client does not read its events");
+    pollfd p = {fd, POLLOUT, 0};
+    if (poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
+      return MakeError(ErrorCode::kIo,
+                       std::string("poll: ") + std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Server::Server(Controller* controller, ServerOptions options, LogFn log)
@@ -175,7 +212,23 @@ void Server::Serve(UniqueFd conn) {
     } else {
       std::string op = body["op"].get<std::string>();
       Json args = body.value("args", Json::object());
-      auto r = controller_->Handle(op, args, msg->secret, caller, &reply_secret);
+      // Events go out as they come. Once one cannot be written, none
+      // is: the operation still finishes (a rekey half done is worse
+      // than an unwatched one), and the connection is shut down so the
+      // client never reads a cut-off line as a response.
+      bool events_failed = false;
+      EventSink on_event = [&](const Json& ev) {
+        if (events_failed) return;
+        Status st = WriteEvent(conn.get(), ev);
+        if (st.ok()) return;
+        events_failed = true;
+        ::shutdown(conn.get(), SHUT_RDWR);
+        log_("uid=" + std::to_string(caller.uid) + " op=" + op +
+             ": events not delivered (" + st.error().message +
+             "); the operation goes on");
+      };
+      auto r = controller_->Handle(op, args, msg->secret, caller, &reply_secret,
+                                   on_event);
       if (r.ok()) {
         response = Json{{"ok", true}, {"result", std::move(r).value()}};
       } else {

@@ -29,6 +29,7 @@ json VmToJson(const VmRecord& vm) {
     j["rekey"] = {{"provider", vm.rekey->provider},
                   {"kek", {{"id", vm.rekey->kek.kek_id}, {"data", vm.rekey->kek.data}}},
                   {"started", vm.rekey->started}};
+  if (vm.rekey && vm.rekey->deep) j["rekey"]["deep"] = true;
   return j;
 }
 
@@ -55,6 +56,7 @@ Result<VmRecord> VmFromJson(const std::string& name, const json& j) {
       p.kek.data = r.at("kek").at("data");
       if (!p.kek.data.is_object()) return bad("rekey.kek.data");
       p.started = r.value("started", "");
+      p.deep = r.value("deep", false);
       vm.rekey = std::move(p);
     }
     for (const auto& [dname, d] : j.at("disks").items()) {

@@ -41,6 +41,10 @@ struct PendingRekey {
   std::string provider;  // provider of the new KEK
   KekRef kek;            // the new KEK; never plaintext
   std::string started;   // RFC 3339 UTC
+  // A deep rekey: each disk also gets a new DEK and its data is
+  // reencrypted (docs/rekey.md); a disk is done when its token names the
+  // new KEK.
+  bool deep = false;
 };
 
 struct VmRecord {

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -945,16 +946,51 @@ Status EraseKeyMaterial(const std::string& device) {
   return Status::Ok();
 }
 
+namespace {
+
+// Activation with the checks common to a DEK and a passphrase; `activate`
+// makes the libcryptsetup call with the given flags.
+using ActivateCall = std::function<int(crypt_device* cd, uint32_t flags)>;
+
+Result<std::string> ActivateWith(const ActivateParams& params,
+                                 const ActivateCall& activate);
+
+}  // namespace
+
 Result<std::string> Activate(const ActivateParams& params,
                              const SecureBuffer& dek) {
   auto lib = InitLibraries();
-  const std::string& device = params.device;
   VCRYPT_RETURN_IF_ERROR(ValidateMappingName(params.name));
   if (dek.size() != kDekSize) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "the DEK must be " + std::to_string(kDekSize) +
                          " bytes, not " + std::to_string(dek.size()));
   }
+  return ActivateWith(params, [&](crypt_device* cd, uint32_t flags) {
+    return crypt_activate_by_volume_key(cd, params.name.c_str(), dek.chars(),
+                                        dek.size(), flags);
+  });
+}
+
+Result<std::string> ActivateByPassphrase(const ActivateParams& params,
+                                         const SecureBuffer& passphrase) {
+  auto lib = InitLibraries();
+  VCRYPT_RETURN_IF_ERROR(ValidateMappingName(params.name));
+  if (passphrase.size() == 0)
+    return MakeError(ErrorCode::kInvalidArgument, "empty passphrase");
+  return ActivateWith(params, [&](crypt_device* cd, uint32_t flags) {
+    return crypt_activate_by_passphrase(cd, params.name.c_str(), CRYPT_ANY_SLOT,
+                                        passphrase.chars(), passphrase.size(),
+                                        flags);
+  });
+}
+
+namespace {
+
+Result<std::string> ActivateWith(const ActivateParams& params,
+                                 const ActivateCall& activate) {
+  auto lib = InitLibraries();
+  const std::string& device = params.device;
   if (!DeviceMapperAvailable()) return NoDm();
   VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
   (void)geo;
@@ -991,23 +1027,21 @@ Result<std::string> Activate(const ActivateParams& params,
   }
 
   t_last_log.clear();
-  int r = crypt_activate_by_volume_key(cd.get(), params.name.c_str(),
-                                       dek.chars(), dek.size(), flags);
+  int r = activate(cd.get(), flags);
   if (r == -EINVAL && bypass && bypass_auto) {
     // An older dm-crypt without the workqueue options: they were only a
     // performance preference here, so activate without them.
     flags &=
         ~(CRYPT_ACTIVATE_NO_READ_WORKQUEUE | CRYPT_ACTIVATE_NO_WRITE_WORKQUEUE);
     t_last_log.clear();
-    r = crypt_activate_by_volume_key(cd.get(), params.name.c_str(), dek.chars(),
-                                     dek.size(), flags);
+    r = activate(cd.get(), flags);
   }
   if (r < 0) {
     switch (r) {
       case -EPERM:
       case -ENOENT:
         return MakeError(ErrorCode::kCrypto,
-                         "the DEK does not match volume " + device +
+                         "the key does not match volume " + device +
                              " (LUKS2 digest check failed)");
       case -EEXIST:
         return MakeError(ErrorCode::kBusy,
@@ -1049,6 +1083,8 @@ Result<std::string> Activate(const ActivateParams& params,
   }
   return path;
 }
+
+}  // namespace
 
 Result<MappingInfo> QueryMapping(const std::string& name) {
   auto lib = InitLibraries();
@@ -1530,5 +1566,24 @@ Result<RecoveryKeyslot> RemoveRecoveryKeyslot(const std::string& device) {
   }
   return k;
 }
+
+// ---------------------------------------------------------------------------
+// What the other files of this library share (dmtools/lib_internal.h).
+
+namespace dmlib {
+
+LibLock LockLibraries() { return InitLibraries(); }
+
+Result<CryptDevicePtr> OpenLuks2Device(const std::string& device) {
+  return OpenLuks2(device);
+}
+
+Error LibFail(ErrorCode code, const std::string& what, int r) {
+  return Fail(code, what, r);
+}
+
+void ClearLibMessage() { t_last_log.clear(); }
+
+}  // namespace dmlib
 
 }  // namespace vcrypt

@@ -178,6 +178,15 @@ struct ActivateParams {
 Result<std::string> Activate(const ActivateParams& params,
                              const SecureBuffer& dek);
 
+// Activates the mapping with a keyslot passphrase instead of the DEK (any
+// keyslot). vcrypt uses it only for a volume in the middle of a deep rekey
+// (dmtools/reencrypt.h), whose data is under two keys: libcryptsetup then
+// builds the mixed table, and recovers an interrupted reencryption step
+// first when the header says one crashed. Errors as Activate; kCrypto
+// when no keyslot opens with the passphrase.
+Result<std::string> ActivateByPassphrase(const ActivateParams& params,
+                                         const SecureBuffer& passphrase);
+
 // What the kernel's dm table says about a mapping. Never holds key bytes:
 // the table is read with dm_task_secure_data and the key field is only
 // measured.

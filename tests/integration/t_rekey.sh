@@ -154,3 +154,193 @@ test_rekey_with_a_missing_disk_stays_pending() {
   assert_eq "p1 $pending" "$(token_kek "$T/d1.img")"
   data_intact d0 d1
 }
+
+# --- deep rekey ---------------------------------------------------------------
+
+# Digests and segments of image $1 (what a deep rekey must change).
+digests_of() {
+  cryptsetup luksDump --dump-json-metadata "$1" | /usr/bin/python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print(json.dumps(m["digests"], sort_keys=True))'
+}
+# "KEYSLOTS TOKEN-TYPES REQUIREMENTS" of image $1, read by cryptsetup.
+header_leftovers() {
+  cryptsetup luksDump --dump-json-metadata "$1" | /usr/bin/python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+types = sorted(t["type"] for t in m["tokens"].values())
+reqs = m["config"].get("requirements", {}).get("mandatory", [])
+print(len(m["keyslots"]), ",".join(types), ",".join(reqs) or "-")'
+}
+
+test_deep_rekey_offline_changes_dek_keeps_data() {
+  trap cleanup_loops EXIT
+  start_daemon
+  make_vm_with_data d0 d1
+  local d old new
+  old=$(vm_kek vm1)
+  declare -A dig cipher
+  for d in d0 d1; do
+    dig[$d]=$(digests_of "$T/$d.img")
+    cipher[$d]=$(ciphertext_sha "$T/$d.img")
+  done
+  local out
+  out=$(vc --json vm rekey vm1 --deep)
+  assert_contains "$out" '"type":"disk.progress"' "progress events with --json"
+  assert_contains "$out" '"deep": true'
+  new=$(vm_kek vm1)
+  [[ $new != "$old" ]] || fail "the VM's KEK did not change"
+  for d in d0 d1; do
+    assert_eq "p1 $new" "$(token_kek "$T/$d.img")" "token of $d after"
+    [[ $(digests_of "$T/$d.img") != "${dig[$d]}" ]] || fail "LUKS2 digest of $d unchanged: same DEK"
+    [[ $(ciphertext_sha "$T/$d.img") != "${cipher[$d]}" ]] || fail "ciphertext of $d unchanged"
+    assert_eq "0 vcrypt -" "$(header_leftovers "$T/$d.img")" "keyslots, tokens, requirements of $d"
+  done
+  assert_eq none "$(pending_rekey)"
+  data_intact d0 d1
+  stop_daemon
+  start_daemon
+  data_intact d0 d1
+}
+
+# A recovery key holds the old DEK: a deep rekey refuses before creating
+# anything, naming the way out.
+test_deep_rekey_refused_with_recovery_key() {
+  trap cleanup_loops EXIT
+  start_daemon
+  make_vm_with_data d0
+  vc volume recovery-key add vm1/d0 >/dev/null
+  local old
+  old=$(vm_kek vm1)
+  expect_exit 7 vc vm rekey vm1 --deep
+  assert_contains "$ERR" "recovery-key remove vm1/d0"
+  assert_eq "$old" "$(vm_kek vm1)"
+  assert_eq none "$(pending_rekey)"
+  assert_eq "1 vcrypt,vcrypt-recovery -" "$(header_leftovers "$T/d0.img")"
+}
+
+# vcryptd and its reencryption helper are killed (-9) in the middle of
+# reencrypting a 256 MiB volume. The header then records an unfinished
+# reencryption; the volume must still open with its data intact, and
+# vcryptd finishes the rekey by itself at its next start.
+test_deep_rekey_killed_mid_reencryption_resumes() {
+  trap cleanup_loops EXIT
+  start_daemon
+  setup_vm 272M
+  local p
+  p=$(vc open vm1/d0)
+  write_pattern "$p" 256 d0.sha
+  vc close vm1/d0 >/dev/null
+  local old
+  old=$(vm_kek vm1)
+  # The test hook slows each reencrypted chunk down, so the kill below
+  # lands in the middle whatever the speed of this machine.
+  stop_daemon
+  VCRYPT_TEST_REENCRYPT_CHUNK_DELAY_MS=300 start_daemon
+  vc --json vm rekey vm1 --deep >"$T/events" 2>&1 &
+  local cli=$!
+  # Wait for a tenth of the data, then kill the helper and vcryptd.
+  local done_pct=0
+  for _ in $(seq 1 3000); do
+    done_pct=$(/usr/bin/python3 -c '
+import json, sys
+pct = 0
+for line in open(sys.argv[1]):
+    try: e = json.loads(line)["event"]
+    except Exception: continue
+    if e.get("type") == "disk.progress" and e["total_bytes"]:
+        pct = 100 * e["done_bytes"] // e["total_bytes"]
+print(pct)' "$T/events")
+    [[ $done_pct -ge 10 ]] && break
+    kill -0 $cli 2>/dev/null || fail "rekey ended before it could be killed: $(cat "$T/events")"
+    sleep 0.5
+  done
+  [[ $done_pct -ge 10 ]] || fail "reencryption did not progress: $(tail -3 "$T/events")"
+  pkill -9 -f -- '--reencrypt-helper' || fail "no reencryption helper running"
+  kill -9 "$DAEMON_PID"
+  wait "$DAEMON_PID" 2>/dev/null || true
+  DAEMON_PID=
+  wait $cli 2>/dev/null || true
+  log "killed at ${done_pct}% of 256 MiB"
+  local left
+  left=$(header_leftovers "$T/d0.img")
+  assert_contains "$left" "online-reencrypt" "header records the unfinished reencryption"
+  assert_contains "$left" "vcrypt-reencrypt" "the marker is still there"
+  [[ $(pending_rekey) != none ]] || fail "no pending rekey in the inventory"
+  # vcryptd at start resumes and finishes it.
+  start_daemon
+  for _ in $(seq 1 3000); do
+    [[ $(pending_rekey) == none ]] && break
+    sleep 0.2
+  done
+  assert_eq none "$(pending_rekey)" "vcryptd finished the rekey at start"
+  assert_contains "$(cat "$T/vcryptd.log")" "finished the interrupted deep rekey of VM 'vm1'"
+  [[ $(vm_kek vm1) != "$old" ]] || fail "the VM's KEK did not change"
+  assert_eq "0 vcrypt -" "$(header_leftovers "$T/d0.img")" "nothing left in the header"
+  p=$(vc open vm1/d0)
+  assert_eq "$(cat "$T/d0.sha")" "$(read_sha "$p" 256)" "data after the resumed reencryption"
+  vc close vm1/d0 >/dev/null
+}
+
+# Online deep rekey: the volume stays open and a writer keeps writing
+# numbered rounds of a known pattern to it during the whole reencryption.
+# Afterwards (closed, reopened with the new DEK) every block holds the
+# last round written: nothing lost, nothing torn.
+test_deep_rekey_online_with_writer() {
+  trap cleanup_loops EXIT
+  start_daemon
+  setup_vm 80M
+  local p
+  p=$(vc open vm1/d0)
+  # Blocks 0..31 (1 MiB each); round r writes "r:i:" repeated into block
+  # i, fsyncs, then records r in $T/round.
+  cat >"$T/writer.py" <<'PY'
+import os, sys, time
+dev, stop, done = sys.argv[1], sys.argv[2], sys.argv[3]
+fd = os.open(dev, os.O_WRONLY)
+r = 0
+while True:
+    r += 1
+    for i in range(32):
+        pat = f"{r}:{i}:".encode()
+        block = (pat * (1048576 // len(pat) + 1))[:1048576]
+        os.pwrite(fd, block, i * 1048576)
+    os.fsync(fd)
+    open(done, "w").write(str(r))
+    if os.path.exists(stop):
+        break
+PY
+  /usr/bin/python3 "$T/writer.py" "$p" "$T/stop" "$T/round" &
+  local writer=$!
+  while [[ ! -s $T/round ]]; do sleep 0.2; done
+  local out
+  out=$(vc vm rekey vm1 --deep)
+  assert_contains "$out" "rekeyed VM 'vm1'"
+  local during
+  during=$(cat "$T/round")
+  touch "$T/stop"
+  wait $writer || fail "the writer failed during the online reencryption"
+  local rounds
+  rounds=$(cat "$T/round")
+  log "writer completed $rounds rounds, $during of them before the rekey returned"
+  [[ $during -ge 2 ]] || fail "the writer did not write during the rekey ($during rounds)"
+  assert_eq "0 vcrypt -" "$(header_leftovers "$T/d0.img")"
+  vc close vm1/d0 >/dev/null
+  p=$(vc open vm1/d0)
+  /usr/bin/python3 - "$p" "$rounds" <<'PY' || fail "pattern not intact after the online deep rekey"
+import os, sys
+dev, r = sys.argv[1], int(sys.argv[2])
+fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
+import mmap
+buf = mmap.mmap(-1, 1048576)
+for i in range(32):
+    os.preadv(fd, [buf], i * 1048576)
+    pat = f"{r}:{i}:".encode()
+    want = (pat * (1048576 // len(pat) + 1))[:1048576]
+    if bytes(buf) != want:
+        print(f"block {i} does not hold round {r}", file=sys.stderr)
+        sys.exit(1)
+PY
+  vc close vm1/d0 >/dev/null
+}

@@ -209,6 +209,11 @@ job() {
   check "alpha (native) is mapped at boot with no manual command" wait_for 180 mapped alpha
   echo "# alpha mapped at uptime $(up) s"
   check "alpha: data written before the reboot is intact" data_intact alpha
+  # The audit log under a real journald: structured records, found by
+  # field (docs/audit.md), with the VM, the volume UUID and the result.
+  check "audit: alpha's DEK unwrap is a structured journal record" bash -c \
+    "journalctl -b -t vcryptd VCRYPT_OP=dek.unwrap VCRYPT_VM=alpha -o json --no-pager |
+       grep '\"VCRYPT_RESULT\":\"ok\"' | grep -q '\"VCRYPT_VOLUME\":\"[0-9a-f-]\{36\}\"'"
   # The mapping appears a moment before the unit's helper exits.
   check "alpha: opened by vcrypt-unlock@alpha-root.service" \
     wait_for 60 unit_is vcrypt-unlock@alpha-root.service active

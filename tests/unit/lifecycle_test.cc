@@ -17,6 +17,7 @@
 #include "common/atomic_file.h"
 #include "daemon/audit.h"
 #include "daemon/controller.h"
+#include "dmtools/reencrypt.h"
 #include "dmtools/token.h"
 #include "dmtools/volume.h"
 #include "tests/test_util.h"
@@ -62,6 +63,7 @@ class LifecycleTest : public ::testing::Test {
     ControllerOptions o;
     o.state_dir = dir_.path() + "/state";
     o.audit = audit_;
+    o.reencrypt_helper = helper_;
     auto c = Controller::Create(o);
     ASSERT_TRUE(c.ok()) << c.error().message;
     controller_ = std::move(c).value();
@@ -99,6 +101,7 @@ class LifecycleTest : public ::testing::Test {
   std::unique_ptr<Controller> controller_;
   std::vector<SecureBuffer> deks_;  // of d0, d1, d2 before any rekey
   std::shared_ptr<RekeyRecords> audit_ = std::make_shared<RekeyRecords>();
+  std::vector<std::string> helper_;  // ControllerOptions::reencrypt_helper
 };
 
 TEST_F(LifecycleTest, NewKekEveryTokenSameDek) {
@@ -213,8 +216,9 @@ TEST_F(LifecycleTest, Refusals) {
   EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
   r = Call("vm.rekey", {{"vm", "vm1"}, {"provider", "nope"}});
   EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  // Deep needs the reencryption helper, which this controller lacks.
   r = Call("vm.rekey", {{"vm", "vm1"}, {"deep", true}});
-  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_EQ(r.error().code, ErrorCode::kInternal);
   // Nothing was started by any of them.
   EXPECT_FALSE(VmRecord().contains("rekey"));
   EXPECT_EQ(Token("d0").provider_name, "p1");
@@ -316,6 +320,88 @@ TEST_F(LifecycleTest, DeleteEraseWithAMissingDiskChangesNothing) {
       << r.error().message;
   EXPECT_TRUE(ReadHeader(Image("d0"))->token_json.has_value());
   EXPECT_TRUE(VmRecord().is_object());
+}
+
+}  // namespace
+}  // namespace vcrypt
+
+namespace vcrypt {
+namespace {
+
+// The deep rekey set-up on real headers (reencryption itself needs the
+// helper and is in tests/integration/t_rekey.sh): a helper that fails
+// (/bin/false, a fault the real helper cannot be made to produce on cue)
+// leaves every disk set up, still under its old DEK, and the rekey
+// pending as deep.
+TEST_F(LifecycleTest, DeepRekeyWhoseHelperFailsStaysPendingUnderTheOldDek) {
+  helper_ = {"/bin/false"};
+  Start();
+  const std::string old_kek = VmRecord()["kek"]["id"];
+  auto r = Call("vm.rekey", {{"vm", "vm1"}, {"deep", true}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kIo);
+  EXPECT_NE(r.error().message.find("reencryption helper exited"), std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(VmRecord()["rekey"]["deep"], true);
+  EXPECT_EQ(VmRecord()["kek"]["id"], old_kek);
+  const char* disks[] = {"d0", "d1", "d2"};
+  for (size_t i = 0; i < 3; ++i) {
+    auto st = ReadReencryptState(Image(disks[i]));
+    ASSERT_TRUE(st.ok()) << st.error().message;
+    EXPECT_TRUE(st->has_marker()) << disks[i];
+    EXPECT_EQ(st->phase, ReencryptPhase::kNone);
+    EXPECT_EQ(st->keyslots.size(), 2u);
+    EXPECT_GE(st->old_keyslot, 0);
+    EXPECT_GE(st->new_keyslot, 0);
+    // The payload names the new KEK and never holds the passphrase in
+    // clear (it is wrapped: a base64 ciphertext with iv and tag).
+    auto payload = Json::parse(st->payload);
+    EXPECT_EQ(payload["kek"]["id"], VmRecord()["rekey"]["kek"]["id"]);
+    EXPECT_EQ(payload["passphrase"]["alg"], "A256GCM");
+    EXPECT_TRUE(VerifyDek(Image(disks[i]), deks_[i]).ok()) << disks[i];
+    EXPECT_EQ(Token(disks[i]).kek.kek_id, old_kek);
+  }
+  // A shallow rekey cannot start while the deep one is pending.
+  r = Call("vm.rekey", {{"vm", "vm1"}, {"provider", "p2"}});
+  EXPECT_EQ(r.error().code, ErrorCode::kBusy);
+}
+
+TEST_F(LifecycleTest, ReencryptSetUpChecksAndRemoval) {
+  const std::string img = Image("d0");
+  SecureBuffer pass(32), wrong(64), new_dek(64);
+  for (size_t i = 0; i < 32; ++i) pass.data()[i] = static_cast<uint8_t>(i + 1);
+  for (size_t i = 0; i < 64; ++i) new_dek.data()[i] = static_cast<uint8_t>(0xA0 ^ i);
+  // A key that is not the volume's: refused, nothing written.
+  Status st = PrepareReencrypt(img, wrong, new_dek, pass, "{}");
+  EXPECT_EQ(st.error().code, ErrorCode::kCrypto);
+  auto s0 = ReadReencryptState(img);
+  ASSERT_TRUE(s0.ok());
+  EXPECT_FALSE(s0->has_marker());
+  EXPECT_EQ(s0->active_keyslots, 0);
+
+  ASSERT_TRUE(PrepareReencrypt(img, deks_[0], new_dek, pass, R"({"x":1})").ok());
+  auto s1 = ReadReencryptState(img);
+  ASSERT_TRUE(s1.ok());
+  EXPECT_TRUE(s1->has_marker());
+  EXPECT_EQ(s1->payload, R"({"x":1})");
+  EXPECT_EQ(s1->active_keyslots, 2);
+  // Not started: the passphrase gives the data's key, still the old DEK.
+  auto key = VolumeKeyByPassphrase(img, pass);
+  ASSERT_TRUE(key.ok()) << key.error().message;
+  EXPECT_TRUE(key->Equals(deks_[0]));
+  // A second set-up is refused.
+  EXPECT_EQ(PrepareReencrypt(img, deks_[0], new_dek, pass, "{}").error().code,
+            ErrorCode::kExists);
+  // The vcrypt token is untouched by all of it.
+  EXPECT_TRUE(VerifyDek(img, deks_[0]).ok());
+
+  ASSERT_TRUE(RemoveReencryptKeyslots(img, &pass).ok());
+  auto s2 = ReadReencryptState(img);
+  ASSERT_TRUE(s2.ok());
+  EXPECT_FALSE(s2->has_marker());
+  EXPECT_EQ(s2->active_keyslots, 0);
+  EXPECT_EQ(VolumeKeyByPassphrase(img, pass).error().code, ErrorCode::kCrypto);
+  EXPECT_TRUE(RemoveReencryptKeyslots(img, &pass).ok());  // idempotent
 }
 
 }  // namespace
