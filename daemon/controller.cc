@@ -1179,12 +1179,22 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
   ap.name = name;
   ap.discards = BoolArg(args, "discards");
   ap.bypass_workqueues = options_.bypass_workqueues;
+  // Read again under the volume lock: a rekey that held it while this
+  // open waited may have replaced the token, or left a deep rekey's marker.
+  VCRYPT_ASSIGN_OR_RETURN(hdr, ReadHeader(target.device));
+  if (!hdr.token_json)
+    return MakeError(ErrorCode::kInvalidVolume, target.device + " lost its vcrypt token");
+  VCRYPT_ASSIGN_OR_RETURN(VcryptToken current, VcryptToken::Parse(*hdr.token_json));
+  if (current.vm != token.vm || current.disk != token.disk)
+    return MakeError(ErrorCode::kInvalidVolume, target.device + " now holds volume " +
+                                                    current.vm + "/" + current.disk);
+  token = std::move(current);
   std::shared_ptr<KeyProvider> provider;
   std::string path;
-  VCRYPT_ASSIGN_OR_RETURN(ReencryptState rs, ReadReencryptState(target.device));
-  if (rs.has_marker()) {
+  if (hdr.deep_rekey_marker) {
     // In the middle of a deep rekey (an interrupted one: a running one
     // holds the volume lock).
+    VCRYPT_ASSIGN_OR_RETURN(ReencryptState rs, ReadReencryptState(target.device));
     VCRYPT_ASSIGN_OR_RETURN(path, ActivateMidRekey(ap, rs, token, hdr.uuid, ctx));
     VCRYPT_ASSIGN_OR_RETURN(provider, ProviderForToken(token));
   } else {

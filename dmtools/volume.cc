@@ -31,6 +31,7 @@
 
 #include "common/handles.h"
 #include "common/names.h"
+#include "dmtools/reencrypt.h"
 #include "dmtools/token.h"
 
 namespace vcrypt {
@@ -863,6 +864,12 @@ Result<VolumeHeader> ReadHeader(const std::string& device) {
     return MakeError(ErrorCode::kInvalidVolume,
                      device + " has " + std::to_string(ids.size()) +
                          " vcrypt tokens; a vcrypt volume has exactly one");
+  }
+  for (int i = 0; i < crypt_token_max(CRYPT_LUKS2) && !h.deep_rekey_marker; ++i) {
+    const char* type = nullptr;
+    crypt_token_info info = crypt_token_status(cd.get(), i, &type);
+    h.deep_rekey_marker = info != CRYPT_TOKEN_INVALID && info != CRYPT_TOKEN_INACTIVE &&
+                          type != nullptr && std::string_view(type) == kReencryptTokenType;
   }
   if (ids.size() == 1) {
     const char* json = nullptr;

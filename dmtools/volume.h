@@ -119,6 +119,9 @@ struct VolumeHeader {
   std::optional<std::string> token_json;  // the vcrypt token, if any
   int token_id = -1;
   uint64_t data_offset = 0;  // bytes
+  // A deep rekey's marker token is present (dmtools/reencrypt.h): the
+  // volume may be in the middle of one; ReadReencryptState says more.
+  bool deep_rekey_marker = false;
 };
 
 // Reads the LUKS2 header (read-only; works on an active volume too).
