@@ -17,6 +17,16 @@ std::string Base64Encode(std::span<const uint8_t> data);
 // Strict: rejects whitespace, bad characters and bad padding (kInvalidArgument).
 Result<std::vector<uint8_t>> Base64Decode(std::string_view text);
 
+// Base64url (RFC 4648 section 5) without padding, as JOSE (RFC 7515)
+// requires. For non-secret data only: the decoder is not constant-time.
+std::string Base64UrlEncode(std::span<const uint8_t> data);
+// Strict, so that every value has exactly one accepted encoding (a token
+// cannot be re-encoded into a different string that still verifies):
+// rejects '=', '+', '/', whitespace and any other character outside
+// [A-Za-z0-9_-], a length of 1 modulo 4, and non-zero unused bits in the
+// last character (kInvalidArgument). The empty string decodes to nothing.
+Result<std::vector<uint8_t>> Base64UrlDecode(std::string_view text);
+
 }  // namespace vcrypt
 
 #endif  // VCRYPT_COMMON_BASE64_H_

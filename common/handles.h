@@ -8,8 +8,12 @@
 #define VCRYPT_COMMON_HANDLES_H_
 
 #include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
+#include <openssl/param_build.h>
+#include <openssl/params.h>
 #include <openssl/pkcs12.h>
 #include <openssl/pkcs7.h>
 #include <openssl/ssl.h>
@@ -21,6 +25,8 @@
 
 struct crypt_device;
 struct dm_task;
+struct ESYS_CONTEXT;
+struct TSS2_TCTI_OPAQUE_CONTEXT_BLOB;
 
 namespace vcrypt {
 
@@ -50,6 +56,20 @@ using SslPtr = std::unique_ptr<SSL, FnDeleter<SSL, SSL_free>>;
 using Pkcs7Ptr = std::unique_ptr<PKCS7, FnDeleter<PKCS7, PKCS7_free>>;
 using X509AlgorPtr =
     std::unique_ptr<X509_ALGOR, FnDeleter<X509_ALGOR, X509_ALGOR_free>>;
+using EvpPkeyCtxPtr =
+    std::unique_ptr<EVP_PKEY_CTX, FnDeleter<EVP_PKEY_CTX, EVP_PKEY_CTX_free>>;
+// For public values only (signature halves, curve coordinates): BN_free
+// does not wipe, so a BIGNUM holding a secret needs BN_clear_free.
+using BignumPtr = std::unique_ptr<BIGNUM, FnDeleter<BIGNUM, BN_free>>;
+using EcdsaSigPtr =
+    std::unique_ptr<ECDSA_SIG, FnDeleter<ECDSA_SIG, ECDSA_SIG_free>>;
+// Building OSSL_PARAM arrays (EVP_PKEY_fromdata). The builder does not
+// wipe: use it for public values only.
+using OsslParamBldPtr =
+    std::unique_ptr<OSSL_PARAM_BLD,
+                    FnDeleter<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>>;
+using OsslParamPtr =
+    std::unique_ptr<OSSL_PARAM, FnDeleter<OSSL_PARAM, OSSL_PARAM_free>>;
 // STACK_OF(...) owners free the elements too (sk_*_pop_free). A stack whose
 // elements hold key material needs a deleter that wipes them first; see
 // keyproviders/native/native_provider.cc.
@@ -76,6 +96,22 @@ struct DmTaskDeleter {
   void operator()(dm_task* t) const;
 };
 using DmTaskPtr = std::unique_ptr<dm_task, DmTaskDeleter>;
+
+// tpm2-tss (deleters defined in keyproviders/trusted/tpm_handles.cc).
+struct EsysContextDeleter {
+  void operator()(ESYS_CONTEXT* ctx) const;  // Esys_Finalize
+};
+using EsysContextPtr = std::unique_ptr<ESYS_CONTEXT, EsysContextDeleter>;
+struct TctiContextDeleter {
+  void operator()(TSS2_TCTI_OPAQUE_CONTEXT_BLOB* tcti) const;  // Tss2_TctiLdr_Finalize
+};
+using TctiContextPtr = std::unique_ptr<TSS2_TCTI_OPAQUE_CONTEXT_BLOB, TctiContextDeleter>;
+// Structures that Esys_* calls allocate for their outputs (Esys_Free).
+struct EsysFreeDeleter {
+  void operator()(void* p) const;
+};
+template <typename T>
+using EsysPtr = std::unique_ptr<T, EsysFreeDeleter>;
 
 // A file descriptor, closed on destruction.
 class UniqueFd {

@@ -10,9 +10,12 @@ PACKAGES=(
   libboost-program-options-dev nlohmann-json3-dev libsystemd-dev
   libgtest-dev libgmock-dev googletest
   libvirt-dev libxml2-dev
+  # trusted key provider and Trust Authority (docs/trusted.md)
+  libtss2-dev libcpp-httplib-dev
   # runtime tools used by tests and the demo
   cryptsetup-bin dmsetup e2fsprogs util-linux openssl kmod iproute2 procps
   python3-pykmip
+  swtpm swtpm-tools tpm2-tools
   # libvirt integration tests (t_libvirt.sh: real libvirtd + QEMU in the VM)
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
   # VM harness (Debian kernel under QEMU TCG)

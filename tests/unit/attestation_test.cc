@@ -1,0 +1,181 @@
+// The attestation service's logic end to end against real software TPMs
+// (swtpm) driven through the host side (keyproviders/trusted/tpm.h): AK
+// enrollment by credential activation, nonce, quote, baseline, token; and
+// the refusals the issue lists (PCR extended after the baseline,
+// unregistered TPM, AK of another TPM, replayed nonce).
+#include "trustauthority/attestation.h"
+
+#include <gtest/gtest.h>
+
+#include "keyproviders/trusted/tpm.h"
+#include "tests/unit/swtpm.h"
+
+namespace vcrypt {
+namespace {
+
+std::vector<int> Ints(const std::vector<uint32_t>& v) {
+  return {v.begin(), v.end()};
+}
+
+class AttestationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!tpm_a_.Start(&why) || !tpm_b_.Start(&why)) GTEST_SKIP() << why;
+    AttestationConfig c;
+    c.state_dir = dir_.path();
+    c.selection = {TPM2_ALG_SHA256, {0, 1, 2, 3, 7}};
+    auto key = EcSigningKey::Generate();
+    ASSERT_TRUE(key.ok());
+    auto s = AttestationService::Open(c, std::move(key).value());
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    svc_.emplace(std::move(s).value());
+    auto a = Tpm::Open(tpm_a_.Tcti());
+    auto b = Tpm::Open(tpm_b_.Tcti());
+    ASSERT_TRUE(a.ok() && b.ok());
+    a_.emplace(std::move(a).value());
+    b_.emplace(std::move(b).value());
+  }
+
+  // Registers `host` with `tpm`'s EK and enrolls its AK.
+  void Enroll(const std::string& host, Tpm& tpm) {
+    auto ek = tpm.EkPublic();
+    auto ak = tpm.AkPublic();
+    ASSERT_TRUE(ek.ok() && ak.ok());
+    ASSERT_TRUE(svc_->AddHost(host, *ek).ok());
+    auto ch = svc_->StartEnrollment(host, *ek, std::nullopt, *ak);
+    ASSERT_TRUE(ch.ok()) << ch.error().message;
+    auto secret = tpm.ActivateCredential(ch->credential.credential_blob,
+                                         ch->credential.encrypted_secret);
+    ASSERT_TRUE(secret.ok()) << secret.error().message;
+    ASSERT_TRUE(svc_->FinishEnrollment(ch->id, *secret).ok());
+  }
+
+  struct Evidence {
+    NonceGrant grant;
+    Tpm::Quote quote;
+  };
+  Evidence Quote(const std::string& host, Tpm& tpm) {
+    Evidence e;
+    auto g = svc_->IssueNonce(host);
+    EXPECT_TRUE(g.ok());
+    e.grant = *g;
+    auto q =
+        tpm.QuotePcrs(g->nonce, g->selection.hash, Ints(g->selection.pcrs));
+    EXPECT_TRUE(q.ok()) << q.error().message;
+    e.quote = *q;
+    return e;
+  }
+  Result<std::string> Attest(const std::string& host, const Evidence& e) {
+    return svc_->Attest(host, e.grant.nonce, e.quote.attest, e.quote.signature,
+                        e.quote.pcr_values);
+  }
+
+  testing::TempDir dir_{"ta"};
+  testing::Swtpm tpm_a_, tpm_b_;
+  std::optional<AttestationService> svc_;
+  std::optional<Tpm> a_, b_;
+};
+
+TEST_F(AttestationTest, EnrolledHostWithApprovedBaselineGetsAToken) {
+  Enroll("h1", *a_);
+  Evidence first = Quote("h1", *a_);
+  // No baseline yet: refused.
+  auto none = Attest("h1", first);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, ErrorCode::kPermissionDenied);
+  ASSERT_TRUE(svc_->AddBaseline("golden", first.quote.pcr_values).ok());
+
+  Evidence e = Quote("h1", *a_);
+  auto token = Attest("h1", e);
+  ASSERT_TRUE(token.ok()) << token.error().message;
+  auto pub = EcVerifyKey::FromPublicPem(*svc_->key().ToPublicPem());
+  ASSERT_TRUE(pub.ok());
+  TokenPolicy p{svc_->config().issuer, svc_->config().audience};
+  auto claims = VerifyToken(*token, *pub, p, std::chrono::system_clock::now());
+  ASSERT_TRUE(claims.ok()) << claims.error().message;
+  EXPECT_EQ(claims->sub, "h1");
+  EXPECT_EQ(claims->baseline, "golden");
+
+  // The same evidence again: the nonce was consumed.
+  auto replay = Attest("h1", e);
+  ASSERT_FALSE(replay.ok());
+  EXPECT_EQ(replay.error().code, ErrorCode::kPermissionDenied);
+}
+
+TEST_F(AttestationTest, PcrExtendedAfterTheBaselineIsDenied) {
+  Enroll("h1", *a_);
+  ASSERT_TRUE(
+      svc_->AddBaseline("golden", Quote("h1", *a_).quote.pcr_values).ok());
+  ASSERT_EQ(tpm_a_.Tool("tpm2_pcrextend 7:sha256=" + std::string(64, 'b')), 0);
+  auto r = Attest("h1", Quote("h1", *a_));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(r.error().message.find("no approved baseline"), std::string::npos);
+}
+
+TEST_F(AttestationTest, UnregisteredTpmIsDenied) {
+  Enroll("h1", *a_);
+  auto ek_b = b_->EkPublic();
+  auto ak_b = b_->AkPublic();
+  ASSERT_TRUE(ek_b.ok() && ak_b.ok());
+  // TPM B presenting itself as h1 (whose registered EK is A's).
+  auto r = svc_->StartEnrollment("h1", *ek_b, std::nullopt, *ak_b);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied);
+  // A host registered without an EK needs an EK certificate from a
+  // registered TPM CA; none is registered.
+  ASSERT_TRUE(svc_->AddHost("h2", std::nullopt).ok());
+  r = svc_->StartEnrollment("h2", *ek_b, std::nullopt, *ak_b);
+  EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied);
+  // An unregistered host name.
+  r = svc_->StartEnrollment("h3", *ek_b, std::nullopt, *ak_b);
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+}
+
+TEST_F(AttestationTest, AkOfAnotherTpmIsDenied) {
+  auto ek_a = a_->EkPublic();
+  auto ak_b = b_->AkPublic();
+  ASSERT_TRUE(ek_a.ok() && ak_b.ok());
+  ASSERT_TRUE(svc_->AddHost("h1", *ek_a).ok());
+  // Enrollment of B's AK under A's EK: A's TPM cannot activate a
+  // credential made for a key it does not hold.
+  auto ch = svc_->StartEnrollment("h1", *ek_a, std::nullopt, *ak_b);
+  ASSERT_TRUE(ch.ok()) << ch.error().message;
+  auto s = a_->ActivateCredential(ch->credential.credential_blob,
+                                  ch->credential.encrypted_secret);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, ErrorCode::kCrypto);
+  // A guessed secret does not enroll it either.
+  SecureBuffer guess(32);
+  EXPECT_EQ(svc_->FinishEnrollment(ch->id, guess).error().code,
+            ErrorCode::kPermissionDenied);
+
+  // h1 properly enrolled with A; a quote signed by B's AK is refused.
+  Enroll("h1", *a_);
+  ASSERT_TRUE(
+      svc_->AddBaseline("golden", Quote("h1", *a_).quote.pcr_values).ok());
+  NonceGrant g = *svc_->IssueNonce("h1");
+  auto q = b_->QuotePcrs(g.nonce, g.selection.hash, Ints(g.selection.pcrs));
+  ASSERT_TRUE(q.ok());
+  auto r = svc_->Attest("h1", g.nonce, q->attest, q->signature, q->pcr_values);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kCrypto);
+}
+
+TEST_F(AttestationTest, EnrollmentChallengeIsSingleUse) {
+  auto ek = a_->EkPublic();
+  auto ak = a_->AkPublic();
+  ASSERT_TRUE(svc_->AddHost("h1", *ek).ok());
+  auto ch = svc_->StartEnrollment("h1", *ek, std::nullopt, *ak);
+  ASSERT_TRUE(ch.ok());
+  auto secret = a_->ActivateCredential(ch->credential.credential_blob,
+                                       ch->credential.encrypted_secret);
+  ASSERT_TRUE(secret.ok());
+  ASSERT_TRUE(svc_->FinishEnrollment(ch->id, *secret).ok());
+  EXPECT_EQ(svc_->FinishEnrollment(ch->id, *secret).error().code,
+            ErrorCode::kPermissionDenied);
+}
+
+}  // namespace
+}  // namespace vcrypt

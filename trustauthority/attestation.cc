@@ -1,0 +1,397 @@
+#include "trustauthority/attestation.h"
+
+#include <openssl/crypto.h>
+#include <openssl/pem.h>
+#include <openssl/sha.h>
+#include <openssl/x509_vfy.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
+#include "common/base64.h"
+#include "common/handles.h"
+#include "common/names.h"
+#include "common/random.h"
+
+namespace vcrypt {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+
+int64_t Now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string Hex(std::span<const uint8_t> b) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (uint8_t c : b) s += {d[c >> 4], d[c & 15]};
+  return s;
+}
+
+Result<std::vector<uint8_t>> Unhex(const std::string& s) {
+  if (s.size() % 2 != 0)
+    return MakeError(ErrorCode::kInvalidArgument, "odd-length hex");
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i < s.size(); i += 2) {
+    auto v = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      return -1;
+    };
+    int hi = v(s[i]), lo = v(s[i + 1]);
+    if (hi < 0 || lo < 0)
+      return MakeError(ErrorCode::kInvalidArgument, "bad hex");
+    out.push_back(static_cast<uint8_t>(hi << 4 | lo));
+  }
+  return out;
+}
+
+std::vector<uint8_t> Sha256(std::span<const uint8_t> b) {
+  std::vector<uint8_t> h(32);
+  SHA256(b.data(), b.size(), h.data());
+  return h;
+}
+
+Result<Json> ReadJson(const std::string& path) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  Json j = Json::parse(text, nullptr, false);
+  if (!j.is_object())
+    return MakeError(ErrorCode::kIo,
+                     path + " is not a JSON object (damaged state)");
+  return j;
+}
+
+Status CheckName(const std::string& what, const std::string& name) {
+  // Host and baseline names become file names.
+  if (name.empty() || name.size() > 64 ||
+      name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW"
+                             "XYZ0123456789._-") != std::string::npos ||
+      name[0] == '.')
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "invalid " + what + " name '" + name.substr(0, 64) +
+            "' (1-64 of A-Z a-z 0-9 . _ -, not starting with '.')");
+  return Status::Ok();
+}
+
+// Verifies that `cert` chains to one of the PEM CA certificates in `dir`.
+// EK certificates carry TPM-specific critical extensions (the subject
+// alternative name with the TPM's manufacturer and model) that OpenSSL
+// does not interpret; that error alone is tolerated.
+Status VerifyEkChain(X509* cert, const std::string& dir) {
+  using StorePtr =
+      std::unique_ptr<X509_STORE, FnDeleter<X509_STORE, X509_STORE_free>>;
+  using StoreCtxPtr =
+      std::unique_ptr<X509_STORE_CTX,
+                      FnDeleter<X509_STORE_CTX, X509_STORE_CTX_free>>;
+  StorePtr store(X509_STORE_new());
+  size_t cas = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    auto pem = ReadFile(e.path().string());
+    if (!pem.ok()) continue;
+    BioPtr bio(BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size())));
+    X509Ptr ca(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    if (ca && X509_STORE_add_cert(store.get(), ca.get()) == 1) ++cas;
+  }
+  if (cas == 0)
+    return MakeError(
+        ErrorCode::kPermissionDenied,
+        "no TPM CA is registered and the host has no registered EK");
+  StoreCtxPtr ctx(X509_STORE_CTX_new());
+  X509_STORE_CTX_init(ctx.get(), store.get(), cert, nullptr);
+  X509_STORE_CTX_set_verify_cb(ctx.get(), [](int ok, X509_STORE_CTX* c) {
+    if (!ok &&
+        X509_STORE_CTX_get_error(c) == X509_V_ERR_UNHANDLED_CRITICAL_EXTENSION)
+      return 1;
+    return ok;
+  });
+  if (X509_verify_cert(ctx.get()) != 1)
+    return MakeError(
+        ErrorCode::kPermissionDenied,
+        std::string(
+            "the EK certificate does not chain to a registered TPM CA (") +
+            X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx.get())) +
+            ")");
+  return Status::Ok();
+}
+
+Json ClockJson(const ClockInfo& c) {
+  return {{"clock", c.clock},
+          {"reset_count", c.reset_count},
+          {"restart_count", c.restart_count},
+          {"safe", c.safe}};
+}
+
+std::optional<ClockInfo> ClockFrom(const Json& j) {
+  if (!j.is_object()) return std::nullopt;
+  ClockInfo c;
+  c.clock = j.value("clock", uint64_t{0});
+  c.reset_count = j.value("reset_count", uint32_t{0});
+  c.restart_count = j.value("restart_count", uint32_t{0});
+  c.safe = j.value("safe", false);
+  return c;
+}
+
+}  // namespace
+
+Result<AttestationService> AttestationService::Open(AttestationConfig config,
+                                                    EcSigningKey key) {
+  for (const char* d :
+       {"tpm-cas", "hosts", "baselines", "enrollments", "nonces"})
+    VCRYPT_RETURN_IF_ERROR(MakeDirs(config.state_dir + "/" + d));
+  if (config.selection.pcrs.empty())
+    return MakeError(ErrorCode::kInvalidArgument, "the PCR selection is empty");
+  return AttestationService(std::move(config), std::move(key));
+}
+
+Status AttestationService::AddTpmCa(const std::string& pem) {
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  X509Ptr ca(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (!ca)
+    return MakeError(ErrorCode::kInvalidArgument, "not a PEM certificate");
+  std::vector<uint8_t> bytes(pem.begin(), pem.end());
+  return WriteFileAtomic(Path("tpm-cas/" + Hex(Sha256(bytes)) + ".pem"), pem,
+                         AtomicWriteOptions{0644, {}});
+}
+
+Status AttestationService::AddHost(const std::string& host,
+                                   std::optional<std::vector<uint8_t>> ek) {
+  VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
+  Json j = Json::object();
+  if (ek) {
+    VCRYPT_ASSIGN_OR_RETURN(TpmPublic k, ParseTpm2bPublic(*ek));
+    if (!IsEndorsementKeyShape(k))
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the key is not an endorsement key");
+    j["ek"] = Base64Encode(*ek);
+  }
+  return WriteFileAtomic(Path("hosts/" + host + ".json"), j.dump(),
+                         AtomicWriteOptions{0600, {}});
+}
+
+Status AttestationService::RemoveHost(const std::string& host) {
+  VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
+  if (unlink(Path("hosts/" + host + ".json").c_str()) != 0)
+    return MakeError(ErrorCode::kNotFound, "no host named '" + host + "'");
+  return Status::Ok();
+}
+
+Status AttestationService::AddBaseline(
+    const std::string& name, const std::vector<std::vector<uint8_t>>& values) {
+  VCRYPT_RETURN_IF_ERROR(CheckName("baseline", name));
+  if (values.size() != config_.selection.pcrs.size())
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a baseline needs " +
+                         std::to_string(config_.selection.pcrs.size()) +
+                         " PCR values (the service's selection), not " +
+                         std::to_string(values.size()));
+  Json vals = Json::array();
+  for (const auto& v : values) {
+    if (v.size() != 32)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "a SHA-256 PCR value has 32 bytes");
+    vals.push_back(Hex(v));
+  }
+  return WriteFileAtomic(Path("baselines/" + name + ".json"),
+                         Json{{"values", vals}}.dump(),
+                         AtomicWriteOptions{0600, {}});
+}
+
+Status AttestationService::RemoveBaseline(const std::string& name) {
+  VCRYPT_RETURN_IF_ERROR(CheckName("baseline", name));
+  if (unlink(Path("baselines/" + name + ".json").c_str()) != 0)
+    return MakeError(ErrorCode::kNotFound, "no baseline named '" + name + "'");
+  return Status::Ok();
+}
+
+Result<EnrollmentChallenge> AttestationService::StartEnrollment(
+    const std::string& host, std::span<const uint8_t> ek_wire,
+    std::optional<std::vector<uint8_t>> ek_cert,
+    std::span<const uint8_t> ak_wire) {
+  VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
+  auto rec = ReadJson(Path("hosts/" + host + ".json"));
+  if (!rec.ok())
+    return MakeError(ErrorCode::kNotFound,
+                     "host '" + host + "' is not registered");
+  VCRYPT_ASSIGN_OR_RETURN(TpmPublic ek, ParseTpm2bPublic(ek_wire));
+  VCRYPT_ASSIGN_OR_RETURN(TpmPublic ak, ParseTpm2bPublic(ak_wire));
+  if (!IsEndorsementKeyShape(ek))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the EK is not an endorsement key");
+  if (!IsRestrictedSigningKey(ak))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the AK is not a restricted signing key");
+  if (rec->contains("ek")) {
+    VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> allowed,
+                            Base64Decode((*rec)["ek"].get<std::string>()));
+    if (allowed != ek.wire)
+      return MakeError(
+          ErrorCode::kPermissionDenied,
+          "the EK is not the one registered for host '" + host + "'");
+  } else {
+    if (!ek_cert)
+      return MakeError(ErrorCode::kPermissionDenied,
+                       "host '" + host +
+                           "' has no registered EK and sent no EK certificate");
+    const unsigned char* p = ek_cert->data();
+    X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(ek_cert->size())));
+    if (!cert || p != ek_cert->data() + ek_cert->size())
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the EK certificate is not one DER certificate");
+    VCRYPT_RETURN_IF_ERROR(VerifyEkChain(cert.get(), Path("tpm-cas")));
+    VCRYPT_RETURN_IF_ERROR(CheckCertificateKey(ek, cert.get()));
+  }
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer secret, RandomKey(32));
+  VCRYPT_ASSIGN_OR_RETURN(MadeCredential cred,
+                          MakeCredential(ek, ak.name, secret));
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer idb, RandomKey(16));
+  const std::string id = Hex(std::span<const uint8_t>(idb.data(), idb.size()));
+  Json pending = {
+      {"host", host},
+      {"ek", Base64Encode(ek.wire)},
+      {"ak", Base64Encode(ak.wire)},
+      {"secret_sha256",
+       Hex(Sha256(std::span<const uint8_t>(secret.data(), secret.size())))},
+      {"expires", Now() + config_.enrollment_lifetime.count()}};
+  VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(Path("enrollments/" + id + ".json"),
+                                         pending.dump(),
+                                         AtomicWriteOptions{0600, {}}));
+  return EnrollmentChallenge{id, std::move(cred)};
+}
+
+Status AttestationService::FinishEnrollment(const std::string& id,
+                                            const SecureBuffer& secret) {
+  auto denied = [] {
+    return MakeError(
+        ErrorCode::kPermissionDenied,
+        "enrollment refused: unknown, expired or already used challenge, or "
+        "the TPM did not recover the credential");
+  };
+  if (id.size() != 32 ||
+      id.find_first_not_of("0123456789abcdef") != std::string::npos)
+    return denied();
+  const std::string path = Path("enrollments/" + id + ".json");
+  auto pending = ReadJson(path);
+  if (!pending.ok()) return denied();
+  // Single use: only one unlink succeeds, whichever replica.
+  if (unlink(path.c_str()) != 0) return denied();
+  if ((*pending).value("expires", int64_t{0}) < Now()) return denied();
+  auto want = Unhex((*pending).value("secret_sha256", std::string()));
+  auto got = Sha256(std::span<const uint8_t>(secret.data(), secret.size()));
+  if (!want.ok() || want->size() != got.size() ||
+      CRYPTO_memcmp(want->data(), got.data(), got.size()) != 0)
+    return denied();
+  const std::string host = (*pending)["host"].get<std::string>();
+  VCRYPT_ASSIGN_OR_RETURN(Json rec, ReadJson(Path("hosts/" + host + ".json")));
+  rec["enrolled"] = {
+      {"ek", (*pending)["ek"]}, {"ak", (*pending)["ak"]}, {"at", Now()}};
+  rec.erase("last_clock");
+  return WriteFileAtomic(Path("hosts/" + host + ".json"), rec.dump(),
+                         AtomicWriteOptions{0600, {}});
+}
+
+Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
+  VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
+  if (!fs::exists(Path("hosts/" + host + ".json")))
+    return MakeError(ErrorCode::kNotFound,
+                     "host '" + host + "' is not registered");
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer n, RandomKey(32));
+  NonceGrant g;
+  g.nonce.assign(n.data(), n.data() + n.size());
+  g.selection = config_.selection;
+  g.expires = Now() + config_.nonce_lifetime.count();
+  VCRYPT_RETURN_IF_ERROR(
+      WriteFileAtomic(Path("nonces/" + Hex(g.nonce) + ".json"),
+                      Json{{"host", host}, {"expires", g.expires}}.dump(),
+                      AtomicWriteOptions{0600, {}}));
+  return g;
+}
+
+Result<std::string> AttestationService::Attest(
+    const std::string& host, std::span<const uint8_t> nonce,
+    std::span<const uint8_t> attest, std::span<const uint8_t> signature,
+    const std::vector<std::vector<uint8_t>>& pcr_values) {
+  VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
+  // The nonce first: consumed whatever happens next, so a quote is tried
+  // once per nonce.
+  if (nonce.empty() || nonce.size() > 64)
+    return MakeError(ErrorCode::kPermissionDenied, "unknown nonce");
+  const std::string npath = Path("nonces/" + Hex(nonce) + ".json");
+  auto issued = ReadJson(npath);
+  if (!issued.ok() || unlink(npath.c_str()) != 0)
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "unknown or already used nonce");
+  if ((*issued).value("host", std::string()) != host)
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "the nonce was issued to another host");
+  if ((*issued).value("expires", int64_t{0}) < Now())
+    return MakeError(ErrorCode::kPermissionDenied, "the nonce has expired");
+
+  const std::string hpath = Path("hosts/" + host + ".json");
+  auto rec = ReadJson(hpath);
+  if (!rec.ok())
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "host '" + host + "' is not registered");
+  if (!rec->contains("enrolled"))
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "host '" + host + "' has no enrolled AK");
+  VCRYPT_ASSIGN_OR_RETURN(
+      std::vector<uint8_t> ak_wire,
+      Base64Decode((*rec)["enrolled"]["ak"].get<std::string>()));
+  QuoteCheck check;
+  VCRYPT_ASSIGN_OR_RETURN(check.ak, ParseTpm2bPublic(ak_wire));
+  check.nonce.assign(nonce.begin(), nonce.end());
+  check.expected = config_.selection;
+  check.pcr_values = pcr_values;
+  if (rec->contains("last_clock"))
+    check.last_clock = ClockFrom((*rec)["last_clock"]);
+  VCRYPT_ASSIGN_OR_RETURN(ParsedQuote q, VerifyQuote(attest, signature, check));
+
+  // The values are the TPM's: now they must be an approved baseline's.
+  std::string matched;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(Path("baselines"), ec)) {
+    if (e.path().extension() != ".json") continue;
+    auto b = ReadJson(e.path().string());
+    if (!b.ok() || !(*b)["values"].is_array()) continue;
+    const Json& vals = (*b)["values"];
+    bool equal = vals.size() == pcr_values.size();
+    for (size_t i = 0; equal && i < vals.size(); ++i)
+      equal = vals[i].is_string() &&
+              vals[i].get<std::string>() == Hex(pcr_values[i]);
+    if (equal) {
+      matched = e.path().stem().string();
+      break;
+    }
+  }
+  (*rec)["last_clock"] = ClockJson(q.clock);
+  VCRYPT_RETURN_IF_ERROR(
+      WriteFileAtomic(hpath, rec->dump(), AtomicWriteOptions{0600, {}}));
+  if (matched.empty())
+    return MakeError(
+        ErrorCode::kPermissionDenied,
+        "host '" + host +
+            "' booted a configuration no approved baseline matches");
+
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer j, RandomKey(16));
+  const int64_t now = Now();
+  Json claims = {{"iss", config_.issuer},
+                 {"sub", host},
+                 {"aud", config_.audience},
+                 {"iat", now},
+                 {"exp", now + config_.token_lifetime.count()},
+                 {"jti", Hex(std::span<const uint8_t>(j.data(), j.size()))},
+                 {"baseline", matched}};
+  return SignToken(key_, claims);
+}
+
+}  // namespace vcrypt

@@ -1,0 +1,119 @@
+// The attestation service's logic, without its HTTP front (docs/trusted.md,
+// "Attestation"): registrations and baselines, AK enrollment by credential
+// activation, nonces, quote verification, attestation tokens.
+//
+// State lives in one directory (so several replicas can share it):
+//   tpm-cas/<sha256>.pem        TPM CA certificates
+//   hosts/<host>.json           {"ek": b64 TPM2B_PUBLIC or absent,
+//                                "enrolled": {"ek","ak": b64, "at"},
+//                                "last_clock": {...}}
+//   baselines/<name>.json       {"values": [hex...]} over the service's
+//                               PCR selection
+//   enrollments/<id>.json       pending AK enrollments (single use)
+//   nonces/<hex>.json           issued nonces (single use: consuming one
+//                               is unlink(2), which succeeds once)
+// Files are written atomically (common/atomic_file.h). A host's last clock
+// is last-writer-wins between replicas.
+#ifndef VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
+#define VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
+
+#include <chrono>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "common/secure_buffer.h"
+#include "trustauthority/credential.h"
+#include "trustauthority/jws.h"
+#include "trustauthority/quote.h"
+
+namespace vcrypt {
+
+struct AttestationConfig {
+  std::string state_dir;
+  std::string issuer = "vcrypt-attestation";
+  std::string audience = "vcrypt-kps";  // the key provider service
+  // The one PCR selection every host quotes and every baseline covers.
+  PcrSelection selection{TPM2_ALG_SHA256, {0, 1, 2, 3, 4, 5, 6, 7}};
+  std::chrono::seconds nonce_lifetime{60};
+  std::chrono::seconds enrollment_lifetime{300};
+  std::chrono::seconds token_lifetime{300};
+};
+
+struct EnrollmentChallenge {
+  std::string id;
+  MadeCredential credential;
+};
+
+struct NonceGrant {
+  std::vector<uint8_t> nonce;
+  PcrSelection selection;
+  int64_t expires = 0;  // unix seconds
+};
+
+class AttestationService {
+ public:
+  // Creates the state directories when missing.
+  static Result<AttestationService> Open(AttestationConfig config,
+                                         EcSigningKey key);
+
+  // --- administration (vcrypt-ta admin) ---
+  // A TPM manufacturer's CA certificate (PEM); EK certificates must chain
+  // to one of them unless the host's EK is registered explicitly.
+  Status AddTpmCa(const std::string& pem);
+  // Registers a host; with `ek`, only that EK (TPM2B_PUBLIC) is accepted
+  // for it, else an EK certificate chaining to a registered TPM CA.
+  Status AddHost(const std::string& host,
+                 std::optional<std::vector<uint8_t>> ek);
+  Status RemoveHost(const std::string& host);
+  // An approved baseline: the values of the service's selection, in its
+  // order.
+  Status AddBaseline(const std::string& name,
+                     const std::vector<std::vector<uint8_t>>& values);
+  Status RemoveBaseline(const std::string& name);
+
+  // --- AK enrollment ---
+  // Checks that `host` is registered and that `ek` is acceptable (the
+  // registered key, or `ek_cert` certifies it and chains to a TPM CA),
+  // that `ak` is a restricted signing key, and returns a credential only
+  // that TPM (EK) holding that AK can open. kNotFound (host),
+  // kPermissionDenied (EK not trusted), kInvalidArgument (malformed keys).
+  Result<EnrollmentChallenge> StartEnrollment(
+      const std::string& host, std::span<const uint8_t> ek,
+      std::optional<std::vector<uint8_t>> ek_cert, std::span<const uint8_t> ak);
+  // The secret the TPM recovered: binds the AK to the host. Single use;
+  // kPermissionDenied for a wrong secret, an unknown or expired id.
+  Status FinishEnrollment(const std::string& id, const SecureBuffer& secret);
+
+  // --- attestation ---
+  Result<NonceGrant> IssueNonce(const std::string& host);
+  // Verifies the quote (trustauthority/quote.h VerifyQuote, with the
+  // host's enrolled AK and last clock), consumes the nonce (single use,
+  // unexpired, issued to this host), compares the PCR values with every
+  // baseline and returns a signed token naming the one matched.
+  // kPermissionDenied when the nonce, the host or the baseline check
+  // fails; kCrypto when the quote does not verify.
+  Result<std::string> Attest(
+      const std::string& host, std::span<const uint8_t> nonce,
+      std::span<const uint8_t> attest, std::span<const uint8_t> signature,
+      const std::vector<std::vector<uint8_t>>& pcr_values);
+
+  const AttestationConfig& config() const { return config_; }
+  const EcSigningKey& key() const { return key_; }
+
+ private:
+  AttestationService(AttestationConfig config, EcSigningKey key)
+      : config_(std::move(config)), key_(std::move(key)) {}
+  std::string Path(const std::string& rel) const {
+    return config_.state_dir + "/" + rel;
+  }
+
+  AttestationConfig config_;
+  EcSigningKey key_;
+};
+
+}  // namespace vcrypt
+
+#endif  // VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
