@@ -1,0 +1,73 @@
+// The key provider service's logic, without its HTTP front (docs/trusted.md,
+// "Key provider service"): KEKs released only against a valid attestation
+// token.
+//
+// A KEK is 256 random bits, handed to the host in clear (over TLS) and as
+// a ciphertext the host stores in its volumes' tokens:
+//   {"v":1,"provider":ID,"kek_id":K,"wrapped":WrappedKey}   (compact JSON)
+// wrapped under the service's primary key with AES-256-GCM, AAD binding the
+// provider ID and the KEK ID. The primary key is held by a KMS (KMIP);
+// whoever constructs the service fetched it and passes it in.
+//
+// Token admission, each fatal: VerifyToken (pinned ES256 key, issuer,
+// audience, expiry, lifetime); the baseline it names is still approved
+// (its file exists in the shared state's baselines/); its `jti` was never
+// used before (ReplayGuard in the shared state's jti/).
+#ifndef VCRYPT_TRUSTAUTHORITY_KPS_H_
+#define VCRYPT_TRUSTAUTHORITY_KPS_H_
+
+#include <string>
+#include <string_view>
+
+#include "common/result.h"
+#include "common/secure_buffer.h"
+#include "trustauthority/jws.h"
+
+namespace vcrypt {
+
+struct KpsConfig {
+  std::string state_dir;    // the Trust Authority's shared state
+  std::string provider_id;  // this provider's name in every ciphertext
+  TokenPolicy policy{"vcrypt-attestation", "vcrypt-kps"};
+};
+
+struct KekGrant {
+  std::string kek_id;
+  std::string ciphertext;  // not secret: safe to store in a volume token
+  SecureBuffer kek;
+};
+
+class KeyProviderService {
+ public:
+  // `attestation_key` is the attestation service's public token key;
+  // `primary_key` is kAeadKeySize bytes.
+  static Result<KeyProviderService> Open(KpsConfig config,
+                                         EcVerifyKey attestation_key,
+                                         SecureBuffer primary_key);
+
+  // kPermissionDenied / kCrypto / kInvalidArgument from token admission.
+  Result<KekGrant> CreateKek(std::string_view token);
+  // The KEK of `ciphertext`, for a fresh token. kCrypto when the
+  // ciphertext was altered or made by another provider.
+  Result<SecureBuffer> UnwrapKek(std::string_view token,
+                                 std::string_view ciphertext);
+
+  // The token's claims if it is admitted (and its jti consumed).
+  Result<AttestationClaims> Admit(std::string_view token);
+
+ private:
+  KeyProviderService(KpsConfig c, EcVerifyKey k, SecureBuffer p, ReplayGuard g)
+      : config_(std::move(c)),
+        key_(std::move(k)),
+        primary_(std::move(p)),
+        jti_(std::move(g)) {}
+
+  KpsConfig config_;
+  EcVerifyKey key_;
+  SecureBuffer primary_;
+  ReplayGuard jti_;
+};
+
+}  // namespace vcrypt
+
+#endif  // VCRYPT_TRUSTAUTHORITY_KPS_H_
