@@ -53,7 +53,8 @@ Result<AttestationClaims> KeyProviderService::Admit(std::string_view token) {
   return c;
 }
 
-Result<KekGrant> KeyProviderService::CreateKek(std::string_view token) {
+Result<KekGrant> KeyProviderService::CreateKek(
+    std::string_view token, std::span<const uint8_t> transport_key) {
   VCRYPT_ASSIGN_OR_RETURN(AttestationClaims c, Admit(token));
   (void)c;
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, RandomKey(kAeadKeySize));
@@ -65,11 +66,13 @@ Result<KekGrant> KeyProviderService::CreateKek(std::string_view token) {
              {"provider", config_.provider_id},
              {"kek_id", kek_id},
              {"wrapped", w.ToJson()}};
-  return KekGrant{kek_id, ct.dump(), std::move(kek)};
+  VCRYPT_ASSIGN_OR_RETURN(SealedKey sealed, SealTo(transport_key, kek, kek_id));
+  return KekGrant{kek_id, ct.dump(), std::move(sealed)};
 }
 
-Result<SecureBuffer> KeyProviderService::UnwrapKek(
-    std::string_view token, std::string_view ciphertext) {
+Result<SealedKey> KeyProviderService::UnwrapKek(
+    std::string_view token, std::string_view ciphertext,
+    std::span<const uint8_t> transport_key) {
   VCRYPT_ASSIGN_OR_RETURN(AttestationClaims c, Admit(token));
   (void)c;
   auto refused = [] {
@@ -86,11 +89,10 @@ Result<SecureBuffer> KeyProviderService::UnwrapKek(
     return refused();
   auto w = WrappedKey::FromJson(ct["wrapped"]);
   if (!w.ok()) return refused();
-  auto kek =
-      UnwrapKey(primary_, *w,
-                KekAad(config_.provider_id, ct["kek_id"].get<std::string>()));
+  const std::string kek_id = ct["kek_id"].get<std::string>();
+  auto kek = UnwrapKey(primary_, *w, KekAad(config_.provider_id, kek_id));
   if (!kek.ok()) return refused();
-  return std::move(kek).value();
+  return SealTo(transport_key, *kek, kek_id);
 }
 
 }  // namespace vcrypt

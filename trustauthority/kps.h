@@ -2,8 +2,9 @@
 // "Key provider service"): KEKs released only against a valid attestation
 // token.
 //
-// A KEK is 256 random bits, handed to the host in clear (over TLS) and as
-// a ciphertext the host stores in its volumes' tokens:
+// A KEK is 256 random bits, handed to the host sealed to the one-time
+// transport key it sent (trustauthority/transport.h; context = the KEK ID)
+// and as a ciphertext the host stores in its volumes' tokens:
 //   {"v":1,"provider":ID,"kek_id":K,"wrapped":WrappedKey}   (compact JSON)
 // wrapped under the service's primary key with AES-256-GCM, AAD binding the
 // provider ID and the KEK ID. The primary key is held by a KMS (KMIP);
@@ -16,12 +17,14 @@
 #ifndef VCRYPT_TRUSTAUTHORITY_KPS_H_
 #define VCRYPT_TRUSTAUTHORITY_KPS_H_
 
+#include <span>
 #include <string>
 #include <string_view>
 
 #include "common/result.h"
 #include "common/secure_buffer.h"
 #include "trustauthority/jws.h"
+#include "trustauthority/transport.h"
 
 namespace vcrypt {
 
@@ -34,7 +37,7 @@ struct KpsConfig {
 struct KekGrant {
   std::string kek_id;
   std::string ciphertext;  // not secret: safe to store in a volume token
-  SecureBuffer kek;
+  SealedKey kek;           // the KEK, sealed to the caller's transport key
 };
 
 class KeyProviderService {
@@ -45,12 +48,15 @@ class KeyProviderService {
                                          EcVerifyKey attestation_key,
                                          SecureBuffer primary_key);
 
-  // kPermissionDenied / kCrypto / kInvalidArgument from token admission.
-  Result<KekGrant> CreateKek(std::string_view token);
-  // The KEK of `ciphertext`, for a fresh token. kCrypto when the
-  // ciphertext was altered or made by another provider.
-  Result<SecureBuffer> UnwrapKek(std::string_view token,
-                                 std::string_view ciphertext);
+  // kPermissionDenied / kCrypto / kInvalidArgument from token admission;
+  // kInvalidArgument for a transport key that is not a P-256 point.
+  Result<KekGrant> CreateKek(std::string_view token,
+                             std::span<const uint8_t> transport_key);
+  // The KEK of `ciphertext` sealed to `transport_key`, for a fresh token.
+  // kCrypto when the ciphertext was altered or made by another provider.
+  Result<SealedKey> UnwrapKek(std::string_view token,
+                              std::string_view ciphertext,
+                              std::span<const uint8_t> transport_key);
 
   // The token's claims if it is admitted (and its jti consumed).
   Result<AttestationClaims> Admit(std::string_view token);

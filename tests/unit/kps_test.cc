@@ -26,6 +26,16 @@ class KpsTest : public ::testing::Test {
     std::filesystem::create_directories(dir_.path() + "/baselines");
     std::ofstream(dir_.path() + "/baselines/golden.json") << "{}";
     kps_.emplace(Make("kps-a"));
+    auto t = TransportKey::Generate();
+    ASSERT_TRUE(t.ok());
+    host_.emplace(std::move(t).value());
+  }
+  std::span<const uint8_t> Tk() { return host_->public_point(); }
+  // The KEK a grant carries, opened with the host's transport key.
+  SecureBuffer Open(const SealedKey& s, const std::string& kek_id) {
+    auto k = host_->Open(s, kek_id);
+    EXPECT_TRUE(k.ok()) << k.error().message;
+    return k.ok() ? std::move(k).value() : SecureBuffer();
   }
   KeyProviderService Make(const std::string& id) {
     auto pub = EcVerifyKey::FromPublicPem(*signer_->ToPublicPem());
@@ -56,84 +66,86 @@ class KpsTest : public ::testing::Test {
   testing::TempDir dir_{"kps"};
   std::optional<EcSigningKey> signer_;
   std::optional<KeyProviderService> kps_;
+  std::optional<TransportKey> host_;
   int jti_ = 0;
 };
 
 TEST_F(KpsTest, KekComesBackForAFreshToken) {
-  auto g = kps_->CreateKek(Token());
+  auto g = kps_->CreateKek(Token(), Tk());
   ASSERT_TRUE(g.ok()) << g.error().message;
-  EXPECT_EQ(g->kek.size(), 32u);
-  auto k = kps_->UnwrapKek(Token(), g->ciphertext);
+  SecureBuffer kek = Open(g->kek, g->kek_id);
+  EXPECT_EQ(kek.size(), 32u);
+  auto k = kps_->UnwrapKek(Token(), g->ciphertext, Tk());
   ASSERT_TRUE(k.ok()) << k.error().message;
-  EXPECT_TRUE(k->Equals(g->kek));
+  EXPECT_TRUE(Open(*k, g->kek_id).Equals(kek));
   // A second KEK is another key.
-  auto g2 = kps_->CreateKek(Token());
+  auto g2 = kps_->CreateKek(Token(), Tk());
   ASSERT_TRUE(g2.ok());
-  EXPECT_FALSE(g2->kek.Equals(g->kek));
+  EXPECT_FALSE(Open(g2->kek, g2->kek_id).Equals(kek));
   EXPECT_NE(g2->kek_id, g->kek_id);
 }
 
 TEST_F(KpsTest, TokensAreRefused) {
   const std::string t = Token();
-  ASSERT_TRUE(kps_->CreateKek(t).ok());
-  EXPECT_EQ(kps_->CreateKek(t).error().code, ErrorCode::kPermissionDenied)
+  ASSERT_TRUE(kps_->CreateKek(t, Tk()).ok());
+  EXPECT_EQ(kps_->CreateKek(t, Tk()).error().code, ErrorCode::kPermissionDenied)
       << "replayed jti";
   const int64_t past = 1000000000;
   EXPECT_FALSE(
-      kps_->CreateKek(Token({{"iat", past}, {"exp", past + 300}})).ok())
+      kps_->CreateKek(Token({{"iat", past}, {"exp", past + 300}}), Tk()).ok())
       << "expired";
-  EXPECT_FALSE(kps_->CreateKek(Token({{"aud", "someone-else"}})).ok())
+  EXPECT_FALSE(kps_->CreateKek(Token({{"aud", "someone-else"}}), Tk()).ok())
       << "audience";
-  EXPECT_FALSE(kps_->CreateKek(Token({{"baseline", "withdrawn"}})).ok())
+  EXPECT_FALSE(kps_->CreateKek(Token({{"baseline", "withdrawn"}}), Tk()).ok())
       << "baseline";
   auto other = EcSigningKey::Generate();
   ASSERT_TRUE(other.ok());
-  EXPECT_EQ(kps_->CreateKek(Token(Json::object(), &*other)).error().code,
+  EXPECT_EQ(kps_->CreateKek(Token(Json::object(), &*other), Tk()).error().code,
             ErrorCode::kCrypto)
       << "signed by another key";
   // alg:none with the claims of a valid token.
   std::string none = Token();
   none = "eyJhbGciOiJub25lIn0" +
          none.substr(none.find('.'), none.rfind('.') - none.find('.')) + ".";
-  EXPECT_FALSE(kps_->CreateKek(none).ok()) << "alg none";
+  EXPECT_FALSE(kps_->CreateKek(none, Tk()).ok()) << "alg none";
 }
 
 TEST_F(KpsTest, BaselineWithdrawnAfterIssueIsRefused) {
   const std::string t = Token();
   std::filesystem::remove(dir_.path() + "/baselines/golden.json");
-  auto r = kps_->CreateKek(t);
+  auto r = kps_->CreateKek(t, Tk());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied);
 }
 
 TEST_F(KpsTest, AlteredOrForeignCiphertextIsRefused) {
-  auto g = kps_->CreateKek(Token());
+  auto g = kps_->CreateKek(Token(), Tk());
   ASSERT_TRUE(g.ok());
   Json ct = Json::parse(g->ciphertext);
   // Another KEK ID (the AAD binds it).
   Json moved = ct;
   moved["kek_id"] = "00000000-0000-0000-0000-000000000000";
-  EXPECT_EQ(kps_->UnwrapKek(Token(), moved.dump()).error().code,
+  EXPECT_EQ(kps_->UnwrapKek(Token(), moved.dump(), Tk()).error().code,
             ErrorCode::kCrypto);
   // A flipped ciphertext byte (base64 of the wrapped key changed).
   Json flipped = ct;
   std::string c = flipped["wrapped"]["ct"];
   c[0] = c[0] == 'A' ? 'B' : 'A';
   flipped["wrapped"]["ct"] = c;
-  EXPECT_EQ(kps_->UnwrapKek(Token(), flipped.dump()).error().code,
+  EXPECT_EQ(kps_->UnwrapKek(Token(), flipped.dump(), Tk()).error().code,
             ErrorCode::kCrypto);
   // Made by another provider (its own primary key): refused here, by name
   // and, renamed, by the key.
   KeyProviderService b = Make("kps-b");
-  auto gb = b.CreateKek(Token());
+  auto gb = b.CreateKek(Token(), Tk());
   ASSERT_TRUE(gb.ok());
-  EXPECT_EQ(kps_->UnwrapKek(Token(), gb->ciphertext).error().code,
+  EXPECT_EQ(kps_->UnwrapKek(Token(), gb->ciphertext, Tk()).error().code,
             ErrorCode::kCrypto);
   Json renamed = Json::parse(gb->ciphertext);
   renamed["provider"] = "kps-a";
-  EXPECT_EQ(kps_->UnwrapKek(Token(), renamed.dump()).error().code,
+  EXPECT_EQ(kps_->UnwrapKek(Token(), renamed.dump(), Tk()).error().code,
             ErrorCode::kCrypto);
-  EXPECT_EQ(kps_->UnwrapKek(Token(), "garbage").error().code,
+  EXPECT_EQ(kps_->UnwrapKek(Token(), "garbage", Tk()).error().code,
             ErrorCode::kInvalidArgument);
 }
 
