@@ -123,36 +123,39 @@ Result<Tpm> Tpm::Open(const std::string& tcti) {
   return Tpm(std::move(t), std::move(e));
 }
 
-Result<uint32_t> Tpm::LoadEk() {
-  if (ek_loaded_) return ek_;
+namespace {
+
+// A primary key of the endorsement hierarchy from `tmpl` (the same key
+// every time for one template).
+Result<uint32_t> CreateEndorsementPrimary(ESYS_CONTEXT* esys,
+                                          const TPM2B_PUBLIC& tmpl,
+                                          const std::string& what) {
   TPM2B_SENSITIVE_CREATE sensitive = {};
-  TPM2B_PUBLIC tmpl = EkTemplate();
   TPM2B_DATA outside = {};
   TPML_PCR_SELECTION creation_pcr = {};
   ESYS_TR handle = ESYS_TR_NONE;
-  TSS2_RC rc = Esys_CreatePrimary(esys_.get(), ESYS_TR_RH_ENDORSEMENT,
+  TSS2_RC rc = Esys_CreatePrimary(esys, ESYS_TR_RH_ENDORSEMENT,
                                   ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                                   &sensitive, &tmpl, &outside, &creation_pcr,
                                   &handle, nullptr, nullptr, nullptr, nullptr);
-  if (rc != TSS2_RC_SUCCESS) return TpmError("creating the EK", rc);
-  ek_ = handle;
+  if (rc != TSS2_RC_SUCCESS) return TpmError("creating the " + what, rc);
+  return handle;
+}
+
+}  // namespace
+
+Result<uint32_t> Tpm::LoadEk() {
+  if (ek_loaded_) return ek_;
+  VCRYPT_ASSIGN_OR_RETURN(
+      ek_, CreateEndorsementPrimary(esys_.get(), EkTemplate(), "EK"));
   ek_loaded_ = true;
   return ek_;
 }
 
 Result<uint32_t> Tpm::LoadAk() {
   if (ak_loaded_) return ak_;
-  TPM2B_SENSITIVE_CREATE sensitive = {};
-  TPM2B_PUBLIC tmpl = AkTemplate();
-  TPM2B_DATA outside = {};
-  TPML_PCR_SELECTION creation_pcr = {};
-  ESYS_TR handle = ESYS_TR_NONE;
-  TSS2_RC rc = Esys_CreatePrimary(esys_.get(), ESYS_TR_RH_ENDORSEMENT,
-                                  ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                  &sensitive, &tmpl, &outside, &creation_pcr,
-                                  &handle, nullptr, nullptr, nullptr, nullptr);
-  if (rc != TSS2_RC_SUCCESS) return TpmError("creating the AK", rc);
-  ak_ = handle;
+  VCRYPT_ASSIGN_OR_RETURN(
+      ak_, CreateEndorsementPrimary(esys_.get(), AkTemplate(), "AK"));
   ak_loaded_ = true;
   return ak_;
 }
