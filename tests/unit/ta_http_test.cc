@@ -1,0 +1,163 @@
+// The Trust Authority's HTTP API end to end on localhost: a host with a
+// real software TPM enrolls, attests, gets a KEK sealed to its one-time
+// key and unwraps it again, all through cpp-httplib (plain HTTP here; the
+// services run behind TLS in production).
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <fstream>
+#include <thread>
+
+#include "common/base64.h"
+#include "common/random.h"
+#include "keyproviders/trusted/tpm.h"
+#include "tests/unit/swtpm.h"
+#include "trustauthority/http.h"
+
+namespace vcrypt {
+namespace {
+
+using Json = nlohmann::json;
+
+class TaHttpTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!tpm_.Start(&why)) GTEST_SKIP() << why;
+    auto key = EcSigningKey::Generate();
+    ASSERT_TRUE(key.ok());
+    auto pub = EcVerifyKey::FromPublicPem(*key->ToPublicPem());
+    AttestationConfig c;
+    c.state_dir = dir_.path();
+    c.selection = {TPM2_ALG_SHA256, {0, 1, 2, 3, 7}};
+    auto a = AttestationService::Open(c, std::move(key).value());
+    ASSERT_TRUE(a.ok()) << a.error().message;
+    att_.emplace(std::move(a).value());
+    auto k =
+        KeyProviderService::Open({dir_.path(), "kps"}, std::move(pub).value(),
+                                 std::move(RandomKey(32)).value());
+    ASSERT_TRUE(k.ok()) << k.error().message;
+    kps_.emplace(std::move(k).value());
+    AddAttestationRoutes(server_, *att_, att_mu_);
+    AddKpsRoutes(server_, *kps_, kps_mu_);
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    ASSERT_GT(port_, 0);
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    // cpp-httplib 0.11 has no wait_until_ready: poll is_running.
+    for (int i = 0; i < 500 && !server_.is_running(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    auto t = Tpm::Open(tpm_.Tcti());
+    ASSERT_TRUE(t.ok());
+    host_.emplace(std::move(t).value());
+  }
+  void TearDown() override {
+    server_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  // POST `body` to `path`: {status, JSON}.
+  std::pair<int, Json> Post(const std::string& path, const Json& body) {
+    httplib::Client cli("127.0.0.1", port_);
+    auto res = cli.Post(path, body.dump(), "application/json");
+    if (!res) return {0, Json()};
+    return {res->status, Json::parse(res->body, nullptr, false)};
+  }
+  static std::vector<uint8_t> B(const Json& j) {
+    return *Base64Decode(j.get<std::string>());
+  }
+
+  testing::TempDir dir_{"ta-http"};
+  testing::Swtpm tpm_;
+  std::optional<AttestationService> att_;
+  std::optional<KeyProviderService> kps_;
+  std::mutex att_mu_, kps_mu_;
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+  std::optional<Tpm> host_;
+};
+
+TEST_F(TaHttpTest, EnrollAttestAndGetAKekOverHttp) {
+  auto ek = host_->EkPublic();
+  auto ak = host_->AkPublic();
+  ASSERT_TRUE(ek.ok() && ak.ok());
+  ASSERT_TRUE(att_->AddHost("h1", *ek).ok());
+
+  auto [st, ch] = Post(
+      "/v1/enroll",
+      {{"host", "h1"}, {"ek", Base64Encode(*ek)}, {"ak", Base64Encode(*ak)}});
+  ASSERT_EQ(st, 200) << ch.dump();
+  auto secret = host_->ActivateCredential(B(ch["credential_blob"]),
+                                          B(ch["encrypted_secret"]));
+  ASSERT_TRUE(secret.ok()) << secret.error().message;
+  auto [st2, fin] = Post("/v1/enroll/finish",
+                         {{"id", ch["id"]},
+                          {"secret", Base64Encode(std::span<const uint8_t>(
+                                         secret->data(), secret->size()))}});
+  ASSERT_EQ(st2, 200) << fin.dump();
+
+  auto attest = [&]() -> std::pair<int, Json> {
+    auto [s, n] = Post("/v1/nonce", {{"host", "h1"}});
+    EXPECT_EQ(s, 200);
+    std::vector<int> pcrs = n["pcrs"].get<std::vector<int>>();
+    auto q = host_->QuotePcrs(B(n["nonce"]), n["bank"].get<uint16_t>(), pcrs);
+    EXPECT_TRUE(q.ok());
+    Json vals = Json::array();
+    for (const auto& v : q->pcr_values) vals.push_back(Base64Encode(v));
+    if (!att_->AddBaseline("golden", q->pcr_values).ok()) ADD_FAILURE();
+    return Post("/v1/attest", {{"host", "h1"},
+                               {"nonce", n["nonce"]},
+                               {"attest", Base64Encode(q->attest)},
+                               {"signature", Base64Encode(q->signature)},
+                               {"pcr_values", vals}});
+  };
+  auto [st3, tok] = attest();
+  ASSERT_EQ(st3, 200) << tok.dump();
+
+  auto tk = TransportKey::Generate();
+  ASSERT_TRUE(tk.ok());
+  auto [st4, grant] =
+      Post("/v1/kek", {{"token", tok["token"]},
+                       {"transport_key", Base64Encode(tk->public_point())}});
+  ASSERT_EQ(st4, 200) << grant.dump();
+  auto sealed = SealedKey::FromJson(grant["kek"]);
+  ASSERT_TRUE(sealed.ok());
+  auto kek = tk->Open(*sealed, grant["kek_id"].get<std::string>());
+  ASSERT_TRUE(kek.ok()) << kek.error().message;
+  EXPECT_EQ(grant.dump().find("\"kek\":\""), std::string::npos);
+
+  // The same token again: its jti is spent (403).
+  auto [st5, again] = Post(
+      "/v1/kek/unwrap", {{"token", tok["token"]},
+                         {"ciphertext", grant["ciphertext"]},
+                         {"transport_key", Base64Encode(tk->public_point())}});
+  EXPECT_EQ(st5, 403) << again.dump();
+  EXPECT_EQ(again["error"]["code"], "permission_denied");
+  // A fresh attestation: the ciphertext unwraps to the same KEK.
+  auto [st6, tok2] = attest();
+  ASSERT_EQ(st6, 200);
+  auto [st7, un] = Post("/v1/kek/unwrap",
+                        {{"token", tok2["token"]},
+                         {"ciphertext", grant["ciphertext"]},
+                         {"transport_key", Base64Encode(tk->public_point())}});
+  ASSERT_EQ(st7, 200) << un.dump();
+  auto k2 = tk->Open(*SealedKey::FromJson(un["kek"]),
+                     grant["kek_id"].get<std::string>());
+  ASSERT_TRUE(k2.ok());
+  EXPECT_TRUE(k2->Equals(*kek));
+}
+
+TEST_F(TaHttpTest, MalformedRequestsGetOneClearError) {
+  httplib::Client cli("127.0.0.1", port_);
+  auto res = cli.Post("/v1/nonce", "not json", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400);
+  auto [st, body] = Post("/v1/nonce", {{"host", "nobody"}});
+  EXPECT_EQ(st, 404);
+  EXPECT_EQ(body["error"]["code"], "not_found");
+  auto [st2, b2] =
+      Post("/v1/kek", {{"token", "x.y.z"}, {"transport_key", "AAAA"}});
+  EXPECT_EQ(st2 / 100, 4) << b2.dump();
+}
+
+}  // namespace
+}  // namespace vcrypt
