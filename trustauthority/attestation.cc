@@ -16,6 +16,7 @@
 #include "common/handles.h"
 #include "common/names.h"
 #include "common/random.h"
+#include "trustauthority/proof.h"
 
 namespace vcrypt {
 namespace {
@@ -316,9 +317,20 @@ Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
   return g;
 }
 
+namespace {
+// RFC 7800 `cnf` with the session key as a JWK (checked point, 65 bytes).
+Json CnfJwk(std::span<const uint8_t> point) {
+  return {{"jwk",
+           {{"kty", "EC"},
+            {"crv", "P-256"},
+            {"x", Base64UrlEncode(point.subspan(1, 32))},
+            {"y", Base64UrlEncode(point.subspan(33, 32))}}}};
+}
+}  // namespace
+
 Result<std::string> AttestationService::Attest(
     const std::string& host, std::span<const uint8_t> nonce,
-    std::span<const uint8_t> attest, std::span<const uint8_t> signature,
+    std::span<const uint8_t> session_point, std::span<const uint8_t> attest, std::span<const uint8_t> signature,
     const std::vector<std::vector<uint8_t>>& pcr_values) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
   // The nonce first: consumed whatever happens next, so a quote is tried
@@ -335,6 +347,9 @@ Result<std::string> AttestationService::Attest(
                      "the nonce was issued to another host");
   if ((*issued).value("expires", int64_t{0}) < Now())
     return MakeError(ErrorCode::kPermissionDenied, "the nonce has expired");
+  if (!EcVerifyKey::FromPoint(session_point).ok())
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the session key is not a P-256 point");
 
   const std::string hpath = Path("hosts/" + host + ".json");
   auto rec = ReadJson(hpath);
@@ -349,7 +364,9 @@ Result<std::string> AttestationService::Attest(
       Base64Decode((*rec)["enrolled"]["ak"].get<std::string>()));
   QuoteCheck check;
   VCRYPT_ASSIGN_OR_RETURN(check.ak, ParseTpm2bPublic(ak_wire));
-  check.nonce.assign(nonce.begin(), nonce.end());
+  // The TPM quoted the nonce together with the session key: the quote
+  // vouches that the key the token is bound to belongs to this host.
+  check.nonce = QuoteQualifyingData(nonce, session_point);
   check.expected = config_.selection;
   check.pcr_values = pcr_values;
   if (rec->contains("last_clock"))
@@ -390,7 +407,8 @@ Result<std::string> AttestationService::Attest(
                  {"iat", now},
                  {"exp", now + config_.token_lifetime.count()},
                  {"jti", Hex(std::span<const uint8_t>(j.data(), j.size()))},
-                 {"baseline", matched}};
+                 {"baseline", matched},
+                 {"cnf", CnfJwk(session_point)}};
   return SignToken(key_, claims);
 }
 

@@ -90,14 +90,17 @@ class AttestationService {
   // --- attestation ---
   Result<NonceGrant> IssueNonce(const std::string& host);
   // Verifies the quote (trustauthority/quote.h VerifyQuote, with the
-  // host's enrolled AK and last clock), consumes the nonce (single use,
-  // unexpired, issued to this host), compares the PCR values with every
-  // baseline and returns a signed token naming the one matched.
+  // host's enrolled AK and last clock; its extraData must be
+  // QuoteQualifyingData(nonce, session_point), trustauthority/proof.h),
+  // consumes the nonce (single use, unexpired, issued to this host),
+  // compares the PCR values with every baseline and returns a signed token
+  // naming the one matched and bound to the session key (`cnf`).
   // kPermissionDenied when the nonce, the host or the baseline check
   // fails; kCrypto when the quote does not verify.
   Result<std::string> Attest(
       const std::string& host, std::span<const uint8_t> nonce,
-      std::span<const uint8_t> attest, std::span<const uint8_t> signature,
+      std::span<const uint8_t> session_point, std::span<const uint8_t> attest,
+      std::span<const uint8_t> signature,
       const std::vector<std::vector<uint8_t>>& pcr_values);
 
   const AttestationConfig& config() const { return config_; }

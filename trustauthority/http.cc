@@ -61,7 +61,7 @@ Result<std::vector<uint8_t>> Bytes(const Json& j, const char* name) {
 }
 
 // A POST route whose body is a JSON object, answered by `fn` under `mu`.
-void Route(httplib::Server& server, const char* path, std::mutex& mu,
+void Route(httplib::Server& server, const std::string& path, std::mutex& mu,
            std::function<Result<Json>(const Json&)> fn) {
   server.Post(path,
               [&mu, fn](const httplib::Request& req, httplib::Response& res) {
@@ -112,6 +112,8 @@ void AddAttestationRoutes(httplib::Server& server, AttestationService& svc,
   Route(server, "/v1/attest", mu, [&svc](const Json& b) -> Result<Json> {
     VCRYPT_ASSIGN_OR_RETURN(std::string host, Str(b, "host"));
     VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> nonce, Bytes(b, "nonce"));
+    VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> session,
+                            Bytes(b, "session_key"));
     VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> attest, Bytes(b, "attest"));
     VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> sig, Bytes(b, "signature"));
     if (!b.contains("pcr_values") || !b["pcr_values"].is_array())
@@ -124,28 +126,40 @@ void AddAttestationRoutes(httplib::Server& server, AttestationService& svc,
       values.push_back(std::move(d).value());
     }
     VCRYPT_ASSIGN_OR_RETURN(std::string token,
-                            svc.Attest(host, nonce, attest, sig, values));
+                            svc.Attest(host, nonce, session, attest, sig, values));
     return Json{{"token", token}};
   });
 }
 
+namespace {
+Result<KpsRequest> KpsBody(const Json& b, bool unwrap) {
+  KpsRequest r;
+  VCRYPT_ASSIGN_OR_RETURN(r.token, Str(b, "token"));
+  VCRYPT_ASSIGN_OR_RETURN(r.proof, Str(b, "proof"));
+  VCRYPT_ASSIGN_OR_RETURN(r.transport_key, Bytes(b, "transport_key"));
+  if (unwrap) {
+    VCRYPT_ASSIGN_OR_RETURN(r.ciphertext, Str(b, "ciphertext"));
+  }
+  return r;
+}
+}  // namespace
+
 void AddKpsRoutes(httplib::Server& server, KeyProviderService& svc,
                   std::mutex& mu) {
-  Route(server, "/v1/kek", mu, [&svc](const Json& b) -> Result<Json> {
-    VCRYPT_ASSIGN_OR_RETURN(std::string token, Str(b, "token"));
-    VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> tk, Bytes(b, "transport_key"));
-    VCRYPT_ASSIGN_OR_RETURN(KekGrant g, svc.CreateKek(token, tk));
-    return Json{{"kek_id", g.kek_id},
-                {"ciphertext", g.ciphertext},
-                {"kek", g.kek.ToJson()}};
-  });
-  Route(server, "/v1/kek/unwrap", mu, [&svc](const Json& b) -> Result<Json> {
-    VCRYPT_ASSIGN_OR_RETURN(std::string token, Str(b, "token"));
-    VCRYPT_ASSIGN_OR_RETURN(std::string ct, Str(b, "ciphertext"));
-    VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> tk, Bytes(b, "transport_key"));
-    VCRYPT_ASSIGN_OR_RETURN(SealedKey k, svc.UnwrapKek(token, ct, tk));
-    return Json{{"kek", k.ToJson()}};
-  });
+  Route(server, std::string(kKekPath), mu,
+        [&svc](const Json& b) -> Result<Json> {
+          VCRYPT_ASSIGN_OR_RETURN(KpsRequest r, KpsBody(b, false));
+          VCRYPT_ASSIGN_OR_RETURN(KekGrant g, svc.CreateKek(r));
+          return Json{{"kek_id", g.kek_id},
+                      {"ciphertext", g.ciphertext},
+                      {"kek", g.kek.ToJson()}};
+        });
+  Route(server, std::string(kKekUnwrapPath), mu,
+        [&svc](const Json& b) -> Result<Json> {
+          VCRYPT_ASSIGN_OR_RETURN(KpsRequest r, KpsBody(b, true));
+          VCRYPT_ASSIGN_OR_RETURN(SealedKey k, svc.UnwrapKek(r));
+          return Json{{"kek", k.ToJson()}};
+        });
 }
 
 }  // namespace vcrypt

@@ -4,17 +4,20 @@
 // plain one in tests). Bodies are JSON; TPM structures, keys and nonces
 // travel as padded base64 of their wire bytes.
 //
+// clang-format off
 // Attestation service:
-//   POST /v1/enroll         {host, ek, ek_cert?, ak} -> {id, credential_blob,
-//   encrypted_secret} POST /v1/enroll/finish  {id, secret}             -> {}
-//   POST /v1/nonce          {host}                   -> {nonce, bank, pcrs,
-//   expires} POST /v1/attest         {host, nonce, attest, signature,
-//   pcr_values[]} -> {token}
+//   POST /v1/enroll        {host, ek, ek_cert?, ak}  -> {id, credential_blob, encrypted_secret}
+//   POST /v1/enroll/finish {id, secret}              -> {}
+//   POST /v1/nonce         {host}                    -> {nonce, bank, pcrs, expires}
+//   POST /v1/attest        {host, nonce, session_key, attest, signature, pcr_values[]}
+//                                                    -> {token}
 // Key provider service:
-//   POST /v1/kek            {token, transport_key}             -> {kek_id,
-//   ciphertext, kek} POST /v1/kek/unwrap     {token, ciphertext, transport_key}
-//   -> {kek}
-//   (`kek` is a SealedKey: the KEK sealed to the caller's one-time key.)
+//   POST /v1/kek           {token, proof, transport_key}             -> {kek_id, ciphertext, kek}
+//   POST /v1/kek/unwrap    {token, proof, ciphertext, transport_key} -> {kek}
+// clang-format on
+//   The quote is over QuoteQualifyingData(nonce, session_key) and `proof`
+//   is SignRequestProof(session key, ...) (trustauthority/proof.h).
+//   `kek` is a SealedKey: the KEK sealed to the caller's one-time key.
 // Errors: 400 (malformed: usage, invalid_argument), 403 (permission_denied,
 // crypto), 404 (not_found), 500 (anything else), each with
 // {"error": {"code", "message"}} and a one-line message.

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -251,7 +252,10 @@ Result<json> ParseStrictObject(std::span<const uint8_t> bytes,
   return value;
 }
 
-Status CheckHeader(const json& header, const EcVerifyKey& key) {
+// `typ` must equal `typ_expected` when present; with `typ_required` it
+// must be present (request proofs: a token cannot pass as a proof).
+Status CheckHeader(const json& header, const EcVerifyKey& key,
+                   std::string_view typ_expected, bool typ_required) {
   // The algorithm is the verifier's, not the token's: anything but the
   // exact string "ES256" ("none", "HS256" keyed with the public key,
   // "ES384", "es256", a non-string) is refused here, before any crypto.
@@ -279,9 +283,12 @@ Status CheckHeader(const json& header, const EcVerifyKey& key) {
                       "kid is not the pinned key's thumbprint");
   }
   auto typ = header.find("typ");
-  if (typ != header.end() &&
-      (!typ->is_string() || typ->get_ref<const std::string&>() != "JWT")) {
-    return TokenError(ErrorCode::kInvalidArgument, "typ must be JWT");
+  if ((typ == header.end() && typ_required) ||
+      (typ != header.end() && (!typ->is_string() ||
+                               typ->get_ref<const std::string&>() !=
+                                   typ_expected))) {
+    return TokenError(ErrorCode::kInvalidArgument,
+                      "typ must be " + std::string(typ_expected));
   }
   for (const auto& item : header.items()) {
     const std::string& k = item.key();
@@ -329,6 +336,31 @@ Result<int64_t> IntClaim(const json& claims, const char* name) {
     return static_cast<int64_t>(u);
   }
   return it->get<int64_t>();
+}
+
+// RFC 7800 confirmation key: {"jwk": {"kty":"EC","crv":"P-256","x","y"}}
+// and nothing else, as an uncompressed point (checked on the curve).
+Result<std::vector<uint8_t>> CnfPoint(const json& cnf) {
+  auto bad = [] {
+    return TokenError(ErrorCode::kInvalidArgument,
+                      "claim cnf is not {\"jwk\": P-256 public key}");
+  };
+  if (!cnf.is_object() || cnf.size() != 1 || !cnf.contains("jwk")) return bad();
+  const json& jwk = cnf["jwk"];
+  if (!jwk.is_object() || jwk.size() != 4 || jwk.value("kty", "") != "EC" ||
+      jwk.value("crv", "") != "P-256" || !jwk.contains("x") ||
+      !jwk["x"].is_string() || !jwk.contains("y") || !jwk["y"].is_string())
+    return bad();
+  auto x = Base64UrlDecode(jwk["x"].get<std::string>());
+  auto y = Base64UrlDecode(jwk["y"].get<std::string>());
+  if (!x.ok() || !y.ok() || x->size() != kCoordinateSize ||
+      y->size() != kCoordinateSize)
+    return bad();
+  std::vector<uint8_t> point{0x04};
+  point.insert(point.end(), x->begin(), x->end());
+  point.insert(point.end(), y->begin(), y->end());
+  if (!EcVerifyKey::FromPoint(point).ok()) return bad();
+  return point;
 }
 
 Result<AttestationClaims> CheckClaims(const json& claims,
@@ -399,6 +431,9 @@ Result<AttestationClaims> CheckClaims(const json& claims,
       return TokenError(ErrorCode::kPermissionDenied,
                         "not yet valid (nbf is in the future)");
     }
+  }
+  if (claims.contains("cnf")) {
+    VCRYPT_ASSIGN_OR_RETURN(out.cnf_point, CnfPoint(claims["cnf"]));
   }
   return out;
 }
@@ -524,6 +559,55 @@ Result<EcVerifyKey> EcVerifyKey::FromPublicPem(std::string_view pem) {
   return EcVerifyKey(std::move(pkey), std::move(thumbprint));
 }
 
+Result<EcVerifyKey> EcVerifyKey::FromPoint(std::span<const uint8_t> point) {
+  if (point.size() != 1 + 2 * kCoordinateSize || point[0] != 0x04) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "not an uncompressed P-256 point");
+  }
+  OsslParamBldPtr bld(OSSL_PARAM_BLD_new());
+  if (!bld ||
+      OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME,
+                                      "P-256", 0) != 1 ||
+      OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY,
+                                       point.data(), point.size()) != 1) {
+    return SslError(ErrorCode::kInternal, "out of memory");
+  }
+  OsslParamPtr params(OSSL_PARAM_BLD_to_param(bld.get()));
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
+  EVP_PKEY* raw = nullptr;
+  if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
+      EVP_PKEY_fromdata(ctx.get(), &raw, EVP_PKEY_PUBLIC_KEY, params.get()) !=
+          1) {
+    return SslError(ErrorCode::kInvalidArgument, "not a valid P-256 point");
+  }
+  EvpPkeyPtr pkey(raw);
+  // fromdata does not check that the point is on the curve.
+  EvpPkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey.get(), nullptr));
+  if (!check || EVP_PKEY_public_check(check.get()) != 1) {
+    return SslError(ErrorCode::kInvalidArgument, "not a valid P-256 point");
+  }
+  VCRYPT_ASSIGN_OR_RETURN(std::string thumbprint,
+                          ComputeThumbprint(pkey.get()));
+  return EcVerifyKey(std::move(pkey), std::move(thumbprint));
+}
+
+Result<std::vector<uint8_t>> EcVerifyKey::Point() const {
+  return EncodeP256Point(pkey_.get());
+}
+
+Result<std::vector<uint8_t>> EncodeP256Point(EVP_PKEY* pkey) {
+  std::vector<uint8_t> p(1 + 2 * kCoordinateSize);
+  size_t len = 0;
+  if (pkey == nullptr || !IsP256(pkey) ||
+      EVP_PKEY_get_octet_string_param(pkey,
+                                      OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY,
+                                      p.data(), p.size(), &len) != 1 ||
+      len != p.size()) {
+    return SslError(ErrorCode::kInternal, "cannot encode a P-256 point");
+  }
+  return p;
+}
+
 Result<std::string> EcVerifyKey::ToPublicPem() const {
   BioPtr bio(BIO_new(BIO_s_mem()));
   if (!bio || !pkey_ || PEM_write_bio_PUBKEY(bio.get(), pkey_.get()) != 1) {
@@ -595,7 +679,8 @@ Result<SecureBuffer> EcSigningKey::ToPrivatePem() const {
 
 // --- tokens -----------------------------------------------------------------
 
-Result<std::string> SignToken(const EcSigningKey& key, const json& claims) {
+Result<std::string> SignJws(const EcSigningKey& key, std::string_view typ,
+                            const json& claims) {
   if (!claims.is_object()) {
     return MakeError(ErrorCode::kInvalidArgument,
                      "token claims must be a JSON object");
@@ -608,9 +693,9 @@ Result<std::string> SignToken(const EcSigningKey& key, const json& claims) {
                      "token claims contain a string that is not UTF-8");
   }
   // Written by hand so the header is exactly these bytes; the thumbprint
-  // is base64url and needs no escaping.
-  const std::string header =
-      R"({"alg":"ES256","kid":")" + key.Thumbprint() + R"(","typ":"JWT"})";
+  // is base64url and the types are ours, so nothing needs JSON escaping.
+  const std::string header = R"({"alg":"ES256","kid":")" + key.Thumbprint() +
+                             R"(","typ":")" + std::string(typ) + R"("})";
   std::string token =
       Base64UrlEncode(Bytes(header)) + "." + Base64UrlEncode(Bytes(payload));
   VCRYPT_ASSIGN_OR_RETURN(auto sig, SignEs256(key.pkey(), token));
@@ -623,15 +708,15 @@ Result<std::string> SignToken(const EcSigningKey& key, const json& claims) {
   return token;
 }
 
-Result<AttestationClaims> VerifyToken(
-    std::string_view token, const EcVerifyKey& key, const TokenPolicy& policy,
-    std::chrono::system_clock::time_point now) {
-  if (policy.issuer.empty() || policy.audience.empty() ||
-      policy.leeway.count() < 0 || policy.max_lifetime.count() <= 0) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "token policy needs an issuer, an audience, leeway >= 0 "
-                     "and max_lifetime > 0");
-  }
+Result<std::string> SignToken(const EcSigningKey& key, const json& claims) {
+  return SignJws(key, "JWT", claims);
+}
+
+namespace {
+
+// Steps 1-3 of VerifyToken and the strict payload parse.
+Result<json> VerifyCompact(std::string_view token, const EcVerifyKey& key,
+                           std::string_view typ, bool typ_required) {
   if (key.pkey() == nullptr) {
     return MakeError(ErrorCode::kInvalidArgument, "no verification key");
   }
@@ -671,12 +756,38 @@ Result<AttestationClaims> VerifyToken(
 
   VCRYPT_ASSIGN_OR_RETURN(json header,
                           ParseStrictObject(*header_bytes, "header"));
-  VCRYPT_RETURN_IF_ERROR(CheckHeader(header, key));
+  VCRYPT_RETURN_IF_ERROR(CheckHeader(header, key, typ, typ_required));
   VCRYPT_RETURN_IF_ERROR(VerifyEs256(key.pkey(), signing_input, *sig));
 
   // Authenticated from here on.
-  VCRYPT_ASSIGN_OR_RETURN(json claims,
-                          ParseStrictObject(*payload_bytes, "payload"));
+  return ParseStrictObject(*payload_bytes, "payload");
+}
+
+}  // namespace
+
+Result<json> VerifyJws(std::string_view jws, const EcVerifyKey& key,
+                       std::string_view typ, std::string_view what) {
+  auto r = VerifyCompact(jws, key, typ, /*typ_required=*/true);
+  if (r.ok()) return r;
+  // TokenError's prefix names tokens; name what this is instead.
+  Error e = std::move(r).error();
+  static constexpr std::string_view kPrefix = "attestation token: ";
+  if (e.message.rfind(kPrefix, 0) == 0)
+    e.message = std::string(what) + ": " + e.message.substr(kPrefix.size());
+  return e;
+}
+
+Result<AttestationClaims> VerifyToken(
+    std::string_view token, const EcVerifyKey& key, const TokenPolicy& policy,
+    std::chrono::system_clock::time_point now) {
+  if (policy.issuer.empty() || policy.audience.empty() ||
+      policy.leeway.count() < 0 || policy.max_lifetime.count() <= 0) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "token policy needs an issuer, an audience, leeway >= 0 "
+                     "and max_lifetime > 0");
+  }
+  VCRYPT_ASSIGN_OR_RETURN(json claims, VerifyCompact(token, key, "JWT",
+                                                     /*typ_required=*/false));
   const int64_t now_s =
       std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch())
           .count();

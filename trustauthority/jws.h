@@ -35,7 +35,9 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <span>
 #include <string_view>
+#include <vector>
 
 #include "common/handles.h"
 #include "common/result.h"
@@ -56,8 +58,14 @@ class EcVerifyKey {
   // Parses a "PUBLIC KEY" (SubjectPublicKeyInfo) PEM. Refuses any key that
   // is not a valid point on P-256 (kInvalidArgument).
   static Result<EcVerifyKey> FromPublicPem(std::string_view pem);
+  // From an uncompressed point (65 bytes, 0x04 || x || y): a host's
+  // session key as carried in a token's `cnf` claim. kInvalidArgument
+  // unless it is a valid point on P-256.
+  static Result<EcVerifyKey> FromPoint(std::span<const uint8_t> point);
 
   Result<std::string> ToPublicPem() const;
+  // The uncompressed point, 65 bytes.
+  Result<std::vector<uint8_t>> Point() const;
   // RFC 7638 JWK SHA-256 thumbprint, base64url (43 characters): the `kid`.
   const std::string& Thumbprint() const { return thumbprint_; }
   // For OpenSSL calls this header does not wrap; owned by this object.
@@ -92,6 +100,7 @@ class EcSigningKey {
   // only the service can read.
   Result<SecureBuffer> ToPrivatePem() const;
   Result<std::string> ToPublicPem() const { return public_.ToPublicPem(); }
+  Result<std::vector<uint8_t>> PublicPoint() const { return public_.Point(); }
   const std::string& Thumbprint() const { return public_.Thumbprint(); }
   // The matching public key, to pin in the verifier.
   const EcVerifyKey& VerifyKey() const { return public_; }
@@ -119,6 +128,20 @@ class EcSigningKey {
 Result<std::string> SignToken(const EcSigningKey& key,
                               const nlohmann::json& claims);
 
+// The uncompressed point (65 bytes) of any P-256 key, public or private.
+Result<std::vector<uint8_t>> EncodeP256Point(EVP_PKEY* pkey);
+
+// The JWS layer shared by attestation tokens and request proofs
+// (trustauthority/proof.h): a compact JWS whose protected header is exactly
+// {"alg":"ES256","kid":<key.Thumbprint()>,"typ":<typ>}.
+Result<std::string> SignJws(const EcSigningKey& key, std::string_view typ,
+                            const nlohmann::json& claims);
+// Steps 1-3 of VerifyToken below with `typ` as the only accepted type, then
+// the payload parsed strictly (a JSON object, no duplicate members). The
+// caller checks the claims. `what` names the object in error messages.
+Result<nlohmann::json> VerifyJws(std::string_view jws, const EcVerifyKey& key,
+                                 std::string_view typ, std::string_view what);
+
 struct TokenPolicy {
   std::string issuer;    // required `iss`
   std::string audience;  // required in `aud` (a string or an array)
@@ -137,6 +160,11 @@ struct AttestationClaims {
   std::string baseline;  // the baseline the quote matched
   int64_t iat = 0;       // seconds since the epoch
   int64_t exp = 0;
+  // The host's session key the token is bound to (RFC 7800 `cnf` with a
+  // P-256 `jwk`), as an uncompressed point; empty when the token has no
+  // `cnf`. The key provider service requires it (proof of possession,
+  // trustauthority/proof.h).
+  std::vector<uint8_t> cnf_point;
 };
 
 // Verifies `token` against the pinned `key` and `policy` at time `now`;
@@ -155,7 +183,8 @@ struct AttestationClaims {
 //     array of strings containing it; `iat`, `exp` integers with
 //     iat < exp, exp > now - leeway, iat <= now + leeway,
 //     exp - iat <= max_lifetime; `nbf`, if present, an integer
-//     <= now + leeway. Other claims are ignored.
+//     <= now + leeway; `cnf`, if present, exactly {"jwk": {"kty":"EC",
+//     "crv":"P-256","x","y"}} with a valid point. Other claims are ignored.
 // It does not consume `jti`: after this succeeds the caller calls
 // ReplayGuard::ConsumeOnce(claims.jti, claims.exp) on a guard whose grace
 // is at least policy.leeway, and refuses the token unless that is true.

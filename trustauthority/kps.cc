@@ -1,5 +1,7 @@
 #include "trustauthority/kps.h"
 
+#include "trustauthority/proof.h"
+
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -34,10 +36,21 @@ Result<KeyProviderService> KeyProviderService::Open(KpsConfig config,
                             std::move(primary_key), std::move(g));
 }
 
-Result<AttestationClaims> KeyProviderService::Admit(std::string_view token) {
+Result<AttestationClaims> KeyProviderService::Admit(
+    const KpsRequest& req, std::string_view path) {
+  const auto now = std::chrono::system_clock::now();
   VCRYPT_ASSIGN_OR_RETURN(AttestationClaims c,
-                          VerifyToken(token, key_, config_.policy,
-                                      std::chrono::system_clock::now()));
+                          VerifyToken(req.token, key_, config_.policy, now));
+  // A token is a bearer credential only together with its session key.
+  if (c.cnf_point.empty())
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "attestation token: not bound to a session key (cnf)");
+  VCRYPT_ASSIGN_OR_RETURN(EcVerifyKey session,
+                          EcVerifyKey::FromPoint(c.cnf_point));
+  VCRYPT_ASSIGN_OR_RETURN(
+      ProofClaims p,
+      VerifyRequestProof(req.proof, session, req.token, path,
+                         req.transport_key, req.ciphertext, now));
   // The baseline may have been withdrawn since the token was issued. Its
   // name was checked by the attestation service and is signed; still,
   // only plain names are looked up.
@@ -46,16 +59,23 @@ Result<AttestationClaims> KeyProviderService::Admit(std::string_view token) {
                                ".json"))
     return MakeError(ErrorCode::kPermissionDenied,
                      "the token's baseline is no longer approved");
-  VCRYPT_ASSIGN_OR_RETURN(bool fresh, jti_.ConsumeOnce(c.jti, c.exp));
+  // Single use of the request: the proof's jti, scoped by the token's (a
+  // proof names its token through `ath`, so one host cannot use up
+  // another's ids). Kept until the proof could no longer pass the age check.
+  VCRYPT_ASSIGN_OR_RETURN(
+      bool fresh,
+      jti_.ConsumeOnce(c.jti + "/" + p.jti, p.iat + kProofMaxAge.count()));
   if (!fresh)
     return MakeError(ErrorCode::kPermissionDenied,
-                     "the token was already used");
+                     "replayed request (the proof's jti was already used)");
   return c;
 }
 
-Result<KekGrant> KeyProviderService::CreateKek(
-    std::string_view token, std::span<const uint8_t> transport_key) {
-  VCRYPT_ASSIGN_OR_RETURN(AttestationClaims c, Admit(token));
+Result<KekGrant> KeyProviderService::CreateKek(const KpsRequest& req) {
+  if (!req.ciphertext.empty())
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "a KEK creation takes no ciphertext");
+  VCRYPT_ASSIGN_OR_RETURN(AttestationClaims c, Admit(req, kKekPath));
   (void)c;
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, RandomKey(kAeadKeySize));
   VCRYPT_ASSIGN_OR_RETURN(std::string kek_id, RandomUuid());
@@ -66,15 +86,15 @@ Result<KekGrant> KeyProviderService::CreateKek(
              {"provider", config_.provider_id},
              {"kek_id", kek_id},
              {"wrapped", w.ToJson()}};
-  VCRYPT_ASSIGN_OR_RETURN(SealedKey sealed, SealTo(transport_key, kek, kek_id));
+  VCRYPT_ASSIGN_OR_RETURN(SealedKey sealed,
+                          SealTo(req.transport_key, kek, kek_id));
   return KekGrant{kek_id, ct.dump(), std::move(sealed)};
 }
 
-Result<SealedKey> KeyProviderService::UnwrapKek(
-    std::string_view token, std::string_view ciphertext,
-    std::span<const uint8_t> transport_key) {
-  VCRYPT_ASSIGN_OR_RETURN(AttestationClaims c, Admit(token));
+Result<SealedKey> KeyProviderService::UnwrapKek(const KpsRequest& req) {
+  VCRYPT_ASSIGN_OR_RETURN(AttestationClaims c, Admit(req, kKekUnwrapPath));
   (void)c;
+  const std::string_view ciphertext = req.ciphertext;
   auto refused = [] {
     return MakeError(
         ErrorCode::kCrypto,
@@ -92,7 +112,7 @@ Result<SealedKey> KeyProviderService::UnwrapKek(
   const std::string kek_id = ct["kek_id"].get<std::string>();
   auto kek = UnwrapKey(primary_, *w, KekAad(config_.provider_id, kek_id));
   if (!kek.ok()) return refused();
-  return SealTo(transport_key, *kek, kek_id);
+  return SealTo(req.transport_key, *kek, kek_id);
 }
 
 }  // namespace vcrypt

@@ -10,16 +10,21 @@
 // provider ID and the KEK ID. The primary key is held by a KMS (KMIP);
 // whoever constructs the service fetched it and passes it in.
 //
-// Token admission, each fatal: VerifyToken (pinned ES256 key, issuer,
-// audience, expiry, lifetime); the baseline it names is still approved
-// (its file exists in the shared state's baselines/); its `jti` was never
-// used before (ReplayGuard in the shared state's jti/).
+// Request admission, each fatal: VerifyToken (pinned ES256 key, issuer,
+// audience, expiry, lifetime); the token is bound to a session key (`cnf`)
+// and the request's proof verifies under it for this very request
+// (trustauthority/proof.h); the baseline the token names is still approved
+// (its file exists in the shared state's baselines/); the request was
+// never seen before (token jti + proof jti, ReplayGuard in the shared
+// state's jti/). A token is thus reusable until it expires, by the host
+// that holds its session key, one fresh proof per request.
 #ifndef VCRYPT_TRUSTAUTHORITY_KPS_H_
 #define VCRYPT_TRUSTAUTHORITY_KPS_H_
 
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/result.h"
 #include "common/secure_buffer.h"
@@ -32,6 +37,17 @@ struct KpsConfig {
   std::string state_dir;    // the Trust Authority's shared state
   std::string provider_id;  // this provider's name in every ciphertext
   TokenPolicy policy{"vcrypt-attestation", "vcrypt-kps"};
+};
+
+inline constexpr std::string_view kKekPath = "/v1/kek";
+inline constexpr std::string_view kKekUnwrapPath = "/v1/kek/unwrap";
+
+// One request to the service (the HTTP body's fields, decoded).
+struct KpsRequest {
+  std::string token;
+  std::string proof;                   // SignRequestProof for this request
+  std::vector<uint8_t> transport_key;  // the host's one-time P-256 point
+  std::string ciphertext;              // unwrap only
 };
 
 struct KekGrant {
@@ -48,18 +64,16 @@ class KeyProviderService {
                                          EcVerifyKey attestation_key,
                                          SecureBuffer primary_key);
 
-  // kPermissionDenied / kCrypto / kInvalidArgument from token admission;
+  // kPermissionDenied / kCrypto / kInvalidArgument from admission;
   // kInvalidArgument for a transport key that is not a P-256 point.
-  Result<KekGrant> CreateKek(std::string_view token,
-                             std::span<const uint8_t> transport_key);
-  // The KEK of `ciphertext` sealed to `transport_key`, for a fresh token.
-  // kCrypto when the ciphertext was altered or made by another provider.
-  Result<SealedKey> UnwrapKek(std::string_view token,
-                              std::string_view ciphertext,
-                              std::span<const uint8_t> transport_key);
+  Result<KekGrant> CreateKek(const KpsRequest& req);
+  // The KEK of req.ciphertext sealed to req.transport_key. kCrypto when the
+  // ciphertext was altered or made by another provider.
+  Result<SealedKey> UnwrapKek(const KpsRequest& req);
 
-  // The token's claims if it is admitted (and its jti consumed).
-  Result<AttestationClaims> Admit(std::string_view token);
+  // The token's claims if the request is admitted for `path` (and its
+  // proof's jti consumed).
+  Result<AttestationClaims> Admit(const KpsRequest& req, std::string_view path);
 
  private:
   KeyProviderService(KpsConfig c, EcVerifyKey k, SecureBuffer p, ReplayGuard g)

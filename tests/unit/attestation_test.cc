@@ -9,6 +9,7 @@
 
 #include "keyproviders/trusted/tpm.h"
 #include "tests/unit/swtpm.h"
+#include "trustauthority/proof.h"
 
 namespace vcrypt {
 namespace {
@@ -53,6 +54,7 @@ class AttestationTest : public ::testing::Test {
 
   struct Evidence {
     NonceGrant grant;
+    std::vector<uint8_t> session;  // the session key's point
     Tpm::Quote quote;
   };
   Evidence Quote(const std::string& host, Tpm& tpm) {
@@ -60,16 +62,19 @@ class AttestationTest : public ::testing::Test {
     auto g = svc_->IssueNonce(host);
     EXPECT_TRUE(g.ok());
     e.grant = *g;
-    auto q =
-        tpm.QuotePcrs(g->nonce, g->selection.hash, Ints(g->selection.pcrs));
+    e.session = *session_.PublicPoint();
+    auto q = tpm.QuotePcrs(QuoteQualifyingData(g->nonce, e.session),
+                           g->selection.hash, Ints(g->selection.pcrs));
     EXPECT_TRUE(q.ok()) << q.error().message;
     e.quote = *q;
     return e;
   }
   Result<std::string> Attest(const std::string& host, const Evidence& e) {
-    return svc_->Attest(host, e.grant.nonce, e.quote.attest, e.quote.signature,
-                        e.quote.pcr_values);
+    return svc_->Attest(host, e.grant.nonce, e.session, e.quote.attest,
+                        e.quote.signature, e.quote.pcr_values);
   }
+
+  EcSigningKey session_ = std::move(EcSigningKey::Generate()).value();
 
   testing::TempDir dir_{"ta"};
   testing::Swtpm tpm_a_, tpm_b_;
@@ -96,11 +101,40 @@ TEST_F(AttestationTest, EnrolledHostWithApprovedBaselineGetsAToken) {
   ASSERT_TRUE(claims.ok()) << claims.error().message;
   EXPECT_EQ(claims->sub, "h1");
   EXPECT_EQ(claims->baseline, "golden");
+  // Bound to the session key the TPM quoted with the nonce.
+  EXPECT_EQ(claims->cnf_point, e.session);
 
   // The same evidence again: the nonce was consumed.
   auto replay = Attest("h1", e);
   ASSERT_FALSE(replay.ok());
   EXPECT_EQ(replay.error().code, ErrorCode::kPermissionDenied);
+}
+
+// The session key is what a cached token is bound to: a quote that does
+// not cover it (bare nonce, or another key than the one presented) earns
+// no token.
+TEST_F(AttestationTest, SessionKeyMustBeTheOneTheTpmQuoted) {
+  Enroll("h1", *a_);
+  ASSERT_TRUE(
+      svc_->AddBaseline("golden", Quote("h1", *a_).quote.pcr_values).ok());
+  NonceGrant g = *svc_->IssueNonce("h1");
+  auto point = *session_.PublicPoint();
+  auto bare = a_->QuotePcrs(g.nonce, g.selection.hash, Ints(g.selection.pcrs));
+  ASSERT_TRUE(bare.ok());
+  auto r = svc_->Attest("h1", g.nonce, point, bare->attest, bare->signature,
+                        bare->pcr_values);
+  ASSERT_FALSE(r.ok());
+
+  Evidence e = Quote("h1", *a_);
+  auto other = *std::move(EcSigningKey::Generate()).value().PublicPoint();
+  r = svc_->Attest("h1", e.grant.nonce, other, e.quote.attest,
+                   e.quote.signature, e.quote.pcr_values);
+  ASSERT_FALSE(r.ok());
+  // Not a point at all.
+  e = Quote("h1", *a_);
+  r = svc_->Attest("h1", e.grant.nonce, std::vector<uint8_t>(65, 4),
+                   e.quote.attest, e.quote.signature, e.quote.pcr_values);
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
 }
 
 TEST_F(AttestationTest, PcrExtendedAfterTheBaselineIsDenied) {
@@ -156,9 +190,12 @@ TEST_F(AttestationTest, AkOfAnotherTpmIsDenied) {
   ASSERT_TRUE(
       svc_->AddBaseline("golden", Quote("h1", *a_).quote.pcr_values).ok());
   NonceGrant g = *svc_->IssueNonce("h1");
-  auto q = b_->QuotePcrs(g.nonce, g.selection.hash, Ints(g.selection.pcrs));
+  auto point = *session_.PublicPoint();
+  auto q = b_->QuotePcrs(QuoteQualifyingData(g.nonce, point), g.selection.hash,
+                         Ints(g.selection.pcrs));
   ASSERT_TRUE(q.ok());
-  auto r = svc_->Attest("h1", g.nonce, q->attest, q->signature, q->pcr_values);
+  auto r = svc_->Attest("h1", g.nonce, point, q->attest, q->signature,
+                        q->pcr_values);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kCrypto);
 }

@@ -625,6 +625,47 @@ TEST_F(JwsTest, RefusesNonObjectsAndBadJson) {
                 ErrorCode::kInvalidArgument, "payload is not a JSON object");
 }
 
+// RFC 7800 `cnf`: the session key comes back as a checked point; any other
+// shape, or a point off the curve, is refused (the key provider service
+// would otherwise verify request proofs with an attacker-shaped key).
+TEST_F(JwsTest, CnfClaimCarriesAValidP256PointOnly) {
+  auto point = other_->PublicPoint();
+  ASSERT_TRUE(point.ok());
+  auto jwk = [&](std::vector<uint8_t> p) {
+    return json{{"kty", "EC"},
+                {"crv", "P-256"},
+                {"x", Base64UrlEncode(std::span(p).subspan(1, 32))},
+                {"y", Base64UrlEncode(std::span(p).subspan(33, 32))}};
+  };
+  json c = Claims();
+  c["cnf"] = {{"jwk", jwk(*point)}};
+  auto r = Verify(Sign(c));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->cnf_point, *point);
+  auto back = EcVerifyKey::FromPoint(r->cnf_point);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->Thumbprint(), other_->Thumbprint());
+  EXPECT_TRUE(Verify(Sign(Claims()))->cnf_point.empty());
+
+  std::vector<uint8_t> off = *point;
+  off[64] ^= 1;  // y changed: not on the curve
+  json bad = Claims();
+  bad["cnf"] = {{"jwk", jwk(off)}};
+  ExpectClaimsRefused(bad, ErrorCode::kInvalidArgument, "cnf");
+  json extra = jwk(*point);
+  extra["d"] = "AAAA";
+  bad["cnf"] = {{"jwk", extra}};
+  ExpectClaimsRefused(bad, ErrorCode::kInvalidArgument, "cnf");
+  bad["cnf"] = {{"jkt", other_->Thumbprint()}};
+  ExpectClaimsRefused(bad, ErrorCode::kInvalidArgument, "cnf");
+  json p384 = jwk(*point);
+  p384["crv"] = "P-384";
+  bad["cnf"] = {{"jwk", p384}};
+  ExpectClaimsRefused(bad, ErrorCode::kInvalidArgument, "cnf");
+  bad["cnf"] = "key";
+  ExpectClaimsRefused(bad, ErrorCode::kInvalidArgument, "cnf");
+}
+
 TEST_F(JwsTest, RefusesBadBase64Url) {
   auto parts = Split(Sign(Claims()));
   ASSERT_EQ(parts.size(), 3u);

@@ -13,6 +13,7 @@
 #include "keyproviders/trusted/tpm.h"
 #include "tests/unit/swtpm.h"
 #include "trustauthority/http.h"
+#include "trustauthority/proof.h"
 
 namespace vcrypt {
 namespace {
@@ -95,17 +96,22 @@ TEST_F(TaHttpTest, EnrollAttestAndGetAKekOverHttp) {
                                          secret->data(), secret->size()))}});
   ASSERT_EQ(st2, 200) << fin.dump();
 
+  auto session_key = EcSigningKey::Generate();
+  ASSERT_TRUE(session_key.ok());
+  const std::vector<uint8_t> session = *session_key->PublicPoint();
   auto attest = [&]() -> std::pair<int, Json> {
     auto [s, n] = Post("/v1/nonce", {{"host", "h1"}});
     EXPECT_EQ(s, 200);
     std::vector<int> pcrs = n["pcrs"].get<std::vector<int>>();
-    auto q = host_->QuotePcrs(B(n["nonce"]), n["bank"].get<uint16_t>(), pcrs);
+    auto q = host_->QuotePcrs(QuoteQualifyingData(B(n["nonce"]), session),
+                              n["bank"].get<uint16_t>(), pcrs);
     EXPECT_TRUE(q.ok());
     Json vals = Json::array();
     for (const auto& v : q->pcr_values) vals.push_back(Base64Encode(v));
     if (!att_->AddBaseline("golden", q->pcr_values).ok()) ADD_FAILURE();
     return Post("/v1/attest", {{"host", "h1"},
                                {"nonce", n["nonce"]},
+                               {"session_key", Base64Encode(session)},
                                {"attest", Base64Encode(q->attest)},
                                {"signature", Base64Encode(q->signature)},
                                {"pcr_values", vals}});
@@ -115,9 +121,16 @@ TEST_F(TaHttpTest, EnrollAttestAndGetAKekOverHttp) {
 
   auto tk = TransportKey::Generate();
   ASSERT_TRUE(tk.ok());
-  auto [st4, grant] =
-      Post("/v1/kek", {{"token", tok["token"]},
-                       {"transport_key", Base64Encode(tk->public_point())}});
+  const std::string token = tok["token"];
+  auto body = [&](const std::string& path, const std::string& ct) {
+    Json b = {{"token", token},
+              {"proof", *SignRequestProof(*session_key, token, path,
+                                          tk->public_point(), ct)},
+              {"transport_key", Base64Encode(tk->public_point())}};
+    if (!ct.empty()) b["ciphertext"] = ct;
+    return b;
+  };
+  auto [st4, grant] = Post("/v1/kek", body("/v1/kek", ""));
   ASSERT_EQ(st4, 200) << grant.dump();
   auto sealed = SealedKey::FromJson(grant["kek"]);
   ASSERT_TRUE(sealed.ok());
@@ -125,25 +138,24 @@ TEST_F(TaHttpTest, EnrollAttestAndGetAKekOverHttp) {
   ASSERT_TRUE(kek.ok()) << kek.error().message;
   EXPECT_EQ(grant.dump().find("\"kek\":\""), std::string::npos);
 
-  // The same token again: its jti is spent (403).
-  auto [st5, again] = Post(
-      "/v1/kek/unwrap", {{"token", tok["token"]},
-                         {"ciphertext", grant["ciphertext"]},
-                         {"transport_key", Base64Encode(tk->public_point())}});
-  EXPECT_EQ(st5, 403) << again.dump();
-  EXPECT_EQ(again["error"]["code"], "permission_denied");
-  // A fresh attestation: the ciphertext unwraps to the same KEK.
-  auto [st6, tok2] = attest();
-  ASSERT_EQ(st6, 200);
-  auto [st7, un] = Post("/v1/kek/unwrap",
-                        {{"token", tok2["token"]},
-                         {"ciphertext", grant["ciphertext"]},
-                         {"transport_key", Base64Encode(tk->public_point())}});
-  ASSERT_EQ(st7, 200) << un.dump();
+  // The cached token with a fresh proof: the ciphertext unwraps to the
+  // same KEK.
+  const std::string ct = grant["ciphertext"];
+  const Json unwrap = body("/v1/kek/unwrap", ct);
+  auto [st5, un] = Post("/v1/kek/unwrap", unwrap);
+  ASSERT_EQ(st5, 200) << un.dump();
   auto k2 = tk->Open(*SealedKey::FromJson(un["kek"]),
                      grant["kek_id"].get<std::string>());
   ASSERT_TRUE(k2.ok());
   EXPECT_TRUE(k2->Equals(*kek));
+  // The same request replayed: 403.
+  auto [st6, again] = Post("/v1/kek/unwrap", unwrap);
+  EXPECT_EQ(st6, 403) << again.dump();
+  EXPECT_EQ(again["error"]["code"], "permission_denied");
+  // The token without its proof: 400 (missing member).
+  Json no_proof = unwrap;
+  no_proof.erase("proof");
+  EXPECT_EQ(Post("/v1/kek/unwrap", no_proof).first, 400);
 }
 
 TEST_F(TaHttpTest, MalformedRequestsGetOneClearError) {
