@@ -41,6 +41,13 @@ Key providers:
   provider add native NAME [--tpm]
   provider add standard NAME --kms HOST:PORT[,HOST:PORT...] --ca FILE
                              --cert FILE --key FILE
+  provider add trusted NAME --attestation URL --kps URL --ca FILE
+                            [--tcti TCTI] [--host NAME]
+                                       enrolls this host's TPM with the
+                                       attestation service and attests once;
+                                       TCTI default device:/dev/tpmrm0, NAME
+                                       (as registered there) default the
+                                       host name
   provider list | show NAME | remove NAME [--force] | default NAME
   provider backup NAME --out FILE.p12 --password-file FILE
   provider restore FILE.p12 --name NAME --password-file FILE
@@ -321,18 +328,38 @@ Status Cli::Provider(const std::vector<std::string>& a) {
   std::vector<std::string> args(a.begin() + 1, a.end());
   po::options_description none;
   if (sub == "add") {
-    std::string kms, ca, cert, key;
+    std::string kms, ca, cert, key, attestation, kps, tcti, host;
     po::options_description o;
     o.add_options()("tpm", "")("kms", po::value(&kms))("ca", po::value(&ca))(
-        "cert", po::value(&cert))("key", po::value(&key));
+        "cert", po::value(&cert))("key", po::value(&key))(
+        "attestation", po::value(&attestation))("kps", po::value(&kps))(
+        "tcti", po::value(&tcti))("host", po::value(&host));
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 2, 2, "provider add"));
     const std::string& type = s.words[0];
     Json req = {{"type", type}, {"name", s.words[1]}, {"tpm", s.vm.count("tpm") > 0}};
     SecureBuffer key_pem;
+    const bool trusted_opts =
+        !attestation.empty() || !kps.empty() || !tcti.empty() || !host.empty();
     if (type == "native") {
-      if (!kms.empty() || !ca.empty() || !cert.empty() || !key.empty())
-        return UsageError("provider add native takes no --kms/--ca/--cert/--key");
+      if (!kms.empty() || !ca.empty() || !cert.empty() || !key.empty() || trusted_opts)
+        return UsageError(
+            "provider add native takes no --kms/--ca/--cert/--key/--attestation/--kps/"
+            "--tcti/--host");
+    } else if (type == "trusted") {
+      if (attestation.empty() || kps.empty() || ca.empty())
+        return UsageError("provider add trusted needs --attestation URL --kps URL --ca FILE");
+      if (!kms.empty() || !cert.empty() || !key.empty() || s.vm.count("tpm"))
+        return UsageError("provider add trusted takes no --kms/--cert/--key/--tpm");
+      auto ca_pem = ReadFile(ca);
+      if (!ca_pem.ok()) return std::move(ca_pem).error();
+      req["attestation"] = attestation;
+      req["kps"] = kps;
+      req["ca_pem"] = *ca_pem;
+      if (!tcti.empty()) req["tcti"] = tcti;
+      if (!host.empty()) req["host"] = host;
     } else if (type == "standard") {
+      if (trusted_opts)
+        return UsageError("provider add standard takes no --attestation/--kps/--tcti/--host");
       if (kms.empty() || ca.empty() || cert.empty() || key.empty())
         return UsageError("provider add standard needs --kms HOST:PORT[,...] --ca FILE "
                           "--cert FILE --key FILE");
@@ -347,12 +374,15 @@ Status Cli::Provider(const std::vector<std::string>& a) {
     } else {
       return MakeError(ErrorCode::kInvalidArgument,
                        "provider type '" + type +
-                           "' is not supported yet (supported: native, standard)");
+                           "' is not supported (supported: native, standard, trusted)");
     }
     VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider.add", req, key_pem.empty() ? nullptr : &key_pem));
     Print(r, [&](const Json& j) {
       out_ << "created " << type << " provider '" << s.words[1] << "'"
            << (j.value("default", false) ? " (default)" : "") << "\n";
+      if (j.contains("host") && j.contains("token_expires"))
+        out_ << "  attested as host '" << Str(j["host"]) << "', token valid until "
+             << Str(j["token_expires"]) << "\n";
       if (j.contains("server_states"))
         for (const auto& st : j["server_states"])
           out_ << "  " << Str(st["server"]) << ": " << Str(st["state"])

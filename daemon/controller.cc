@@ -23,6 +23,7 @@
 #include "dmtools/volume.h"
 #include "keyproviders/native/native_provider.h"
 #include "keyproviders/standard/standard_provider.h"
+#include "keyproviders/trusted/trusted_provider.h"
 
 namespace vcrypt {
 namespace {
@@ -65,6 +66,10 @@ Result<std::shared_ptr<KeyProvider>> LoadProvider(const std::string& name,
   }
   if (type == "standard") {
     VCRYPT_ASSIGN_OR_RETURN(auto p, StandardProvider::Load(name, dir));
+    return std::shared_ptr<KeyProvider>(std::move(p));
+  }
+  if (type == "trusted") {
+    VCRYPT_ASSIGN_OR_RETURN(auto p, TrustedProvider::Load(name, dir));
     return std::shared_ptr<KeyProvider>(std::move(p));
   }
   return MakeError(ErrorCode::kInvalidArgument,
@@ -209,7 +214,7 @@ Result<Json> Controller::ProviderAdd(const Json& args, const SecureBuffer& secre
   VCRYPT_ASSIGN_OR_RETURN(std::string type, StrArg(args, "type"));
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
-  if (type != "native" && type != "standard")
+  if (type != "native" && type != "standard" && type != "trusted")
     return MakeError(ErrorCode::kInvalidArgument,
                      "provider type '" + type + "' is not supported by this vcryptd");
   if (BoolArg(args, "tpm"))
@@ -240,6 +245,20 @@ Result<Json> Controller::ProviderAdd(const Json& args, const SecureBuffer& secre
       p = NativeProvider::Create(name, store_.ProviderDir(name));
     }
     if (p.ok()) audit.primary_key_id = (*p)->primary_key_id();
+    Audit(audit.Outcome(p));
+    if (!p.ok()) return std::move(p).error();
+    provider = std::move(p).value();
+  } else if (type == "trusted") {
+    // Enrolls this host's AK and attests once before anything is written
+    // (keyproviders/trusted/trusted_provider.h); may take the services'
+    // timeouts, so it runs outside the state lock like the standard check.
+    TrustedProviderConfig c;
+    VCRYPT_ASSIGN_OR_RETURN(c.attestation_url, StrArg(args, "attestation"));
+    VCRYPT_ASSIGN_OR_RETURN(c.kps_url, StrArg(args, "kps"));
+    VCRYPT_ASSIGN_OR_RETURN(c.ca_pem, StrArg(args, "ca_pem"));
+    c.host = OptStr(args, "host").value_or("");
+    c.tcti = OptStr(args, "tcti").value_or("");
+    auto p = TrustedProvider::Create(name, store_.ProviderDir(name), c);
     Audit(audit.Outcome(p));
     if (!p.ok()) return std::move(p).error();
     provider = std::move(p).value();

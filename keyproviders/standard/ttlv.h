@@ -25,7 +25,7 @@
 //    safe to log even when the message carried a key.
 //  - No exceptions escape (allocation failure aside), and no undefined
 //    behaviour on any input: the decoder is fuzzed under ASan/UBSan
-//    (tests/fuzz/ttlv_fuzz.cc, scripts/fuzz.sh).
+//    (fuzz/ttlv_fuzz.cc, scripts/fuzz.sh).
 //
 // Encoding (Writer) produces canonical TTLV: minimal padding, zero pad bytes,
 // BigIntegers sign-extended to a multiple of 8. Decode(Encode(x)) == x and,

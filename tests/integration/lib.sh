@@ -129,3 +129,17 @@ t = [t for t in m["tokens"].values() if t["type"] == "vcrypt"]
 assert len(t) == 1, t
 print(t[0]["provider"]["name"], t[0]["kek"]["id"])'
 }
+
+# A real pykmip-server on loopback (tests/kmip/pykmip-server.sh), one per
+# test unless KMS/KMS_PORT are set.
+KMIP_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../kmip" && pwd)
+
+kms_start() {  # [keep-db]
+  KMS=${KMS:-$T/kms}
+  KMS_PORT=${KMS_PORT:-$((20000 + RANDOM % 20000))}
+  mkdir -p "$KMS"
+  PYKMIP_KEEP_DB=${1:-0} "$KMIP_DIR/pykmip-server.sh" start "$KMS" "$KMS_PORT" >/dev/null
+}
+kms_kill() { "$KMIP_DIR/pykmip-server.sh" kill "$KMS" >/dev/null 2>&1 || true; }
+kms_key() { /usr/bin/python3 "$(dirname "${BASH_SOURCE[0]}")/kmip_key.py" "$KMS/certs" "$KMS_PORT" "$@"; }
+

@@ -1,17 +1,6 @@
 # The standard key provider end to end: vcryptd + a real pykmip-server on
 # loopback + real dm-crypt. Each test runs its own KMS (fresh database).
 
-KMIP_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../kmip" && pwd)
-
-kms_start() {  # [keep-db]
-  KMS=${KMS:-$T/kms}
-  KMS_PORT=${KMS_PORT:-$((20000 + RANDOM % 20000))}
-  mkdir -p "$KMS"
-  PYKMIP_KEEP_DB=${1:-0} "$KMIP_DIR/pykmip-server.sh" start "$KMS" "$KMS_PORT" >/dev/null
-}
-kms_kill() { "$KMIP_DIR/pykmip-server.sh" kill "$KMS" >/dev/null 2>&1 || true; }
-kms_key() { /usr/bin/python3 "$(dirname "${BASH_SOURCE[0]}")/kmip_key.py" "$KMS/certs" "$KMS_PORT" "$@"; }
-
 add_kms_provider() {  # [extra servers before the real one]
   vc provider add standard kms --kms "${1:+$1,}127.0.0.1:$KMS_PORT" --ca "$KMS/certs/ca.pem" \
     --cert "$KMS/certs/client.pem" --key "$KMS/certs/client-key.pem" >/dev/null

@@ -1,7 +1,7 @@
 // libFuzzer target for the TTLV decoder and KMIP response parsing
-// (keyproviders/standard/ttlv.*, kmip.*). Built and run by scripts/fuzz.sh
-// with -fsanitize=fuzzer,address,undefined; seeds are the golden vectors in
-// tests/kmip/golden/.
+// (keyproviders/standard/ttlv.*, kmip.*). Built by fuzz/CMakeLists.txt
+// (target vcrypt_fuzz_ttlv) and run by `scripts/fuzz.sh ttlv`; seeds are the
+// golden vectors in tests/kmip/golden/, dictionary fuzz/kmip.dict.
 //
 // Besides "no crash, no UB, no leak" it checks properties that would
 // otherwise hide bugs, and aborts when one fails:

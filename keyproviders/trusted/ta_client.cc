@@ -1,0 +1,357 @@
+#include "keyproviders/trusted/ta_client.h"
+
+#include <httplib.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "common/base64.h"
+#include "common/handles.h"
+
+namespace vcrypt {
+namespace {
+
+using Json = nlohmann::json;
+
+Error BadUrl(std::string_view url, const std::string& why) {
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "bad Trust Authority URL '" + std::string(url) +
+                       "': " + why + " (use https://HOST[:PORT][/PATH])");
+}
+
+// A server-supplied message made safe for a one-line error: printable
+// ASCII only, bounded.
+std::string OneLine(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (out.size() >= 300) {
+      out += "...";
+      break;
+    }
+    unsigned char u = static_cast<unsigned char>(c);
+    out += (u >= 0x20 && u < 0x7f) ? c : ' ';
+  }
+  return out;
+}
+
+std::string Ms(std::chrono::milliseconds d) {
+  return std::to_string(d.count()) + " ms";
+}
+
+// Counts the certificates in a PEM file (0 when unreadable).
+int CountPemCertificates(const std::string& path) {
+  BioPtr bio(BIO_new_file(path.c_str(), "r"));
+  if (!bio) return 0;
+  int n = 0;
+  for (;;) {
+    X509Ptr c(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    if (!c) break;
+    ++n;
+  }
+  ERR_clear_error();
+  return n;
+}
+
+// Wipes a string that held something secret-ish before it is freed.
+void Wipe(std::string& s) {
+  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
+}
+
+}  // namespace
+
+Result<TaUrl> ParseTaUrl(std::string_view url) {
+  constexpr std::string_view kScheme = "https://";
+  if (url.size() < kScheme.size() ||
+      !std::equal(kScheme.begin(), kScheme.end(), url.begin(),
+                  [](char a, char b) { return a == std::tolower(b); }))
+    return BadUrl(url, "only https is supported");
+  std::string_view rest = url.substr(kScheme.size());
+  if (rest.find_first_of("?#@ \t\r\n") != std::string_view::npos)
+    return BadUrl(url, "no user, query, fragment or spaces allowed");
+  size_t slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  std::string_view path =
+      slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
+  TaUrl u;
+  std::string_view port;
+  if (!authority.empty() && authority[0] == '[') {
+    size_t close = authority.find(']');
+    if (close == std::string_view::npos) return BadUrl(url, "unclosed '['");
+    u.host = std::string(authority.substr(1, close - 1));
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after[0] != ':') return BadUrl(url, "junk after the address");
+      port = after.substr(1);
+      if (port.empty()) return BadUrl(url, "empty port");
+    }
+  } else {
+    size_t colon = authority.find(':');
+    u.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) {
+      port = authority.substr(colon + 1);
+      if (port.empty()) return BadUrl(url, "empty port");
+    }
+  }
+  if (u.host.empty()) return BadUrl(url, "no host");
+  for (char c : u.host)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' ||
+          c == ':' || c == '_'))
+      return BadUrl(url, "bad character in the host");
+  if (!port.empty()) {
+    if (port.size() > 5) return BadUrl(url, "bad port");
+    int p = 0;
+    for (char c : port) {
+      if (c < '0' || c > '9') return BadUrl(url, "bad port");
+      p = p * 10 + (c - '0');
+    }
+    if (p < 1 || p > 65535) return BadUrl(url, "bad port");
+    u.port = p;
+  }
+  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
+  u.prefix = std::string(path);
+  std::string host_part =
+      u.host.find(':') != std::string::npos ? "[" + u.host + "]" : u.host;
+  u.url = "https://" + host_part +
+          (u.port == 443 ? "" : ":" + std::to_string(u.port)) + u.prefix;
+  return u;
+}
+
+Result<TaClient> TaClient::Create(std::string service, std::string_view url,
+                                  std::string ca_file,
+                                  TaClientOptions options) {
+  VCRYPT_ASSIGN_OR_RETURN(TaUrl u, ParseTaUrl(url));
+  if (CountPemCertificates(ca_file) == 0)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "CA file " + ca_file +
+                         " holds no PEM certificate (give the CA that issued "
+                         "the " +
+                         service + "'s certificate)");
+  return TaClient(std::move(service), std::move(u), std::move(ca_file),
+                  options);
+}
+
+Result<Json> TaClient::Post(std::string_view route, const Json& body) const {
+  const std::string where = service_ + " " + url_.url;
+  httplib::SSLClient cli(url_.host, url_.port);
+  // The configured CA only: a path (not an X509_STORE) because with a store
+  // cpp-httplib 0.11 would add the system's default CA locations to it.
+  cli.set_ca_cert_path(ca_file_);
+  cli.enable_server_certificate_verification(true);
+  if (SSL_CTX* ctx = cli.ssl_context())
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  auto sec = [](std::chrono::milliseconds d) {
+    return std::pair<time_t, time_t>(d.count() / 1000,
+                                     (d.count() % 1000) * 1000);
+  };
+  auto [cs, cus] = sec(options_.connect_timeout);
+  auto [is, ius] = sec(options_.io_timeout);
+  cli.set_connection_timeout(cs, cus);
+  cli.set_read_timeout(is, ius);
+  cli.set_write_timeout(is, ius);
+  cli.set_keep_alive(false);
+  cli.set_follow_location(false);
+  std::string payload =
+      body.dump(-1, ' ', false, Json::error_handler_t::replace);
+  const std::string path = url_.prefix + std::string(route);
+  auto res = cli.Post(path, payload, "application/json");
+  Wipe(payload);
+  if (!res) {
+    std::string why;
+    switch (res.error()) {
+      case httplib::Error::Connection:
+        why =
+            "cannot connect (no such host, connection refused or "
+            "unreachable)";
+        break;
+      case httplib::Error::ConnectionTimeout:
+        why = "connection timed out after " + Ms(options_.connect_timeout);
+        break;
+      case httplib::Error::SSLConnection:
+        why = "TLS handshake failed";
+        break;
+      case httplib::Error::SSLLoadingCerts:
+        why = "cannot load the CA file " + ca_file_;
+        break;
+      case httplib::Error::SSLServerVerification: {
+        long v = cli.get_openssl_verify_result();
+        why = v != X509_V_OK
+                  ? std::string("server certificate not trusted (") +
+                        X509_verify_cert_error_string(v) +
+                        "; is --ca the CA that issued it?)"
+                  : "server certificate does not name host '" + url_.host + "'";
+        break;
+      }
+      case httplib::Error::Read:
+        why = "no answer (read failed or timed out after " +
+              Ms(options_.io_timeout) + ")";
+        break;
+      case httplib::Error::Write:
+        why = "cannot send the request";
+        break;
+      default:
+        why = httplib::to_string(res.error());
+    }
+    return MakeError(ErrorCode::kKeyUnavailable,
+                     where + " unreachable: " + why);
+  }
+  Json answer = Json::parse(res->body, nullptr, false);
+  if (res->status >= 200 && res->status < 300) {
+    if (!answer.is_object())
+      return MakeError(ErrorCode::kKeyUnavailable,
+                       where + " sent an answer that is not a JSON object");
+    return answer;
+  }
+  std::string message;
+  std::string code_name;
+  if (answer.is_object() && answer.contains("error") &&
+      answer["error"].is_object()) {
+    const Json& e = answer["error"];
+    if (e.contains("message") && e["message"].is_string())
+      message = OneLine(e["message"].get<std::string>());
+    if (e.contains("code") && e["code"].is_string())
+      code_name = e["code"].get<std::string>();
+  }
+  if (message.empty()) message = "HTTP " + std::to_string(res->status);
+  ErrorCode code;
+  switch (res->status) {
+    case 400:
+      code = ErrorCode::kInvalidArgument;
+      break;
+    case 403:
+      code = code_name == "crypto" ? ErrorCode::kCrypto
+                                   : ErrorCode::kPermissionDenied;
+      break;
+    case 404:
+      code = ErrorCode::kNotFound;
+      break;
+    default:  // 5xx and anything undocumented: the service failed
+      code = ErrorCode::kKeyUnavailable;
+  }
+  return MakeError(code, where + ": " + message);
+}
+
+namespace {
+
+// Members of an answer; a missing or mistyped one means the service does
+// not speak this protocol (kKeyUnavailable: nothing the host can fix).
+Error Malformed(const TaClient& c, const std::string& what) {
+  return MakeError(
+      ErrorCode::kKeyUnavailable,
+      c.service() + " " + c.url() + " sent a malformed answer (" + what + ")");
+}
+
+Result<std::string> Str(const TaClient& c, const Json& j, const char* name) {
+  if (!j.contains(name) || !j[name].is_string())
+    return Malformed(c, std::string("'") + name + "' missing");
+  return j[name].get<std::string>();
+}
+
+Result<std::vector<uint8_t>> Bytes(const TaClient& c, const Json& j,
+                                   const char* name) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string s, Str(c, j, name));
+  auto b = Base64Decode(s);
+  if (!b.ok()) return Malformed(c, std::string("'") + name + "' not base64");
+  return b;
+}
+
+}  // namespace
+
+Result<TaEnrollChallenge> TaClient::Enroll(
+    const std::string& host, std::span<const uint8_t> ek,
+    const std::optional<std::vector<uint8_t>>& ek_cert,
+    std::span<const uint8_t> ak) const {
+  Json body = {
+      {"host", host}, {"ek", Base64Encode(ek)}, {"ak", Base64Encode(ak)}};
+  if (ek_cert) body["ek_cert"] = Base64Encode(*ek_cert);
+  VCRYPT_ASSIGN_OR_RETURN(Json a, Post("/v1/enroll", body));
+  TaEnrollChallenge ch;
+  VCRYPT_ASSIGN_OR_RETURN(ch.id, Str(*this, a, "id"));
+  VCRYPT_ASSIGN_OR_RETURN(ch.credential_blob,
+                          Bytes(*this, a, "credential_blob"));
+  VCRYPT_ASSIGN_OR_RETURN(ch.encrypted_secret,
+                          Bytes(*this, a, "encrypted_secret"));
+  return ch;
+}
+
+Status TaClient::EnrollFinish(const std::string& id,
+                              const SecureBuffer& secret) const {
+  // The secret is single use (the service consumes the challenge), but it
+  // still leaves no copies behind.
+  Json body = {{"id", id}, {"secret", Base64Encode(secret.span())}};
+  auto r = Post("/v1/enroll/finish", body);
+  Wipe(body["secret"].get_ref<std::string&>());
+  if (!r.ok()) return std::move(r).error();
+  return Status::Ok();
+}
+
+Result<TaNonce> TaClient::Nonce(const std::string& host) const {
+  VCRYPT_ASSIGN_OR_RETURN(Json a, Post("/v1/nonce", Json{{"host", host}}));
+  TaNonce n;
+  VCRYPT_ASSIGN_OR_RETURN(n.nonce, Bytes(*this, a, "nonce"));
+  if (!a.contains("bank") || !a["bank"].is_number_unsigned() ||
+      a["bank"].get<uint64_t>() > 0xffff)
+    return Malformed(*this, "'bank' missing");
+  n.bank = static_cast<uint16_t>(a["bank"].get<uint64_t>());
+  if (!a.contains("pcrs") || !a["pcrs"].is_array() || a["pcrs"].empty())
+    return Malformed(*this, "'pcrs' missing");
+  for (const auto& p : a["pcrs"]) {
+    if (!p.is_number_unsigned() || p.get<uint64_t>() > 23)
+      return Malformed(*this, "'pcrs' must be PCR numbers 0..23");
+    n.pcrs.push_back(static_cast<int>(p.get<uint64_t>()));
+  }
+  if (a.contains("expires") && a["expires"].is_number_integer())
+    n.expires = a["expires"].get<int64_t>();
+  return n;
+}
+
+Result<std::string> TaClient::Attest(
+    const std::string& host, std::span<const uint8_t> nonce,
+    std::span<const uint8_t> attest, std::span<const uint8_t> signature,
+    const std::vector<std::vector<uint8_t>>& pcr_values,
+    std::span<const uint8_t> session_point) const {
+  Json vals = Json::array();
+  for (const auto& v : pcr_values) vals.push_back(Base64Encode(v));
+  Json body = {{"host", host},
+               {"nonce", Base64Encode(nonce)},
+               {"attest", Base64Encode(attest)},
+               {"signature", Base64Encode(signature)},
+               {"pcr_values", vals},
+               {"session_key", Base64Encode(session_point)}};
+  VCRYPT_ASSIGN_OR_RETURN(Json a, Post("/v1/attest", body));
+  return Str(*this, a, "token");
+}
+
+Result<TaKekGrant> TaClient::CreateKek(
+    std::string_view token, std::string_view proof,
+    std::span<const uint8_t> transport_point) const {
+  Json body = {{"token", token},
+               {"proof", proof},
+               {"transport_key", Base64Encode(transport_point)}};
+  VCRYPT_ASSIGN_OR_RETURN(Json a, Post("/v1/kek", body));
+  TaKekGrant g;
+  VCRYPT_ASSIGN_OR_RETURN(g.kek_id, Str(*this, a, "kek_id"));
+  VCRYPT_ASSIGN_OR_RETURN(g.ciphertext, Str(*this, a, "ciphertext"));
+  if (!a.contains("kek")) return Malformed(*this, "'kek' missing");
+  auto sealed = SealedKey::FromJson(a["kek"]);
+  if (!sealed.ok()) return Malformed(*this, "'kek': " + sealed.error().message);
+  g.kek = std::move(sealed).value();
+  return g;
+}
+
+Result<SealedKey> TaClient::UnwrapKek(
+    std::string_view token, std::string_view proof, std::string_view ciphertext,
+    std::span<const uint8_t> transport_point) const {
+  Json body = {{"token", token},
+               {"proof", proof},
+               {"ciphertext", ciphertext},
+               {"transport_key", Base64Encode(transport_point)}};
+  VCRYPT_ASSIGN_OR_RETURN(Json a, Post("/v1/kek/unwrap", body));
+  if (!a.contains("kek")) return Malformed(*this, "'kek' missing");
+  auto sealed = SealedKey::FromJson(a["kek"]);
+  if (!sealed.ok()) return Malformed(*this, "'kek': " + sealed.error().message);
+  return sealed;
+}
+
+}  // namespace vcrypt

@@ -1,0 +1,94 @@
+# The Trust Authority test environment, shared by tests/integration/
+# t_trusted.sh and bench/trusted_bench.sh: a software TPM as the host's
+# TPM, a test PKI for TLS, and the `vcrypt-ta` services on loopback set up
+# as an admin would. Needs from the caller: $T (a scratch directory),
+# $VCRYPT_BUILD, and fail/skip/assert_eq (tests/integration/lib.sh).
+
+VCRYPT_TA=$VCRYPT_BUILD/trustauthority/vcrypt-ta
+TA_HOST=kvm-host-1
+
+ta() { "$VCRYPT_TA" "$@"; }
+
+# A test PKI for the services' TLS: CA + server certificate for 127.0.0.1.
+ta_pki() {
+  local d=$T/pki
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$d/ca.key" -out "$d/ca.pem" -subj /CN=vcrypt-test-ta-ca 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$d/server.key" -out "$d/server.csr" -subj /CN=127.0.0.1 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$d/ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+    -CAcreateserial -days 2 -extfile "$d/ext" -out "$d/server.pem" 2>/dev/null
+}
+
+# This host's TPM: a fresh swtpm on a random port ($TCTI).
+tpm_start() {
+  command -v swtpm >/dev/null || skip "swtpm is not installed"
+  TPM_PORT=$((21000 + RANDOM % 20000))
+  mkdir -p "$T/tpm"
+  swtpm socket --tpm2 --tpmstate dir="$T/tpm" \
+    --server type=tcp,port=$TPM_PORT,bindaddr=127.0.0.1 \
+    --ctrl type=tcp,port=$((TPM_PORT + 1)),bindaddr=127.0.0.1 \
+    --flags not-need-init,startup-clear --pid file="$T/swtpm.pid" --daemon
+  TCTI="swtpm:host=127.0.0.1,port=$TPM_PORT"
+  for _ in $(seq 1 100); do
+    tpm2_getcap -T "$TCTI" properties-fixed >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  fail "swtpm did not come up"
+}
+tpm_stop() { [[ -f $T/swtpm.pid ]] && kill "$(cat "$T/swtpm.pid")" 2>/dev/null || true; }
+
+# Starts `vcrypt-ta SERVICE ARGS...` on an ephemeral port; sets
+# ${VAR}_PID and ${VAR}_PORT (VAR = $1).
+ta_service_start() {
+  local var=$1; shift
+  local out=$T/$var.out
+  : >"$out"
+  "$VCRYPT_TA" "$@" --listen 127.0.0.1:0 >"$out" 2>&1 &
+  local pid=$! addr=
+  for _ in $(seq 1 200); do
+    addr=$(sed -n 's/^listening on //p' "$out" | head -1)
+    [[ -n $addr ]] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$out"; fail "vcrypt-ta $1 died"; }
+    sleep 0.05
+  done
+  [[ -n $addr ]] || fail "vcrypt-ta $1 did not come up"
+  printf -v "${var}_PID" '%s' "$pid"
+  printf -v "${var}_PORT" '%s' "${addr##*:}"
+}
+ta_service_stop() {  # VAR
+  local pid_var=${1}_PID
+  [[ -n ${!pid_var:-} ]] || return 0
+  kill "${!pid_var}" 2>/dev/null || true
+  wait "${!pid_var}" 2>/dev/null || true
+  printf -v "$pid_var" '%s' ""
+}
+
+as_start() {
+  ta_service_start AS attestation-service --state "$T/ta" \
+    --tls-cert "$T/pki/server.pem" --tls-key "$T/pki/server.key"
+}
+kps_start() {  # extra args (primary key source; default: the key file)
+  local src=("$@")
+  [[ ${#src[@]} -gt 0 ]] || src=(--primary-key-file "$T/primary.key")
+  ta_service_start KPS key-provider-service --state "$T/ta" --provider-id ta-kps \
+    --tls-cert "$T/pki/server.pem" --tls-key "$T/pki/server.key" "${src[@]}"
+}
+
+# The Trust Authority set up as its admin would: state initialised, this
+# host registered with its EK public key (read with tpm2-tools), the PCR
+# values it has now approved as baseline "golden".
+ta_admin_setup() {
+  ta admin --state "$T/ta" init --pcrs sha256:0-7 >/dev/null
+  tpm2_createek -T "$TCTI" -c "$T/ek.ctx" -G rsa -u "$T/ek.pub" >/dev/null
+  tpm2_flushcontext -T "$TCTI" -t >/dev/null
+  ta admin --state "$T/ta" host add "$TA_HOST" --ek-pub "$T/ek.pub" >/dev/null
+  tpm2_pcrread -T "$TCTI" sha256:0,1,2,3,4,5,6,7 -o "$T/pcrs.bin" >/dev/null
+  od -An -v -tx1 "$T/pcrs.bin" | tr -d ' \n' | fold -w64 >"$T/golden.txt"
+  echo >>"$T/golden.txt"
+  [[ $(grep -c . "$T/golden.txt") -eq 8 ]] || fail "PCR values read: $(cat "$T/golden.txt")"
+  ta admin --state "$T/ta" baseline add golden --values "$T/golden.txt" >/dev/null
+}
+

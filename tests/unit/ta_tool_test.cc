@@ -1,0 +1,537 @@
+// vcrypt-ta (trustauthority/ta_tool.h): the admin commands against a real
+// state directory, and both services over real TLS (a test PKI made by
+// tests/kmip/make-certs.sh with the openssl CLI), in-process through
+// RunTaTool and, for signals and exit codes, as the built binary.
+#include "trustauthority/ta_tool.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "common/atomic_file.h"
+#include "keyproviders/trusted/tpm.h"
+#include "tests/test_util.h"
+#include "tests/unit/swtpm.h"
+#include "trustauthority/jws.h"
+
+namespace vcrypt {
+namespace {
+
+namespace fs = std::filesystem;
+using Json = nlohmann::json;
+using testing::TempDir;
+
+struct TaRun {
+  int code;
+  std::string out, err;
+};
+
+TaRun Ta(const std::vector<std::string>& args,
+         ServiceControl* control = nullptr) {
+  std::vector<const char*> argv = {"vcrypt-ta"};
+  for (const auto& a : args) argv.push_back(a.c_str());
+  std::ostringstream out, err;
+  int code =
+      RunTaTool(static_cast<int>(argv.size()), argv.data(), out, err, control);
+  return {code, out.str(), err.str()};
+}
+
+int Lines(const std::string& s) {
+  return static_cast<int>(std::count(s.begin(), s.end(), '\n'));
+}
+
+// Every file under `dir` (relative path -> contents), to show that a
+// refused command changed nothing.
+std::map<std::string, std::string> Snapshot(const std::string& dir) {
+  std::map<std::string, std::string> m;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    std::string rel = fs::relative(e.path(), dir).string();
+    m[rel] = e.is_regular_file() ? *ReadFile(e.path().string()) : "<dir>";
+  }
+  return m;
+}
+
+void WriteText(const std::string& path, const std::string& text,
+               mode_t mode = 0644) {
+  ASSERT_TRUE(WriteFileAtomic(path, text, AtomicWriteOptions{mode, {}}).ok());
+  ASSERT_EQ(chmod(path.c_str(), mode), 0);
+}
+
+std::string Digests(int n) {
+  std::string s;
+  for (int i = 0; i < n; ++i)
+    s += std::string(63, '0') + "abcdef0123"[i % 10] + "\n";
+  return s;
+}
+
+// The test PKI, once per process: ca.pem, server.pem (127.0.0.1,
+// localhost), other-ca.pem.
+const std::string& Certs() {
+  static TempDir* dir = new TempDir("ta-pki");
+  static std::string certs = [] {
+    std::string script = fs::path(__FILE__).parent_path().parent_path() /
+                         "kmip" / "make-certs.sh";
+    std::string d = dir->path() + "/certs";
+    std::string cmd = script + " " + d + " >/dev/null 2>&1";
+    return std::system(cmd.c_str()) == 0 ? d : std::string();
+  }();
+  return certs;
+}
+
+TEST(TaToolParse, PcrSelection) {
+  auto s = ParsePcrSelection("sha256:7,0-3");
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  EXPECT_EQ(s->pcrs, (std::vector<uint32_t>{0, 1, 2, 3, 7}));
+  EXPECT_EQ(FormatPcrSelection(*s), "sha256:0,1,2,3,7");
+  for (const char* bad : {"sha1:0", "0,1", "sha256:", "sha256:24", "sha256:1,1",
+                          "sha256:3-1", "sha256:a", "sha256:0,,1"})
+    EXPECT_FALSE(ParsePcrSelection(bad).ok()) << bad;
+}
+
+TEST(TaToolParse, BaselineValues) {
+  PcrSelection sel{TPM2_ALG_SHA256, {0, 1}};
+  std::string good = "# comment\n" + std::string(64, 'A') + "\n\n  " +
+                     std::string(64, '0') + "  \r\n";
+  auto v = ParseBaselineValues(good, sel);
+  ASSERT_TRUE(v.ok()) << v.error().message;
+  EXPECT_EQ((*v)[0], std::vector<uint8_t>(32, 0xaa));
+  auto bad_hex =
+      ParseBaselineValues(std::string(63, '0') + "g\n" + Digests(1), sel);
+  ASSERT_FALSE(bad_hex.ok());
+  EXPECT_NE(bad_hex.error().message.find("line 1"), std::string::npos);
+  EXPECT_FALSE(ParseBaselineValues(Digests(1), sel).ok());  // count
+  EXPECT_FALSE(ParseBaselineValues(Digests(3), sel).ok());
+  auto short_v =
+      ParseBaselineValues(std::string(40, '0') + "\n" + Digests(1), sel);
+  ASSERT_FALSE(short_v.ok());
+  EXPECT_NE(short_v.error().message.find("20 bytes"), std::string::npos);
+}
+
+TEST(TaToolParse, ListenAddress) {
+  auto a = ParseListenAddress("[::1]:0");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->host, "::1");
+  EXPECT_EQ(a->port, 0);
+  EXPECT_EQ(ParseListenAddress("127.0.0.1:8443")->port, 8443);
+  for (const char* bad : {"127.0.0.1", ":80", "h:99999", "h:8x", "a b:1"})
+    EXPECT_FALSE(ParseListenAddress(bad).ok()) << bad;
+}
+
+class TaAdminTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto r = Ta({"admin", "--state", state_, "init", "--pcrs", "sha256:0-2"});
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  TempDir dir_{"ta-admin"};
+  std::string state_ = dir_ / "state";
+};
+
+TEST_F(TaAdminTest, InitWritesKeysAndConfig) {
+  struct stat st;
+  ASSERT_EQ(stat(state_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  ASSERT_EQ(stat((state_ + "/signing-key.pem").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  // The private and public key files are a pair.
+  auto priv = ReadOwnerOnlyFile(state_ + "/signing-key.pem", "key", 16384);
+  ASSERT_TRUE(priv.ok()) << priv.error().message;
+  auto key = EcSigningKey::FromPrivatePem(*priv);
+  ASSERT_TRUE(key.ok());
+  auto pub =
+      EcVerifyKey::FromPublicPem(*ReadFile(state_ + "/token-key.pub.pem"));
+  ASSERT_TRUE(pub.ok());
+  EXPECT_EQ(pub->Thumbprint(), key->Thumbprint());
+  Json cfg = Json::parse(*ReadFile(state_ + "/config.json"));
+  EXPECT_EQ(cfg["pcrs"], "sha256:0,1,2");
+  EXPECT_EQ(cfg["version"], 1);
+}
+
+TEST_F(TaAdminTest, InitRefusesAnInitialisedOrNonEmptyDirectory) {
+  auto before = Snapshot(state_);
+  auto r = Ta({"admin", "--state", state_, "init"});
+  EXPECT_EQ(r.code, 6);
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("already initialised"), std::string::npos) << r.err;
+  EXPECT_EQ(Snapshot(state_), before);
+
+  std::string other = dir_ / "other";
+  ASSERT_EQ(mkdir(other.c_str(), 0755), 0);
+  WriteText(other + "/data", "someone's");
+  r = Ta({"admin", "--state", other, "init"});
+  EXPECT_EQ(r.code, 6) << r.err;
+  EXPECT_EQ(Snapshot(other).size(), 1u);
+
+  // A bad selection creates nothing.
+  r = Ta({"admin", "--state", dir_ / "new", "init", "--pcrs", "sha256:0,0"});
+  EXPECT_EQ(r.code, 12) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "new"));
+  // An empty directory is taken (systemd's StateDirectory= makes one).
+  std::string empty = dir_ / "empty";
+  ASSERT_EQ(mkdir(empty.c_str(), 0755), 0);
+  r = Ta({"admin", "--state", empty, "init"});
+  EXPECT_EQ(r.code, 0) << r.err;
+}
+
+TEST_F(TaAdminTest, BaselineAddValidatesAndWritesNothingOnBadInput) {
+  const std::string vals = dir_ / "values";
+  auto before = Snapshot(state_);
+  WriteText(vals, Digests(2) + "zz" + std::string(62, '0') + "\n");
+  auto r = Ta(
+      {"admin", "--state", state_, "baseline", "add", "b1", "--values", vals});
+  EXPECT_EQ(r.code, 12);
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("line 3"), std::string::npos) << r.err;
+  WriteText(vals, Digests(4));  // the selection has 3 PCRs
+  r = Ta(
+      {"admin", "--state", state_, "baseline", "add", "b1", "--values", vals});
+  EXPECT_EQ(r.code, 12);
+  EXPECT_NE(r.err.find("4 values for the 3 PCRs"), std::string::npos) << r.err;
+  r = Ta({"admin", "--state", state_, "baseline", "add", "../b1", "--values",
+          vals});
+  EXPECT_EQ(r.code, 12);
+  EXPECT_EQ(Snapshot(state_), before);
+
+  WriteText(vals, Digests(3));
+  r = Ta(
+      {"admin", "--state", state_, "baseline", "add", "b1", "--values", vals});
+  ASSERT_EQ(r.code, 0) << r.err;
+  Json b = Json::parse(*ReadFile(state_ + "/baselines/b1.json"));
+  EXPECT_EQ(b["values"].size(), 3u);
+  r = Ta(
+      {"admin", "--state", state_, "baseline", "add", "b1", "--values", vals});
+  EXPECT_EQ(r.code, 6) << r.err;
+  r = Ta({"admin", "--state", state_, "list", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(Json::parse(r.out)["baselines"], Json::array({"b1"}));
+  EXPECT_EQ(Ta({"admin", "--state", state_, "baseline", "remove", "b1"}).code,
+            0);
+  EXPECT_FALSE(fs::exists(state_ + "/baselines/b1.json"));
+  EXPECT_EQ(Ta({"admin", "--state", state_, "baseline", "remove", "b1"}).code,
+            5);
+}
+
+TEST_F(TaAdminTest, HostsAndTpmCas) {
+  const std::string junk = dir_ / "junk.pub";
+  WriteText(junk, "not a TPM2B_PUBLIC");
+  auto r =
+      Ta({"admin", "--state", state_, "host", "add", "h1", "--ek-pub", junk});
+  EXPECT_EQ(r.code, 12) << r.err;
+  EXPECT_FALSE(fs::exists(state_ + "/hosts/h1.json"));
+  EXPECT_EQ(Ta({"admin", "--state", state_, "host", "add", "h1"}).code, 0);
+  r = Ta({"admin", "--state", state_, "host", "add", "h1"});
+  EXPECT_EQ(r.code, 6) << r.err;
+  ASSERT_FALSE(Certs().empty());
+  r = Ta({"admin", "--state", state_, "tpm-ca", "add", Certs() + "/ca.pem"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  r = Ta({"admin", "--state", state_, "tpm-ca", "add", junk});
+  EXPECT_EQ(r.code, 12) << r.err;
+  r = Ta({"admin", "--state", state_, "list", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  Json j = Json::parse(r.out);
+  ASSERT_EQ(j["hosts"].size(), 1u);
+  EXPECT_EQ(j["hosts"][0]["name"], "h1");
+  EXPECT_EQ(j["hosts"][0]["ek"], "certificate");
+  ASSERT_EQ(j["tpm_cas"].size(), 1u);
+  EXPECT_NE(
+      j["tpm_cas"][0]["subject"].get<std::string>().find("vcrypt-test-ca"),
+      std::string::npos);
+  EXPECT_EQ(Ta({"admin", "--state", state_, "host", "remove", "h1"}).code, 0);
+  EXPECT_EQ(Ta({"admin", "--state", state_, "host", "remove", "h1"}).code, 5);
+}
+
+// The EK file formats tpm2-tools writes: TPM2B_PUBLIC ("tss", the default)
+// and TPMT_PUBLIC ("-f tpmt"), from a real software TPM.
+TEST_F(TaAdminTest, HostWithRealEkInBothFileFormats) {
+  testing::Swtpm tpm;
+  std::string why;
+  if (!tpm.Start(&why)) GTEST_SKIP() << why;
+  auto t = Tpm::Open(tpm.Tcti());
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  auto ek = t->EkPublic();
+  ASSERT_TRUE(ek.ok()) << ek.error().message;
+  const std::string tss = dir_ / "ek.tss", tpmt = dir_ / "ek.tpmt";
+  WriteText(tss, std::string(ek->begin(), ek->end()));
+  WriteText(tpmt, std::string(ek->begin() + 2, ek->end()));
+  auto r =
+      Ta({"admin", "--state", state_, "host", "add", "h1", "--ek-pub", tss});
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = Ta({"admin", "--state", state_, "host", "add", "h2", "--ek-pub", tpmt});
+  ASSERT_EQ(r.code, 0) << r.err;
+  Json h1 = Json::parse(*ReadFile(state_ + "/hosts/h1.json"));
+  Json h2 = Json::parse(*ReadFile(state_ + "/hosts/h2.json"));
+  EXPECT_EQ(h1["ek"], h2["ek"]);
+  r = Ta({"admin", "--state", state_, "list", "--json"});
+  EXPECT_EQ(Json::parse(r.out)["hosts"][0]["ek"], "pinned");
+}
+
+TEST(TaToolUsage, ExitCodes) {
+  EXPECT_EQ(Ta({}).code, 2);
+  EXPECT_EQ(Ta({"frobnicate"}).code, 2);
+  EXPECT_EQ(Ta({"admin", "list"}).code, 2);  // no --state
+  EXPECT_EQ(Ta({"admin", "--state", "/x", "list", "--bogus"}).code, 2);
+  auto r = Ta({"admin", "--state", "/nonexistent/ta", "list"});
+  EXPECT_EQ(r.code, 5);
+  EXPECT_EQ(Lines(r.err), 1);
+  EXPECT_EQ(r.err.rfind("vcrypt-ta: ", 0), 0u) << r.err;
+  EXPECT_EQ(Ta({"--help"}).code, 0);
+}
+
+// A service run in-process on a thread; Stop() ends it.
+class RunningService {
+ public:
+  explicit RunningService(std::vector<std::string> args) {
+    control_.on_listening = [this](const std::string& a) {
+      listening_.set_value(a);
+    };
+    thread_ = std::thread([this, args] {
+      result_ = Ta(args, &control_);
+      finished_ = true;
+    });
+  }
+  ~RunningService() { Stop(); }
+  // "HOST:PORT", or "" when the service ended (or hung) without listening.
+  std::string WaitListening() {
+    auto f = listening_.get_future();
+    for (int i = 0; i < 300; ++i) {
+      if (f.wait_for(std::chrono::milliseconds(100)) ==
+          std::future_status::ready)
+        return f.get();
+      if (finished_) return "";
+    }
+    return "";
+  }
+  TaRun Stop() {
+    control_.Stop();
+    if (thread_.joinable()) thread_.join();
+    return result_;
+  }
+  TaRun Finish() {  // for a service expected to fail on its own
+    if (thread_.joinable()) thread_.join();
+    return result_;
+  }
+
+ private:
+  ServiceControl control_;
+  std::promise<std::string> listening_;
+  std::atomic<bool> finished_{false};
+  TaRun result_{-1, "", ""};
+  std::thread thread_;
+};
+
+int PortOf(const std::string& address) {
+  return std::stoi(address.substr(address.rfind(':') + 1));
+}
+
+// POST over TLS trusting `ca`; status 0 when no answer (handshake failed).
+std::pair<int, Json> Post(int port, const std::string& ca,
+                          const std::string& path, const Json& body,
+                          httplib::Error* error = nullptr) {
+  httplib::SSLClient cli("127.0.0.1", port);
+  cli.set_ca_cert_path(ca.c_str());
+  cli.enable_server_certificate_verification(true);
+  cli.set_connection_timeout(5);
+  auto res = cli.Post(path.c_str(), body.dump(), "application/json");
+  if (error) *error = res.error();
+  if (!res) return {0, Json()};
+  return {res->status, Json::parse(res->body, nullptr, false)};
+}
+
+class TaServiceTest : public TaAdminTest {
+ protected:
+  void SetUp() override {
+    TaAdminTest::SetUp();
+    ASSERT_FALSE(Certs().empty()) << "make-certs.sh failed";
+  }
+  std::vector<std::string> Tls() {
+    return {"--tls-cert", Certs() + "/server.pem", "--tls-key",
+            Certs() + "/server-key.pem"};
+  }
+  std::vector<std::string> Kps(std::vector<std::string> extra) {
+    std::vector<std::string> a = {
+        "key-provider-service", "--state",       state_, "--listen",
+        "127.0.0.1:0",          "--provider-id", "kps1"};
+    for (auto& t : Tls()) a.push_back(t);
+    for (auto& e : extra) a.push_back(e);
+    return a;
+  }
+};
+
+TEST_F(TaServiceTest, AttestationServiceAnswersOverTlsOnly) {
+  std::vector<std::string> args = {"attestation-service", "--state", state_,
+                                   "--listen", "127.0.0.1:0"};
+  for (auto& t : Tls()) args.push_back(t);
+  RunningService svc(args);
+  std::string addr = svc.WaitListening();
+  ASSERT_FALSE(addr.empty());
+  EXPECT_EQ(addr.rfind("127.0.0.1:", 0), 0u);
+  int port = PortOf(addr);
+  ASSERT_GT(port, 0);
+
+  // The route and TLS work: an unknown host is a JSON 404.
+  auto [st, body] =
+      Post(port, Certs() + "/ca.pem", "/v1/nonce", {{"host", "nobody"}});
+  EXPECT_EQ(st, 404) << body.dump();
+  EXPECT_EQ(body["error"]["code"], "not_found");
+  // A known host gets a nonce over the selection of the state directory.
+  ASSERT_EQ(Ta({"admin", "--state", state_, "host", "add", "h1"}).code, 0);
+  auto [st2, grant] =
+      Post(port, Certs() + "/ca.pem", "/v1/nonce", {{"host", "h1"}});
+  EXPECT_EQ(st2, 200) << grant.dump();
+  EXPECT_EQ(grant["pcrs"], Json::array({0, 1, 2}));
+  // A client trusting another CA does not get through the handshake.
+  httplib::Error e;
+  auto [st3, b3] =
+      Post(port, Certs() + "/other-ca.pem", "/v1/nonce", {{"host", "h1"}}, &e);
+  EXPECT_EQ(st3, 0);
+  EXPECT_EQ(e, httplib::Error::SSLServerVerification);
+  // TLS 1.1 is refused by the server (the client is made permissive).
+  {
+    httplib::SSLClient cli("127.0.0.1", port);
+    cli.enable_server_certificate_verification(false);
+    SSL_CTX_set_security_level(cli.ssl_context(), 0);
+    SSL_CTX_set_min_proto_version(cli.ssl_context(), TLS1_VERSION);
+    SSL_CTX_set_max_proto_version(cli.ssl_context(), TLS1_1_VERSION);
+    auto res = cli.Post("/v1/nonce", "{}", "application/json");
+    EXPECT_FALSE(res);
+  }
+  TaRun r = svc.Stop();
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "listening on " + addr + "\n");
+}
+
+TEST_F(TaServiceTest, KeyProviderServiceWithPrimaryKeyFile) {
+  const std::string key = dir_ / "primary.key";
+  WriteText(key, std::string(32, '\x5a'), 0644);
+  RunningService loose(Kps({"--primary-key-file", key}));
+  EXPECT_EQ(loose.WaitListening(), "");
+  TaRun r = loose.Finish();
+  EXPECT_EQ(r.code, 4) << r.err;
+  EXPECT_NE(r.err.find("mode 0644"), std::string::npos) << r.err;
+  EXPECT_EQ(Lines(r.err), 1);
+  EXPECT_EQ(r.out, "");
+
+  WriteText(key, std::string(31, '\x5a'), 0600);
+  RunningService short_key(Kps({"--primary-key-file", key}));
+  EXPECT_EQ(short_key.WaitListening(), "");
+  EXPECT_EQ(short_key.Finish().code, 12);
+
+  WriteText(key, std::string(32, '\x5a'), 0600);
+  RunningService svc(Kps({"--primary-key-file", key}));
+  std::string addr = svc.WaitListening();
+  ASSERT_FALSE(addr.empty());
+  // The KPS routes answer: a forged token is refused with a JSON error.
+  auto [st, body] =
+      Post(PortOf(addr), Certs() + "/ca.pem", "/v1/kek",
+           {{"token", "a.b.c"}, {"proof", "x"}, {"transport_key", "AAAA"}});
+  EXPECT_TRUE(st == 400 || st == 403) << st << " " << body.dump();
+  EXPECT_TRUE(body["error"].contains("code")) << body.dump();
+  EXPECT_EQ(svc.Stop().code, 0);
+}
+
+TEST_F(TaServiceTest, KeyProviderServiceFailsWhenTheKmsIsUnreachable) {
+  // A port nobody listens on: bind one, note it, close it.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  const std::string kms = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  RunningService svc(
+      Kps({"--primary-key", "1", "--kms", kms, "--kms-ca", Certs() + "/ca.pem",
+           "--kms-cert", Certs() + "/client.pem", "--kms-key",
+           Certs() + "/client-key.pem"}));
+  EXPECT_EQ(svc.WaitListening(), "");
+  TaRun r = svc.Finish();
+  EXPECT_EQ(r.code, 8) << r.err;
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("cannot fetch the primary key"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find(kms), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "");
+}
+
+TEST_F(TaServiceTest, ServiceUsageErrors) {
+  EXPECT_EQ(Ta(Kps({})).code, 2);  // no primary key source
+  EXPECT_EQ(Ta(Kps({"--primary-key", "1", "--primary-key-file", "/x"})).code,
+            2);
+  EXPECT_EQ(Ta({"attestation-service", "--state", state_, "--listen", "nope",
+                "--tls-cert", "/x", "--tls-key", "/y"})
+                .code,
+            2);
+  auto r = Ta({"attestation-service", "--state", state_, "--listen",
+               "127.0.0.1:0", "--tls-cert", dir_ / "missing.pem", "--tls-key",
+               dir_ / "missing.pem"});
+  EXPECT_EQ(r.code, 5) << r.err;
+  // A key that does not match the certificate.
+  r = Ta({"attestation-service", "--state", state_, "--listen", "127.0.0.1:0",
+          "--tls-cert", Certs() + "/server.pem", "--tls-key",
+          Certs() + "/client-key.pem"});
+  EXPECT_EQ(r.code, 12) << r.err;
+  EXPECT_NE(r.err.find("does not match"), std::string::npos) << r.err;
+}
+
+// The binary: prints the line tests and scripts wait for, and exits 0 on
+// SIGTERM.
+TEST_F(TaServiceTest, BinaryStopsCleanlyOnSigterm) {
+  const std::string bin =
+      std::string(VCRYPT_BINARY_DIR) + "/trustauthority/vcrypt-ta";
+  ASSERT_EQ(access(bin.c_str(), X_OK), 0) << bin << " not built";
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  const std::string cert = Certs() + "/server.pem",
+                    key = Certs() + "/server-key.pem";
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], 1);
+    execl(bin.c_str(), "vcrypt-ta", "attestation-service", "--state",
+          state_.c_str(), "--listen", "127.0.0.1:0", "--tls-cert", cert.c_str(),
+          "--tls-key", key.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out[1]);
+  std::string line;
+  pollfd p{out[0], POLLIN, 0};
+  while (line.find('\n') == std::string::npos && poll(&p, 1, 10000) == 1) {
+    char buf[256];
+    ssize_t n = read(out[0], buf, sizeof(buf));
+    if (n <= 0) break;
+    line.append(buf, static_cast<size_t>(n));
+  }
+  close(out[0]);
+  EXPECT_EQ(line.rfind("listening on 127.0.0.1:", 0), 0u) << line;
+  if (line.find('\n') != std::string::npos) {
+    int port = std::stoi(line.substr(line.rfind(':') + 1));
+    auto [st, body] =
+        Post(port, Certs() + "/ca.pem", "/v1/nonce", {{"host", "x"}});
+    EXPECT_EQ(st, 404);
+  }
+  kill(pid, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+}  // namespace
+}  // namespace vcrypt
