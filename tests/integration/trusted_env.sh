@@ -40,13 +40,14 @@ tpm_start() {
 }
 tpm_stop() { [[ -f $T/swtpm.pid ]] && kill "$(cat "$T/swtpm.pid")" 2>/dev/null || true; }
 
-# Starts `vcrypt-ta SERVICE ARGS...` on an ephemeral port; sets
-# ${VAR}_PID and ${VAR}_PORT (VAR = $1).
+# Starts `vcrypt-ta SERVICE ARGS...`; sets ${VAR}_PID and ${VAR}_PORT
+# (VAR = $1). The first start takes an ephemeral port, a restart the same
+# port again (the host's provider has the URL).
 ta_service_start() {
   local var=$1; shift
-  local out=$T/$var.out
+  local out=$T/$var.out port_var=${var}_PORT
   : >"$out"
-  "$VCRYPT_TA" "$@" --listen 127.0.0.1:0 >"$out" 2>&1 &
+  "$VCRYPT_TA" "$@" --listen "127.0.0.1:${!port_var:-0}" >"$out" 2>&1 &
   local pid=$! addr=
   for _ in $(seq 1 200); do
     addr=$(sed -n 's/^listening on //p' "$out" | head -1)
