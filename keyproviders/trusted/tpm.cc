@@ -29,15 +29,23 @@ Error TpmError(const std::string& what, TSS2_RC rc) {
                        std::string(text != nullptr ? text : "?") + ")");
 }
 
-TPM2B_PUBLIC EkTemplate() {
+// A template for a key that never leaves this TPM (fixedTPM|fixedParent|
+// sensitiveDataOrigin, and `attributes`), named with SHA-256.
+TPM2B_PUBLIC TpmBoundTemplate(TPMI_ALG_PUBLIC type, TPMA_OBJECT attributes) {
   TPM2B_PUBLIC t = {};
   TPMT_PUBLIC& p = t.publicArea;
-  p.type = TPM2_ALG_RSA;
+  p.type = type;
   p.nameAlg = TPM2_ALG_SHA256;
   p.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
-                       TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                       TPMA_OBJECT_ADMINWITHPOLICY | TPMA_OBJECT_RESTRICTED |
-                       TPMA_OBJECT_DECRYPT;
+                       TPMA_OBJECT_SENSITIVEDATAORIGIN | attributes;
+  return t;
+}
+
+TPM2B_PUBLIC EkTemplate() {
+  TPM2B_PUBLIC t = TpmBoundTemplate(
+      TPM2_ALG_RSA, TPMA_OBJECT_ADMINWITHPOLICY | TPMA_OBJECT_RESTRICTED |
+                        TPMA_OBJECT_DECRYPT);
+  TPMT_PUBLIC& p = t.publicArea;
   p.authPolicy.size = sizeof(kEkPolicy);
   std::memcpy(p.authPolicy.buffer, kEkPolicy, sizeof(kEkPolicy));
   p.parameters.rsaDetail.symmetric.algorithm = TPM2_ALG_AES;
@@ -51,14 +59,10 @@ TPM2B_PUBLIC EkTemplate() {
 }
 
 TPM2B_PUBLIC AkTemplate() {
-  TPM2B_PUBLIC t = {};
+  TPM2B_PUBLIC t = TpmBoundTemplate(
+      TPM2_ALG_ECC, TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_RESTRICTED |
+                        TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_NODA);
   TPMT_PUBLIC& p = t.publicArea;
-  p.type = TPM2_ALG_ECC;
-  p.nameAlg = TPM2_ALG_SHA256;
-  p.objectAttributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT |
-                       TPMA_OBJECT_SENSITIVEDATAORIGIN |
-                       TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_RESTRICTED |
-                       TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_NODA;
   p.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
   p.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
   p.parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
@@ -88,6 +92,11 @@ void Select(TPMS_PCR_SELECTION& s, int i) {
 }
 
 }  // namespace
+
+std::vector<uint8_t> AkTemplatePublic() {
+  auto wire = MarshalPublic(AkTemplate());
+  return wire.ok() ? std::move(wire).value() : std::vector<uint8_t>();
+}
 
 Tpm::Tpm(TctiContextPtr tcti, EsysContextPtr esys)
     : tcti_(std::move(tcti)), esys_(std::move(esys)) {}
@@ -142,22 +151,27 @@ Result<uint32_t> CreateEndorsementPrimary(ESYS_CONTEXT* esys,
   return handle;
 }
 
+// *handle, the primary of `tmpl` created on first use (*loaded then true).
+Result<uint32_t> LoadEndorsementPrimary(ESYS_CONTEXT* esys,
+                                        const TPM2B_PUBLIC& tmpl,
+                                        const std::string& what,
+                                        uint32_t* handle, bool* loaded) {
+  if (*loaded) return *handle;
+  VCRYPT_ASSIGN_OR_RETURN(*handle, CreateEndorsementPrimary(esys, tmpl, what));
+  *loaded = true;
+  return *handle;
+}
+
 }  // namespace
 
 Result<uint32_t> Tpm::LoadEk() {
-  if (ek_loaded_) return ek_;
-  VCRYPT_ASSIGN_OR_RETURN(
-      ek_, CreateEndorsementPrimary(esys_.get(), EkTemplate(), "EK"));
-  ek_loaded_ = true;
-  return ek_;
+  return LoadEndorsementPrimary(esys_.get(), EkTemplate(), "EK", &ek_,
+                                &ek_loaded_);
 }
 
 Result<uint32_t> Tpm::LoadAk() {
-  if (ak_loaded_) return ak_;
-  VCRYPT_ASSIGN_OR_RETURN(
-      ak_, CreateEndorsementPrimary(esys_.get(), AkTemplate(), "AK"));
-  ak_loaded_ = true;
-  return ak_;
+  return LoadEndorsementPrimary(esys_.get(), AkTemplate(), "AK", &ak_,
+                                &ak_loaded_);
 }
 
 namespace {

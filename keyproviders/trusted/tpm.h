@@ -32,6 +32,10 @@ namespace vcrypt {
 // TPM2_ALG_SHA256, for callers that do not include tss2 headers.
 inline constexpr uint16_t kTpmAlgSha256 = 0x000B;
 
+// TPM2B_PUBLIC (wire encoding) of the template the AK is created from (the
+// AK above; its `unique` is the template's, not a key's point).
+std::vector<uint8_t> AkTemplatePublic();
+
 class Tpm {
  public:
   // `tcti` is a tpm2-tss TCTI configuration: "device:/dev/tpmrm0" (the

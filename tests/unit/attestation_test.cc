@@ -7,6 +7,9 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <sstream>
+
 #include "keyproviders/trusted/tpm.h"
 #include "tests/unit/swtpm.h"
 #include "trustauthority/proof.h"
@@ -212,6 +215,56 @@ TEST_F(AttestationTest, EnrollmentChallengeIsSingleUse) {
   ASSERT_TRUE(svc_->FinishEnrollment(ch->id, *secret).ok());
   EXPECT_EQ(svc_->FinishEnrollment(ch->id, *secret).error().code,
             ErrorCode::kPermissionDenied);
+}
+
+// A host registered without an EK public key: its TPM's EK certificate
+// (made by swtpm_setup, signed by swtpm's local CA: root + intermediate)
+// must chain to the TPM CAs the admin registered. Refused before they
+// are, accepted after, and the enrolled AK then attests.
+TEST_F(AttestationTest, EkCertificateChainingToARegisteredTpmCaIsAccepted) {
+  testing::Swtpm vendor;
+  std::string why = vendor.ManufactureWithEkCertificate();
+  if (!why.empty()) GTEST_SKIP() << why;
+  ASSERT_TRUE(vendor.Start(&why)) << why;
+  auto t = Tpm::Open(vendor.Tcti());
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  auto ek = t->EkPublic();
+  auto ak = t->AkPublic();
+  auto cert = t->EkCertificate();
+  ASSERT_TRUE(ek.ok() && ak.ok() && cert.ok());
+  ASSERT_TRUE(cert->has_value()) << "swtpm_setup wrote no EK certificate";
+  ASSERT_TRUE(svc_->AddHost("h-cert", std::nullopt).ok());
+
+  // No TPM CA registered yet.
+  auto r = svc_->StartEnrollment("h-cert", *ek, *cert, *ak);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied);
+  // A certificate that is not the EK's: refused even with the CAs in.
+  auto read = [](const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
+  ASSERT_TRUE(
+      svc_->AddTpmCa(read(vendor.dir() + "/ca/swtpm-localca-rootca-cert.pem"))
+          .ok());
+  ASSERT_TRUE(svc_->AddTpmCa(read(vendor.dir() + "/ca/issuercert.pem")).ok());
+  auto ek_a = a_->EkPublic();
+  ASSERT_TRUE(ek_a.ok());
+  r = svc_->StartEnrollment("h-cert", *ek_a, *cert, *ak);
+  ASSERT_FALSE(r.ok()) << "another TPM's EK passed with this certificate";
+
+  r = svc_->StartEnrollment("h-cert", *ek, *cert, *ak);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  auto secret = t->ActivateCredential(r->credential.credential_blob,
+                                      r->credential.encrypted_secret);
+  ASSERT_TRUE(secret.ok()) << secret.error().message;
+  ASSERT_TRUE(svc_->FinishEnrollment(r->id, *secret).ok());
+  ASSERT_TRUE(
+      svc_->AddBaseline("golden", Quote("h-cert", *t).quote.pcr_values).ok());
+  auto token = Attest("h-cert", Quote("h-cert", *t));
+  ASSERT_TRUE(token.ok()) << token.error().message;
 }
 
 }  // namespace

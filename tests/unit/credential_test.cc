@@ -16,16 +16,16 @@
 #include <vector>
 
 #include "common/random.h"
-#include "tests/fixtures/tpm/swtpm_fixture.h"
+#include "tests/unit/swtpm.h"
 
 namespace vcrypt {
 namespace {
 
-using tpm_test::FixtureDir;
-using tpm_test::ReadBytes;
-using tpm_test::Swtpm;
-using tpm_test::SwtpmMissingReason;
-using tpm_test::WriteBytes;
+using testing::FixtureDir;
+using testing::ReadBytes;
+using testing::Swtpm;
+using testing::SwtpmMissingReason;
+using testing::WriteBytes;
 
 using Bytes = std::vector<uint8_t>;
 
@@ -250,9 +250,7 @@ class CredentialTpmTest : public ::testing::Test {
     if (std::string why = SwtpmMissingReason(); !why.empty()) {
       GTEST_SKIP() << why;
     }
-    ASSERT_EQ(tpm_.Start(), "");
-    ASSERT_EQ(tpm_.CreateEk(), "");
-    ASSERT_EQ(tpm_.CreateAk("ak", "-G ecc -g sha256 -s ecdsa"), "");
+    ASSERT_EQ(tpm_.StartWithEkAndAk(), "");
     ek_ = MustParsePublic(tpm_.Read("ek.pub"));
     ak_ = MustParsePublic(tpm_.Read("ak.pub"));
     // Our Name is the TPM's (tpm2_createak -n).
@@ -314,7 +312,8 @@ TEST_F(CredentialTpmTest, AnotherTpmCannotActivateIt) {
   // Made for the other TPM's EK, with this TPM's AK name: this TPM cannot
   // decrypt the seed.
   Swtpm other;
-  ASSERT_EQ(other.Start(), "");
+  std::string why;
+  ASSERT_TRUE(other.Start(&why)) << why;
   ASSERT_EQ(other.CreateEk(), "");
   TpmPublic other_ek = MustParsePublic(other.Read("ek.pub"));
   ASSERT_NE(other_ek.name, ek_.name);

@@ -23,16 +23,17 @@
 
 #include "common/handles.h"
 #include "common/random.h"
-#include "tests/fixtures/tpm/swtpm_fixture.h"
+#include "keyproviders/trusted/tpm.h"
+#include "tests/unit/swtpm.h"
 
 namespace vcrypt {
 namespace {
 
-using tpm_test::FixtureDir;
-using tpm_test::Hex;
-using tpm_test::ReadBytes;
-using tpm_test::Swtpm;
-using tpm_test::SwtpmMissingReason;
+using testing::FixtureDir;
+using testing::Hex;
+using testing::ReadBytes;
+using testing::Swtpm;
+using testing::SwtpmMissingReason;
 
 using Bytes = std::vector<uint8_t>;
 
@@ -112,6 +113,20 @@ template <typename T>
   return ::testing::AssertionSuccess();
 }
 
+// `parse` refuses every truncation of `wire`, and `wire` with a byte more
+// (kInvalidArgument, "trailing").
+template <typename Parse>
+void ExpectRefusesTruncatedAndTrailing(const Bytes& wire, Parse parse) {
+  for (size_t n = 0; n < wire.size(); ++n) {
+    Bytes cut(wire.begin(), wire.begin() + n);
+    EXPECT_FALSE(parse(cut).ok()) << "truncated to " << n;
+  }
+  Bytes trailing = wire;
+  trailing.push_back(0);
+  EXPECT_TRUE(
+      Refused(parse(trailing), ErrorCode::kInvalidArgument, "trailing"));
+}
+
 constexpr std::string_view kBadSignature = "does not verify with the enrolled";
 
 // ---------------------------------------------------------------------------
@@ -189,17 +204,12 @@ TEST_F(TpmPublicFixtureTest, EkNameKeyAndShapeMatchTpm2Tools) {
 }
 
 TEST_F(TpmPublicFixtureTest, RefusesTruncatedTrailingAndNonCanonical) {
-  for (size_t n = 0; n < f_.ak_pub.size(); ++n) {
-    Bytes cut(f_.ak_pub.begin(), f_.ak_pub.begin() + n);
-    EXPECT_FALSE(ParseTpm2bPublic(cut).ok()) << "truncated to " << n;
-  }
-  Bytes trailing = f_.ak_pub;
-  trailing.push_back(0);
-  EXPECT_TRUE(Refused(ParseTpm2bPublic(trailing), ErrorCode::kInvalidArgument,
-                      "trailing"));
+  ExpectRefusesTruncatedAndTrailing(
+      f_.ak_pub, [](const Bytes& b) { return ParseTpm2bPublic(b); });
   // A TPM2B size that claims one more byte than the TPMT_PUBLIC has, with
   // that byte present: the content no longer re-marshals to the same bytes.
-  Bytes longer = trailing;
+  Bytes longer = f_.ak_pub;
+  longer.push_back(0);
   const size_t size = (longer[0] << 8 | longer[1]) + 1;
   longer[0] = static_cast<uint8_t>(size >> 8);
   longer[1] = static_cast<uint8_t>(size);
@@ -288,14 +298,8 @@ TEST_F(QuoteFixtureTest, VerifiesCapturedQuote) {
 }
 
 TEST_F(QuoteFixtureTest, RefusesEveryTruncationAndTrailingBytes) {
-  for (size_t n = 0; n < f_.attest.size(); ++n) {
-    Bytes cut(f_.attest.begin(), f_.attest.begin() + n);
-    EXPECT_FALSE(ParseQuote(cut).ok()) << "truncated to " << n;
-  }
-  Bytes trailing = f_.attest;
-  trailing.push_back(0);
-  EXPECT_TRUE(
-      Refused(ParseQuote(trailing), ErrorCode::kInvalidArgument, "trailing"));
+  ExpectRefusesTruncatedAndTrailing(
+      f_.attest, [](const Bytes& b) { return ParseQuote(b); });
   Bytes sig_trailing = f_.sig;
   sig_trailing.push_back(0);
   EXPECT_TRUE(Refused(VerifyQuote(f_.attest, sig_trailing, f_.Check()),
@@ -379,22 +383,22 @@ class SoftwareAk {
                                         point, sizeof(point), &len),
         1);
     EXPECT_EQ(len, 65u);
+    // The host's AK template (P-256, ECDSA with SHA-256), with
+    // `attributes` and this key's point.
+    const Bytes tmpl = AkTemplatePublic();
     TPM2B_PUBLIC pub{};
+    size_t off = 0;
+    EXPECT_EQ(Tss2_MU_TPM2B_PUBLIC_Unmarshal(tmpl.data(), tmpl.size(), &off,
+                                             &pub),
+              TSS2_RC_SUCCESS);
     TPMT_PUBLIC& a = pub.publicArea;
-    a.type = TPM2_ALG_ECC;
-    a.nameAlg = TPM2_ALG_SHA256;
     a.objectAttributes = attributes;
-    a.parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
-    a.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;
-    a.parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG_SHA256;
-    a.parameters.eccDetail.curveID = TPM2_ECC_NIST_P256;
-    a.parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
     a.unique.ecc.x.size = 32;
     std::memcpy(a.unique.ecc.x.buffer, point + 1, 32);
     a.unique.ecc.y.size = 32;
     std::memcpy(a.unique.ecc.y.buffer, point + 33, 32);
     uint8_t wire[sizeof(TPM2B_PUBLIC)];
-    size_t off = 0;
+    off = 0;
     EXPECT_EQ(Tss2_MU_TPM2B_PUBLIC_Marshal(&pub, wire, sizeof(wire), &off),
               TSS2_RC_SUCCESS);
     public_ = MustParsePublic(Bytes(wire, wire + off));
@@ -665,9 +669,7 @@ class QuoteTpmTest : public ::testing::Test {
     if (std::string why = SwtpmMissingReason(); !why.empty()) {
       GTEST_SKIP() << why;
     }
-    ASSERT_EQ(tpm_.Start(), "");
-    ASSERT_EQ(tpm_.CreateEk(), "");
-    ASSERT_EQ(tpm_.CreateAk("ak", "-G ecc -g sha256 -s ecdsa"), "");
+    ASSERT_EQ(tpm_.StartWithEkAndAk(), "");
     // Distinct, non-zero values in two of the quoted PCRs.
     ASSERT_EQ(tpm_.Run("tpm2_pcrextend 0:sha256=" + Hex(Sha256("firmware")) +
                        " 7:sha256=" + Hex(Sha256("secure boot"))),
@@ -763,9 +765,7 @@ TEST_F(QuoteTpmTest, RefusesQuoteFromAnotherAkOrTpm) {
       Verify("q2", Check("q2", MustParsePublic(tpm_.Read("ak2.pub")))).ok());
   // Another TPM, quoting the same nonce and PCR values.
   Swtpm other;
-  ASSERT_EQ(other.Start(), "");
-  ASSERT_EQ(other.CreateEk(), "");
-  ASSERT_EQ(other.CreateAk("ak", "-G ecc -g sha256 -s ecdsa"), "");
+  ASSERT_EQ(other.StartWithEkAndAk(), "");
   ASSERT_EQ(other.Quote("ak.ctx", kSelection, nonce_, "q"), "");
   QuoteCheck check = Check("q", ak_);
   check.pcr_values = SplitValues(other.Read("q.pcrs"), 32);
@@ -869,7 +869,8 @@ class TpmPublicTpmTest : public ::testing::Test {
 TEST_F(TpmPublicTpmTest, EkCertificateFromSwtpmSetupMatchesTheEk) {
   Swtpm tpm;
   ASSERT_EQ(tpm.ManufactureWithEkCertificate(), "");
-  ASSERT_EQ(tpm.Start(), "");
+  std::string why;
+  ASSERT_TRUE(tpm.Start(&why)) << why;
   // The RSA EK certificate's NV index (TCG EK Credential Profile).
   ASSERT_EQ(tpm.Run("tpm2_nvread -C o 0x01c00002 -o ekcert.der"), "");
   ASSERT_EQ(tpm.CreateEk(), "");

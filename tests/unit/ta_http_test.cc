@@ -12,6 +12,7 @@
 #include "common/random.h"
 #include "keyproviders/trusted/tpm.h"
 #include "tests/unit/swtpm.h"
+#include "tests/unit/ta_test_util.h"
 #include "trustauthority/http.h"
 #include "trustauthority/proof.h"
 
@@ -25,20 +26,7 @@ class TaHttpTest : public ::testing::Test {
   void SetUp() override {
     std::string why;
     if (!tpm_.Start(&why)) GTEST_SKIP() << why;
-    auto key = EcSigningKey::Generate();
-    ASSERT_TRUE(key.ok());
-    auto pub = EcVerifyKey::FromPublicPem(*key->ToPublicPem());
-    AttestationConfig c;
-    c.state_dir = dir_.path();
-    c.selection = {TPM2_ALG_SHA256, {0, 1, 2, 3, 7}};
-    auto a = AttestationService::Open(c, std::move(key).value());
-    ASSERT_TRUE(a.ok()) << a.error().message;
-    att_.emplace(std::move(a).value());
-    auto k =
-        KeyProviderService::Open({dir_.path(), "kps"}, std::move(pub).value(),
-                                 std::move(RandomKey(32)).value());
-    ASSERT_TRUE(k.ok()) << k.error().message;
-    kps_.emplace(std::move(k).value());
+    ASSERT_NO_FATAL_FAILURE(testing::OpenTaServices(dir_.path(), &att_, &kps_));
     AddAttestationRoutes(server_, *att_, att_mu_);
     AddKpsRoutes(server_, *kps_, kps_mu_);
     port_ = server_.bind_to_any_port("127.0.0.1");

@@ -26,6 +26,7 @@
 #include "keyproviders/trusted/tpm.h"
 #include "tests/test_util.h"
 #include "tests/unit/swtpm.h"
+#include "tests/unit/ta_test_util.h"
 #include "trustauthority/http.h"
 
 namespace vcrypt {
@@ -138,21 +139,8 @@ class TrustedProviderTest : public ::testing::Test {
         MakeCert(server_key_.get(), "ta.test", ca_.get(), ca_key_.get());
     ca_pem_ = Pem(ca_.get());
 
-    AttestationConfig c;
-    c.state_dir = state_.path();
-    c.selection = {TPM2_ALG_SHA256, {0, 1, 2, 3, 7}};
-    auto key = EcSigningKey::Generate();
-    ASSERT_TRUE(key.ok());
-    auto pub = EcVerifyKey::FromPublicPem(*key->ToPublicPem());
-    ASSERT_TRUE(pub.ok());
-    auto a = AttestationService::Open(c, std::move(key).value());
-    ASSERT_TRUE(a.ok()) << a.error().message;
-    att_.emplace(std::move(a).value());
-    auto k =
-        KeyProviderService::Open({state_.path(), "kps"}, std::move(pub).value(),
-                                 std::move(RandomKey(32)).value());
-    ASSERT_TRUE(k.ok()) << k.error().message;
-    kps_.emplace(std::move(k).value());
+    ASSERT_NO_FATAL_FAILURE(
+        testing::OpenTaServices(state_.path(), &att_, &kps_));
 
     att_server_.emplace(server_cert_.get(), server_key_.get());
     kps_server_.emplace(server_cert_.get(), server_key_.get());
