@@ -300,11 +300,35 @@ Status AttestationService::FinishEnrollment(const std::string& id,
                          AtomicWriteOptions{0600, {}});
 }
 
+void AttestationService::PurgeExpired() {
+  // A minute of grace past expiry: a replica whose clock is behind may
+  // still be checking one. Files it cannot parse are left alone.
+  const int64_t cutoff = Now() - 60;
+  for (const char* dir : {"nonces", "enrollments"}) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(Path(dir), ec)) {
+      if (e.path().extension() != ".json") continue;
+      auto j = ReadJson(e.path().string());
+      if (j.ok() && j->is_object() && j->contains("expires") &&
+          (*j)["expires"].is_number_integer() &&
+          (*j)["expires"].get<int64_t>() < cutoff)
+        fs::remove(e.path(), ec);
+    }
+  }
+}
+
 Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
   if (!fs::exists(Path("hosts/" + host + ".json")))
     return MakeError(ErrorCode::kNotFound,
                      "host '" + host + "' is not registered");
+  // Housekeeping on the way (at most once a minute per replica): nonces
+  // and enrollment challenges that were never used are only ever removed
+  // here.
+  if (Now() - last_purge_ >= 60) {
+    last_purge_ = Now();
+    PurgeExpired();
+  }
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer n, RandomKey(32));
   NonceGrant g;
   g.nonce.assign(n.data(), n.data() + n.size());

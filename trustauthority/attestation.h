@@ -12,6 +12,8 @@
 //   enrollments/<id>.json       pending AK enrollments (single use)
 //   nonces/<hex>.json           issued nonces (single use: consuming one
 //                               is unlink(2), which succeeds once)
+// Unused nonces and challenges are removed a minute after they expire
+// (on IssueNonce, at most once a minute).
 // Files are written atomically (common/atomic_file.h). A host's last clock
 // is last-writer-wins between replicas.
 #ifndef VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
@@ -113,8 +115,12 @@ class AttestationService {
     return config_.state_dir + "/" + rel;
   }
 
+  // Removes nonces and enrollment challenges expired for over a minute.
+  void PurgeExpired();
+
   AttestationConfig config_;
   EcSigningKey key_;
+  int64_t last_purge_ = 0;  // unix seconds of the last PurgeExpired
 };
 
 }  // namespace vcrypt

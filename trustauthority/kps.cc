@@ -62,6 +62,12 @@ Result<AttestationClaims> KeyProviderService::Admit(
   // Single use of the request: the proof's jti, scoped by the token's (a
   // proof names its token through `ath`, so one host cannot use up
   // another's ids). Kept until the proof could no longer pass the age check.
+  // Entries outlive their proofs by the guard's grace; sweep them now and
+  // then (at most once a minute per replica) so the directory stays small.
+  if (now - last_purge_ >= std::chrono::minutes(1)) {
+    last_purge_ = now;
+    (void)jti_.Purge(now);  // best effort: a failure only delays it
+  }
   VCRYPT_ASSIGN_OR_RETURN(
       bool fresh,
       jti_.ConsumeOnce(c.jti + "/" + p.jti, p.iat + kProofMaxAge.count()));

@@ -21,6 +21,7 @@
 #ifndef VCRYPT_TRUSTAUTHORITY_KPS_H_
 #define VCRYPT_TRUSTAUTHORITY_KPS_H_
 
+#include <chrono>
 #include <span>
 #include <string>
 #include <string_view>
@@ -86,6 +87,7 @@ class KeyProviderService {
   EcVerifyKey key_;
   SecureBuffer primary_;
   ReplayGuard jti_;
+  std::chrono::system_clock::time_point last_purge_{};
 };
 
 }  // namespace vcrypt

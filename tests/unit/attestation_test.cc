@@ -267,5 +267,33 @@ TEST_F(AttestationTest, EkCertificateChainingToARegisteredTpmCaIsAccepted) {
   ASSERT_TRUE(token.ok()) << token.error().message;
 }
 
+// Unused nonces and enrollment challenges do not pile up in the shared
+// state: IssueNonce sweeps those expired for over a minute.
+TEST_F(AttestationTest, ExpiredUnusedNoncesAndChallengesAreSwept) {
+  Enroll("h1", *a_);
+  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  const std::string old_nonce = dir_.path() + "/nonces/00aa.json";
+  const std::string old_enroll = dir_.path() + "/enrollments/x.json";
+  const std::string recent = dir_.path() + "/nonces/00bb.json";
+  std::ofstream(old_nonce) << "{\"host\":\"h1\",\"expires\":" << now - 120 << "}";
+  std::ofstream(old_enroll) << "{\"expires\":" << now - 120 << "}";
+  std::ofstream(recent) << "{\"host\":\"h1\",\"expires\":" << now - 5 << "}";
+  auto g = svc_->IssueNonce("h1");
+  ASSERT_TRUE(g.ok());
+  EXPECT_FALSE(std::filesystem::exists(old_nonce));
+  EXPECT_FALSE(std::filesystem::exists(old_enroll));
+  EXPECT_TRUE(std::filesystem::exists(recent)) << "swept inside the grace";
+  // The nonce just issued is kept.
+  std::string hex;
+  for (uint8_t b : g->nonce) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    hex += kHex[b >> 4];
+    hex += kHex[b & 15];
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir_.path() + "/nonces/" + hex + ".json"));
+}
+
 }  // namespace
 }  // namespace vcrypt
