@@ -36,13 +36,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-tpm_start
-ta_pki
-ta_admin_setup
-head -c 32 /dev/urandom >"$T/primary.key"
-chmod 600 "$T/primary.key"
-as_start
-kps_start
+ta_env_start
 "$BIN" --attestation "https://127.0.0.1:$AS_PORT" --kps "https://127.0.0.1:$KPS_PORT" \
   --ca "$T/pki/ca.pem" --tcti "$TCTI" --host "$TA_HOST" --work "$T/work" \
   --rounds "$ROUNDS"

@@ -1,5 +1,7 @@
 #include "keyproviders/key_provider.h"
 
+#include "common/atomic_file.h"
+
 namespace vcrypt {
 
 std::vector<Result<SecureBuffer>> KeyProvider::GetKeks(
@@ -13,5 +15,23 @@ std::vector<Result<SecureBuffer>> KeyProvider::GetKeks(
 Status KeyProvider::DestroyKek(const KekRef&) { return Status::Ok(); }
 
 bool KeyProvider::Recognizes(const KekRef&) const { return false; }
+
+Error ProviderConfigError(const std::string& dir, const std::string& why) {
+  return MakeError(ErrorCode::kInvalidArgument,
+                   "provider config " + dir + "/config.json: " + why);
+}
+
+Result<nlohmann::json> ReadProviderConfig(const std::string& dir,
+                                          std::string_view type, int version) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/config.json"));
+  nlohmann::json cfg = nlohmann::json::parse(text, nullptr, false);
+  if (cfg.is_discarded() || !cfg.is_object())
+    return ProviderConfigError(dir, "not a JSON object");
+  if (cfg.value("version", 0) != version)
+    return ProviderConfigError(dir, "unknown version");
+  if (cfg.value("type", "") != type)
+    return ProviderConfigError(dir, "not a " + std::string(type) + " provider");
+  return cfg;
+}
 
 }  // namespace vcrypt

@@ -66,6 +66,14 @@ class KeyProvider {
   virtual nlohmann::json Describe() const = 0;
 };
 
+// A provider's `dir`/config.json, parsed and checked to be a JSON object
+// with "version" == `version` and "type" == `type`. kInvalidArgument
+// naming the file and the fault otherwise (kNotFound/kIo from reading it).
+Result<nlohmann::json> ReadProviderConfig(const std::string& dir,
+                                          std::string_view type, int version);
+// The error ReadProviderConfig's callers give for a bad member.
+Error ProviderConfigError(const std::string& dir, const std::string& why);
+
 }  // namespace vcrypt
 
 #endif  // VCRYPT_KEYPROVIDERS_KEY_PROVIDER_H_

@@ -323,15 +323,9 @@ Result<std::unique_ptr<StandardProvider>> StandardProvider::Create(
 
 Result<std::unique_ptr<StandardProvider>> StandardProvider::Load(const std::string& name,
                                                                  const std::string& dir) {
-  VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/config.json"));
-  Json cfg = Json::parse(text, nullptr, false);
-  auto bad = [&](const std::string& why) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "provider config " + dir + "/config.json: " + why);
-  };
-  if (cfg.is_discarded() || !cfg.is_object()) return bad("not a JSON object");
-  if (cfg.value("version", 0) != kConfigVersion) return bad("unknown version");
-  if (cfg.value("type", "") != "standard") return bad("not a standard provider");
+  VCRYPT_ASSIGN_OR_RETURN(Json cfg,
+                          ReadProviderConfig(dir, "standard", kConfigVersion));
+  auto bad = [&](const std::string& why) { return ProviderConfigError(dir, why); };
   if (!cfg.contains("servers") || !cfg["servers"].is_array()) return bad("no servers");
   std::string list;
   for (const auto& s : cfg["servers"]) {

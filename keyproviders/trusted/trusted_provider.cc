@@ -235,15 +235,9 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Create(
 Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Load(
     const std::string& name, const std::string& dir,
     TrustedProviderOptions options) {
-  VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/config.json"));
-  Json cfg = Json::parse(text, nullptr, false);
-  auto bad = [&](const std::string& why) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "provider config " + dir + "/config.json: " + why);
-  };
-  if (cfg.is_discarded() || !cfg.is_object()) return bad("not a JSON object");
-  if (cfg.value("version", 0) != kConfigVersion) return bad("unknown version");
-  if (cfg.value("type", "") != "trusted") return bad("not a trusted provider");
+  VCRYPT_ASSIGN_OR_RETURN(Json cfg,
+                          ReadProviderConfig(dir, "trusted", kConfigVersion));
+  auto bad = [&](const std::string& why) { return ProviderConfigError(dir, why); };
   Settings s;
   for (auto [key, out] :
        {std::pair{"attestation", &s.attestation_url},

@@ -16,13 +16,7 @@ add_trusted_provider() {
 # TPM, PKI, Trust Authority (primary key in a file), vcryptd, provider "ta".
 trusted_setup() {
   [[ -x $VCRYPT_TA ]] || fail "$VCRYPT_TA not built"
-  tpm_start
-  ta_pki
-  ta_admin_setup
-  head -c 32 /dev/urandom >"$T/primary.key"
-  chmod 600 "$T/primary.key"
-  as_start
-  kps_start
+  ta_env_start
   start_daemon
   add_trusted_provider
 }

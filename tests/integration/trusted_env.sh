@@ -93,3 +93,14 @@ ta_admin_setup() {
   ta admin --state "$T/ta" baseline add golden --values "$T/golden.txt" >/dev/null
 }
 
+
+# TPM, PKI, the admin's setup and both services (primary key in a file).
+ta_env_start() {
+  tpm_start
+  ta_pki
+  ta_admin_setup
+  head -c 32 /dev/urandom >"$T/primary.key"
+  chmod 600 "$T/primary.key"
+  as_start
+  kps_start
+}
