@@ -71,6 +71,34 @@ class KeyProvider {
 // naming the file and the fault otherwise (kNotFound/kIo from reading it).
 Result<nlohmann::json> ReadProviderConfig(const std::string& dir,
                                           std::string_view type, int version);
+// A provider directory made all at once: its files are written under
+// `dir`.new (0700, created fresh) and the directory is renamed into place by
+// Commit() only once every check passed. Until then the destructor removes
+// it, so a failed `provider add` leaves nothing behind.
+class StagedProviderDir {
+ public:
+  // kExists when `dir` already exists; removes a stale `dir`.new left by a
+  // crash.
+  static Result<StagedProviderDir> Begin(const std::string& dir);
+  StagedProviderDir(StagedProviderDir&& o) noexcept
+      : dir_(std::move(o.dir_)), tmp_(std::move(o.tmp_)) {
+    o.tmp_.clear();
+  }
+  StagedProviderDir& operator=(StagedProviderDir&&) = delete;
+  ~StagedProviderDir();
+
+  // Where to write the files now.
+  const std::string& path() const { return tmp_; }
+  // rename(2) into place (kIo on failure; the staged files are removed).
+  Status Commit();
+
+ private:
+  StagedProviderDir(std::string dir, std::string tmp)
+      : dir_(std::move(dir)), tmp_(std::move(tmp)) {}
+  std::string dir_;
+  std::string tmp_;  // empty once committed or moved from
+};
+
 // The error ReadProviderConfig's callers give for a bad member.
 Error ProviderConfigError(const std::string& dir, const std::string& why);
 

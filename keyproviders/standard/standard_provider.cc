@@ -271,19 +271,10 @@ Result<std::unique_ptr<StandardProvider>> StandardProvider::Create(
     const std::string& ca_pem, const std::string& cert_pem, const SecureBuffer& key_pem,
     StandardProviderOptions options) {
   if (servers.empty()) return MakeError(ErrorCode::kInvalidArgument, "no KMS server given");
-  struct stat st;
-  if (lstat(dir.c_str(), &st) == 0)
-    return MakeError(ErrorCode::kExists, "provider directory " + dir + " already exists");
-  // Build everything in a sibling temp dir and rename it into place only
-  // after the cluster check passed: nothing half-made on any failure.
-  const std::string tmp = dir + ".new";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  VCRYPT_RETURN_IF_ERROR(MakeDirs(tmp, 0700));
-  auto fail = [&](Error e) -> Error {
-    fs::remove_all(tmp, ec);
-    return e;
-  };
+  // Build everything in a staged dir and rename it into place only after
+  // the cluster check passed: nothing half-made on any failure.
+  VCRYPT_ASSIGN_OR_RETURN(StagedProviderDir staged, StagedProviderDir::Begin(dir));
+  const std::string& tmp = staged.path();
   Json cfg = {{"version", kConfigVersion},
               {"type", "standard"},
               {"name", name},
@@ -292,14 +283,14 @@ Result<std::unique_ptr<StandardProvider>> StandardProvider::Create(
               {"io_timeout_ms", options.io_timeout.count()},
               {"created", NowRfc3339()}};
   for (const auto& s : servers) cfg["servers"].push_back(s.ToString());
-  if (auto w = WriteFileAtomic(tmp + "/ca.pem", ca_pem); !w.ok()) return fail(w.error());
-  if (auto w = WriteFileAtomic(tmp + "/cert.pem", cert_pem); !w.ok()) return fail(w.error());
+  if (auto w = WriteFileAtomic(tmp + "/ca.pem", ca_pem); !w.ok()) return w.error();
+  if (auto w = WriteFileAtomic(tmp + "/cert.pem", cert_pem); !w.ok()) return w.error();
   if (auto w = WriteFileAtomic(tmp + "/key.pem", key_pem.span()); !w.ok())
-    return fail(w.error());
+    return w.error();
   if (auto w = WriteFileAtomic(tmp + "/config.json", cfg.dump(2) + "\n"); !w.ok())
-    return fail(w.error());
+    return w.error();
   auto client = TlsClient::Create(MakeTlsConfig(tmp, options));
-  if (!client.ok()) return fail(std::move(client).error());
+  if (!client.ok()) return std::move(client).error();
   auto cluster = std::make_unique<KmsCluster>(std::move(client).value(), servers);
   // The check: a DiscoverVersions round trip (the cluster negotiates the
   // version on first use, so a Query costs one more message; fine here).
@@ -307,14 +298,14 @@ Result<std::unique_ptr<StandardProvider>> StandardProvider::Create(
   kmip::RequestItem q = kmip::MakeQuery(fns);
   auto ex = cluster->Execute({&q, 1});
   if (!ex.ok())
-    return fail(MakeError(ErrorCode::kKeyUnavailable,
-                          "KMS cluster check failed: " + ex.error().message));
-  if (rename(tmp.c_str(), dir.c_str()) != 0)
-    return fail(MakeError(ErrorCode::kIo, "cannot create " + dir + ": " + std::strerror(errno)));
+    return MakeError(ErrorCode::kKeyUnavailable,
+                          "KMS cluster check failed: " + ex.error().message);
+  VCRYPT_RETURN_IF_ERROR(staged.Commit());
   // The TLS client was loaded from the temp paths; reload from the final
   // ones so later reconnects find the files.
   auto loaded = Load(name, dir);
   if (!loaded.ok()) {
+    std::error_code ec;
     fs::remove_all(dir, ec);
     return std::move(loaded).error();
   }

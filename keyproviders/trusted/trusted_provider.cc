@@ -155,35 +155,25 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Create(
                      "the CA given (--ca) holds no PEM certificate: give the "
                      "CA that issued the Trust Authority services' "
                      "certificates");
-  struct stat st;
-  if (lstat(dir.c_str(), &st) == 0)
-    return MakeError(ErrorCode::kExists,
-                     "provider directory " + dir + " already exists");
-
-  // Everything is made in a sibling temp dir and renamed into place only
-  // after enrollment and attestation passed: nothing half-made on failure.
-  const std::string tmp = dir + ".new";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  VCRYPT_RETURN_IF_ERROR(MakeDirs(tmp, 0700));
-  auto fail = [&](Error e) -> Error {
-    fs::remove_all(tmp, ec);
-    return e;
-  };
+  // Everything is made in a staged dir and renamed into place only after
+  // enrollment and attestation passed: nothing half-made on failure.
+  VCRYPT_ASSIGN_OR_RETURN(StagedProviderDir staged,
+                          StagedProviderDir::Begin(dir));
+  const std::string& tmp = staged.path();
   if (auto w = WriteFileAtomic(tmp + "/ca.pem", config.ca_pem); !w.ok())
-    return fail(w.error());
+    return w.error();
   TaClientOptions co{options.connect_timeout, options.io_timeout};
   auto att = TaClient::Create("attestation service", s.attestation_url,
                               tmp + "/ca.pem", co);
-  if (!att.ok()) return fail(std::move(att).error());
+  if (!att.ok()) return std::move(att).error();
   auto kps =
       TaClient::Create("key provider service", s.kps_url, tmp + "/ca.pem", co);
-  if (!kps.ok()) return fail(std::move(kps).error());
+  if (!kps.ok()) return std::move(kps).error();
   std::unique_ptr<TrustedProvider> p(new TrustedProvider(
       name, tmp, s, std::move(att).value(), std::move(kps).value(), options));
 
   if (auto e = p->Enroll(); !e.ok())
-    return fail(Prefixed("cannot enroll host '" + s.host + "': ", e.error()));
+    return Prefixed("cannot enroll host '" + s.host + "': ", e.error());
   // Attest now (no re-enrollment: the AK was just enrolled), so a host
   // whose PCRs match no approved baseline is refused here, not at the
   // first `vm create`.
@@ -191,14 +181,14 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Create(
     std::lock_guard lock(p->attest_mu_);
     auto session = p->Attest(/*may_reenroll=*/false);
     if (!session.ok())
-      return fail(Prefixed("host '" + s.host + "' enrolled, but ",
-                           std::move(session).error()));
+      return Prefixed("host '" + s.host + "' enrolled, but ",
+                           std::move(session).error());
   }
   // The key provider service must accept this host's tokens too (it pins
   // the attestation service's key and audience): ask for a KEK and drop
   // it. The service keeps no state per KEK, so nothing is left behind.
   if (auto k = p->NewKekFromKps("attestation passed, but "); !k.ok())
-    return fail(std::move(k).error());
+    return std::move(k).error();
 
   Json cfg = {{"version", kConfigVersion},
               {"type", "trusted"},
@@ -212,10 +202,8 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Create(
               {"created", NowRfc3339()}};
   if (auto w = WriteFileAtomic(tmp + "/config.json", cfg.dump(2) + "\n");
       !w.ok())
-    return fail(w.error());
-  if (rename(tmp.c_str(), dir.c_str()) != 0)
-    return fail(MakeError(
-        ErrorCode::kIo, "cannot create " + dir + ": " + std::strerror(errno)));
+    return w.error();
+  VCRYPT_RETURN_IF_ERROR(staged.Commit());
   // The clients read the CA at each connection: point them at the final
   // path. The token just obtained stays cached.
   auto att2 = TaClient::Create("attestation service", s.attestation_url,
@@ -223,6 +211,7 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Create(
   auto kps2 =
       TaClient::Create("key provider service", s.kps_url, dir + "/ca.pem", co);
   if (!att2.ok() || !kps2.ok()) {
+    std::error_code ec;
     fs::remove_all(dir, ec);
     return att2.ok() ? std::move(kps2).error() : std::move(att2).error();
   }
