@@ -111,6 +111,13 @@ using LibLock = std::unique_lock<std::recursive_mutex>;
     // setting is process-wide in libcryptsetup (the cd argument is
     // ignored).
     crypt_volume_key_keyring(nullptr, 0);
+    // vcrypt's token types are handled here, never by a plugin. Without
+    // this, libcryptsetup dlopen()s libcryptsetup-token-<type>.so for every
+    // token it looks at: a root daemon would load code named by a header
+    // field, and each failed attempt leaves a dlerror() buffer behind in
+    // the calling thread (LeakSanitizer reports it when that thread is
+    // still running at exit).
+    crypt_token_external_disable();
   });
   t_last_log.clear();
   return lock;

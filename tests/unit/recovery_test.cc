@@ -584,6 +584,13 @@ TEST_F(RecoveryDaemonTest, KeyTravelsOnTheSecretChannelOnly) {
 // The recovery key is for when the key provider is gone; so while it is
 // gone, removing the key takes --force, and a new one cannot be made (the
 // DEK comes from the provider). --json prints the key in the JSON.
+// SetUp formatted a volume through the library, so its process-wide
+// settings are in force: libcryptsetup must not dlopen() a
+// libcryptsetup-token-vcrypt*.so plugin for vcrypt's own token types.
+TEST_F(RecoveryDaemonTest, TokenPluginsAreNeverLoaded) {
+  EXPECT_EQ(crypt_token_external_path(), nullptr);
+}
+
 TEST_F(RecoveryDaemonTest, WithoutItsProviderRemoveNeedsForceAndAddFails) {
   auto add = Ctl({"--json", "volume", "recovery-key", "add", "vm1/d0"});
   ASSERT_EQ(add.code, 0) << add.err;
