@@ -6,7 +6,8 @@
 #   3. dm-level tests and integration tests inside the VM harness (Debian's
 #      kernel under QEMU TCG), against a real dm-crypt
 #   4. tests that need systemd as PID 1 in the VM: the boot test
-#      (tests/systemd/boot_test.sh) and libvirt (real libvirtd + QEMU)
+#      (tests/systemd/boot_test.sh), libvirt (real libvirtd + QEMU) and the
+#      Trust Authority's units (t_ta_units.sh)
 # Ends with one line "all: N passed, M failed"; exits non-zero on any failure.
 #   VCRYPT_TEST_SKIP_ASAN=1   skip step 2 (quicker local runs)
 #   VCRYPT_TEST_FILTER=word   only integration tests whose name contains word
@@ -86,10 +87,10 @@ if [[ -z ${VCRYPT_TEST_FILTER:-} || ${VCRYPT_TEST_FILTER:-} == boot ]]; then
 fi
 
 if [[ -z ${VCRYPT_TEST_FILTER:-} || ${VCRYPT_TEST_FILTER:-} == libvirt ]]; then
-  section "VM harness, systemd as PID 1: libvirt (libvirtd + QEMU in the guest)"
+  section "VM harness, systemd as PID 1: libvirt (libvirtd + QEMU in the guest), Trust Authority units"
   mkdir -p "$LOG/libvirt"
   tests/vm/run.sh --systemd --timeout 1800 --mem 3072 --outdir "$LOG/libvirt" -- bash -c "
-      tests/integration/run.sh '$ROOT/build' libvirt 2>&1 | tee /vmout/it.log
+      tests/integration/run.sh '$ROOT/build' libvirt,ta_units 2>&1 | tee /vmout/it.log
       true" 2>&1 | tee "$LOG/libvirt.log"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
   if [[ -f $LOG/libvirt/it.log ]]; then count_integration "$LOG/libvirt/it.log"; else failed=$((failed + 1)); fi

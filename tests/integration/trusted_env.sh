@@ -7,7 +7,10 @@
 VCRYPT_TA=$VCRYPT_BUILD/trustauthority/vcrypt-ta
 TA_HOST=kvm-host-1
 
-ta() { "$VCRYPT_TA" "$@"; }
+# The admin commands run as $TA_RUNAS when set (the services' user), on
+# the state directory $TA_STATE.
+ta() { ${TA_RUNAS:+runuser -u "$TA_RUNAS" --} "$VCRYPT_TA" "$@"; }
+ta_state() { echo "${TA_STATE:-$T/ta}"; }
 
 # A test PKI for the services' TLS: CA + server certificate for 127.0.0.1.
 ta_pki() {
@@ -82,15 +85,16 @@ kps_start() {  # extra args (primary key source; default: the key file)
 # host registered with its EK public key (read with tpm2-tools), the PCR
 # values it has now approved as baseline "golden".
 ta_admin_setup() {
-  ta admin --state "$T/ta" init --pcrs sha256:0-7 >/dev/null
+  ta admin --state "$(ta_state)" init --pcrs sha256:0-7 >/dev/null
   tpm2_createek -T "$TCTI" -c "$T/ek.ctx" -G rsa -u "$T/ek.pub" >/dev/null
   tpm2_flushcontext -T "$TCTI" -t >/dev/null
-  ta admin --state "$T/ta" host add "$TA_HOST" --ek-pub "$T/ek.pub" >/dev/null
+  chmod 0644 "$T/ek.pub"   # tpm2-tools writes 0660; $TA_RUNAS reads it
+  ta admin --state "$(ta_state)" host add "$TA_HOST" --ek-pub "$T/ek.pub" >/dev/null
   tpm2_pcrread -T "$TCTI" sha256:0,1,2,3,4,5,6,7 -o "$T/pcrs.bin" >/dev/null
   od -An -v -tx1 "$T/pcrs.bin" | tr -d ' \n' | fold -w64 >"$T/golden.txt"
   echo >>"$T/golden.txt"
   [[ $(grep -c . "$T/golden.txt") -eq 8 ]] || fail "PCR values read: $(cat "$T/golden.txt")"
-  ta admin --state "$T/ta" baseline add golden --values "$T/golden.txt" >/dev/null
+  ta admin --state "$(ta_state)" baseline add golden --values "$T/golden.txt" >/dev/null
 }
 
 
