@@ -14,6 +14,7 @@
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/handles.h"
+#include "common/hex.h"
 #include "common/names.h"
 #include "common/random.h"
 #include "trustauthority/proof.h"
@@ -28,31 +29,6 @@ int64_t Now() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-std::string Hex(std::span<const uint8_t> b) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (uint8_t c : b) s += {d[c >> 4], d[c & 15]};
-  return s;
-}
-
-Result<std::vector<uint8_t>> Unhex(const std::string& s) {
-  if (s.size() % 2 != 0)
-    return MakeError(ErrorCode::kInvalidArgument, "odd-length hex");
-  std::vector<uint8_t> out;
-  for (size_t i = 0; i < s.size(); i += 2) {
-    auto v = [](char c) -> int {
-      if (c >= '0' && c <= '9') return c - '0';
-      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-      return -1;
-    };
-    int hi = v(s[i]), lo = v(s[i + 1]);
-    if (hi < 0 || lo < 0)
-      return MakeError(ErrorCode::kInvalidArgument, "bad hex");
-    out.push_back(static_cast<uint8_t>(hi << 4 | lo));
-  }
-  return out;
 }
 
 std::vector<uint8_t> Sha256(std::span<const uint8_t> b) {
@@ -160,8 +136,8 @@ Status AttestationService::AddTpmCa(const std::string& pem) {
   if (!ca)
     return MakeError(ErrorCode::kInvalidArgument, "not a PEM certificate");
   std::vector<uint8_t> bytes(pem.begin(), pem.end());
-  return WriteFileAtomic(Path("tpm-cas/" + Hex(Sha256(bytes)) + ".pem"), pem,
-                         AtomicWriteOptions{0644, {}});
+  return WriteFileAtomic(Path("tpm-cas/" + HexEncode(Sha256(bytes)) + ".pem"),
+                         pem, AtomicWriteOptions{0644, {}});
 }
 
 Status AttestationService::AddHost(const std::string& host,
@@ -200,7 +176,7 @@ Status AttestationService::AddBaseline(
     if (v.size() != 32)
       return MakeError(ErrorCode::kInvalidArgument,
                        "a SHA-256 PCR value has 32 bytes");
-    vals.push_back(Hex(v));
+    vals.push_back(HexEncode(v));
   }
   return WriteFileAtomic(Path("baselines/" + name + ".json"),
                          Json{{"values", vals}}.dump(),
@@ -255,14 +231,14 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
   VCRYPT_ASSIGN_OR_RETURN(MadeCredential cred,
                           MakeCredential(ek, ak.name, secret));
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer idb, RandomKey(16));
-  const std::string id = Hex(std::span<const uint8_t>(idb.data(), idb.size()));
-  Json pending = {
-      {"host", host},
-      {"ek", Base64Encode(ek.wire)},
-      {"ak", Base64Encode(ak.wire)},
-      {"secret_sha256",
-       Hex(Sha256(std::span<const uint8_t>(secret.data(), secret.size())))},
-      {"expires", Now() + config_.enrollment_lifetime.count()}};
+  const std::string id =
+      HexEncode(std::span<const uint8_t>(idb.data(), idb.size()));
+  Json pending = {{"host", host},
+                  {"ek", Base64Encode(ek.wire)},
+                  {"ak", Base64Encode(ak.wire)},
+                  {"secret_sha256", HexEncode(Sha256(std::span<const uint8_t>(
+                                        secret.data(), secret.size())))},
+                  {"expires", Now() + config_.enrollment_lifetime.count()}};
   VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(Path("enrollments/" + id + ".json"),
                                          pending.dump(),
                                          AtomicWriteOptions{0600, {}}));
@@ -286,7 +262,7 @@ Status AttestationService::FinishEnrollment(const std::string& id,
   // Single use: only one unlink succeeds, whichever replica.
   if (unlink(path.c_str()) != 0) return denied();
   if ((*pending).value("expires", int64_t{0}) < Now()) return denied();
-  auto want = Unhex((*pending).value("secret_sha256", std::string()));
+  auto want = HexDecode((*pending).value("secret_sha256", std::string()));
   auto got = Sha256(std::span<const uint8_t>(secret.data(), secret.size()));
   if (!want.ok() || want->size() != got.size() ||
       CRYPTO_memcmp(want->data(), got.data(), got.size()) != 0)
@@ -335,7 +311,7 @@ Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
   g.selection = config_.selection;
   g.expires = Now() + config_.nonce_lifetime.count();
   VCRYPT_RETURN_IF_ERROR(
-      WriteFileAtomic(Path("nonces/" + Hex(g.nonce) + ".json"),
+      WriteFileAtomic(Path("nonces/" + HexEncode(g.nonce) + ".json"),
                       Json{{"host", host}, {"expires", g.expires}}.dump(),
                       AtomicWriteOptions{0600, {}}));
   return g;
@@ -361,7 +337,7 @@ Result<std::string> AttestationService::Attest(
   // once per nonce.
   if (nonce.empty() || nonce.size() > 64)
     return MakeError(ErrorCode::kPermissionDenied, "unknown nonce");
-  const std::string npath = Path("nonces/" + Hex(nonce) + ".json");
+  const std::string npath = Path("nonces/" + HexEncode(nonce) + ".json");
   auto issued = ReadJson(npath);
   if (!issued.ok() || unlink(npath.c_str()) != 0)
     return MakeError(ErrorCode::kPermissionDenied,
@@ -408,7 +384,7 @@ Result<std::string> AttestationService::Attest(
     bool equal = vals.size() == pcr_values.size();
     for (size_t i = 0; equal && i < vals.size(); ++i)
       equal = vals[i].is_string() &&
-              vals[i].get<std::string>() == Hex(pcr_values[i]);
+              vals[i].get<std::string>() == HexEncode(pcr_values[i]);
     if (equal) {
       matched = e.path().stem().string();
       break;
@@ -425,14 +401,15 @@ Result<std::string> AttestationService::Attest(
 
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer j, RandomKey(16));
   const int64_t now = Now();
-  Json claims = {{"iss", config_.issuer},
-                 {"sub", host},
-                 {"aud", config_.audience},
-                 {"iat", now},
-                 {"exp", now + config_.token_lifetime.count()},
-                 {"jti", Hex(std::span<const uint8_t>(j.data(), j.size()))},
-                 {"baseline", matched},
-                 {"cnf", CnfJwk(session_point)}};
+  Json claims = {
+      {"iss", config_.issuer},
+      {"sub", host},
+      {"aud", config_.audience},
+      {"iat", now},
+      {"exp", now + config_.token_lifetime.count()},
+      {"jti", HexEncode(std::span<const uint8_t>(j.data(), j.size()))},
+      {"baseline", matched},
+      {"cnf", CnfJwk(session_point)}};
   return SignToken(key_, claims);
 }
 

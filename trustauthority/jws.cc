@@ -21,6 +21,7 @@
 
 #include "common/atomic_file.h"
 #include "common/base64.h"
+#include "common/hex.h"
 #include "common/random.h"
 
 namespace vcrypt {
@@ -438,16 +439,6 @@ Result<AttestationClaims> CheckClaims(const json& claims,
   return out;
 }
 
-std::string Hex(std::span<const uint8_t> bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (uint8_t b : bytes) {
-    out.push_back(kHex[b >> 4]);
-    out.push_back(kHex[b & 15]);
-  }
-  return out;
-}
-
 std::string HexSha256(std::string_view data) {
   std::array<uint8_t, EVP_MAX_MD_SIZE> md{};
   unsigned int md_len = 0;
@@ -458,7 +449,7 @@ std::string HexSha256(std::string_view data) {
     ERR_clear_error();
     return {};
   }
-  return Hex(std::span<const uint8_t>(md.data(), md_len));
+  return HexEncode(std::span<const uint8_t>(md.data(), md_len));
 }
 
 bool IsEntryName(std::string_view name) {
@@ -819,7 +810,7 @@ Result<bool> ReplayGuard::ConsumeOnce(std::string_view id, int64_t exp_unix) {
   }
   std::array<uint8_t, 16> rnd{};
   VCRYPT_RETURN_IF_ERROR(FillRandom(rnd));
-  const std::string tmp = std::string(kTempPrefix) + Hex(rnd);
+  const std::string tmp = std::string(kTempPrefix) + HexEncode(rnd);
 
   {
     UniqueFd fd(::openat(dir_fd_.get(), tmp.c_str(),

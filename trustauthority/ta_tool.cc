@@ -26,6 +26,7 @@
 #include "common/atomic_file.h"
 #include "common/clock.h"
 #include "common/handles.h"
+#include "common/hex.h"
 #include "keyproviders/standard/kmip.h"
 #include "keyproviders/standard/standard_provider.h"
 #include "keyproviders/standard/tls_client.h"
@@ -785,13 +786,6 @@ Status KeyProviderServiceCmd(const std::vector<std::string>& args,
   return Serve(*server, a.listen_text, a.listen, out, control);
 }
 
-uint8_t HexValue(char c) {
-  if (c >= '0' && c <= '9') return static_cast<uint8_t>(c - '0');
-  if (c >= 'a' && c <= 'f') return static_cast<uint8_t>(c - 'a' + 10);
-  if (c >= 'A' && c <= 'F') return static_cast<uint8_t>(c - 'A' + 10);
-  return 0xff;
-}
-
 }  // namespace
 
 // --- ServiceControl ----------------------------------------------------------
@@ -894,14 +888,11 @@ Result<std::vector<std::vector<uint8_t>>> ParseBaselineValues(
     if (line.size() % 2 != 0)
       return MakeError(ErrorCode::kInvalidArgument,
                        where + ": not a hex digest (odd length)");
-    std::vector<uint8_t> v;
-    for (size_t i = 0; i < line.size(); i += 2) {
-      uint8_t hi = HexValue(line[i]), lo = HexValue(line[i + 1]);
-      if (hi == 0xff || lo == 0xff)
-        return MakeError(ErrorCode::kInvalidArgument,
-                         where + ": not a hex digest");
-      v.push_back(static_cast<uint8_t>(hi << 4 | lo));
-    }
+    auto decoded = HexDecode(line);
+    if (!decoded.ok())
+      return MakeError(ErrorCode::kInvalidArgument,
+                       where + ": not a hex digest");
+    std::vector<uint8_t> v = std::move(decoded).value();
     if (v.size() != 32)
       return MakeError(ErrorCode::kInvalidArgument,
                        where + ": " + std::to_string(v.size()) +

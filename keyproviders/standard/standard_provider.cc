@@ -299,7 +299,7 @@ Result<std::unique_ptr<StandardProvider>> StandardProvider::Create(
   auto ex = cluster->Execute({&q, 1});
   if (!ex.ok())
     return MakeError(ErrorCode::kKeyUnavailable,
-                          "KMS cluster check failed: " + ex.error().message);
+                     "KMS cluster check failed: " + ex.error().message);
   VCRYPT_RETURN_IF_ERROR(staged.Commit());
   // The TLS client was loaded from the temp paths; reload from the final
   // ones so later reconnects find the files.

@@ -182,7 +182,7 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Create(
     auto session = p->Attest(/*may_reenroll=*/false);
     if (!session.ok())
       return Prefixed("host '" + s.host + "' enrolled, but ",
-                           std::move(session).error());
+                      std::move(session).error());
   }
   // The key provider service must accept this host's tokens too (it pins
   // the attestation service's key and audience): ask for a KEK and drop

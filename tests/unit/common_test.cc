@@ -11,6 +11,7 @@
 
 #include "common/atomic_file.h"
 #include "common/base64.h"
+#include "common/hex.h"
 #include "common/names.h"
 #include "common/random.h"
 #include "common/secure_buffer.h"
@@ -180,6 +181,35 @@ TEST(AtomicFileTest, MissingDirectoryIsAnError) {
   auto st = WriteFileAtomic("/nonexistent-dir-vcrypt/x", std::string("a"));
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.error().code, ErrorCode::kIo);
+}
+
+}  // namespace
+}  // namespace vcrypt
+
+namespace vcrypt {
+namespace {
+
+TEST(HexTest, EncodesLowercaseAndDecodesEitherCase) {
+  const std::vector<uint8_t> b = {0x00, 0x01, 0x7f, 0x80, 0xab, 0xff};
+  EXPECT_EQ(HexEncode(b), "00017f80abff");
+  EXPECT_EQ(HexEncode({}), "");
+  auto lower = HexDecode("00017f80abff");
+  ASSERT_TRUE(lower.ok());
+  EXPECT_EQ(*lower, b);
+  auto upper = HexDecode("00017F80ABFF");
+  ASSERT_TRUE(upper.ok());
+  EXPECT_EQ(*upper, b);
+  auto empty = HexDecode("");
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->empty());
+}
+
+TEST(HexTest, DecodeIsStrict) {
+  for (const char* bad : {"0", "abc", "0g", "g0", " 00", "00 ", "0x00", "+1"}) {
+    auto r = HexDecode(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument) << bad;
+  }
 }
 
 }  // namespace

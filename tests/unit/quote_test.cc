@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/handles.h"
+#include "common/hex.h"
 #include "common/random.h"
 #include "keyproviders/trusted/tpm.h"
 #include "tests/unit/swtpm.h"
@@ -30,7 +31,6 @@ namespace vcrypt {
 namespace {
 
 using testing::FixtureDir;
-using testing::Hex;
 using testing::ReadBytes;
 using testing::Swtpm;
 using testing::SwtpmMissingReason;
@@ -168,7 +168,7 @@ class TpmPublicFixtureTest : public ::testing::Test {
 TEST_F(TpmPublicFixtureTest, AkNameKeyAndShapeMatchTpm2Tools) {
   TpmPublic ak = MustParsePublic(f_.ak_pub);
   // The Name the TPM itself reported (tpm2_createak -n).
-  EXPECT_EQ(Hex(ak.name), Hex(f_.ak_name));
+  EXPECT_EQ(HexEncode(ak.name), HexEncode(f_.ak_name));
   EXPECT_EQ(ak.wire, f_.ak_pub);
   EXPECT_EQ(ak.area.type, TPM2_ALG_ECC);
   EXPECT_TRUE(IsRestrictedSigningKey(ak));
@@ -181,7 +181,7 @@ TEST_F(TpmPublicFixtureTest, AkNameKeyAndShapeMatchTpm2Tools) {
 
 TEST_F(TpmPublicFixtureTest, EkNameKeyAndShapeMatchTpm2Tools) {
   TpmPublic ek = MustParsePublic(f_.ek_pub);
-  EXPECT_EQ(Hex(ek.name), Hex(f_.ek_name));
+  EXPECT_EQ(HexEncode(ek.name), HexEncode(f_.ek_name));
   EXPECT_EQ(ek.area.type, TPM2_ALG_RSA);
   ASSERT_NE(ek.key, nullptr);
   EXPECT_EQ(EVP_PKEY_get_bits(ek.key.get()), 2048);
@@ -671,9 +671,10 @@ class QuoteTpmTest : public ::testing::Test {
     }
     ASSERT_EQ(tpm_.StartWithEkAndAk(), "");
     // Distinct, non-zero values in two of the quoted PCRs.
-    ASSERT_EQ(tpm_.Run("tpm2_pcrextend 0:sha256=" + Hex(Sha256("firmware")) +
-                       " 7:sha256=" + Hex(Sha256("secure boot"))),
-              "");
+    ASSERT_EQ(
+        tpm_.Run("tpm2_pcrextend 0:sha256=" + HexEncode(Sha256("firmware")) +
+                 " 7:sha256=" + HexEncode(Sha256("secure boot"))),
+        "");
     ASSERT_EQ(tpm_.Quote("ak.ctx", kSelection, nonce_, "q"), "");
     ak_ = MustParsePublic(tpm_.Read("ak.pub"));
   }
@@ -733,7 +734,8 @@ TEST_F(QuoteTpmTest, RefusesValuesReadBeforeAnExtend) {
   ASSERT_EQ(
       tpm_.Run(std::string("tpm2_pcrread ") + kSelection + " -o before.pcrs"),
       "");
-  ASSERT_EQ(tpm_.Run("tpm2_pcrextend 3:sha256=" + Hex(Sha256("kernel"))), "");
+  ASSERT_EQ(tpm_.Run("tpm2_pcrextend 3:sha256=" + HexEncode(Sha256("kernel"))),
+            "");
   ASSERT_EQ(tpm_.Quote("ak.ctx", kSelection, nonce_, "after"), "");
   QuoteCheck check = Check("after", ak_);
   check.pcr_values = SplitValues(tpm_.Read("before.pcrs"), 32);

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "common/handles.h"
+#include "common/hex.h"
 #include "tests/test_util.h"
 
 namespace vcrypt::testing {
@@ -64,16 +65,6 @@ inline bool WriteBytes(const std::string& path,
   f.write(reinterpret_cast<const char*>(bytes.data()),
           static_cast<std::streamsize>(bytes.size()));
   return static_cast<bool>(f);
-}
-
-inline std::string Hex(std::span<const uint8_t> bytes) {
-  static const char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (uint8_t b : bytes) {
-    out += kDigits[b >> 4];
-    out += kDigits[b & 15];
-  }
-  return out;
 }
 
 // Runs `cmd` with /bin/sh; stdout+stderr in *output. The exit status, or -1.
@@ -242,8 +233,8 @@ class Swtpm {
                     std::span<const uint8_t> nonce, const std::string& out,
                     const std::string& extra_args = "") {
     return Run("tpm2_quote -c " + key + " -l " + selection + " -g sha256 -q " +
-               Hex(nonce) + " -m " + out + ".attest -s " + out + ".sig -o " +
-               out + ".pcrs -F values " + extra_args);
+               HexEncode(nonce) + " -m " + out + ".attest -s " + out +
+               ".sig -o " + out + ".pcrs -F values " + extra_args);
   }
 
   // TPM2_ActivateCredential of CRED_FILE (tpm2-tools file format) for the

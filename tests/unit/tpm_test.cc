@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "common/hex.h"
 #include "tests/unit/swtpm.h"
 
 namespace vcrypt {
@@ -24,12 +25,6 @@ void WriteBytes(const std::string& path, const std::vector<uint8_t>& b) {
   std::ofstream(path, std::ios::binary)
       .write(reinterpret_cast<const char*>(b.data()),
              static_cast<std::streamsize>(b.size()));
-}
-std::string Hex(const std::vector<uint8_t>& b) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  for (uint8_t c : b) s += {d[c >> 4], d[c & 15]};
-  return s;
 }
 std::vector<uint8_t> Sha256(const std::vector<uint8_t>& b) {
   std::vector<uint8_t> h(32);
@@ -147,8 +142,8 @@ TEST_F(TpmTest, ActivateCredentialRecoversTheSecretOnlyForItsAk) {
   WriteBytes(File("secret"), secret);
   auto make = [&](const std::vector<uint8_t>& name, const std::string& out) {
     return swtpm_.Tool("tpm2_makecredential -T none -u " + File("ek.pub") +
-                       " -s " + File("secret") + " -n " + Hex(name) + " -o " +
-                       File(out));
+                       " -s " + File("secret") + " -n " + HexEncode(name) +
+                       " -o " + File(out));
   };
   ASSERT_EQ(make(NameOf(*ak), "cred"), 0);
   // tpm2-tools' file: magic 0xBADCC0DE, version 1, TPM2B_ID_OBJECT,
