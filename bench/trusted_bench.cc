@@ -85,6 +85,7 @@ int Main(int argc, char** argv) {
   // services keep checking real time).
   std::atomic<int64_t> offset{0};
   TrustedProviderOptions opts;
+  opts.allow_test_tcti = true;  // the benchmark's TPM is a swtpm
   opts.now = [&offset] {
     return std::chrono::duration_cast<std::chrono::seconds>(
                std::chrono::system_clock::now().time_since_epoch())

@@ -22,9 +22,10 @@ Result<Client> Client::Connect(const std::string& socket_path) {
   if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     int err = errno;
     if (err == EACCES || err == EPERM)
-      return MakeError(ErrorCode::kPermissionDenied,
-                       "permission denied on " + socket_path +
-                           " (run as root or as a member of the vcrypt group)");
+      return MakeError(
+          ErrorCode::kPermissionDenied,
+          "permission denied on " + socket_path +
+              " (run as root or as a member of the operator or monitor group)");
     return MakeError(ErrorCode::kDaemonUnavailable,
                      "vcryptd is not running (cannot connect to " + socket_path + ": " +
                          std::strerror(err) + "); start it with 'systemctl start vcryptd'");

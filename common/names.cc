@@ -57,7 +57,8 @@ std::string VolumeLabel(std::string_view vm, std::string_view disk) {
 }
 
 std::string MappingName(std::string_view vm, std::string_view disk) {
-  return "vcrypt-" + std::string(vm) + "-" + std::string(disk);
+  return std::string(kMappingPrefix) + std::string(vm) + "-" +
+         std::string(disk);
 }
 
 }  // namespace vcrypt

@@ -26,6 +26,8 @@ Status ValidateProviderName(std::string_view name);
 Status ValidateVolumeNames(std::string_view vm, std::string_view disk);
 
 std::string VolumeLabel(std::string_view vm, std::string_view disk);
+// Every dm mapping vcrypt makes is named kMappingPrefix + "<vm>-<disk>".
+inline constexpr std::string_view kMappingPrefix = "vcrypt-";
 std::string MappingName(std::string_view vm, std::string_view disk);
 
 }  // namespace vcrypt

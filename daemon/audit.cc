@@ -12,17 +12,12 @@
 #define SD_JOURNAL_SUPPRESS_LOCATION
 #include <systemd/sd-journal.h>
 
+#include "common/escape.h"
+
 namespace vcrypt {
 namespace {
 
-bool Printable(unsigned char c) { return c >= 0x20 && c < 0x7f; }
-
-void AppendHexEscape(std::string& out, unsigned char c) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out += "\\x";
-  out += kHex[c >> 4];
-  out += kHex[c & 0xf];
-}
+bool Printable(unsigned char c) { return PrintableAscii(c); }
 
 // Decimal digits only: no sign, no blanks, no overflow.
 bool ParseDecimal(std::string_view s, unsigned long long* out) {  // NOLINT(runtime/int)
@@ -119,17 +114,7 @@ std::string AuditQuote(std::string_view value) {
 }
 
 std::string AuditEscape(std::string_view value) {
-  std::string out;
-  for (unsigned char c : value) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (Printable(c)) {
-      out += static_cast<char>(c);
-    } else {
-      AppendHexEscape(out, c);
-    }
-  }
-  return out;
+  return EscapeForMessage(value);
 }
 
 std::string FormatAuditLine(const AuditRecord& r) {

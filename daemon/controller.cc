@@ -51,8 +51,9 @@ bool BoolArg(const Json& args, const char* key) {
   return it != args.end() && it->is_boolean() && it->get<bool>();
 }
 
-Result<std::shared_ptr<KeyProvider>> LoadProvider(const std::string& name,
-                                                  const std::string& dir) {
+Result<std::shared_ptr<KeyProvider>> LoadProvider(
+    const std::string& name, const std::string& dir,
+    const ControllerOptions& options) {
   VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(dir + "/config.json"));
   Json cfg = Json::parse(text, nullptr, false);
   if (cfg.is_discarded() || !cfg.is_object() || !cfg.contains("type") ||
@@ -69,7 +70,10 @@ Result<std::shared_ptr<KeyProvider>> LoadProvider(const std::string& name,
     return std::shared_ptr<KeyProvider>(std::move(p));
   }
   if (type == "trusted") {
-    VCRYPT_ASSIGN_OR_RETURN(auto p, TrustedProvider::Load(name, dir));
+    TrustedProviderOptions to;
+    to.allow_test_tcti = options.allow_test_tcti;
+    VCRYPT_ASSIGN_OR_RETURN(auto p,
+                            TrustedProvider::Load(name, dir, std::move(to)));
     return std::shared_ptr<KeyProvider>(std::move(p));
   }
   return MakeError(ErrorCode::kInvalidArgument,
@@ -157,7 +161,8 @@ Result<std::unique_ptr<Controller>> Controller::Create(ControllerOptions options
     if (!e.is_directory()) continue;
     std::string name = e.path().filename().string();
     if (!ValidateProviderName(name).ok()) continue;
-    VCRYPT_ASSIGN_OR_RETURN(auto p, LoadProvider(name, e.path().string()));
+    VCRYPT_ASSIGN_OR_RETURN(auto p,
+                            LoadProvider(name, e.path().string(), c->options_));
     c->providers_.emplace(name, std::move(p));
   }
   if (ec)
@@ -170,6 +175,36 @@ Result<Json> Controller::Handle(const std::string& op, const Json& args,
                                 const SecureBuffer& secret,
                                 const Caller& caller) {
   if (!args.is_object()) return Usage("'args' must be an object");
+  VCRYPT_RETURN_IF_ERROR(Authorize(op, args, caller));
+  return Dispatch(op, args, secret, caller);
+}
+
+Status Controller::Authorize(const std::string& op, const Json& args,
+                             const Caller& caller) {
+  std::optional<Role> need = RequiredRole(op, args);
+  if (!need) return Usage("unknown operation '" + op + "'");
+  if (caller.role < *need)
+    return MakeError(
+        ErrorCode::kPermissionDenied,
+        "permission denied: " + op +
+            (op == "vm.rekey" ? " with a provider change or revoke_old" : "") +
+            " needs the " + std::string(RoleName(*need)) + " role; uid " +
+            std::to_string(caller.uid) + " has " +
+            std::string(RoleName(caller.role)));
+  // The operator group formats only where root allowed it.
+  if (op == "volume.create" && caller.role < Role::kRoot) {
+    auto device = OptStr(args, "device");
+    auto file = OptStr(args, "file");
+    if (device.has_value() != file.has_value())
+      return CheckOperatorVolumePath(device ? *device : *file, file.has_value(),
+                                     options_.volume_paths);
+  }
+  return Status::Ok();
+}
+
+Result<Json> Controller::Dispatch(const std::string& op, const Json& args,
+                                  const SecureBuffer& secret,
+                                  const Caller& caller) {
   const AuditContext ctx{caller.uid, op};
   if (op == "provider.add") return ProviderAdd(args, secret, ctx);
   if (op == "provider.list") return ProviderList();
@@ -258,7 +293,10 @@ Result<Json> Controller::ProviderAdd(const Json& args, const SecureBuffer& secre
     VCRYPT_ASSIGN_OR_RETURN(c.ca_pem, StrArg(args, "ca_pem"));
     c.host = OptStr(args, "host").value_or("");
     c.tcti = OptStr(args, "tcti").value_or("");
-    auto p = TrustedProvider::Create(name, store_.ProviderDir(name), c);
+    TrustedProviderOptions to;
+    to.allow_test_tcti = options_.allow_test_tcti;
+    auto p = TrustedProvider::Create(name, store_.ProviderDir(name), c,
+                                     std::move(to));
     Audit(audit.Outcome(p));
     if (!p.ok()) return std::move(p).error();
     provider = std::move(p).value();
@@ -1345,16 +1383,37 @@ Result<Json> Controller::Close(const Json& args) {
   VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(args));
   if (!DeviceMapperAvailable())
     return MakeError(ErrorCode::kNoDeviceMapper, "device-mapper not available in this kernel");
+  // Only what vcrypt made: a mapping named vcrypt-* of a volume whose
+  // header carries a vcrypt token. Other dm-crypt devices on the host
+  // (the root file system's, another tool's) are not vcryptd's to close,
+  // whoever asks.
   std::optional<MappingInfo> m;
+  std::string backing;
   if (target.device.rfind("/dev/mapper/", 0) == 0) {
     VCRYPT_ASSIGN_OR_RETURN(MappingInfo mi, QueryMapping(target.device.substr(12)));
     m = mi;
+    backing = mi.backing;
   } else {
-    VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, ReadHeader(target.device));
+    backing = target.device;
+  }
+  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, ReadHeader(backing));
+  if (!hdr.token_json)
+    return MakeError(ErrorCode::kInvalidVolume,
+                     (m ? m->path + " (on " + backing + ")" : backing) +
+                         " is not a vcrypt volume (no vcrypt token); close "
+                         "it with the tool that opened it");
+  if (!m) {
     VCRYPT_ASSIGN_OR_RETURN(m, FindMappingByUuid(hdr.uuid));
     if (!m)
       return MakeError(ErrorCode::kNotFound, "volume on " + target.device + " is not open");
   }
+  if (m->name.rfind(kMappingPrefix, 0) != 0 ||
+      !SameUuid(m->luks_uuid, hdr.uuid))
+    return MakeError(
+        ErrorCode::kInvalidVolume,
+        m->path +
+            " is not a mapping vcrypt made (vcrypt-<vm>-<disk> "
+            "of the volume); close it with the tool that opened it");
   auto guard = locks_.Lock("vol:" + m->luks_uuid);
   VCRYPT_RETURN_IF_ERROR(Deactivate(m->name));
   return Json{{"closed", m->path}};
@@ -1754,13 +1813,13 @@ Result<Json> Controller::Handle(const std::string& op, const Json& args,
                                 const SecureBuffer& secret, const Caller& caller,
                                 SecureBuffer* reply_secret,
                                 const EventSink& on_event) {
-  // vm.rekey reports progress (docs/protocol.md, "Events").
-  if (op == "vm.rekey") {
-    if (!args.is_object()) return Usage("'args' must be an object");
-    return VmRekey(args, AuditContext{caller.uid, op}, on_event);
-  }
-  if (op != "volume.recovery_key.add") return Handle(op, args, secret, caller);
+  if (op != "vm.rekey" && op != "volume.recovery_key.add")
+    return Handle(op, args, secret, caller);
   if (!args.is_object()) return Usage("'args' must be an object");
+  VCRYPT_RETURN_IF_ERROR(Authorize(op, args, caller));
+  // vm.rekey reports progress (docs/protocol.md, "Events").
+  if (op == "vm.rekey")
+    return VmRekey(args, AuditContext{caller.uid, op}, on_event);
   if (reply_secret == nullptr)
     return MakeError(ErrorCode::kInternal, "no channel for the recovery key");
   return RecoveryKeyAdd(args, AuditContext{caller.uid, op}, reply_secret);

@@ -35,17 +35,17 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "common/result.h"
 #include "common/secure_buffer.h"
 #include "daemon/audit.h"
 #include "daemon/kek_cache.h"
+#include "daemon/roles.h"
 #include "daemon/state.h"
 #include "dmtools/reencrypt.h"
 #include "dmtools/token.h"
@@ -78,12 +78,24 @@ struct ControllerOptions {
   // {"/proc/self/exe", "--reencrypt-helper"}. Empty: deep rekeys are
   // refused.
   std::vector<std::string> reencrypt_helper;
+  // Directories under which the operator role may format volumes
+  // (daemon/roles.h, CheckOperatorVolumePath); absolute and lexically
+  // normal. Empty: volume.create is root's.
+  std::vector<std::string> volume_paths;
+  // Whether a trusted provider may use a simulator TCTI (swtpm:, mssim:)
+  // besides TPM device nodes (keyproviders/trusted/tpm.h, CheckTcti).
+  // Only root's own config turns it on, for tests.
+  bool allow_test_tcti = false;
 };
 
 struct Caller {
   uid_t uid = 0;
   gid_t gid = 0;
   pid_t pid = 0;
+  // What the caller may do (daemon/roles.h). The Server sets it from the
+  // peer's credentials; in-process callers (vcryptd itself, tests) are
+  // root.
+  Role role = Role::kRoot;
 };
 
 // Receives the progress events of an operation while it runs
@@ -121,6 +133,9 @@ class Controller {
   // or a provider's files are damaged.
   static Result<std::unique_ptr<Controller>> Create(ControllerOptions options);
 
+  // Every request is first checked against the role table
+  // (daemon/roles.h): a caller whose role is too low gets
+  // kPermissionDenied and nothing is done.
   Result<nlohmann::json> Handle(const std::string& op,
                                 const nlohmann::json& args,
                                 const SecureBuffer& secret,
@@ -148,6 +163,13 @@ class Controller {
 
  private:
   explicit Controller(ControllerOptions options, StateStore store);
+  // kPermissionDenied unless `caller` may run `op` with `args`.
+  Status Authorize(const std::string& op, const nlohmann::json& args,
+                   const Caller& caller);
+  Result<nlohmann::json> Dispatch(const std::string& op,
+                                  const nlohmann::json& args,
+                                  const SecureBuffer& secret,
+                                  const Caller& caller);
 
   using Json = nlohmann::json;
 

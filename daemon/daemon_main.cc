@@ -7,16 +7,18 @@
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
+#include <atomic>
 #include <boost/program_options.hpp>
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
-#include <atomic>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <string>
+#include <thread>
 
 #include "common/atomic_file.h"
+#include "common/escape.h"
 #include "common/secure_buffer.h"
 #include "daemon/audit.h"
 #include "daemon/controller.h"
@@ -49,19 +51,88 @@ int Fail(const Error& e) {
 
 }  // namespace
 
+Result<DaemonConfig> ReadDaemonConfig(const std::string& path) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return MakeError(ErrorCode::kUsage, path + " is not a JSON object");
+  DaemonConfig c;
+  auto bad = [&](const std::string& why) {
+    return MakeError(ErrorCode::kUsage, path + ": " + why);
+  };
+  for (auto& [key, value] : j.items()) {
+    std::optional<std::string>* str = nullptr;
+    if (key == "state_dir")
+      str = &c.state_dir;
+    else if (key == "socket")
+      str = &c.socket;
+    else if (key == "operator_group" || key == "group")
+      str = &c.operator_group;
+    else if (key == "monitor_group")
+      str = &c.monitor_group;
+    else if (key == "bypass_workqueues")
+      str = &c.bypass_workqueues;
+    if (str != nullptr) {
+      if (!value.is_string()) return bad("'" + key + "' must be a string");
+      *str = value.get<std::string>();
+    } else if (key == "allow_test_tcti") {
+      if (!value.is_boolean())
+        return bad("'allow_test_tcti' must be true or false");
+      c.allow_test_tcti = value.get<bool>();
+    } else if (key == "request_timeout_ms") {
+      if (!value.is_number_integer() || value.get<int64_t>() < 100 ||
+          value.get<int64_t>() > 600000)
+        return bad(
+            "'request_timeout_ms' must be an integer from 100 to 600000");
+      c.request_timeout_ms = value.get<int>();
+    } else if (key == "volume_paths") {
+      if (!value.is_array())
+        return bad("'volume_paths' must be an array of directories");
+      for (const auto& v : value) {
+        if (!v.is_string())
+          return bad("'volume_paths' must be an array of directories");
+        std::string d = v.get<std::string>();
+        while (d.size() > 1 && d.back() == '/') d.pop_back();
+        if (d.empty() || d[0] != '/' || d.find("/./") != std::string::npos ||
+            d.find("/../") != std::string::npos ||
+            d.find("//") != std::string::npos || d.ends_with("/.") ||
+            d.ends_with("/.."))
+          return bad("volume_paths entry '" +
+                     EscapeForMessage(v.get<std::string>(), 256) +
+                     "' is not a plain absolute directory");
+        c.volume_paths.push_back(d);
+      }
+    } else {
+      return bad("unknown key '" + EscapeForMessage(key, 64) + "'");
+    }
+  }
+  return c;
+}
+
+namespace {}  // namespace
+
 int DaemonMain(int argc, char** argv) {
   std::string state_dir = "/var/lib/vcrypt";
   std::string socket_path = "/run/vcrypt/vcryptd.sock";
-  std::string config, group, bypass = "auto";
+  std::string config, operator_group, monitor_group, bypass = "auto";
   po::options_description desc(
       "Usage: vcryptd [--state-dir DIR] [--socket PATH] [--config FILE]\n\n"
       "The vcrypt controller. Runs in the foreground. Options");
   desc.add_options()("help,h", "show this help")(
-      "state-dir", po::value(&state_dir), "state directory (default /var/lib/vcrypt)")(
-      "socket", po::value(&socket_path), "control socket (default /run/vcrypt/vcryptd.sock)")(
-      "config", po::value(&config), "JSON config file (keys: state_dir, socket, group, "
-                                    "bypass_workqueues); command-line options win")(
-      "group", po::value(&group), "also allow members of this group on the socket")(
+      "state-dir", po::value(&state_dir),
+      "state directory (default /var/lib/vcrypt)")(
+      "socket", po::value(&socket_path),
+      "control socket (default /run/vcrypt/vcryptd.sock)")(
+      "config", po::value(&config),
+      "JSON config file (keys: state_dir, socket, operator_group, "
+      "monitor_group, "
+      "volume_paths, allow_test_tcti, request_timeout_ms, bypass_workqueues); "
+      "command-line options win")("operator-group", po::value(&operator_group),
+                                  "members may open/close volumes and manage "
+                                  "VMs (docs/protocol.md, Roles)")(
+      "group", po::value(&operator_group), "the same as --operator-group")(
+      "monitor-group", po::value(&monitor_group),
+      "members may read status, lists and details only")(
       "bypass-workqueues", po::value(&bypass),
       "auto (non-rotational devices), on or off");
   po::variables_map vm;
@@ -76,19 +147,23 @@ int DaemonMain(int argc, char** argv) {
     std::cout << desc << std::endl;
     return 0;
   }
-  if (!config.empty()) {
-    auto text = ReadFile(config);
-    if (!text.ok()) return Fail(text.error());
-    auto j = nlohmann::json::parse(*text, nullptr, false);
-    if (j.is_discarded() || !j.is_object())
-      return Fail(MakeError(ErrorCode::kUsage, config + " is not a JSON object"));
-    if (!vm.count("state-dir") && j.contains("state_dir")) state_dir = j["state_dir"];
-    if (!vm.count("socket") && j.contains("socket")) socket_path = j["socket"];
-    if (!vm.count("group") && j.contains("group")) group = j["group"];
-    if (!vm.count("bypass-workqueues") && j.contains("bypass_workqueues"))
-      bypass = j["bypass_workqueues"];
-  }
   ControllerOptions copts;
+  std::optional<int> request_timeout_ms;
+  if (!config.empty()) {
+    auto c = ReadDaemonConfig(config);
+    if (!c.ok()) return Fail(c.error());
+    if (!vm.count("state-dir") && c->state_dir) state_dir = *c->state_dir;
+    if (!vm.count("socket") && c->socket) socket_path = *c->socket;
+    if (!vm.count("operator-group") && !vm.count("group") && c->operator_group)
+      operator_group = *c->operator_group;
+    if (!vm.count("monitor-group") && c->monitor_group)
+      monitor_group = *c->monitor_group;
+    if (!vm.count("bypass-workqueues") && c->bypass_workqueues)
+      bypass = *c->bypass_workqueues;
+    copts.volume_paths = c->volume_paths;
+    copts.allow_test_tcti = c->allow_test_tcti;
+    request_timeout_ms = c->request_timeout_ms;
+  }
   copts.state_dir = state_dir;
   if (bypass == "on") copts.bypass_workqueues = true;
   else if (bypass == "off") copts.bypass_workqueues = false;
@@ -103,12 +178,20 @@ int DaemonMain(int argc, char** argv) {
   copts.reencrypt_helper = {"/proc/self/exe", "--reencrypt-helper"};
   ServerOptions sopts;
   sopts.socket_path = socket_path;
-  if (!group.empty()) {
-    struct group* g = getgrnam(group.c_str());
+  if (request_timeout_ms)
+    sopts.request_timeout = std::chrono::milliseconds(*request_timeout_ms);
+  for (auto [name, out] : {std::pair{&operator_group, &sopts.operator_group},
+                           std::pair{&monitor_group, &sopts.monitor_group}}) {
+    if (name->empty()) continue;
+    struct group* g = getgrnam(name->c_str());
     if (g == nullptr)
-      return Fail(MakeError(ErrorCode::kNotFound, "no group named '" + group + "'"));
-    sopts.allowed_group = g->gr_gid;
+      return Fail(
+          MakeError(ErrorCode::kNotFound, "no group named '" + *name + "'"));
+    *out = g->gr_gid;
   }
+  if (sopts.operator_group && sopts.operator_group == sopts.monitor_group)
+    return Fail(MakeError(ErrorCode::kUsage,
+                          "the operator and monitor groups must differ"));
 
   // Key material must never reach a core dump, swap or another process.
   umask(0077);
@@ -154,6 +237,14 @@ int DaemonMain(int argc, char** argv) {
   g_server = nullptr;
   sd_notify(0, "STOPPING=1");
   (*controller)->EvictAllOnShutdown();
+  if (server.active_connections() > 0) {
+    // A request still runs after the server's bounded wait: its thread
+    // uses the Controller, which must not be destroyed under it. Leave
+    // without destructors (keys are wiped with the process's memory).
+    Log("stopped (" + std::to_string(server.active_connections()) +
+        " request(s) still running were cut off)");
+    std::_Exit(0);
+  }
   if (*resuming) {
     // The resume thread still uses the controller. Leave without
     // destructors; the reencryption helper gets SIGTERM from the kernel

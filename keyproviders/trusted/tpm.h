@@ -36,10 +36,22 @@ inline constexpr uint16_t kTpmAlgSha256 = 0x000B;
 // AK above; its `unique` is the template's, not a key's point).
 std::vector<uint8_t> AkTemplatePublic();
 
+// Whether `tcti` may be handed to tpm2-tss. Its loader dlopen()s the
+// module part of "module:conf" (a name with '/' as a path, else
+// libtss2-tcti-<module>.so), so the string decides which code runs inside
+// vcryptd: it must never come unchecked from a caller or a file.
+// Allowed: "device:/dev/tpmrmN" and "device:/dev/tpmN" (N digits); with
+// `allow_test` also "swtpm" and "mssim" with an optional conf of
+// "key=value" options made of [A-Za-z0-9._-] (host=...,port=...).
+// kInvalidArgument, one line saying what is allowed, otherwise.
+Status CheckTcti(const std::string& tcti, bool allow_test);
+
 class Tpm {
  public:
   // `tcti` is a tpm2-tss TCTI configuration: "device:/dev/tpmrm0" (the
   // kernel's resource manager), "swtpm:host=127.0.0.1,port=2321", ...
+  // It must pass CheckTcti(tcti, /*allow_test=*/true) (nothing is loaded
+  // otherwise); callers apply their own, stricter policy first.
   // kIo when the TCTI cannot be loaded or the TPM does not answer.
   static Result<Tpm> Open(const std::string& tcti);
 

@@ -140,6 +140,8 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Create(
     const TrustedProviderConfig& config, TrustedProviderOptions options) {
   Settings s;
   s.tcti = config.tcti.empty() ? kDefaultTcti : config.tcti;
+  // Before anything else: the string picks the code tpm2-tss loads.
+  VCRYPT_RETURN_IF_ERROR(CheckTcti(s.tcti, options.allow_test_tcti));
   if (config.host.empty()) {
     VCRYPT_ASSIGN_OR_RETURN(s.host, DefaultHost());
   } else {
@@ -238,6 +240,8 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Load(
     *out = cfg[key].get<std::string>();
   }
   if (auto h = CheckHostName(s.host); !h.ok()) return bad(h.error().message);
+  if (auto t = CheckTcti(s.tcti, options.allow_test_tcti); !t.ok())
+    return bad(t.error().message);
   options.connect_timeout =
       std::chrono::milliseconds(cfg.value("connect_timeout_ms", 5000));
   options.io_timeout =

@@ -69,6 +69,9 @@ struct TrustedProviderOptions {
   // Seconds since the epoch; decides when a cached token is too old. Tests
   // move it forward; empty: the system clock.
   std::function<int64_t()> now;
+  // Whether the TCTI may be a simulator's (CheckTcti in tpm.h): Create
+  // and Load refuse anything else but TPM device nodes without it.
+  bool allow_test_tcti = false;
 };
 
 class TrustedProvider : public KeyProvider {

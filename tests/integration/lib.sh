@@ -36,9 +36,10 @@ expect_exit() {
 
 vc() { "$VCRYPTCTL" --socket "$T/sock" "$@"; }
 
-start_daemon() {  # [state dir]
-  local state=${1:-$T/state}
-  "$VCRYPTD" --state-dir "$state" --socket "$T/sock" >>"$T/vcryptd.log" 2>&1 &
+start_daemon() {  # [state dir]; $T/vcryptd.json, when present, is its --config
+  local state=${1:-$T/state} config=()
+  [[ -f $T/vcryptd.json ]] && config=(--config "$T/vcryptd.json")
+  "$VCRYPTD" --state-dir "$state" --socket "$T/sock" "${config[@]}" >>"$T/vcryptd.log" 2>&1 &
   DAEMON_PID=$!
   for _ in $(seq 1 200); do
     [[ -S $T/sock ]] && vc status >/dev/null 2>&1 && return 0

@@ -169,3 +169,63 @@ test_second_daemon_on_same_socket_refused() {
   assert_eq 7 "$rc" "second vcryptd exit code"
   vc status >/dev/null                    # the first one still answers
 }
+
+# close (whoever asks) closes only what vcrypt made: a vcrypt-* mapping of
+# a volume with a vcrypt token. Other dm-crypt devices on the host, even
+# one named like a vcrypt mapping, are not vcryptd's.
+test_close_only_closes_mappings_vcrypt_made() {
+  trap 'cryptsetup close other 2>/dev/null; cryptsetup close vcrypt-vm9-d9 2>/dev/null; stop_daemon' EXIT
+  start_daemon
+  vc provider add native p1 >/dev/null
+  vc vm create vm1 >/dev/null
+  vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
+  truncate -s 40M "$T/a.img" "$T/b.img"
+  head -c 64 /dev/urandom >"$T/key"
+  for f in a b; do
+    cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+      --key-file "$T/key" "$T/$f.img"
+  done
+  cryptsetup open --key-file "$T/key" "$T/a.img" other
+  cryptsetup open --key-file "$T/key" "$T/b.img" vcrypt-vm9-d9
+  expect_exit 9 vc close /dev/mapper/other
+  assert_contains "$ERR" "not a vcrypt volume"
+  expect_exit 9 vc close "$T/a.img"
+  expect_exit 9 vc close /dev/mapper/vcrypt-vm9-d9
+  [[ -e /dev/mapper/other && -e /dev/mapper/vcrypt-vm9-d9 ]] || fail "vcryptd closed a mapping it did not make"
+  # Its own mappings it closes, by name and by volume.
+  vc open vm1/d0 >/dev/null
+  vc close /dev/mapper/vcrypt-vm1-d0 >/dev/null
+  vc open vm1/d0 >/dev/null
+  vc close vm1/d0 >/dev/null
+  [[ ! -e /dev/mapper/vcrypt-vm1-d0 ]] || fail "vcrypt-vm1-d0 still open"
+}
+
+# Roles with a real device-mapper (docs/protocol.md, "Roles"): the
+# operator group opens and closes, the monitor group only looks, neither
+# exports a key.
+test_roles_operator_opens_monitor_only_looks() {
+  echo '{"operator_group": "operator", "monitor_group": "staff"}' >"$T/vcryptd.json"
+  start_daemon
+  chmod 755 "$T"
+  vc provider add native p1 >/dev/null
+  vc vm create vm1 >/dev/null
+  vc volume create vm1 d0 --file "$T/d0.img" --size 40M >/dev/null
+  echo "a password" >"$T/pw" && chmod 644 "$T/pw"
+  local op mon
+  op=$(getent group operator | cut -d: -f3)
+  mon=$(getent group staff | cut -d: -f3)
+  as_op() { setpriv --reuid=65534 --regid=65534 --groups="$op" -- "$VCRYPTCTL" --socket "$T/sock" "$@"; }
+  as_mon() { setpriv --reuid=65534 --regid=65534 --groups="$mon" -- "$VCRYPTCTL" --socket "$T/sock" "$@"; }
+  expect_exit 4 as_mon open vm1/d0
+  assert_contains "$ERR" "operator role"
+  [[ ! -e /dev/mapper/vcrypt-vm1-d0 ]] || fail "the monitor group opened a volume"
+  as_op open vm1/d0 >/dev/null
+  [[ -e /dev/mapper/vcrypt-vm1-d0 ]] || fail "the operator group could not open"
+  as_mon status >/dev/null
+  expect_exit 4 as_mon close vm1/d0
+  as_op close vm1/d0 >/dev/null
+  [[ ! -e /dev/mapper/vcrypt-vm1-d0 ]] || fail "the operator group could not close"
+  expect_exit 4 as_op provider backup p1 --out /tmp/vcrypt-never.p12 --password-file "$T/pw"
+  [[ ! -e /tmp/vcrypt-never.p12 ]] || fail "a backup was written for the operator group"
+  expect_exit 4 setpriv --reuid=65534 --regid=65534 --clear-groups -- "$VCRYPTCTL" --socket "$T/sock" status
+}

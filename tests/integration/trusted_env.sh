@@ -35,6 +35,9 @@ tpm_start() {
     --ctrl type=tcp,port=$((TPM_PORT + 1)),bindaddr=127.0.0.1 \
     --flags not-need-init,startup-clear --pid file="$T/swtpm.pid" --daemon
   TCTI="swtpm:host=127.0.0.1,port=$TPM_PORT"
+  # vcryptd takes a simulator TCTI only when its own config allows it
+  # (start_daemon passes $T/vcryptd.json).
+  echo '{"allow_test_tcti": true}' >"$T/vcryptd.json"
   for _ in $(seq 1 100); do
     tpm2_getcap -T "$TCTI" properties-fixed >/dev/null 2>&1 && return 0
     sleep 0.1

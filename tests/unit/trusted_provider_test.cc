@@ -180,6 +180,7 @@ class TrustedProviderTest : public ::testing::Test {
   }
   TrustedProviderOptions Options() {
     TrustedProviderOptions o;
+    o.allow_test_tcti = true;  // swtpm
     o.connect_timeout = std::chrono::milliseconds(2000);
     o.io_timeout = std::chrono::milliseconds(5000);
     o.now = [this] {
