@@ -839,8 +839,13 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete,
 
 namespace {
 // Creates a sparse image file exclusively. The caller unlinks it on failure.
-Status CreateImageFile(const std::string& path, uint64_t size) {
-  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+// Creates a new image file (never an existing one, nor through a symlink)
+// of `size` bytes and returns it open: the format then works on this very
+// file, whatever happens to the path meanwhile. Nothing is left behind on
+// failure.
+Result<UniqueFd> CreateImageFile(const std::string& path, uint64_t size) {
+  UniqueFd fd(open(path.c_str(),
+                   O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!fd.valid()) {
     int err = errno;
     if (err == EEXIST)
@@ -850,9 +855,14 @@ Status CreateImageFile(const std::string& path, uint64_t size) {
     return MakeError(err == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
                      "cannot create " + path + ": " + std::strerror(err));
   }
-  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0 || fsync(fd.get()) != 0)
-    return MakeError(ErrorCode::kIo, "cannot size " + path + ": " + std::strerror(errno));
-  return Status::Ok();
+  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0 ||
+      fsync(fd.get()) != 0) {
+    int err = errno;
+    ::unlink(path.c_str());
+    return MakeError(ErrorCode::kIo,
+                     "cannot size " + path + ": " + std::strerror(err));
+  }
+  return fd;
 }
 }  // namespace
 
@@ -930,8 +940,9 @@ Result<Json> Controller::VolumeCreate(const Json& args, const AuditContext& ctx)
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer dek, RandomKey(kDekSize));
 
   bool created_file = false;
+  UniqueFd image;
   if (file) {
-    VCRYPT_RETURN_IF_ERROR(CreateImageFile(path, size));
+    VCRYPT_ASSIGN_OR_RETURN(image, CreateImageFile(path, size));
     created_file = true;
   }
   auto cleanup = [&](Error e) -> Error {
@@ -944,6 +955,7 @@ Result<Json> Controller::VolumeCreate(const Json& args, const AuditContext& ctx)
   fp.sector_size = sector;
   fp.label = VolumeLabel(vm, disk);
   fp.force = BoolArg(args, "force");
+  fp.fd = image.get();  // -1 for --device: FormatVolume opens it once
   const std::string provider_name = provider->name();
   const std::string provider_type(provider->type());
   auto make_token = [&](const std::string& uuid) -> Result<std::string> {

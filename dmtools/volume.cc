@@ -253,16 +253,19 @@ std::optional<bool> IsNonRotational(const std::string& device) {
 }
 
 // Loop devices currently bound to the regular file `path`.
-std::vector<std::string> LoopDevicesBackedBy(const std::string& path) {
+// The loop devices whose backing file is the inode (dev, ino): compared
+// by inode, not by name, so no alias of the path (a link, a rename) hides
+// one.
+std::vector<std::string> LoopDevicesBackedBy(dev_t dev, ino_t ino) {
   std::vector<std::string> out;
   std::error_code ec;
-  std::string want = fs::weakly_canonical(path, ec).string();
-  if (ec) want = path;
   for (const auto& e : fs::directory_iterator("/sys/block", ec)) {
     std::string n = e.path().filename().string();
     if (n.rfind("loop", 0) != 0) continue;
     auto f = ReadSmallFile(e.path().string() + "/loop/backing_file");
-    if (f && *f == want) out.push_back("/dev/" + n);
+    struct stat st;
+    if (f && stat(f->c_str(), &st) == 0 && st.st_dev == dev && st.st_ino == ino)
+      out.push_back("/dev/" + n);
   }
   return out;
 }
@@ -706,7 +709,36 @@ Result<std::string> FormatVolume(const FormatParams& params,
     return MakeError(ErrorCode::kInternal, "FormatVolume without a TokenMaker");
   }
 
-  VCRYPT_ASSIGN_OR_RETURN(DeviceGeometry geo, Geometry(device));
+  // The path is resolved once. Every check below and the format itself
+  // work on the inode this open found, through /proc/self/fd/N, so a
+  // symlink or file swapped in at the path meanwhile cannot redirect the
+  // format (the checks passing on one device, the format hitting another).
+  // O_NONBLOCK: opening a FIFO put there must not hang.
+  UniqueFd pin;
+  if (params.fd >= 0) {
+    pin.reset(fcntl(params.fd, F_DUPFD_CLOEXEC, 0));
+  } else {
+    pin.reset(
+        open(device.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  }
+  if (!pin.valid()) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return MakeError(ErrorCode::kNotFound,
+                       "device or file " + device + " does not exist");
+    }
+    return MakeError(ErrorCode::kIo,
+                     "cannot open " + device + ": " + ErrnoText(errno));
+  }
+  const std::string path = "/proc/self/fd/" + std::to_string(pin.get());
+  // Errors name what the caller named, not the /proc path.
+  auto named = [&](Error e) {
+    for (size_t at; (at = e.message.find(path)) != std::string::npos;)
+      e.message.replace(at, path.size(), device);
+    return e;
+  };
+  auto geo_r = Geometry(path);
+  if (!geo_r.ok()) return named(std::move(geo_r).error());
+  const DeviceGeometry geo = *geo_r;
   if (geo.size < kMinVolumeSize) {
     return MakeError(ErrorCode::kInvalidArgument,
                      device + " is " + std::to_string(geo.size) +
@@ -732,7 +764,7 @@ Result<std::string> FormatVolume(const FormatParams& params,
   // Never format something in use, even with force: a mounted file system
   // or an open mapping would be corrupted underneath its user.
   if (geo.is_block) {
-    UniqueFd excl(open(device.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
+    UniqueFd excl(open(path.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC));
     if (!excl.valid() && errno == EBUSY) {
       return MakeError(ErrorCode::kBusy,
                        device +
@@ -740,7 +772,12 @@ Result<std::string> FormatVolume(const FormatParams& params,
                            "another program); release it first");
     }
   } else {
-    auto loops = LoopDevicesBackedBy(device);
+    struct stat st;
+    if (fstat(pin.get(), &st) != 0) {
+      return MakeError(ErrorCode::kIo,
+                       "cannot stat " + device + ": " + ErrnoText(errno));
+    }
+    auto loops = LoopDevicesBackedBy(st.st_dev, st.st_ino);
     if (!loops.empty()) {
       return MakeError(ErrorCode::kBusy, device + " is in use (attached to " +
                                              loops.front() +
@@ -748,14 +785,18 @@ Result<std::string> FormatVolume(const FormatParams& params,
     }
   }
 
-  VCRYPT_ASSIGN_OR_RETURN(Signature before, ProbeSignature(device));
+  auto before_r = ProbeSignature(path);
+  if (!before_r.ok()) return named(std::move(before_r).error());
+  const Signature before = *before_r;
   if (!params.force && !before.description.empty()) {
     return MakeError(ErrorCode::kExists,
                      device + " already contains " + before.description +
                          "; refusing to overwrite it without --force");
   }
 
-  VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, InitCrypt(device));
+  auto cd_r = InitCrypt(path);
+  if (!cd_r.ok()) return named(std::move(cd_r).error());
+  CryptDevicePtr cd = std::move(cd_r).value();
 
   // Undoes a format that failed after it began writing: the whole LUKS2
   // area is zeroed again (crypt_format zeroes it before writing the
@@ -766,7 +807,7 @@ Result<std::string> FormatVolume(const FormatParams& params,
     uint64_t len =
         std::min<uint64_t>(std::max<uint64_t>(off, kLuks2HeaderSize), geo.size);
     cd.reset();  // release libcryptsetup's fds and locks first
-    Status st = ZeroHeaderArea(device, len);
+    Status st = ZeroHeaderArea(path, len);
     if (!st.ok()) {
       e.message +=
           "; wiping the partial header also failed: " + st.error().message;
@@ -800,12 +841,12 @@ Result<std::string> FormatVolume(const FormatParams& params,
     // as it was and must stay so) or part-way through. Wipe only when a
     // LUKS header that was not there before is now found.
     cd.reset();
-    auto after = ProbeSignature(device);
+    auto after = ProbeSignature(path);
     bool ours = after.ok() && after->luks_uuid.has_value() &&
                 after->luks_uuid != before.luks_uuid;
     if (!ours) return e;
     Status st =
-        ZeroHeaderArea(device, std::min<uint64_t>(kLuks2HeaderSize, geo.size));
+        ZeroHeaderArea(path, std::min<uint64_t>(kLuks2HeaderSize, geo.size));
     if (!st.ok()) {
       e.message +=
           "; wiping the partial header also failed: " + st.error().message;

@@ -68,6 +68,11 @@ struct FormatParams {
   // filesystem/partition signature (libblkid superblock and partition
   // table probe) is refused with kExists.
   bool force = false;
+  // When >= 0, the device or file to format, already open (e.g. an image
+  // file vcryptd just created); `device` then only names it in messages.
+  // Otherwise `device` is opened once and every check and the format
+  // work on what that open found.
+  int fd = -1;
 };
 
 // Formats `device` with `dek` as the volume key (kDekSize bytes) and zero

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -20,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -497,7 +499,7 @@ TEST_F(SocketHardeningTest, OperatorFormatsOnlyUnderVolumePaths) {
   EXPECT_FALSE(fs::exists(elsewhere + "/a.img"));
   EXPECT_FALSE(fs::exists(elsewhere + "/b.img"));
   EXPECT_FALSE(fs::exists(elsewhere + "/c.img"));
-  EXPECT_EQ(*ReadFile(vols + "/existing.img"), std::string(1 << 20, 'x'));
+  EXPECT_TRUE(*ReadFile(vols + "/existing.img") == std::string(1 << 20, 'x'));
   // A directory others can write to is refused: they could plant a link.
   ASSERT_EQ(chmod(vols.c_str(), 0777), 0);
   EXPECT_EQ(create("f", "file", vols + "/f.img"), "permission_denied");
@@ -509,6 +511,63 @@ TEST_F(SocketHardeningTest, OperatorFormatsOnlyUnderVolumePaths) {
             {"file", elsewhere + "/h.img"},
             {"size", 40u << 20}};
   EXPECT_EQ(ErrorCodeOf(Call("volume.create", a, Peer::Root())), "ok");
+}
+
+// volume.create --device resolved its path several times (signature
+// probe, crypt_init, format): a symlink swapped in between redirected the
+// format to another device. The path swaps between a fresh empty file and
+// a symlink to a canary volume (which the probe refuses to overwrite)
+// as fast as it can, while root formats it again and again: the canary
+// must stay byte for byte as it was.
+TEST_F(SocketHardeningTest, FormatCannotBeRedirectedBySwappingThePath) {
+  Start();
+  ASSERT_EQ(
+      ErrorCodeOf(Call("provider.add", {{"type", "native"}, {"name", "p1"}},
+                       Peer::Root())),
+      "ok");
+  ASSERT_EQ(ErrorCodeOf(Call("vm.create", {{"vm", "vm1"}}, Peer::Root())),
+            "ok");
+  ASSERT_EQ(ErrorCodeOf(Call("vm.create", {{"vm", "canary"}}, Peer::Root())),
+            "ok");
+  const std::string canary = dir_ / "canary.img";
+  ASSERT_EQ(ErrorCodeOf(Call("volume.create",
+                             {{"vm", "canary"},
+                              {"disk", "c"},
+                              {"file", canary},
+                              {"size", 40u << 20}},
+                             Peer::Root())),
+            "ok");
+  const std::string before = *ReadFile(canary);
+  int formatted = 0, refused = 0;
+  const auto until = Clock::now() + std::chrono::seconds(8);
+  for (int i = 0; Clock::now() < until && i < 400; ++i) {
+    const std::string p = dir_ / ("p" + std::to_string(i));
+    const std::string q = dir_ / ("q" + std::to_string(i));
+    { std::ofstream f(p); }
+    ASSERT_EQ(truncate(p.c_str(), 40 << 20), 0);
+    ASSERT_EQ(symlink(canary.c_str(), q.c_str()), 0);
+    std::atomic<bool> stop{false};
+    std::thread swapper([&] {
+      while (!stop)
+        renameat2(AT_FDCWD, p.c_str(), AT_FDCWD, q.c_str(), RENAME_EXCHANGE);
+    });
+    Json r =
+        Call("volume.create",
+             {{"vm", "vm1"}, {"disk", "d" + std::to_string(i)}, {"device", p}},
+             Peer::Root());
+    stop = true;
+    swapper.join();
+    (ErrorCodeOf(r) == "ok" ? formatted : refused)++;
+    // A bool, not the bytes: gtest would print (and diff) 40 MiB.
+    const bool untouched = *ReadFile(canary) == before;
+    ASSERT_TRUE(untouched) << "the canary was overwritten after " << formatted
+                           << " formats, " << refused
+                           << " refusals: " << r.dump();
+    unlink(p.c_str());
+    unlink(q.c_str());
+  }
+  EXPECT_GT(formatted, 0);
+  EXPECT_GT(refused, 0);
 }
 
 // --- TCTI: never a path, never a module of the caller's choosing ----------
