@@ -134,15 +134,44 @@ Json ErrorJson(const Error& e) {
 // ---------------------------------------------------------------------------
 NamedLocks::Guard NamedLocks::Lock(const std::string& key) {
   std::unique_lock lock(mu_);
+  ++exclusive_waiting_[key];
   cv_.wait(lock, [&] { return held_.count(key) == 0; });
-  held_.insert(key);
-  return Guard(this, key);
+  if (--exclusive_waiting_[key] == 0) exclusive_waiting_.erase(key);
+  held_[key] = -1;
+  return Guard(this, key, /*shared=*/false);
 }
 
-void NamedLocks::Unlock(const std::string& key) {
+NamedLocks::Guard NamedLocks::LockShared(const std::string& key) {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] {
+    auto it = held_.find(key);
+    return (it == held_.end() || it->second > 0) &&
+           exclusive_waiting_.count(key) == 0;
+  });
+  ++held_[key];
+  return Guard(this, key, /*shared=*/true);
+}
+
+std::optional<NamedLocks::Guard> NamedLocks::LockFor(
+    const std::string& key, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  ++exclusive_waiting_[key];
+  bool got = cv_.wait_for(lock, timeout, [&] { return held_.count(key) == 0; });
+  if (--exclusive_waiting_[key] == 0) exclusive_waiting_.erase(key);
+  if (!got) {
+    // Shared waiters may have paused for this one.
+    cv_.notify_all();
+    return std::nullopt;
+  }
+  held_[key] = -1;
+  return Guard(this, key, /*shared=*/false);
+}
+
+void NamedLocks::Unlock(const std::string& key, bool shared) {
   {
     std::lock_guard lock(mu_);
-    held_.erase(key);
+    auto it = held_.find(key);
+    if (it != held_.end() && (!shared || --it->second == 0)) held_.erase(it);
   }
   cv_.notify_all();
 }
@@ -748,6 +777,8 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete,
                                       const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
   auto guard = locks_.Lock("vm:" + vm);
+  // No open of this VM runs from here on (OpenVolume).
+  auto life = locks_.Lock("vm-life:" + vm);
   VCRYPT_ASSIGN_OR_RETURN(VmRecord rec, FindVm(vm));
   // --erase: every disk must be found first (by LUKS UUID, as open does),
   // so that the delete does not stop half-way over a missing one.
@@ -1231,18 +1262,39 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
         "(load dm-mod and dm-crypt, or run on a host kernel that has them)");
   }
   const std::string name = MappingName(token.vm, token.disk);
+  auto already_open = [&](const MappingInfo& m) {
+    return Json{{"vm", token.vm},
+                {"disk", token.disk},
+                {"path", m.path},
+                {"device", target.device},
+                {"already_open", true}};
+  };
+  // An open volume answers at once, even while a long operation (a deep
+  // rekey's reencryption) holds its lock.
+  {
+    VCRYPT_ASSIGN_OR_RETURN(auto mapped, FindMappingByUuid(hdr.uuid));
+    if (mapped) return already_open(*mapped);
+  }
+  // The VM is not unregistered or deleted while this open runs
+  // (VmUnregister takes this lock exclusively), so once an unregister
+  // returns no open of its VM maps a volume, caches its KEK or puts the
+  // VM back into the inventory. An open that waited for the unregister
+  // finds the VM gone.
+  auto life = locks_.LockShared("vm-life:" + token.vm);
+  if (target.vm) {
+    std::lock_guard lock(mu_);
+    auto it = store_.vms().find(*target.vm);
+    if (it == store_.vms().end() || !it->second.disks.count(*target.disk))
+      return MakeError(ErrorCode::kNotFound,
+                       "no VM named '" + *target.vm + "' with a disk '" +
+                           *target.disk + "' (unregistered meanwhile)");
+  }
 
   // Never two mappings for one volume: serialise per LUKS UUID and reuse
   // an existing mapping.
   auto guard = locks_.Lock("vol:" + hdr.uuid);
   VCRYPT_ASSIGN_OR_RETURN(auto existing, FindMappingByUuid(hdr.uuid));
-  if (existing) {
-    return Json{{"vm", token.vm},
-                {"disk", token.disk},
-                {"path", existing->path},
-                {"device", target.device},
-                {"already_open", true}};
-  }
+  if (existing) return already_open(*existing);
   ActivateParams ap;
   ap.device = target.device;
   ap.name = name;
@@ -1426,7 +1478,14 @@ Result<Json> Controller::Close(const Json& args) {
         m->path +
             " is not a mapping vcrypt made (vcrypt-<vm>-<disk> "
             "of the volume); close it with the tool that opened it");
-  auto guard = locks_.Lock("vol:" + m->luks_uuid);
+  // Never wait long: a deep rekey holds the volume lock for as long as
+  // the reencryption runs.
+  auto guard = locks_.LockFor("vol:" + m->luks_uuid, std::chrono::seconds(5));
+  if (!guard)
+    return MakeError(ErrorCode::kBusy,
+                     m->path +
+                         " is being worked on (a rekey or another open/close "
+                         "of it is running); try again when it is done");
   VCRYPT_RETURN_IF_ERROR(Deactivate(m->name));
   return Json{{"closed", m->path}};
 }

@@ -30,6 +30,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -104,27 +105,42 @@ struct Caller {
 // caller for long. Events never carry secrets.
 using EventSink = std::function<void(const nlohmann::json& event)>;
 
-// Named locks: Lock("x") blocks while another holder has "x".
+// Named locks: Lock("x") blocks while another holder has "x";
+// LockShared("x") lets any number of shared holders in together, but none
+// while an exclusive one holds "x" or waits for it (so a waiting exclusive
+// holder is not starved by a stream of shared ones).
 class NamedLocks {
  public:
   class Guard {
    public:
-    Guard(NamedLocks* l, std::string k) : locks_(l), key_(std::move(k)) {}
-    Guard(Guard&& o) noexcept : locks_(std::exchange(o.locks_, nullptr)),
-                               key_(std::move(o.key_)) {}
+    Guard(NamedLocks* l, std::string k, bool shared)
+        : locks_(l), key_(std::move(k)), shared_(shared) {}
+    Guard(Guard&& o) noexcept
+        : locks_(std::exchange(o.locks_, nullptr)),
+          key_(std::move(o.key_)),
+          shared_(o.shared_) {}
     Guard(const Guard&) = delete;
-    ~Guard() { if (locks_) locks_->Unlock(key_); }
+    ~Guard() {
+      if (locks_) locks_->Unlock(key_, shared_);
+    }
+
    private:
     NamedLocks* locks_;
     std::string key_;
+    bool shared_;
   };
   Guard Lock(const std::string& key);
+  Guard LockShared(const std::string& key);
+  // Exclusive, waiting at most `timeout`; nullopt when still held then.
+  std::optional<Guard> LockFor(const std::string& key,
+                               std::chrono::milliseconds timeout);
 
  private:
-  void Unlock(const std::string& key);
+  void Unlock(const std::string& key, bool shared);
   std::mutex mu_;
   std::condition_variable cv_;
-  std::set<std::string> held_;
+  std::map<std::string, int> held_;  // -1: exclusive; n > 0: n shared
+  std::map<std::string, int> exclusive_waiting_;
 };
 
 class Controller {

@@ -344,3 +344,39 @@ for i in range(32):
 PY
   vc close vm1/d0 >/dev/null
 }
+
+# open and close never wait for a running deep rekey: an open of the open
+# volume answers at once (it is mapped), a close answers within seconds
+# (busy) instead of after the whole reencryption, and status answers.
+test_open_and_close_do_not_wait_for_a_deep_rekey() {
+  trap cleanup_loops EXIT
+  VCRYPT_TEST_REENCRYPT_CHUNK_DELAY_MS=500 start_daemon
+  setup_vm 80M
+  vc open vm1/d0 >/dev/null
+  vc --json vm rekey vm1 --deep >"$T/events" 2>&1 &
+  local cli=$!
+  for _ in $(seq 1 600); do
+    grep -q '"disk.progress"' "$T/events" && break
+    kill -0 $cli 2>/dev/null || fail "the rekey ended early: $(cat "$T/events")"
+    sleep 0.1
+  done
+  grep -q '"disk.progress"' "$T/events" || fail "no reencryption started"
+  local t0 ms out
+  t0=$(date +%s%N)
+  out=$(vc open vm1/d0)
+  ms=$((($(date +%s%N) - t0) / 1000000))
+  assert_eq /dev/mapper/vcrypt-vm1-d0 "$out"
+  ((ms < 3000)) || fail "open of an open volume waited ${ms} ms for the deep rekey"
+  t0=$(date +%s%N)
+  vc status >/dev/null
+  ms=$((($(date +%s%N) - t0) / 1000000))
+  ((ms < 3000)) || fail "status waited ${ms} ms"
+  t0=$(date +%s%N)
+  expect_exit 7 vc close vm1/d0
+  ms=$((($(date +%s%N) - t0) / 1000000))
+  ((ms < 15000)) || fail "close waited ${ms} ms for the deep rekey"
+  kill -0 $cli 2>/dev/null || fail "the rekey was over before the checks: they proved nothing"
+  log "during the deep rekey: open answered at once, close in ${ms} ms (busy)"
+  wait $cli || fail "the deep rekey failed: $(tail -3 "$T/events")"
+  vc close vm1/d0 >/dev/null
+}

@@ -196,3 +196,33 @@ test_workqueue_bypass_setting() {
     stop_daemon
   done
 }
+
+# open racing unregister: once unregister returns, no mapping of the VM
+# exists, no KEK of it is cached and the VM is not back in the inventory,
+# whichever of the two ran first.
+test_open_racing_unregister_leaves_nothing() {
+  start_daemon
+  setup_vm
+  local rounds=${VCRYPT_TEST_RACE_ROUNDS:-200} i rc unregistered=0 opened_first=0
+  for ((i = 0; i < rounds; i++)); do
+    vc open vm1/d0 >/dev/null 2>&1 &
+    local opener=$!
+    rc=0
+    vc vm unregister vm1 >/dev/null 2>"$T/unreg.err" || rc=$?
+    wait $opener && opened_first=$((opened_first + 1)) || true
+    if ((rc == 0)); then
+      unregistered=$((unregistered + 1))
+      [[ -z $(vcrypt_mappings) ]] || fail "round $i: mapping after unregister: $(vcrypt_mappings)"
+      local st
+      st=$(vc --json status)
+      [[ $st != *'"vm": "vm1"'* ]] || fail "round $i: vm1 back after unregister: $st"
+    else
+      # Busy (udev still held the new mapping): close and try again.
+      vc close vm1/d0 >/dev/null 2>&1 || true
+      continue
+    fi
+    vc vm register vm1 --from "$T/d0.img" >/dev/null
+  done
+  log "$unregistered of $rounds rounds unregistered; the open won $opened_first times"
+  ((unregistered >= rounds / 2)) || fail "only $unregistered of $rounds unregisters succeeded"
+}
