@@ -27,3 +27,14 @@ printf '[Service]\nEnvironment=VCRYPT_UNLOCK_DEADLINE=20\n' >"$d/deadline.conf"
 d=/etc/systemd/system/vcrypt-unlock-net@beta-root.service.d
 mkdir -p "$d"
 printf '[Service]\nEnvironment=VCRYPT_UNLOCK_DEADLINE=900\nTimeoutStartSec=960\n' >"$d/deadline.conf"
+# Debian's lvm2 (event activation on), installed in this guest only, and
+# vcrypt's LVM filter applied as docs/boot.md says: appended to
+# /etc/lvm/lvmlocal.conf. The job switches between the two copies kept here.
+source "$W/env"
+t0=$(date +%s%N)
+dpkg -i "$LVM_DEBS"/*.deb >"$W/lvm2-setup.log" 2>&1 || { cat "$W/lvm2-setup.log"; exit 1; }
+echo "lvm2 installed in $((($(date +%s%N) - t0) / 1000000)) ms" >>"$W/lvm2-setup.log"
+cp /etc/lvm/lvmlocal.conf /etc/lvm/lvmlocal.conf.debian
+filter=$(find "$W/stage" -name vcrypt-lvm-filter.conf | head -1)
+[[ -z $filter ]] || cat "$filter" >>/etc/lvm/lvmlocal.conf
+cp /etc/lvm/lvmlocal.conf /etc/lvm/lvmlocal.conf.vcrypt
