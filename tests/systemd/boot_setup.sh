@@ -1,6 +1,7 @@
 # --setup file of the boot test: tests/vm/run.sh runs it as root in the
 # guest's overlay root before systemd starts. $VCRYPT_BOOT_W is the work
-# directory (the --outdir share) prepared by boot_test.sh.
+# directory (the --outdir share) prepared by boot_test.sh, $VCRYPT_BOOT_SRC
+# the source tree.
 set -e
 W=$VCRYPT_BOOT_W
 # The project as `cmake --install` laid it out (DESTDIR staging root).
@@ -32,8 +33,9 @@ printf '[Service]\nEnvironment=VCRYPT_UNLOCK_DEADLINE=900\nTimeoutStartSec=960\n
 # /etc/lvm/lvmlocal.conf. The job switches between the two copies kept here.
 source "$W/env"
 t0=$(date +%s%N)
-dpkg -i "$LVM_DEBS"/*.deb >"$W/lvm2-setup.log" 2>&1 || { cat "$W/lvm2-setup.log"; exit 1; }
-echo "lvm2 installed in $((($(date +%s%N) - t0) / 1000000)) ms" >>"$W/lvm2-setup.log"
+"$VCRYPT_BOOT_SRC/tests/systemd/lvm2_debs.sh" install "$LVM_DEBS"
+lvm version >/dev/null
+echo "lvm2 installed in $((($(date +%s%N) - t0) / 1000000)) ms" >"$W/lvm2-setup.log"
 cp /etc/lvm/lvmlocal.conf /etc/lvm/lvmlocal.conf.debian
 filter=$(find "$W/stage" -name vcrypt-lvm-filter.conf | head -1)
 [[ -z $filter ]] || cat "$filter" >>/etc/lvm/lvmlocal.conf
