@@ -612,9 +612,13 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
   auto failure = FindFailure(d.uuid);
   // A block device may have moved: open finds it through its udev link.
   const std::string link = options_.by_uuid_dir + "/" + d.uuid;
-  bool present =
-      Exists(d.device) || (!d.is_file && IsUuidText(d.uuid) && Exists(link) &&
-                           GuestContent(link).empty());
+  // A link into guest content is not the volume (LocateVolume).
+  std::string guest;
+  bool present = Exists(d.device);
+  if (!present && !d.is_file && IsUuidText(d.uuid) && Exists(link)) {
+    guest = GuestContent(link);
+    present = guest.empty();
+  }
   std::string missing_since = MissingSince(d.uuid, !present);
   if (!present) {
     j["state"] = "unavailable";
@@ -625,7 +629,9 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
           {"code", "not_found"},
           {"message", (d.is_file ? "image file " : "device ") + d.device +
                           " does not exist" +
-                          (d.is_file ? "" : " and there is no " + link)},
+                          (d.is_file       ? ""
+                           : guest.empty() ? " and there is no " + link
+                                           : " and " + link + " " + guest)},
           {"since", missing_since}};
     }
   } else if (failure) {

@@ -116,6 +116,13 @@ test_guest_uuid_fallback_refuses_guest_content() {
 	s=$(vol_state vm1 a)
 	[[ $s == "unavailable|not_found|"*"guest content"* ]] || fail "status of vm1/a: $s"
 	log "refused: $ERR"
+	# The same from status alone, with no failed open recorded (a restart
+	# forgets them).
+	stop_daemon
+	start_daemon
+	s=$(vol_state vm1 a)
+	[[ $s == "unavailable|not_found|"*"and $link is guest content (on vcrypt mapping vcrypt-vm2-b)"* ]] ||
+		fail "status of vm1/a after a restart: $s"
 
 	# One level up: a device stacked on the mapping (as the host's LVM
 	# makes for a guest's LV), whose content starts with the same header.
