@@ -20,6 +20,7 @@
 #include "common/names.h"
 #include "common/random.h"
 #include "daemon/reencrypt_helper.h"
+#include "dmtools/stacking.h"
 #include "dmtools/volume.h"
 #include "keyproviders/native/native_provider.h"
 #include "keyproviders/standard/standard_provider.h"
@@ -633,6 +634,20 @@ Result<std::vector<MappingInfo>> Controller::AllMappings() {
   return ListMappings("");
 }
 
+namespace {
+// Why the device a /dev/disk/by-uuid link leads to must not be taken, or
+// "" when it may. A vcrypt mapping, or a device stacked on one, holds a
+// guest's data, whatever header it shows (docs/boot.md, "Guest content
+// stays the guest's"); a stack that cannot be read counts as one.
+std::string GuestContent(const std::string& dev) {
+  auto below = VcryptMappingBelowPath(dev);
+  if (!below.ok())
+    return "may be guest content (" + below.error().message + ")";
+  if (*below) return "is guest content (on vcrypt mapping " + **below + ")";
+  return "";
+}
+}  // namespace
+
 Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
                             const DiskRecord& d,
                             const std::vector<MappingInfo>& maps) {
@@ -664,8 +679,13 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
   auto failure = FindFailure(d.uuid);
   // A block device may have moved: open finds it through its udev link.
   const std::string link = options_.by_uuid_dir + "/" + d.uuid;
-  bool present =
-      Exists(d.device) || (!d.is_file && IsUuidText(d.uuid) && Exists(link));
+  // A link into guest content is not the volume (LocateVolume).
+  std::string guest;
+  bool present = Exists(d.device);
+  if (!present && !d.is_file && IsUuidText(d.uuid) && Exists(link)) {
+    guest = GuestContent(link);
+    present = guest.empty();
+  }
   std::string missing_since = MissingSince(d.uuid, !present);
   if (!present) {
     j["state"] = "unavailable";
@@ -676,7 +696,9 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
           {"code", "not_found"},
           {"message", (d.is_file ? "image file " : "device ") + d.device +
                           " does not exist" +
-                          (d.is_file ? "" : " and there is no " + link)},
+                          (d.is_file       ? ""
+                           : guest.empty() ? " and there is no " + link
+                                           : " and " + link + " " + guest)},
           {"since", missing_since}};
     }
   } else if (failure) {
@@ -1121,6 +1143,12 @@ Result<VolumeHeader> Controller::LocateVolume(Target* t) {
     return MakeError(
         ErrorCode::kNotFound,
         not_found + ", and " + link + " cannot be resolved: " + ec.message());
+  // Never a link into a guest's disk: it can carry a copy of this
+  // volume's header.
+  if (std::string why = GuestContent(dev); !why.empty())
+    return MakeError(ErrorCode::kNotFound, not_found + ", and " + link +
+                                               " -> " + dev + " " + why +
+                                               ": not followed");
   auto there = probe(dev);
   if (!there.ok())
     return MakeError(ErrorCode::kNotFound, not_found + ", and " + link +

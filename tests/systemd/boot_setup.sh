@@ -1,6 +1,7 @@
 # --setup file of the boot test: tests/vm/run.sh runs it as root in the
 # guest's overlay root before systemd starts. $VCRYPT_BOOT_W is the work
-# directory (the --outdir share) prepared by boot_test.sh.
+# directory (the --outdir share) prepared by boot_test.sh, $VCRYPT_BOOT_SRC
+# the source tree.
 set -e
 W=$VCRYPT_BOOT_W
 # The project as `cmake --install` laid it out (DESTDIR staging root).
@@ -27,3 +28,15 @@ printf '[Service]\nEnvironment=VCRYPT_UNLOCK_DEADLINE=20\n' >"$d/deadline.conf"
 d=/etc/systemd/system/vcrypt-unlock-net@beta-root.service.d
 mkdir -p "$d"
 printf '[Service]\nEnvironment=VCRYPT_UNLOCK_DEADLINE=900\nTimeoutStartSec=960\n' >"$d/deadline.conf"
+# Debian's lvm2 (event activation on), installed in this guest only, and
+# vcrypt's LVM filter applied as docs/boot.md says: appended to
+# /etc/lvm/lvmlocal.conf. The job switches between the two copies kept here.
+source "$W/env"
+t0=$(date +%s%N)
+"$VCRYPT_BOOT_SRC/tests/systemd/lvm2_debs.sh" install "$LVM_DEBS"
+lvm version >/dev/null
+echo "lvm2 installed in $((($(date +%s%N) - t0) / 1000000)) ms" >"$W/lvm2-setup.log"
+cp /etc/lvm/lvmlocal.conf /etc/lvm/lvmlocal.conf.debian
+filter=$(find "$W/stage" -name vcrypt-lvm-filter.conf | head -1)
+[[ -z $filter ]] || cat "$filter" >>/etc/lvm/lvmlocal.conf
+cp /etc/lvm/lvmlocal.conf /etc/lvm/lvmlocal.conf.vcrypt

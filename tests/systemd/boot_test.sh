@@ -1,7 +1,7 @@
 #!/bin/bash
 # The boot test: a guest that boots systemd as PID 1 (tests/vm/run.sh
 # --systemd) with vcrypt installed the way `cmake --install` installs it, and
-# four virtio disks that are vcrypt volumes. Nothing is opened by hand:
+# five virtio disks that are vcrypt volumes. Nothing is opened by hand:
 #
 #   alpha/root  native provider                 → mapped at boot, data intact
 #   beta/root   KMS that is down at boot        → locked with the reason in
@@ -13,6 +13,17 @@
 #                                                 started and `systemctl restart`
 #                                                 opens it
 #   delta/root  native, vm create --no-auto-unlock → stays closed
+#   epsilon/root native; inside it the guest built LVM (PV, VG guestvg, LV
+#                guestlv with ext4): the host must leave that content alone
+#                (docs/boot.md, "Guest content stays the guest's"), when the
+#                boot path opens it and when vcryptctl reopens it: no
+#                guestvg-* device, no /dev/disk/by-uuid link to the guest's
+#                ext4, no PV in `pvs`, and `close` succeeds. Checked with
+#                vcrypt's udev rule and LVM filter, with each alone, and
+#                without both (the control: the host then activates the
+#                guest's LV, so the checks can fail). lvm2 (Debian's, event
+#                activation on) is installed in both guests, never on the
+#                host (tests/systemd/lvm2_debs.sh fetches it).
 #
 # Two guest boots: "prep" (the plain harness) creates the providers, VMs and
 # volumes on the disks, with both KMSs running; "job" (under systemd) checks
@@ -45,14 +56,18 @@ host() {
   # root, which the guest copies over its (overlay) root before systemd.
   DESTDIR=$W/stage cmake --install "$build" >"$W/install.log" 2>&1 ||
     { cat "$W/install.log"; echo "boot: 0 passed, 1 failed"; exit 1; }
-  export VCRYPT_BOOT_W=$W
+  export VCRYPT_BOOT_W=$W VCRYPT_BOOT_SRC=$ROOT
   if [[ -z $reuse ]]; then
     echo "VCRYPT_BUILD=$build" >"$W/env"
     echo "P1=$((20000 + RANDOM % 20000))" >>"$W/env"
     echo "P2=$((40001 + RANDOM % 20000))" >>"$W/env"
+    echo "GUEST_FS_UUID=5e1ec7ed-0000-4000-8000-0000000e951d" >>"$W/env"
   fi
+  local debs
+  debs=$("$HERE/lvm2_debs.sh") || { echo "boot: 0 passed, 1 failed"; exit 1; }
+  grep -q '^LVM_DEBS=' "$W/env" || echo "LVM_DEBS=$debs" >>"$W/env"
   local disks=()
-  for d in alpha beta gamma delta; do
+  for d in alpha beta gamma delta epsilon; do
     [[ -n $reuse ]] || truncate -s 40M "$W/$d.img"
     disks+=(--disk "$W/$d.img")
   done
@@ -128,7 +143,30 @@ prep() {
     "${ctl[@]}" close $vm/root >/dev/null
     i=$((i + 1))
   done
+  # epsilon: this guest plays the VM and builds LVM inside the volume.
+  # Host-side LVM event activation stays off here (Debian's rule hidden).
+  local t1=$SECONDS
+  lvm2_install
+  echo "# lvm2 installed in $((SECONDS - t1)) s"
+  : >/etc/udev/rules.d/69-lvm.rules
+  udevadm control --reload
+  "${ctl[@]}" vm create epsilon --provider host >/dev/null
+  "${ctl[@]}" volume create epsilon root --device /dev/vde >/dev/null
+  path=$("${ctl[@]}" open epsilon/root)
+  pvcreate -q -y "$path" >/dev/null
+  vgcreate -q guestvg "$path" >/dev/null
+  lvcreate -q -y -Zy -l 100%FREE -n guestlv guestvg >/dev/null
+  mkfs.ext4 -q -U "$GUEST_FS_UUID" /dev/guestvg/guestlv
+  vgchange -q -an guestvg >/dev/null
+  "${ctl[@]}" close epsilon/root >/dev/null
+  echo "# epsilon's guest LVM built in $((SECONDS - t1)) s"
   echo "# prepared in $((SECONDS - t0)) s"
+}
+
+# Debian's lvm2 into this guest's overlay root (tests/systemd/lvm2_debs.sh).
+lvm2_install() {
+  "$HERE/lvm2_debs.sh" install "$LVM_DEBS"
+  lvm version >/dev/null
 }
 
 # ----------------------------------------------- guest 2: systemd checks
@@ -197,6 +235,123 @@ libvirtd_waited_for() {  # vm check-name property-marking-the-end
   else
     echo "# $u started after libvirtd: no ordering to check"
   fi
+}
+
+# ---- epsilon: the guest's LVM inside a vcrypt volume stays the guest's
+EPS=/dev/mapper/vcrypt-epsilon-root
+VCRYPT_DM_RULE=12-vcrypt-dm.rules
+# Until udev has handled every event and no LVM autoactivation (the
+# lvm-activate-VG units that 69-lvm.rules starts) is running.
+quiet_down() {
+  udevadm settle --timeout=60
+  wait_for 60 bash -c '! systemctl list-units --plain --no-legend "lvm-activate-*" | grep -q activating' || true
+}
+guest_lv_active() { dmsetup ls | grep -q '^guestvg-'; }
+no_guest_lv() {
+  local lv
+  lv=$(dmsetup ls | awk '$1 ~ /^guestvg-/ {print $1}')
+  [[ -z $lv ]] || { echo "the host activated the guest's LV: $lv"; return 1; }
+}
+no_guest_fs_link() {
+  local l=/dev/disk/by-uuid/$GUEST_FS_UUID
+  [[ ! -e $l ]] || { echo "$l -> $(readlink -f "$l")"; return 1; }
+}
+content_not_probed() {
+  local p
+  p=$(udevadm info -q property -n "$EPS" | grep -E '^(ID_FS_|DM_UDEV_DISABLE_)')
+  ! grep -q '^ID_FS_TYPE=' <<<"$p" || { echo "udev probed the content: $(tr '\n' ' ' <<<"$p")"; return 1; }
+}
+pv_not_listed() {
+  local out
+  out=$(pvs --noheadings -o pv_name,vg_name 2>&1)
+  ! grep -q guestvg <<<"$out" || { echo "pvs: $out"; return 1; }
+}
+eps_closed() { [[ ! -e $EPS ]] || { echo "still mapped, open count $(dmsetup info -c --noheadings -o open vcrypt-epsilon-root)"; return 1; }; }
+eps_close_ctl() { $CTL close epsilon/root && eps_closed; }
+eps_close_unit() { systemctl stop vcrypt-unlock@epsilon-root.service && eps_closed; }
+# The guest's LV if the host activated it, and LVM's record that guestvg
+# was autoactivated once (it would not be again).
+drop_guest_lv() {
+  local m
+  for m in $(dmsetup ls | awk '$1 ~ /^guestvg-/ {print $1}'); do dmsetup remove --retry "$m"; done
+  rm -f /run/lvm/vgs_online/guestvg /run/lvm/pvs_online/*
+}
+# Undoes whatever a failed check left: the guest's LV, the mapping.
+eps_reset() {
+  drop_guest_lv
+  [[ ! -e $EPS ]] || $CTL close epsilon/root >/dev/null || true
+  udevadm settle --timeout=60
+}
+eps_checks() {  # label [pvs]
+  quiet_down
+  check "$1: no guestvg-* device (host LVM left the guest's VG alone)" no_guest_lv
+  check "$1: no /dev/disk/by-uuid link to the guest's ext4" no_guest_fs_link
+  check "$1: udev did not probe the mapping's content" content_not_probed
+  [[ ${2:-} != pvs ]] || check "$1: pvs does not list the guest's PV" pv_not_listed
+}
+use_lvm_filter() { cp "/etc/lvm/lvmlocal.conf.$1" /etc/lvm/lvmlocal.conf; }
+use_dm_rule() {  # on|off
+  if [[ $1 == on ]]; then rm -f /etc/udev/rules.d/$VCRYPT_DM_RULE; else ln -sf /dev/null /etc/udev/rules.d/$VCRYPT_DM_RULE; fi
+  udevadm control --reload
+}
+
+epsilon_job() {
+  local t0=$SECONDS
+  # The boot path: udev rule → unlock unit → vcryptd, with vcrypt's udev
+  # rule and LVM filter installed.
+  check "epsilon: opened at boot by its unit" wait_for 60 unit_is vcrypt-unlock@epsilon-root.service active
+  eps_checks "boot path" pvs
+  $CTL vm set epsilon --auto-unlock off >/dev/null   # no reopen by later events
+  check "boot path: stopping the unit closes the volume" eps_close_unit
+  eps_reset
+  check "vcryptctl: reopens epsilon" $CTL open epsilon/root
+  eps_checks "vcryptctl open" pvs
+  check "vcryptctl open: close succeeds" eps_close_ctl
+  eps_reset
+  # Each half alone. The udev rule alone stops autoactivation (udev-driven)
+  # and the by-uuid links; a manual pvs still reads the mapping.
+  use_lvm_filter debian
+  check "udev rule alone: opens" $CTL open epsilon/root
+  eps_checks "udev rule alone"
+  echo "# pvs with the udev rule alone: $(pvs --noheadings -o pv_name,vg_name 2>&1 | tr -s ' \n' ' ')"
+  check "udev rule alone: close succeeds" eps_close_ctl
+  # ... and a manual vgchange -ay activates the guest's VG: what the
+  # filter is for (the control of its check below).
+  $CTL open epsilon/root >/dev/null
+  quiet_down
+  vgchange -ay >/dev/null 2>&1 || true
+  check "control: with the udev rule alone, a manual vgchange -ay activates the guest's LV" \
+    guest_lv_active
+  drop_guest_lv
+  eps_reset
+  # The LVM filter alone keeps commands that scan (pvs, vgchange -ay,
+  # pvscan --cache) off the mapping. It does not stop udev's own pvscan:
+  # 69-lvm.rules passes /dev/dm-N, a name no filter can match (docs/boot.md).
+  use_dm_rule off
+  use_lvm_filter vcrypt
+  check "LVM filter alone: opens" $CTL open epsilon/root
+  quiet_down
+  if ! no_guest_lv >/dev/null; then
+    echo "# LVM filter alone: udev's pvscan of /dev/dm-N activated the guest's LV (the udev rule is what stops that)"
+  fi
+  drop_guest_lv   # the mapping stays open: no new event
+  vgchange -ay >/dev/null 2>&1 || true
+  pvscan --cache >/dev/null 2>&1 || true
+  check "LVM filter alone: vgchange -ay and pvscan --cache leave the guest's VG alone" no_guest_lv
+  check "LVM filter alone: pvs does not list the guest's PV" pv_not_listed
+  check "LVM filter alone: close succeeds" eps_close_ctl
+  eps_reset
+  # The control: without both, this host activates the guest's LV (so the
+  # checks above can fail).
+  use_lvm_filter debian
+  $CTL open epsilon/root >/dev/null
+  check "control: without rule and filter the host activates the guest's LV" \
+    wait_for 60 guest_lv_active
+  check "control: ... and its ext4 gets a by-uuid link" wait_for 30 test -e "/dev/disk/by-uuid/$GUEST_FS_UUID"
+  eps_reset
+  use_dm_rule on
+  use_lvm_filter vcrypt
+  echo "# epsilon checks took $((SECONDS - t0)) s"
 }
 
 job() {
@@ -270,6 +425,7 @@ job() {
 
   check "stopping alpha's unit closes the volume it opened" bash -c \
     "systemctl stop vcrypt-unlock@alpha-root.service && ! [[ -e /dev/mapper/vcrypt-alpha-root ]]"
+  epsilon_job
   echo "# done at uptime $(up) s"
 }
 

@@ -1,0 +1,138 @@
+# Decrypted guest content stays the guest's (docs/boot.md, "Guest content
+# stays the guest's"), against real dm-crypt and the guest's systemd-udevd
+# with Debian's device-mapper rules:
+#  - udev/12-vcrypt-dm.rules (loaded from the source tree into
+#    /run/udev/rules.d) keeps udev's blkid off vcrypt mappings, and only
+#    off them;
+#  - vcryptd's /dev/disk/by-uuid fallback refuses a link into a vcrypt
+#    mapping or into a device stacked on one, even when the header there
+#    is the expected volume's.
+# The LVM side (lvm2 autoactivation, the LVM filter, the boot path) is in
+# tests/systemd/boot_test.sh, which has lvm2 and systemd.
+
+GUEST_RULE_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../udev" && pwd)/12-vcrypt-dm.rules
+GUEST_RULE_DST=/run/udev/rules.d/12-vcrypt-dm.rules
+
+guest_cleanup() {
+	local m
+	for m in $(dmsetup ls 2>/dev/null | awk '$1 ~ /^(guestlv|backa|vcrypt-decoy)$/ {print $1}'); do
+		dmsetup remove --retry "$m" >/dev/null 2>&1 || true
+	done
+	rm -f "$GUEST_RULE_DST" /dev/disk/by-uuid/vcrypt-test-*
+	udevadm control --reload 2>/dev/null || true
+	cleanup_loops
+}
+
+load_guest_rule() {
+	mkdir -p /run/udev/rules.d
+	cp "$GUEST_RULE_SRC" "$GUEST_RULE_DST"
+	udevadm control --reload
+}
+
+# Properties udev stored for device $1.
+udev_props() { udevadm info -q property -n "$1"; }
+
+test_guest_udev_rule_hides_vcrypt_mappings_only() {
+	trap guest_cleanup EXIT
+	load_guest_rule
+	start_daemon
+	setup_vm
+	local path fs_uuid=5e1ec7ed-0000-4000-8000-00000000a001
+	path=$(vc open vm1/d0)
+	[[ -b $path ]] || fail "no $path: dm's own rules must still make the node"
+	# The guest puts a file system on its disk; udev's watch, or any event,
+	# would probe it.
+	mkfs.ext4 -q -U "$fs_uuid" "$path"
+	udevadm trigger --action=change --settle "$path"
+	udevadm settle --timeout=30
+	local p
+	p=$(udev_props "$path")
+	assert_contains "$p" "DM_UDEV_DISABLE_DISK_RULES_FLAG=1"
+	assert_contains "$p" "DM_UDEV_DISABLE_OTHER_RULES_FLAG=1"
+	assert_contains "$p" "VCRYPT_GUEST_CONTENT=1"
+	assert_contains "$p" "DM_NAME=vcrypt-vm1-d0" "dm's own rules still ran"
+	assert_not_contains "$p" "ID_FS_TYPE=" "udev probed the guest's content"
+	[[ ! -e /dev/disk/by-uuid/$fs_uuid ]] || fail "by-uuid link to the guest's ext4: $(ls -l /dev/disk/by-uuid/$fs_uuid)"
+	# libdevmapper's udev sync still completes: close does not hang.
+	timeout 60 "$VCRYPTCTL" --socket "$T/sock" close vm1/d0 >/dev/null || fail "close failed or hung"
+	[[ ! -e $path ]] || fail "$path still there after close"
+
+	# Not hidden: a dm device that is not a vcrypt mapping, even one named
+	# vcrypt-* (an LV of a VG named "vcrypt" would be), with the same ext4.
+	# (Not an LVM- UUID here: libblkid treats a short one as an LVM-private
+	# layer and never probes it.)
+	truncate -s 24M "$T/plain.img"
+	local loop
+	loop=$(attach_loop "$T/plain.img")
+	mkfs.ext4 -q -U "$fs_uuid" "$loop"
+	dmsetup create vcrypt-decoy --uuid DECOY-vcrypt-test --table "0 $(blockdev --getsz "$loop") linear $loop 0"
+	udevadm settle --timeout=30
+	p=$(udev_props /dev/mapper/vcrypt-decoy)
+	assert_contains "$p" "ID_FS_TYPE=ext4" "a non-vcrypt dm device is probed as before"
+	assert_not_contains "$p" "VCRYPT_GUEST_CONTENT=1"
+	dmsetup remove --retry vcrypt-decoy
+	udevadm settle --timeout=30
+}
+
+test_guest_uuid_fallback_refuses_guest_content() {
+	trap guest_cleanup EXIT
+	start_daemon
+	vc provider add native p1 >/dev/null
+	vc vm create vm1 >/dev/null
+	vc vm create vm2 >/dev/null
+	truncate -s 40M "$T/a.img"
+	local loop uuid pb dmb link
+	loop=$(attach_loop "$T/a.img")
+	# vm1/a on a dm device (as on a host LV), so that its path can go away
+	# for good (a detached loop device keeps its /dev node).
+	dmsetup create backa --table "0 $(blockdev --getsz "$loop") linear $loop 0"
+	udevadm settle --timeout=30
+	vc volume create vm1 a --device /dev/mapper/backa >/dev/null
+	uuid=$(vol_field vm1 a uuid)
+	vc volume create vm2 b --file "$T/b.img" --size 64M >/dev/null
+	pb=$(vc open vm2/b)
+	dmb=$(basename "$(readlink -f "$pb")")
+	# vm2's guest writes a copy of vm1/a's LUKS2 header (headers are not
+	# secret: a guest may have had the image, or the same template) to its
+	# disk. Then vm1/a's device goes away: the inventory path is stale.
+	dd if=/dev/mapper/backa of="$pb" bs=1M count=16 oflag=direct conv=fsync status=none
+	dmsetup remove --retry backa
+	udevadm settle --timeout=30
+	# Whatever made it (udev without vcrypt's rule, as here; a stale or
+	# planted link), a by-uuid link leads into vm2's clear content.
+	link=/dev/disk/by-uuid/$uuid
+	if [[ ! -e $link ]]; then
+		mkdir -p /dev/disk/by-uuid
+		ln -sfn "../../$dmb" "$link"
+	fi
+	assert_eq "/dev/$dmb" "$(readlink -f "$link")" "the link leads into vm2/b's mapping"
+	expect_exit 5 vc open vm1/a
+	assert_contains "$ERR" "$link"
+	assert_contains "$ERR" "vcrypt-vm2-b"
+	[[ ! -e /dev/mapper/vcrypt-vm1-a ]] || fail "vm1/a was opened on vm2's guest content"
+	assert_eq /dev/mapper/backa "$(vol_field vm1 a device)" "inventory unchanged"
+	# A link into guest content does not make the volume present.
+	local s
+	s=$(vol_state vm1 a)
+	[[ $s == "unavailable|not_found|"*"guest content"* ]] || fail "status of vm1/a: $s"
+	log "refused: $ERR"
+	# The same from status alone, with no failed open recorded (a restart
+	# forgets them).
+	stop_daemon
+	start_daemon
+	s=$(vol_state vm1 a)
+	[[ $s == "unavailable|not_found|"*"and $link is guest content (on vcrypt mapping vcrypt-vm2-b)"* ]] ||
+		fail "status of vm1/a after a restart: $s"
+
+	# One level up: a device stacked on the mapping (as the host's LVM
+	# makes for a guest's LV), whose content starts with the same header.
+	dmsetup create guestlv --table "0 $(blockdev --getsz "$pb") linear $pb 0"
+	udevadm settle --timeout=30
+	ln -sfn "../../$(basename "$(readlink -f /dev/mapper/guestlv)")" "$link"
+	expect_exit 5 vc open vm1/a
+	assert_contains "$ERR" "vcrypt-vm2-b"
+	[[ ! -e /dev/mapper/vcrypt-vm1-a ]] || fail "vm1/a was opened on a device stacked on vm2's guest content"
+	dmsetup remove --retry guestlv
+	rm -f "$link"
+	vc close vm2/b >/dev/null
+}
