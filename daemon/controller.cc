@@ -20,6 +20,7 @@
 #include "common/names.h"
 #include "common/random.h"
 #include "daemon/reencrypt_helper.h"
+#include "dmtools/responsive.h"
 #include "dmtools/stacking.h"
 #include "dmtools/volume.h"
 #include "keyproviders/native/native_provider.h"
@@ -1116,6 +1117,10 @@ Result<VolumeHeader> Controller::LocateVolume(Target* t) {
   };
   auto here = probe(t->device);
   if (here.ok()) return here;
+  // A device that is there but does not answer (CheckResponsive) is not
+  // looked for elsewhere: its by-uuid link leads to it again.
+  if (Status alive = CheckResponsive(t->device); !alive.ok())
+    return alive.error();
   if (t->is_file) {
     // An image file has no udev link to look for.
     if (!Exists(t->device))
@@ -1479,19 +1484,30 @@ Result<Json> Controller::Close(const Json& args) {
   // header carries a vcrypt token. Other dm-crypt devices on the host
   // (the root file system's, another tool's) are not vcryptd's to close,
   // whoever asks.
+  // "/dev/mapper/vcrypt-..." names the mapping; any other path (an LVM
+  // volume under /dev/mapper among them) is the volume's backing device.
   std::optional<MappingInfo> m;
   std::string backing;
-  if (target.device.rfind("/dev/mapper/", 0) == 0) {
+  const std::string mapper = "/dev/mapper/" + std::string(kMappingPrefix);
+  if (target.device.rfind(mapper, 0) == 0) {
     VCRYPT_ASSIGN_OR_RETURN(MappingInfo mi, QueryMapping(target.device.substr(12)));
     m = mi;
     backing = mi.backing;
   } else {
     backing = target.device;
   }
-  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, ReadHeader(backing));
+  const std::string what = m ? m->path + " (on " + backing + ")" : backing;
+  auto header = ReadHeader(backing);
+  if (!header.ok() && header.error().code == ErrorCode::kInvalidVolume)
+    return MakeError(ErrorCode::kInvalidVolume,
+                     what + " is not a vcrypt volume nor a vcrypt mapping (" +
+                         header.error().message +
+                         "); close it with the tool that opened it");
+  if (!header.ok()) return std::move(header).error();
+  const VolumeHeader& hdr = *header;
   if (!hdr.token_json)
     return MakeError(ErrorCode::kInvalidVolume,
-                     (m ? m->path + " (on " + backing + ")" : backing) +
+                     what +
                          " is not a vcrypt volume (no vcrypt token); close "
                          "it with the tool that opened it");
   if (!m) {

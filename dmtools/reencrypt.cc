@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "dmtools/lib_internal.h"
+#include "dmtools/responsive.h"
 #include "dmtools/volume.h"
 
 namespace vcrypt {
@@ -141,6 +142,8 @@ Error InitError(const std::string& device, int r) {
 }  // namespace
 
 Result<ReencryptState> ReadReencryptState(const std::string& device) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = dmlib::LockLibraries();
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, dmlib::OpenLuks2Device(device));
   return StateOf(cd.get(), device);
@@ -161,6 +164,8 @@ Status PrepareReencrypt(const std::string& device, const SecureBuffer& old_dek,
     return MakeError(ErrorCode::kInvalidArgument,
                      "the reencryption marker payload must be a JSON object");
 
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = dmlib::LockLibraries();
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, dmlib::OpenLuks2Device(device));
   VCRYPT_ASSIGN_OR_RETURN(ReencryptState st, StateOf(cd.get(), device));
@@ -300,6 +305,8 @@ Status RunReencrypt(const std::string& device, const std::string& active_name,
 
 Result<SecureBuffer> VolumeKeyByPassphrase(const std::string& device,
                                            const SecureBuffer& passphrase) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = dmlib::LockLibraries();
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, dmlib::OpenLuks2Device(device));
   if (crypt_reencrypt_status(cd.get(), nullptr) != CRYPT_REENCRYPT_NONE)
@@ -323,6 +330,8 @@ Result<SecureBuffer> VolumeKeyByPassphrase(const std::string& device,
 
 Status RemoveReencryptKeyslots(const std::string& device,
                                const SecureBuffer* passphrase) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = dmlib::LockLibraries();
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, dmlib::OpenLuks2Device(device));
   if (crypt_reencrypt_status(cd.get(), nullptr) != CRYPT_REENCRYPT_NONE)

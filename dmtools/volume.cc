@@ -22,16 +22,16 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 #include <type_traits>
 #include <utility>
 
-#include <nlohmann/json.hpp>
-
 #include "common/handles.h"
 #include "common/names.h"
 #include "dmtools/reencrypt.h"
+#include "dmtools/responsive.h"
 #include "dmtools/token.h"
 
 namespace vcrypt {
@@ -688,6 +688,8 @@ bool DeviceMapperAvailable() {
 Result<std::string> FormatVolume(const FormatParams& params,
                                  const SecureBuffer& dek,
                                  const TokenMaker& make_token) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(params.device));
   auto lib = InitLibraries();
   const std::string& device = params.device;
   if (params.sector_size != 512 && params.sector_size != 4096) {
@@ -881,6 +883,8 @@ Result<std::string> FormatVolume(const FormatParams& params,
 }
 
 Result<VolumeHeader> ReadHeader(const std::string& device) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = InitLibraries();
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
 
@@ -940,6 +944,8 @@ Result<VolumeHeader> ReadHeader(const std::string& device) {
 }
 
 Status WriteToken(const std::string& device, const std::string& token_json) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = InitLibraries();
   VCRYPT_RETURN_IF_ERROR(CheckTokenJson(token_json));
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
@@ -961,6 +967,8 @@ Status WriteToken(const std::string& device, const std::string& token_json) {
 }
 
 Status VerifyDek(const std::string& device, const SecureBuffer& dek) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = InitLibraries();
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   int r = crypt_activate_by_volume_key(cd.get(), nullptr, dek.chars(),
@@ -973,6 +981,8 @@ Status VerifyDek(const std::string& device, const SecureBuffer& dek) {
 }
 
 Status EraseKeyMaterial(const std::string& device) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = InitLibraries();
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   // A mapped volume keeps its key in the dm table; erasing under it would
@@ -1044,6 +1054,8 @@ namespace {
 
 Result<std::string> ActivateWith(const ActivateParams& params,
                                  const ActivateCall& activate) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(params.device));
   auto lib = InitLibraries();
   const std::string& device = params.device;
   if (!DeviceMapperAvailable()) return NoDm();
@@ -1443,6 +1455,8 @@ std::string Mib(uint64_t kib) { return std::to_string((kib + 1023) / 1024); }
 }  // namespace
 
 Result<RecoveryState> ReadRecoveryKeyslot(const std::string& device) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = InitLibraries();
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   RecoveryState state;
@@ -1460,6 +1474,8 @@ Result<RecoveryKeyslot> AddRecoveryKeyslot(const std::string& device,
                                            const SecureBuffer& dek,
                                            const SecureBuffer& passphrase,
                                            const std::string& created) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = InitLibraries();
   if (dek.size() != kDekSize) {
     return MakeError(ErrorCode::kInvalidArgument,
@@ -1589,6 +1605,8 @@ Result<RecoveryKeyslot> AddRecoveryKeyslot(const std::string& device,
 }
 
 Result<RecoveryKeyslot> RemoveRecoveryKeyslot(const std::string& device) {
+  // Never wait for a hung device under the process-wide lock.
+  VCRYPT_RETURN_IF_ERROR(CheckResponsive(device));
   auto lib = InitLibraries();
   VCRYPT_ASSIGN_OR_RETURN(CryptDevicePtr cd, OpenLuks2(device));
   VCRYPT_ASSIGN_OR_RETURN(RecoveryMarkers markers,
