@@ -395,7 +395,8 @@ Status Cli::Provider(const std::vector<std::string>& a) {
     VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider.list", Json::object()));
     Print(r, [&](const Json& j) {
       PrintTable(out_, j["providers"],
-                 {{"name", "NAME"}, {"type", "TYPE"}, {"default", "DEFAULT"}, {"vms", "VMS"}});
+                 {{"name", "NAME"}, {"type", "TYPE"}, {"default", "DEFAULT"}, {"vms", "VMS"},
+                  {"state", "STATE"}});
     });
     return Status::Ok();
   }
