@@ -83,9 +83,11 @@ std::string ConfiguredType(const std::string& dir) {
   auto text = ReadFile(dir + "/config.json");
   if (!text.ok()) return "unknown";
   Json cfg = Json::parse(*text, nullptr, false);
-  if (!cfg.is_object() || !cfg.contains("type") || !cfg["type"].is_string()) return "unknown";
+  if (!cfg.is_object() || !cfg.contains("type") || !cfg["type"].is_string())
+    return "unknown";
   const std::string type = cfg["type"].get<std::string>();
-  if (type != "native" && type != "standard" && type != "trusted") return "unknown";
+  if (type != "native" && type != "standard" && type != "trusted")
+    return "unknown";
   return type;
 }
 
@@ -157,14 +159,18 @@ void NamedLocks::Unlock(const std::string& key) {
 }
 
 // ---------------------------------------------------------------------------
-Controller::Controller(ControllerOptions options, StateDirLock lock, StateStore store)
-    : options_(std::move(options)), dir_lock_(std::move(lock)), store_(std::move(store)) {}
+Controller::Controller(ControllerOptions options, StateDirLock lock,
+                       StateStore store)
+    : options_(std::move(options)),
+      dir_lock_(std::move(lock)),
+      store_(std::move(store)) {}
 
 Result<std::unique_ptr<Controller>> Controller::Create(ControllerOptions options) {
   if (!options.audit) options.audit = SystemAuditSink::ForThisProcess();
   // Locked before anything is read: another vcryptd may be writing.
   VCRYPT_RETURN_IF_ERROR(MakeDirs(options.state_dir, 0700));
-  VCRYPT_ASSIGN_OR_RETURN(StateDirLock lock, StateDirLock::Acquire(options.state_dir));
+  VCRYPT_ASSIGN_OR_RETURN(StateDirLock lock,
+                          StateDirLock::Acquire(options.state_dir));
   VCRYPT_ASSIGN_OR_RETURN(StateStore store, StateStore::Open(options.state_dir));
   std::unique_ptr<Controller> c(
       new Controller(std::move(options), std::move(lock), std::move(store)));
@@ -179,7 +185,8 @@ Result<std::unique_ptr<Controller>> Controller::Create(ControllerOptions options
       // Only this provider is lost (until its files are repaired and
       // vcryptd restarted); its VMs fail with key_unavailable naming why.
       p = std::shared_ptr<KeyProvider>(std::make_shared<UnavailableProvider>(
-          name, ConfiguredType(e.path().string()), std::move(p).error(), NowRfc3339()));
+          name, ConfiguredType(e.path().string()), std::move(p).error(),
+          NowRfc3339()));
     }
     c->providers_.emplace(name, std::move(p).value());
   }
@@ -325,7 +332,8 @@ Result<Json> Controller::ProviderList() {
     Json d = p->Describe();
     d["name"] = name;
     d["type"] = std::string(p->type());
-    if (!d.contains("state")) d["state"] = "available";  // else "unavailable", with reason
+    if (!d.contains("state"))
+      d["state"] = "available";  // else "unavailable", with reason
     d["default"] = store_.default_provider() == name;
     size_t vms = 0;
     for (const auto& [vn, vm] : store_.vms()) vms += vm.provider == name;
@@ -409,7 +417,8 @@ Result<Json> Controller::ProviderBackup(const Json& args,
     return Usage("a backup needs a non-empty password (--password-file)");
   auto p = FindProvider(name);
   if (!p) return MakeError(ErrorCode::kNotFound, "no key provider named '" + name + "'");
-  if (auto* u = dynamic_cast<const UnavailableProvider*>(p.get())) return u->Unavailable();
+  if (auto* u = dynamic_cast<const UnavailableProvider*>(p.get()))
+    return u->Unavailable();
   auto* native = dynamic_cast<NativeProvider*>(p.get());
   if (native == nullptr)
     return MakeError(ErrorCode::kInvalidArgument,
@@ -419,19 +428,15 @@ Result<Json> Controller::ProviderBackup(const Json& args,
   audit.provider = name;
   audit.primary_key_id = native->primary_key_id();
   auto r = [&]() -> Result<Json> {
-    // The PKCS#12 file is encrypted under the password; it is returned to
-    // the caller, which writes it with its own permissions.
-    std::string tmp = store_.dir() + "/.backup-" + name + ".p12";
-    ::unlink(tmp.c_str());  // a leftover of an interrupted backup
-    VCRYPT_RETURN_IF_ERROR(native->Backup(tmp, password));
-    auto bytes = ReadFile(tmp);
-    ::unlink(tmp.c_str());
-    if (!bytes.ok()) return std::move(bytes).error();
+    // The PKCS#12 file is encrypted under the password; it is made in
+    // memory (no temporary file, so concurrent backups cannot meet) and
+    // returned to the caller, which writes it with its own permissions.
+    VCRYPT_ASSIGN_OR_RETURN(std::string bytes, native->BackupBytes(password));
     return Json{{"name", name},
                 {"primary_key_id", native->primary_key_id()},
                 {"p12", Base64Encode(std::span<const uint8_t>(
-                            reinterpret_cast<const uint8_t*>(bytes->data()),
-                            bytes->size()))}};
+                            reinterpret_cast<const uint8_t*>(bytes.data()),
+                            bytes.size()))}};
   }();
   Audit(audit.Outcome(r));
   return r;
@@ -453,19 +458,28 @@ Result<Json> Controller::ProviderRestore(const Json& args,
   AuditRecord audit = AuditRecord::For(ctx, AuditOp::kProviderRestore);
   audit.provider = name;
   bool attempted = false;
-  auto r = [&]() -> Result<Json> {
+  auto exists = [&]() -> Status {
     std::lock_guard lock(mu_);
     if (providers_.count(name))
       return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists; "
                                            "restore under another --name");
+    return Status::Ok();
+  };
+  auto r = [&]() -> Result<Json> {
+    VCRYPT_RETURN_IF_ERROR(exists());
+    // One add or restore per name at a time. The key derivations (seconds,
+    // by design) run outside the state lock, so vcryptd keeps answering
+    // meanwhile; the backup is read from memory, never a temporary file.
+    auto guard = locks_.Lock("provider:" + name);
+    VCRYPT_RETURN_IF_ERROR(exists());
     attempted = true;
-    std::string tmp = store_.dir() + "/.restore-" + name + ".p12";
-    ::unlink(tmp.c_str());
-    VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(tmp, *bytes));
-    auto p = NativeProvider::Restore(tmp, password, name, store_.ProviderDir(name));
-    ::unlink(tmp.c_str());
+    auto p = NativeProvider::RestoreBytes(
+        std::string_view(reinterpret_cast<const char*>(bytes->data()),
+                         bytes->size()),
+        password, name, store_.ProviderDir(name), "the backup");
     if (!p.ok()) return std::move(p).error();
     audit.primary_key_id = (*p)->primary_key_id();
+    std::lock_guard lock(mu_);
     for (const auto& [n, other] : providers_) {
       auto* o = dynamic_cast<NativeProvider*>(other.get());
       if (o != nullptr && o->primary_key_id() == (*p)->primary_key_id()) {

@@ -128,7 +128,8 @@ int DaemonMain(int argc, char** argv) {
 
   auto controller = Controller::Create(copts);
   if (!controller.ok()) return Fail(controller.error());
-  for (const auto& line : (*controller)->UnavailableProviders()) Log("warning: " + line);
+  for (const auto& line : (*controller)->UnavailableProviders())
+    Log("warning: " + line);
 
   if (sd_listen_fds(1) == 1) sopts.inherited_fd = SD_LISTEN_FDS_START;
   Server server(controller->get(), sopts, Log);

@@ -17,10 +17,9 @@
 #define VCRYPT_DAEMON_STATE_H_
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "common/clock.h"
 #include "common/handles.h"
