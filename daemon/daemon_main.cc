@@ -7,16 +7,17 @@
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
+#include <atomic>
 #include <boost/program_options.hpp>
 #include <cstdlib>
 #include <iostream>
-#include <atomic>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <string>
+#include <thread>
 
 #include "common/atomic_file.h"
+#include "common/openssl_secure_heap.h"
 #include "common/secure_buffer.h"
 #include "daemon/audit.h"
 #include "daemon/controller.h"
@@ -119,6 +120,9 @@ int DaemonMain(int argc, char** argv) {
     return Fail(MakeError(ErrorCode::kInternal,
                           "cannot lock memory for keys (mlock failed); raise "
                           "RLIMIT_MEMLOCK or run as root"));
+  // Before any provider loads a key: private keys OpenSSL holds (a
+  // standard provider's KMS client key) go to its secure heap.
+  if (auto st = InitOpensslSecureHeap(); !st.ok()) return Fail(st.error());
 
   // The audit log of key operations (docs/audit.md): structured journal
   // records when systemd connected stderr to the journal, else lines on

@@ -3,8 +3,10 @@
 // backup and restore that neither collide on temporary files nor stall
 // the daemon, and bounded key derivations in a backup.
 #include <gtest/gtest.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
+#include <openssl/pem.h>
 #include <openssl/pkcs12.h>
 #include <openssl/x509.h>
 #include <poll.h>
@@ -25,9 +27,11 @@
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/handles.h"
+#include "common/openssl_secure_heap.h"
 #include "daemon/controller.h"
 #include "dmtools/volume.h"
 #include "keyproviders/native/native_provider.h"
+#include "keyproviders/standard/tls_client.h"
 #include "tests/test_util.h"
 #include "tests/unit/daemon_fixture.h"
 
@@ -558,6 +562,73 @@ TEST_F(DaemonTest, ConcurrentCliBackupsToOneFileNeverOverwrite) {
   for (auto& e : fs::directory_iterator(dir_))
     EXPECT_EQ(e.path().filename().string().find("same.p12."), std::string::npos)
         << e.path();
+}
+
+// ---- OpenSSL's secure heap ------------------------------------------------
+
+// A self-signed certificate for `key` and both as PEM.
+std::pair<std::string, std::string> CertAndKeyPem(EVP_PKEY* key) {
+  X509Ptr x(X509_new());
+  X509_set_version(x.get(), 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x.get()), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x.get()), 0);
+  X509_gmtime_adj(X509_getm_notAfter(x.get()), 3600);
+  X509_set_pubkey(x.get(), key);
+  X509_NAME* name = X509_get_subject_name(x.get());
+  X509_NAME_add_entry_by_txt(
+      name, "CN", MBSTRING_ASC,
+      reinterpret_cast<const unsigned char*>("vcrypt-test"), -1, -1, 0);
+  X509_set_issuer_name(x.get(), name);
+  X509_sign(x.get(), key, EVP_sha256());
+  auto pem = [](auto write) {
+    BioPtr b(BIO_new(BIO_s_mem()));
+    write(b.get());
+    char* p = nullptr;
+    const long n = BIO_get_mem_data(b.get(), &p);  // NOLINT(runtime/int)
+    return std::string(p, static_cast<size_t>(n));
+  };
+  return {
+      pem([&](BIO* b) { PEM_write_bio_X509(b, x.get()); }), pem([&](BIO* b) {
+        PEM_write_bio_PrivateKey(b, key, nullptr, nullptr, 0, nullptr, nullptr);
+      })};
+}
+
+// The private key a standard provider loads for mutual TLS with its KMS
+// (TlsClient::Create, as StandardProvider::Load does) lives in OpenSSL's
+// secure heap once vcryptd has set it up (InitOpensslSecureHeap, called
+// by DaemonMain before it loads any provider; vcrypt-ta calls it too):
+// the heap's use grows by the key when it is loaded and shrinks back when
+// it is freed. For an EC and an RSA key. Costs about 0.2 s (RSA keygen).
+TEST(SecureHeapTest, KmsClientKeyLivesInOpensslSecureHeap) {
+  ASSERT_TRUE(InitOpensslSecureHeap().ok());
+  // (CRYPTO_secure_used() crashes on a heap never set up.)
+  ASSERT_EQ(CRYPTO_secure_malloc_initialized(), 1);
+  EXPECT_TRUE(InitOpensslSecureHeap().ok()) << "a second call is harmless";
+  TempDir dir("secheap");
+  for (const char* type : {"EC", "RSA"}) {
+    SCOPED_TRACE(type);
+    EvpPkeyPtr key(std::string(type) == "EC" ? EVP_EC_gen("P-256")
+                                             : EVP_RSA_gen(2048));
+    ASSERT_TRUE(key);
+    auto [cert, key_pem] = CertAndKeyPem(key.get());
+    key.reset();
+    TlsConfig config;
+    config.ca_file = config.cert_file = dir / "cert.pem";
+    config.key_file = dir / "key.pem";
+    ASSERT_TRUE(WriteFileAtomic(config.cert_file, cert).ok());
+    ASSERT_TRUE(WriteFileAtomic(config.key_file, key_pem).ok());
+    // Once first: OpenSSL keeps some secure allocations of its own for the
+    // process's lifetime (its random generators' seed pools), made lazily.
+    ASSERT_TRUE(TlsClient::Create(config).ok());
+    const size_t before = CRYPTO_secure_used();
+    {
+      auto client = TlsClient::Create(config);
+      ASSERT_TRUE(client.ok()) << client.error().message;
+      EXPECT_GT(CRYPTO_secure_used(), before)
+          << "the private key is not in the secure heap";
+    }
+    EXPECT_EQ(CRYPTO_secure_used(), before) << "freed with the client";
+  }
 }
 
 }  // namespace
