@@ -332,8 +332,9 @@ Result<Json> Controller::ProviderList() {
     Json d = p->Describe();
     d["name"] = name;
     d["type"] = std::string(p->type());
-    if (!d.contains("state"))
-      d["state"] = "available";  // else "unavailable", with reason
+    // An UnavailableProvider describes itself as "unavailable", with reason.
+    if (dynamic_cast<const UnavailableProvider*>(p.get()) == nullptr)
+      d["state"] = "available";
     d["default"] = store_.default_provider() == name;
     size_t vms = 0;
     for (const auto& [vn, vm] : store_.vms()) vms += vm.provider == name;
