@@ -1,7 +1,8 @@
 // vcryptd hardening of its state (issue 13, section 3, "Races on paths and
 // state"): one daemon per state directory, providers with damaged files,
 // backup and restore that neither collide on temporary files nor stall
-// the daemon, and bounded key derivations in a backup.
+// the daemon, bounded key derivations in a backup, and private keys in
+// OpenSSL's secure heap.
 #include <gtest/gtest.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
