@@ -403,6 +403,9 @@ Status CheckDerivationCosts(PKCS12* p12, const std::string& what) {
   for (int i = 0; i < sk_PKCS7_num(safes.get()); ++i) {
     PKCS7* safe = sk_PKCS7_value(safes.get(), i);
     if (PKCS7_type_is_encrypted(safe) != 1) continue;  // nothing to derive
+    // Not vouched for by the MAC yet, and its content is OPTIONAL.
+    if (safe->d.encrypted == nullptr || safe->d.encrypted->enc_data == nullptr)
+      return NotOurBackup(what, "its encrypted safe has no content");
     const X509_ALGOR* alg = safe->d.encrypted->enc_data->algorithm;
     if (alg == nullptr || OBJ_obj2nid(alg->algorithm) != NID_pbes2)
       return NotOurBackup(what, "its safe is not encrypted with PBES2");

@@ -399,6 +399,32 @@ TEST(BackupIterationCapTest, HugeIterationCountsAreRefusedBeforeDeriving) {
   EXPECT_GE(kMaxBackupIterations, 10 * kBackupIterations);
 }
 
+// The cost check reads a safe's parameters before the MAC vouches for
+// them: an "encrypted" safe with no content at all (its content is
+// OPTIONAL in the ASN.1) is refused, not dereferenced. Run in a child: a
+// crash there fails the test instead of the whole binary.
+TEST(BackupIterationCapTest, EncryptedSafeWithoutContentIsRefused) {
+  TempDir dir("itercap");
+  Pkcs7Ptr p7(PKCS7_new());
+  ASSERT_EQ(PKCS7_set_type(p7.get(), NID_pkcs7_encrypted), 1);
+  PKCS7_ENCRYPT_free(p7->d.encrypted);
+  p7->d.encrypted = nullptr;
+  STACK_OF(PKCS7)* safes = sk_PKCS7_new_null();
+  sk_PKCS7_push(safes, p7.release());
+  Pkcs12Ptr p12(PKCS12_add_safes(safes, 0));
+  sk_PKCS7_pop_free(safes, PKCS7_free);
+  ASSERT_TRUE(p12);
+  ASSERT_EQ(PKCS12_set_mac(p12.get(), "pw", 2, nullptr, 0, 1000, EVP_sha256()),
+            1);
+  const std::string path = dir / "empty-safe.p12";
+  ASSERT_TRUE(WriteFileAtomic(path, Der(p12.get())).ok());
+  RestoreOutcome o = RestoreInChild(path, "pw", dir / "r", 20);
+  ASSERT_TRUE(o.finished);
+  EXPECT_EQ(o.result.rfind("invalid_argument: ", 0), 0u)
+      << "[" << o.result << "]";
+  EXPECT_FALSE(fs::exists(dir / "r"));
+}
+
 // vcryptd's state lock is not held while a restore derives its keys:
 // vm.list keeps answering, promptly, while a restore of a backup with a
 // high (allowed) iteration count runs. Costs about 5 s (the backup and the
