@@ -20,6 +20,7 @@
 #include "common/names.h"
 #include "common/random.h"
 #include "daemon/reencrypt_helper.h"
+#include "daemon/unavailable_provider.h"
 #include "dmtools/responsive.h"
 #include "dmtools/stacking.h"
 #include "dmtools/volume.h"
@@ -80,6 +81,20 @@ Result<std::shared_ptr<KeyProvider>> LoadProvider(
   }
   return MakeError(ErrorCode::kInvalidArgument,
                    "provider '" + name + "' has unsupported type '" + type + "'");
+}
+
+// The type a provider directory's config.json names, "unknown" when it
+// cannot be read: for a provider that failed to load.
+std::string ConfiguredType(const std::string& dir) {
+  auto text = ReadFile(dir + "/config.json");
+  if (!text.ok()) return "unknown";
+  Json cfg = Json::parse(*text, nullptr, false);
+  if (!cfg.is_object() || !cfg.contains("type") || !cfg["type"].is_string())
+    return "unknown";
+  const std::string type = cfg["type"].get<std::string>();
+  if (type != "native" && type != "standard" && type != "trusted")
+    return "unknown";
+  return type;
 }
 
 bool IsBlockDevice(const std::string& path) {
@@ -179,27 +194,50 @@ void NamedLocks::Unlock(const std::string& key, bool shared) {
 }
 
 // ---------------------------------------------------------------------------
-Controller::Controller(ControllerOptions options, StateStore store)
-    : options_(std::move(options)), store_(std::move(store)) {}
+Controller::Controller(ControllerOptions options, StateDirLock lock,
+                       StateStore store)
+    : options_(std::move(options)),
+      dir_lock_(std::move(lock)),
+      store_(std::move(store)) {}
 
 Result<std::unique_ptr<Controller>> Controller::Create(ControllerOptions options) {
   if (!options.audit) options.audit = SystemAuditSink::ForThisProcess();
+  // Locked before anything is read: another vcryptd may be writing.
+  VCRYPT_RETURN_IF_ERROR(MakeDirs(options.state_dir, 0700));
+  VCRYPT_ASSIGN_OR_RETURN(StateDirLock lock,
+                          StateDirLock::Acquire(options.state_dir));
   VCRYPT_ASSIGN_OR_RETURN(StateStore store, StateStore::Open(options.state_dir));
-  std::unique_ptr<Controller> c(new Controller(std::move(options), std::move(store)));
+  std::unique_ptr<Controller> c(
+      new Controller(std::move(options), std::move(lock), std::move(store)));
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(
            c->store_.dir() + "/providers", ec)) {
     if (!e.is_directory()) continue;
     std::string name = e.path().filename().string();
     if (!ValidateProviderName(name).ok()) continue;
-    VCRYPT_ASSIGN_OR_RETURN(auto p,
-                            LoadProvider(name, e.path().string(), c->options_));
-    c->providers_.emplace(name, std::move(p));
+    auto p = LoadProvider(name, e.path().string(), c->options_);
+    if (!p.ok()) {
+      // Only this provider is lost (until its files are repaired and
+      // vcryptd restarted); its VMs fail with key_unavailable naming why.
+      p = std::shared_ptr<KeyProvider>(std::make_shared<UnavailableProvider>(
+          name, ConfiguredType(e.path().string()), std::move(p).error(),
+          NowRfc3339()));
+    }
+    c->providers_.emplace(name, std::move(p).value());
   }
   if (ec)
     return MakeError(ErrorCode::kIo, "cannot list " + c->store_.dir() +
                                          "/providers: " + ec.message());
   return c;
+}
+
+std::vector<std::string> Controller::UnavailableProviders() {
+  std::lock_guard lock(mu_);
+  std::vector<std::string> lines;
+  for (const auto& [name, p] : providers_)
+    if (auto* u = dynamic_cast<const UnavailableProvider*>(p.get()))
+      lines.push_back(u->Unavailable().message);
+  return lines;
 }
 
 Result<Json> Controller::Handle(const std::string& op, const Json& args,
@@ -362,6 +400,9 @@ Result<Json> Controller::ProviderList() {
     Json d = p->Describe();
     d["name"] = name;
     d["type"] = std::string(p->type());
+    // An UnavailableProvider describes itself as "unavailable", with reason.
+    if (dynamic_cast<const UnavailableProvider*>(p.get()) == nullptr)
+      d["state"] = "available";
     d["default"] = store_.default_provider() == name;
     size_t vms = 0;
     for (const auto& [vn, vm] : store_.vms()) vms += vm.provider == name;
@@ -392,7 +433,9 @@ Result<Json> Controller::ProviderRemove(const Json& args, const AuditContext& ct
       if (vm.provider == name)
         return MakeError(ErrorCode::kBusy, "provider '" + name + "' is used by VM '" +
                                                vn + "'; rekey or delete its VMs first");
-    if (it->second->type() == "native" && !BoolArg(args, "force"))
+    // An unavailable provider of unknown type may be a native one.
+    const std::string_view type = it->second->type();
+    if ((type == "native" || type == "unknown") && !BoolArg(args, "force"))
       return MakeError(ErrorCode::kExists,
                        "removing native provider '" + name +
                            "' destroys its primary key: volumes made with it then "
@@ -443,6 +486,8 @@ Result<Json> Controller::ProviderBackup(const Json& args,
     return Usage("a backup needs a non-empty password (--password-file)");
   auto p = FindProvider(name);
   if (!p) return MakeError(ErrorCode::kNotFound, "no key provider named '" + name + "'");
+  if (auto* u = dynamic_cast<const UnavailableProvider*>(p.get()))
+    return u->Unavailable();
   auto* native = dynamic_cast<NativeProvider*>(p.get());
   if (native == nullptr)
     return MakeError(ErrorCode::kInvalidArgument,
@@ -452,19 +497,15 @@ Result<Json> Controller::ProviderBackup(const Json& args,
   audit.provider = name;
   audit.primary_key_id = native->primary_key_id();
   auto r = [&]() -> Result<Json> {
-    // The PKCS#12 file is encrypted under the password; it is returned to
-    // the caller, which writes it with its own permissions.
-    std::string tmp = store_.dir() + "/.backup-" + name + ".p12";
-    ::unlink(tmp.c_str());  // a leftover of an interrupted backup
-    VCRYPT_RETURN_IF_ERROR(native->Backup(tmp, password));
-    auto bytes = ReadFile(tmp);
-    ::unlink(tmp.c_str());
-    if (!bytes.ok()) return std::move(bytes).error();
+    // The PKCS#12 file is encrypted under the password; it is made in
+    // memory (no temporary file, so concurrent backups cannot meet) and
+    // returned to the caller, which writes it with its own permissions.
+    VCRYPT_ASSIGN_OR_RETURN(std::string bytes, native->BackupBytes(password));
     return Json{{"name", name},
                 {"primary_key_id", native->primary_key_id()},
                 {"p12", Base64Encode(std::span<const uint8_t>(
-                            reinterpret_cast<const uint8_t*>(bytes->data()),
-                            bytes->size()))}};
+                            reinterpret_cast<const uint8_t*>(bytes.data()),
+                            bytes.size()))}};
   }();
   Audit(audit.Outcome(r));
   return r;
@@ -486,19 +527,28 @@ Result<Json> Controller::ProviderRestore(const Json& args,
   AuditRecord audit = AuditRecord::For(ctx, AuditOp::kProviderRestore);
   audit.provider = name;
   bool attempted = false;
-  auto r = [&]() -> Result<Json> {
+  auto exists = [&]() -> Status {
     std::lock_guard lock(mu_);
     if (providers_.count(name))
       return MakeError(ErrorCode::kExists, "provider '" + name + "' already exists; "
                                            "restore under another --name");
+    return Status::Ok();
+  };
+  auto r = [&]() -> Result<Json> {
+    VCRYPT_RETURN_IF_ERROR(exists());
+    // One add or restore per name at a time. The key derivations (seconds,
+    // by design) run outside the state lock, so vcryptd keeps answering
+    // meanwhile; the backup is read from memory, never a temporary file.
+    auto guard = locks_.Lock("provider:" + name);
+    VCRYPT_RETURN_IF_ERROR(exists());
     attempted = true;
-    std::string tmp = store_.dir() + "/.restore-" + name + ".p12";
-    ::unlink(tmp.c_str());
-    VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(tmp, *bytes));
-    auto p = NativeProvider::Restore(tmp, password, name, store_.ProviderDir(name));
-    ::unlink(tmp.c_str());
+    auto p = NativeProvider::RestoreBytes(
+        std::string_view(reinterpret_cast<const char*>(bytes->data()),
+                         bytes->size()),
+        password, name, store_.ProviderDir(name), "the backup");
     if (!p.ok()) return std::move(p).error();
     audit.primary_key_id = (*p)->primary_key_id();
+    std::lock_guard lock(mu_);
     for (const auto& [n, other] : providers_) {
       auto* o = dynamic_cast<NativeProvider*>(other.get());
       if (o != nullptr && o->primary_key_id() == (*p)->primary_key_id()) {
@@ -1185,8 +1235,12 @@ Result<std::shared_ptr<KeyProvider>> Controller::ProviderForToken(
   for (const auto& [n, p] : providers_)
     if (p->type() == t.provider_type && p->Recognizes(t.kek)) return p;
   auto it = providers_.find(t.provider_name);
-  if (it != providers_.end() && it->second->type() == t.provider_type)
-    return it->second;
+  if (it != providers_.end()) {
+    // The token's provider failed to load: say why, before any dm work.
+    if (auto* u = dynamic_cast<const UnavailableProvider*>(it->second.get()))
+      return u->Unavailable();
+    if (it->second->type() == t.provider_type) return it->second;
+  }
   return MakeError(ErrorCode::kKeyUnavailable,
                    "the volume's key provider '" + t.provider_name + "' (" +
                        t.provider_type + ") is not configured on this host; add it "

@@ -145,9 +145,16 @@ class NamedLocks {
 
 class Controller {
  public:
-  // Loads state and providers. Fails if the state directory is unusable
-  // or a provider's files are damaged.
+  // Locks the state directory (StateDirLock: kBusy naming the PID of the
+  // vcryptd that holds it), then loads state and providers. Fails if the
+  // state directory is unusable. A provider whose files cannot be loaded
+  // (damaged, insecure, unreadable) does not stop it: that provider is
+  // kept as "unavailable" with the reason (daemon/unavailable_provider.h)
+  // and the others work. The lock is released when the Controller goes.
   static Result<std::unique_ptr<Controller>> Create(ControllerOptions options);
+
+  // One line per provider that failed to load, for vcryptd's log.
+  std::vector<std::string> UnavailableProviders();
 
   // Every request is first checked against the role table
   // (daemon/roles.h): a caller whose role is too low gets
@@ -178,7 +185,7 @@ class Controller {
   size_t EvictAllOnShutdown();
 
  private:
-  explicit Controller(ControllerOptions options, StateStore store);
+  Controller(ControllerOptions options, StateDirLock lock, StateStore store);
   // kPermissionDenied unless `caller` may run `op` with `args`.
   Status Authorize(const std::string& op, const nlohmann::json& args,
                    const Caller& caller);
@@ -368,6 +375,7 @@ class Controller {
   std::string MissingSince(const std::string& uuid, bool missing);
 
   ControllerOptions options_;
+  StateDirLock dir_lock_;  // held for the Controller's lifetime
   std::mutex mu_;  // guards store_ and providers_
   StateStore store_;
   std::map<std::string, std::shared_ptr<KeyProvider>> providers_;

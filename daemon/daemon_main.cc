@@ -19,6 +19,7 @@
 
 #include "common/atomic_file.h"
 #include "common/escape.h"
+#include "common/openssl_secure_heap.h"
 #include "common/secure_buffer.h"
 #include "daemon/audit.h"
 #include "daemon/controller.h"
@@ -202,6 +203,9 @@ int DaemonMain(int argc, char** argv) {
     return Fail(MakeError(ErrorCode::kInternal,
                           "cannot lock memory for keys (mlock failed); raise "
                           "RLIMIT_MEMLOCK or run as root"));
+  // Before any provider loads a key: private keys OpenSSL holds (a
+  // standard provider's KMS client key) go to its secure heap.
+  if (auto st = InitOpensslSecureHeap(); !st.ok()) return Fail(st.error());
 
   // The audit log of key operations (docs/audit.md): structured journal
   // records when systemd connected stderr to the journal, else lines on
@@ -211,6 +215,8 @@ int DaemonMain(int argc, char** argv) {
 
   auto controller = Controller::Create(copts);
   if (!controller.ok()) return Fail(controller.error());
+  for (const auto& line : (*controller)->UnavailableProviders())
+    Log("warning: " + line);
 
   if (sd_listen_fds(1) == 1) sopts.inherited_fd = SD_LISTEN_FDS_START;
   Server server(controller->get(), sopts, Log);

@@ -1,5 +1,11 @@
 #include "daemon/state.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <ctime>
 
 #include "common/atomic_file.h"
@@ -75,6 +81,47 @@ Result<VmRecord> VmFromJson(const std::string& name, const json& j) {
 }
 
 }  // namespace
+
+Result<StateDirLock> StateDirLock::Acquire(const std::string& dir) {
+  const std::string path = dir + "/vcryptd.lock";
+  UniqueFd fd(
+      open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd.valid())
+    return MakeError(ErrorCode::kIo,
+                     "cannot open " + path + ": " + std::strerror(errno));
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;  // l_start = l_len = 0: the whole file
+  if (fcntl(fd.get(), F_OFD_SETLK, &fl) != 0) {
+    const int err = errno;
+    if (err != EAGAIN && err != EACCES)
+      return MakeError(ErrorCode::kIo,
+                       "cannot lock " + path + ": " + std::strerror(err));
+    // F_OFD_GETLK reports no PID for OFD locks: the holder wrote it.
+    char buf[24] = {};
+    const ssize_t n = pread(fd.get(), buf, sizeof buf - 1, 0);
+    std::string pid;
+    for (ssize_t i = 0;
+         i < n && std::isdigit(static_cast<unsigned char>(buf[i])); ++i)
+      pid += buf[i];
+    return MakeError(
+        ErrorCode::kBusy,
+        "state directory " + dir + " is in use by vcryptd (pid " +
+            (pid.empty() ? std::string("unknown") : pid) +
+            "); stop that one first, or give this one another --state-dir");
+  }
+  const std::string pid = std::to_string(getpid()) + "\n";
+  if (ftruncate(fd.get(), 0) != 0 ||
+      pwrite(fd.get(), pid.data(), pid.size(), 0) !=
+          static_cast<ssize_t>(pid.size()))
+    return MakeError(ErrorCode::kIo,
+                     "cannot write " + path + ": " + std::strerror(errno));
+  return StateDirLock(std::move(fd));
+}
+
+StateDirLock::~StateDirLock() {
+  if (fd_.valid()) (void)!ftruncate(fd_.get(), 0);
+}
 
 Result<StateStore> StateStore::Open(const std::string& dir) {
   VCRYPT_RETURN_IF_ERROR(MakeDirs(dir, 0700));

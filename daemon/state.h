@@ -4,6 +4,8 @@
 //   state.json              {"version":1,"default_provider":"..."}
 //   inventory.json          {"version":1,"vms":{...}} (see VmRecord)
 //   providers/<name>/       one directory per provider, owned by it
+//   vcryptd.lock            held by the one vcryptd using the directory
+//                           (StateDirLock); holds its PID
 //
 // Every file is written atomically (common/atomic_file.h). The inventory
 // is a convenience index: each volume's own header holds everything needed
@@ -15,12 +17,12 @@
 #define VCRYPT_DAEMON_STATE_H_
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
-#include <nlohmann/json.hpp>
-
 #include "common/clock.h"
+#include "common/handles.h"
 #include "common/result.h"
 #include "keyproviders/key_provider.h"
 
@@ -54,6 +56,35 @@ struct VmRecord {
   std::string created;   // RFC 3339 UTC
   std::map<std::string, DiskRecord> disks;
   std::optional<PendingRekey> rekey;
+};
+
+// One vcryptd per state directory: an exclusive open file description
+// lock (fcntl F_OFD_SETLK) on <dir>/vcryptd.lock, held for the lifetime
+// of this object. Two daemons on one directory would each overwrite the
+// other's inventory and provider changes. An OFD lock (not flock(2), not
+// a POSIX record lock) because it belongs to the open file, not the
+// process: two acquisitions in one process conflict too, and the
+// reencryption helper, which is vcryptd re-executed, inherits nothing
+// (O_CLOEXEC). The kernel drops the lock when the holder dies, so a crash
+// never leaves a stale lock; the file itself stays (removing it would
+// let a third daemon lock a new file while a second holds the old one).
+class StateDirLock {
+ public:
+  // Creates <dir>/vcryptd.lock (0600) if needed, locks it without waiting
+  // and writes this process's PID into it. kBusy when another holder has
+  // it: "state directory DIR is in use by vcryptd (pid N)", N read from the
+  // file ("unknown" if the holder has not written it yet); kIo otherwise.
+  // `dir` must exist.
+  static Result<StateDirLock> Acquire(const std::string& dir);
+
+  StateDirLock(StateDirLock&&) = default;
+  StateDirLock& operator=(StateDirLock&&) = default;
+  // Empties the file (no stale PID) and releases the lock.
+  ~StateDirLock();
+
+ private:
+  explicit StateDirLock(UniqueFd fd) : fd_(std::move(fd)) {}
+  UniqueFd fd_;
 };
 
 class StateStore {

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <thread>
 
+#include "common/openssl_secure_heap.h"
 #include "trustauthority/ta_tool.h"
 
 namespace {
@@ -22,6 +23,13 @@ int main(int argc, char** argv) {
   prctl(PR_SET_DUMPABLE, 0);
   // A client that goes away mid-reply must not kill the service.
   signal(SIGPIPE, SIG_IGN);
+  // Before any key is loaded: OpenSSL keeps the private keys it holds (the
+  // token signing key, host keys) in its secure heap.
+  // Exit 4, as for other memory that cannot be locked (trusted-admin.md).
+  if (auto st = vcrypt::InitOpensslSecureHeap(); !st.ok()) {
+    std::cerr << "vcrypt-ta: " << st.error().message << std::endl;
+    return static_cast<int>(vcrypt::ErrorCode::kPermissionDenied);
+  }
 
   g_control = new vcrypt::ServiceControl;
   vcrypt::ServiceControl& control = *g_control;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <ctime>
 #include <utility>
@@ -357,15 +358,69 @@ Error OpensslError(const std::string& what) {
   return MakeError(ErrorCode::kInternal, "OpenSSL failed to " + what);
 }
 
-Error BackupUnreadable(const std::string& path) {
-  return MakeError(ErrorCode::kCrypto, "cannot read backup " + path +
-                                           ": wrong password or damaged file");
+// `what` names the backup in messages: "backup FILE" or "the backup".
+Error BackupUnreadable(const std::string& what) {
+  return MakeError(ErrorCode::kCrypto,
+                   "cannot read " + what + ": wrong password or damaged file");
 }
 
-Error NotOurBackup(const std::string& path, const std::string& why) {
-  return MakeError(
-      ErrorCode::kInvalidArgument,
-      "backup " + path + " does not hold a vcrypt native primary key: " + why);
+Error NotOurBackup(const std::string& what, const std::string& why) {
+  return MakeError(ErrorCode::kInvalidArgument,
+                   what + " does not hold a vcrypt native primary key: " + why);
+}
+
+// One iteration count a backup claims (`iter` null: the default, 1).
+Status CheckIterationCount(const ASN1_INTEGER* iter, const char* of,
+                           const std::string& what) {
+  int64_t n = 1;
+  if (iter != nullptr && ASN1_INTEGER_get_int64(&n, iter) != 1)
+    n = INT64_MAX;  // does not even fit
+  if (n >= 1 && n <= kMaxBackupIterations) return Status::Ok();
+  return MakeError(ErrorCode::kInvalidArgument,
+                   what + " claims " + std::to_string(n) + " iterations for " +
+                       of + "; vcrypt accepts 1 to " +
+                       std::to_string(kMaxBackupIterations) +
+                       ": not a vcrypt backup, or damaged");
+}
+
+using Pbe2ParamPtr =
+    std::unique_ptr<PBE2PARAM, FnDeleter<PBE2PARAM, PBE2PARAM_free>>;
+using Pbkdf2ParamPtr =
+    std::unique_ptr<PBKDF2PARAM, FnDeleter<PBKDF2PARAM, PBKDF2PARAM_free>>;
+
+// Every key derivation reading `p12` would run, bounded before any runs:
+// the MAC's KDF and the PBKDF2 of each encrypted safe (a file claiming
+// 2^31 - 1 iterations would otherwise keep vcryptd busy for hours). An
+// encrypted safe must use PBES2 with PBKDF2, as Backup writes it (other
+// schemes, scrypt among them, have other costs to bound).
+Status CheckDerivationCosts(PKCS12* p12, const std::string& what) {
+  const ASN1_INTEGER* mac_iter = nullptr;
+  PKCS12_get0_mac(nullptr, nullptr, nullptr, &mac_iter, p12);
+  VCRYPT_RETURN_IF_ERROR(CheckIterationCount(mac_iter, "its MAC", what));
+  // The authenticated safe is plain data: unpacking it derives nothing.
+  Pkcs7StackPtr safes(PKCS12_unpack_authsafes(p12));
+  if (!safes) return Status::Ok();  // refused as malformed after the MAC
+  for (int i = 0; i < sk_PKCS7_num(safes.get()); ++i) {
+    PKCS7* safe = sk_PKCS7_value(safes.get(), i);
+    if (PKCS7_type_is_encrypted(safe) != 1) continue;  // nothing to derive
+    // Not vouched for by the MAC yet, and its content is OPTIONAL.
+    if (safe->d.encrypted == nullptr || safe->d.encrypted->enc_data == nullptr)
+      return NotOurBackup(what, "its encrypted safe has no content");
+    const X509_ALGOR* alg = safe->d.encrypted->enc_data->algorithm;
+    if (alg == nullptr || OBJ_obj2nid(alg->algorithm) != NID_pbes2)
+      return NotOurBackup(what, "its safe is not encrypted with PBES2");
+    Pbe2ParamPtr pbe2(static_cast<PBE2PARAM*>(
+        ASN1_TYPE_unpack_sequence(ASN1_ITEM_rptr(PBE2PARAM), alg->parameter)));
+    if (!pbe2 || pbe2->keyfunc == nullptr ||
+        OBJ_obj2nid(pbe2->keyfunc->algorithm) != NID_id_pbkdf2)
+      return NotOurBackup(what, "its safe's key derivation is not PBKDF2");
+    Pbkdf2ParamPtr kdf(static_cast<PBKDF2PARAM*>(ASN1_TYPE_unpack_sequence(
+        ASN1_ITEM_rptr(PBKDF2PARAM), pbe2->keyfunc->parameter)));
+    if (!kdf) return NotOurBackup(what, "its safe's PBKDF2 is malformed");
+    VCRYPT_RETURN_IF_ERROR(
+        CheckIterationCount(kdf->iter, "the PBKDF2 of its safe", what));
+  }
+  return Status::Ok();
 }
 
 // Builds the PKCS7 encryptedData safe by hand (what PKCS12_add_safe does)
@@ -439,16 +494,26 @@ Status NativeProvider::Backup(const std::string& out_path,
                               const SecureBuffer& password,
                               int iterations) const {
   VCRYPT_RETURN_IF_ERROR(CheckPassword(password));
-  if (iterations < 1) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "backup iteration count must be positive");
-  }
   struct stat st;
   if (lstat(out_path.c_str(), &st) == 0) {
     return MakeError(ErrorCode::kExists,
                      out_path + " already exists; choose another file name");
   } else if (errno != ENOENT) {
     return ErrnoError(ErrorCode::kIo, "cannot inspect " + out_path, errno);
+  }
+  VCRYPT_ASSIGN_OR_RETURN(std::string der, BackupBytes(password, iterations));
+  AtomicWriteOptions opts;
+  opts.mode = 0600;
+  return WriteFileAtomic(out_path, der, opts);
+}
+
+Result<std::string> NativeProvider::BackupBytes(const SecureBuffer& password,
+                                                int iterations) const {
+  VCRYPT_RETURN_IF_ERROR(CheckPassword(password));
+  if (iterations < 1 || iterations > kMaxBackupIterations) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "backup iteration count must be 1 to " +
+                         std::to_string(kMaxBackupIterations));
   }
   const SecureBuffer pw = NulTerminated(password);
   const int passlen = static_cast<int>(password.size());
@@ -494,11 +559,9 @@ Status NativeProvider::Backup(const std::string& out_path,
   const int der_len = i2d_PKCS12(p12.get(), &der);
   OpensslBytePtr der_owner(der);
   if (der_len <= 0) return OpensslError("encode the backup");
-  AtomicWriteOptions opts;
-  opts.mode = 0600;
-  return WriteFileAtomic(
-      out_path, std::span<const uint8_t>(der, static_cast<size_t>(der_len)),
-      opts);
+  // Encrypted under the password: an ordinary string is fine.
+  return std::string(reinterpret_cast<const char*>(der),
+                     static_cast<size_t>(der_len));
 }
 
 Result<std::unique_ptr<NativeProvider>> NativeProvider::Restore(
@@ -524,59 +587,68 @@ Result<std::unique_ptr<NativeProvider>> NativeProvider::Restore(
   }
   // The file is encrypted: reading it into a std::string is fine.
   VCRYPT_ASSIGN_OR_RETURN(std::string file, ReadFile(p12_path));
-  const auto* p = reinterpret_cast<const unsigned char*>(file.data());
-  const auto* end = p + file.size();
-  Pkcs12Ptr p12(d2i_PKCS12(nullptr, &p, static_cast<long>(file.size())));
+  return RestoreBytes(file, password, name, dir, "backup " + p12_path);
+}
+
+Result<std::unique_ptr<NativeProvider>> NativeProvider::RestoreBytes(
+    std::string_view der, const SecureBuffer& password, const std::string& name,
+    const std::string& dir, const std::string& what) {
+  VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
+  VCRYPT_RETURN_IF_ERROR(CheckPassword(password));
+  VCRYPT_RETURN_IF_ERROR(CheckDirUnused(dir));
+  if (der.size() > kMaxBackupFileSize) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     what + " is not a vcrypt backup (too large)");
+  }
+  const auto* p = reinterpret_cast<const unsigned char*>(der.data());
+  const auto* end = p + der.size();
+  Pkcs12Ptr p12(d2i_PKCS12(nullptr, &p, static_cast<long>(der.size())));
   if (!p12 || p != end) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "cannot read backup " + p12_path +
+                     "cannot read " + what +
                          ": not a PKCS#12 file, or damaged (truncated?)");
   }
   if (PKCS12_mac_present(p12.get()) != 1) {
     return MakeError(ErrorCode::kInvalidArgument,
-                     "backup " + p12_path +
+                     what +
                          " has no MAC (integrity check); vcrypt did not "
                          "make it");
   }
-  const ASN1_INTEGER* mac_iter = nullptr;
-  PKCS12_get0_mac(nullptr, nullptr, nullptr, &mac_iter, p12.get());
-  if (mac_iter != nullptr) {
-    const long n = ASN1_INTEGER_get(mac_iter);
-    if (n < 1 || n > kMaxBackupIterations) return BackupUnreadable(p12_path);
-  }
+  // Before the first (deliberately slow) derivation, not after.
+  VCRYPT_RETURN_IF_ERROR(CheckDerivationCosts(p12.get(), what));
   const SecureBuffer pw = NulTerminated(password);
   const int passlen = static_cast<int>(password.size());
   if (PKCS12_verify_mac(p12.get(), pw.chars(), passlen) != 1) {
-    return BackupUnreadable(p12_path);
+    return BackupUnreadable(what);
   }
 
   // The MAC verified: the contents are authentic. Insist on exactly what
   // Backup writes: one encrypted safe holding one 32-byte secret bag.
   Pkcs7StackPtr safes(PKCS12_unpack_authsafes(p12.get()));
   if (!safes || sk_PKCS7_num(safes.get()) != 1)
-    return NotOurBackup(p12_path, "expected one safe");
+    return NotOurBackup(what, "expected one safe");
   PKCS7* safe = sk_PKCS7_value(safes.get(), 0);
   if (PKCS7_type_is_encrypted(safe) != 1)
-    return NotOurBackup(p12_path, "the safe is not encrypted");
+    return NotOurBackup(what, "the safe is not encrypted");
   SecretBagStackPtr bags(PKCS12_unpack_p7encdata(safe, pw.chars(), passlen));
-  if (!bags) return BackupUnreadable(p12_path);
+  if (!bags) return BackupUnreadable(what);
   if (sk_PKCS12_SAFEBAG_num(bags.get()) != 1)
-    return NotOurBackup(p12_path, "expected exactly one bag");
+    return NotOurBackup(what, "expected exactly one bag");
   PKCS12_SAFEBAG* bag = sk_PKCS12_SAFEBAG_value(bags.get(), 0);
   if (PKCS12_SAFEBAG_get_nid(bag) != NID_secretBag ||
       PKCS12_SAFEBAG_get_bag_nid(bag) != NID_aes_256_gcm) {
-    return NotOurBackup(p12_path, "expected an AES-256 secret bag");
+    return NotOurBackup(what, "expected an AES-256 secret bag");
   }
   const ASN1_TYPE* value = PKCS12_SAFEBAG_get0_bag_obj(bag);
   if (value == nullptr || value->type != V_ASN1_OCTET_STRING ||
       value->value.octet_string == nullptr ||
       ASN1_STRING_length(value->value.octet_string) !=
           static_cast<int>(kPrimaryKeySize)) {
-    return NotOurBackup(p12_path, "the secret is not 32 bytes");
+    return NotOurBackup(what, "the secret is not 32 bytes");
   }
   OpensslCharPtr friendly(PKCS12_get_friendlyname(bag));
   if (!friendly || !IsUuid(friendly.get()))
-    return NotOurBackup(p12_path, "its friendly name is not a primary key ID");
+    return NotOurBackup(what, "its friendly name is not a primary key ID");
   std::string id = friendly.get();
   // Copy into locked memory; `bags` wipes OpenSSL's copy when it goes.
   SecureBuffer key = SecureBuffer::CopyOf(std::span<const uint8_t>(

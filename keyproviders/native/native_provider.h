@@ -48,8 +48,11 @@ namespace vcrypt {
 // Iteration count of the backup's PBKDF2-HMAC-SHA256 (and of its MAC KDF).
 // OWASP 2023 guidance for PBKDF2-HMAC-SHA256.
 inline constexpr int kBackupIterations = 600000;
-// Restore refuses a file claiming more MAC iterations than this, so that a
-// damaged iteration count fails fast instead of hanging for hours.
+// The most iterations a backup may claim, for its MAC's KDF and for the
+// PBKDF2 of its safe alike: about 16 times what Backup writes, so backups
+// of a future, costlier default still restore, while a file claiming, say,
+// 2^31 - 1 (hours of derivation) is refused before any derivation runs.
+// A restore at the cap costs a few seconds of CPU. Backup refuses more.
 inline constexpr int kMaxBackupIterations = 10000000;
 // Backups larger than this are not ours (ours are under 1 KiB).
 inline constexpr size_t kMaxBackupFileSize = 64 * 1024;
@@ -93,12 +96,19 @@ class NativeProvider : public KeyProvider {
   //    produces, so any OpenSSL 3 can read the file.
   // The password is used as given (see StripPasswordFileNewline); empty,
   // longer than 1024 bytes or containing a NUL byte → kInvalidArgument
-  // (other tools could not type it). `iterations` < 1 → kInvalidArgument;
-  // production callers use the default and only tests pass a lower value. The
+  // (other tools could not type it). `iterations` outside
+  // 1..kMaxBackupIterations → kInvalidArgument; production callers use the
+  // default and only tests pass another value. The
   // file is written atomically with mode 0600; kExists if `out_path` exists (a
   // backup is never overwritten), kIo on write errors.
   Status Backup(const std::string& out_path, const SecureBuffer& password,
                 int iterations = kBackupIterations) const;
+  // The same PKCS#12 file, returned instead of written (it is encrypted
+  // under the password, so it may live in ordinary memory). `iterations`
+  // outside 1..kMaxBackupIterations → kInvalidArgument. vcryptd sends it
+  // to the client, which writes the file: no temporary file anywhere.
+  Result<std::string> BackupBytes(const SecureBuffer& password,
+                                  int iterations = kBackupIterations) const;
   // Reads such a file and creates a provider named `name` in `dir` with the
   // same primary key and primary key ID (Create's rules for `name`/`dir`;
   // kExists if `dir` is in use, checked before the slow key derivation).
@@ -109,14 +119,23 @@ class NativeProvider : public KeyProvider {
   //    file without a MAC; or a file whose MAC verifies but which holds
   //    something else than one vcrypt primary key (exactly one encrypted
   //    safe with one 32-byte id-aes256-GCM secret bag, friendlyName a UUID);
+  //    An iteration count (of the MAC's KDF or of an encrypted safe's
+  //    PBKDF2) outside 1..kMaxBackupIterations, or a safe encrypted other
+  //    than with PBES2/PBKDF2, is kInvalidArgument too ("backup FILE claims
+  //    N iterations for ...; vcrypt accepts 1 to 10000000: ..."), found
+  //    before any key derivation runs;
   //  - kCrypto "cannot read backup FILE: wrong password or damaged file":
   //    the MAC does not verify (a wrong password and a modified file are
-  //    indistinguishable by design of PKCS#12 MACs), or it claims more than
-  //    kMaxBackupIterations iterations.
+  //    indistinguishable by design of PKCS#12 MACs).
   // Nothing is left in `dir` on failure.
   static Result<std::unique_ptr<NativeProvider>> Restore(
       const std::string& p12_path, const SecureBuffer& password,
       const std::string& name, const std::string& dir);
+  // The same from the file's bytes (`der`, at most kMaxBackupFileSize).
+  // Messages name the backup as `what` ("backup FILE" for Restore).
+  static Result<std::unique_ptr<NativeProvider>> RestoreBytes(
+      std::string_view der, const SecureBuffer& password,
+      const std::string& name, const std::string& dir, const std::string& what);
 
   const std::string& name() const override { return name_; }
   std::string_view type() const override { return "native"; }
