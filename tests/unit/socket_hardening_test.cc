@@ -318,6 +318,15 @@ class SocketHardeningTest : public ::testing::Test {
     daemon_.emplace(dir_.path(), std::move(o));
     ASSERT_TRUE(daemon_->up()) << daemon_->Log();
   }
+  // Native provider p1 and VM vm1, as root.
+  void AddProviderAndVm() {
+    ASSERT_EQ(
+        ErrorCodeOf(Call("provider.add", {{"type", "native"}, {"name", "p1"}},
+                         Peer::Root())),
+        "ok");
+    ASSERT_EQ(ErrorCodeOf(Call("vm.create", {{"vm", "vm1"}}, Peer::Root())),
+              "ok");
+  }
   Json Call(const std::string& op, const Json& args, const Peer& peer,
             const std::string& secret = "") {
     return vcrypt::Call(daemon_->socket(), op, args, peer, secret);
@@ -478,12 +487,7 @@ TEST_F(SocketHardeningTest, OperatorFormatsOnlyUnderVolumePaths) {
   VcryptdProcess::Options o;
   o.config = {{"volume_paths", {vols}}};
   Start(o);
-  ASSERT_EQ(
-      ErrorCodeOf(Call("provider.add", {{"type", "native"}, {"name", "p1"}},
-                       Peer::Root())),
-      "ok");
-  ASSERT_EQ(ErrorCodeOf(Call("vm.create", {{"vm", "vm1"}}, Peer::Root())),
-            "ok");
+  ASSERT_NO_FATAL_FAILURE(AddProviderAndVm());
   auto create = [&](const std::string& disk, const std::string& key,
                     const std::string& path) {
     Json a = {{"vm", "vm1"}, {"disk", disk}, {key, path}};
@@ -521,12 +525,7 @@ TEST_F(SocketHardeningTest, OperatorFormatsOnlyUnderVolumePaths) {
 // must stay byte for byte as it was.
 TEST_F(SocketHardeningTest, FormatCannotBeRedirectedBySwappingThePath) {
   Start();
-  ASSERT_EQ(
-      ErrorCodeOf(Call("provider.add", {{"type", "native"}, {"name", "p1"}},
-                       Peer::Root())),
-      "ok");
-  ASSERT_EQ(ErrorCodeOf(Call("vm.create", {{"vm", "vm1"}}, Peer::Root())),
-            "ok");
+  ASSERT_NO_FATAL_FAILURE(AddProviderAndVm());
   ASSERT_EQ(ErrorCodeOf(Call("vm.create", {{"vm", "canary"}}, Peer::Root())),
             "ok");
   const std::string canary = dir_ / "canary.img";
@@ -758,12 +757,7 @@ TEST_F(SocketHardeningTest, HalfARequestIsDroppedAfterTheTimeout) {
 // (and audits) every cached KEK.
 TEST_F(SocketHardeningTest, StopsPromptlyWithIdleClientsAndEvictsKeks) {
   Start();
-  ASSERT_EQ(
-      ErrorCodeOf(Call("provider.add", {{"type", "native"}, {"name", "p1"}},
-                       Peer::Root())),
-      "ok");
-  ASSERT_EQ(ErrorCodeOf(Call("vm.create", {{"vm", "vm1"}}, Peer::Root())),
-            "ok");
+  ASSERT_NO_FATAL_FAILURE(AddProviderAndVm());
   std::vector<int> idle;
   for (int i = 0; i < 5; ++i) idle.push_back(ConnectTo(daemon_->socket()));
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
