@@ -1,6 +1,8 @@
 #include "common/wire.h"
 
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,11 +13,32 @@
 namespace vcrypt {
 namespace {
 
+// write(2) to a pipe whose reader is gone, without SIGPIPE killing the
+// process (send's MSG_NOSIGNAL does that for sockets only): SIGPIPE is
+// blocked in this thread for the write, and the one it raised, if any, is
+// taken off the thread's pending set before the mask is restored.
+ssize_t WriteNoSigpipe(int fd, const void* p, size_t n) {
+  sigset_t pipe_only, old;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
+  ssize_t w = ::write(fd, p, n);
+  int err = errno;
+  if (w < 0 && err == EPIPE) {
+    timespec zero = {0, 0};
+    while (sigtimedwait(&pipe_only, nullptr, &zero) < 0 && errno == EINTR) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  errno = err;
+  return w;
+}
+
 Status WriteAll(int fd, const void* data, size_t n) {
   const char* p = static_cast<const char*>(data);
   while (n > 0) {
     ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == ENOTSOCK) w = ::write(fd, p, n);
+    if (w < 0 && errno == ENOTSOCK) w = WriteNoSigpipe(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
       return MakeError(ErrorCode::kIo,
