@@ -118,6 +118,30 @@ std::optional<ClockInfo> ClockFrom(const Json& j) {
   return c;
 }
 
+// Trust on first use for a host registered by TPM CA alone: the EK it is
+// pinned to (recorded when its first enrollment finished; for records
+// written before pinning existed, the EK it enrolled with), if any.
+std::optional<std::string> PinnedEk(const Json& rec) {
+  if (rec.contains("pinned_ek") && rec["pinned_ek"].is_string())
+    return rec["pinned_ek"].get<std::string>();
+  if (rec.contains("enrolled") && rec["enrolled"].is_object() &&
+      rec["enrolled"].contains("ek") && rec["enrolled"]["ek"].is_string())
+    return rec["enrolled"]["ek"].get<std::string>();
+  return std::nullopt;
+}
+
+Status CheckPinnedEk(const std::string& host, const Json& rec,
+                     const std::string& ek_b64) {
+  auto pinned = PinnedEk(rec);
+  if (!pinned || *pinned == ek_b64) return Status::Ok();
+  return MakeError(ErrorCode::kPermissionDenied,
+                   "host '" + host +
+                       "' is pinned to the EK of the TPM that first enrolled "
+                       "as it; another TPM is refused until an admin runs "
+                       "'vcrypt-ta admin --state DIR host remove " +
+                       host + "' and adds the host again");
+}
+
 }  // namespace
 
 Result<AttestationService> AttestationService::Open(AttestationConfig config,
@@ -226,6 +250,9 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
                        "the EK certificate is not one DER certificate");
     VCRYPT_RETURN_IF_ERROR(VerifyEkChain(cert.get(), Path("tpm-cas")));
     VCRYPT_RETURN_IF_ERROR(CheckCertificateKey(ek, cert.get()));
+    // Checked again when the enrollment finishes (another TPM may finish
+    // first); refused here already so that it learns early.
+    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, *rec, Base64Encode(ek.wire)));
   }
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer secret, RandomKey(32));
   VCRYPT_ASSIGN_OR_RETURN(MadeCredential cred,
@@ -269,6 +296,16 @@ Status AttestationService::FinishEnrollment(const std::string& id,
     return denied();
   const std::string host = (*pending)["host"].get<std::string>();
   VCRYPT_ASSIGN_OR_RETURN(Json rec, ReadJson(Path("hosts/" + host + ".json")));
+  if (!rec.contains("ek")) {
+    // Registered by TPM CA: the first EK to get here is the host's from
+    // now on (recorded in the same atomic write as the enrollment).
+    const std::string ek = (*pending)["ek"].get<std::string>();
+    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, rec, ek));
+    if (!rec.contains("pinned_ek")) {
+      rec["pinned_ek"] = ek;
+      rec["pinned_at"] = Now();
+    }
+  }
   rec["enrolled"] = {
       {"ek", (*pending)["ek"]}, {"ak", (*pending)["ak"]}, {"at", Now()}};
   rec.erase("last_clock");

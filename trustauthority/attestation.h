@@ -5,6 +5,8 @@
 // State lives in one directory (so several replicas can share it):
 //   tpm-cas/<sha256>.pem        TPM CA certificates
 //   hosts/<host>.json           {"ek": b64 TPM2B_PUBLIC or absent,
+//                                "pinned_ek": b64, "pinned_at" (no "ek":
+//                                the first EK that enrolled, TOFU),
 //                                "enrolled": {"ek","ak": b64, "at"},
 //                                "last_clock": {...}}
 //   baselines/<name>.json       {"values": [hex...]} over the service's
@@ -66,7 +68,10 @@ class AttestationService {
   // to one of them unless the host's EK is registered explicitly.
   Status AddTpmCa(const std::string& pem);
   // Registers a host; with `ek`, only that EK (TPM2B_PUBLIC) is accepted
-  // for it, else an EK certificate chaining to a registered TPM CA.
+  // for it, else an EK certificate chaining to a registered TPM CA, and
+  // then only the EK of the first TPM that finishes enrolling as it
+  // (trust on first use, recorded in the host's record) until the host
+  // is removed.
   Status AddHost(const std::string& host,
                  std::optional<std::vector<uint8_t>> ek);
   Status RemoveHost(const std::string& host);
@@ -81,12 +86,16 @@ class AttestationService {
   // registered key, or `ek_cert` certifies it and chains to a TPM CA),
   // that `ak` is a restricted signing key, and returns a credential only
   // that TPM (EK) holding that AK can open. kNotFound (host),
-  // kPermissionDenied (EK not trusted), kInvalidArgument (malformed keys).
+  // kPermissionDenied (EK not trusted, or not the EK the host is pinned
+  // to), kInvalidArgument (malformed keys).
   Result<EnrollmentChallenge> StartEnrollment(
       const std::string& host, std::span<const uint8_t> ek,
       std::optional<std::vector<uint8_t>> ek_cert, std::span<const uint8_t> ak);
-  // The secret the TPM recovered: binds the AK to the host. Single use;
-  // kPermissionDenied for a wrong secret, an unknown or expired id.
+  // The secret the TPM recovered: binds the AK to the host (and, for a
+  // host registered by TPM CA, pins the host to the EK if it is the
+  // first). Single use; kPermissionDenied for a wrong secret, an unknown
+  // or expired id, or an EK other than the one the host got pinned to
+  // since the challenge was issued.
   Status FinishEnrollment(const std::string& id, const SecureBuffer& secret);
 
   // --- attestation ---
