@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/atomic_file.h"
 #include "common/base64.h"
@@ -142,6 +143,39 @@ Status CheckPinnedEk(const std::string& host, const Json& rec,
                        host + "' and adds the host again");
 }
 
+// The expiry times of a directory's unexpired nonces or challenges.
+std::multiset<int64_t> UnexpiredIn(const std::string& dir) {
+  std::multiset<int64_t> out;
+  const int64_t now = Now();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.path().extension() != ".json") continue;
+    auto j = ReadJson(e.path().string());
+    if (j.ok() && j->contains("expires") &&
+        (*j)["expires"].is_number_integer() &&
+        (*j)["expires"].get<int64_t>() >= now)
+      out.insert((*j)["expires"].get<int64_t>());
+  }
+  return out;
+}
+
+// Forgets the expired ones; how many are left.
+size_t Outstanding(std::multiset<int64_t>& expiries) {
+  expiries.erase(expiries.begin(), expiries.lower_bound(Now()));
+  return expiries.size();
+}
+
+void Forget(std::multiset<int64_t>& expiries, int64_t expires) {
+  auto it = expiries.find(expires);
+  if (it != expiries.end()) expiries.erase(it);
+}
+
+Error TooMany(const std::string& what, size_t cap) {
+  return MakeError(ErrorCode::kBusy,
+                   "too many outstanding " + what + " (" + std::to_string(cap) +
+                       "): the service is overloaded, retry later");
+}
+
 }  // namespace
 
 Result<AttestationService> AttestationService::Open(AttestationConfig config,
@@ -151,7 +185,10 @@ Result<AttestationService> AttestationService::Open(AttestationConfig config,
     VCRYPT_RETURN_IF_ERROR(MakeDirs(config.state_dir + "/" + d));
   if (config.selection.pcrs.empty())
     return MakeError(ErrorCode::kInvalidArgument, "the PCR selection is empty");
-  return AttestationService(std::move(config), std::move(key));
+  AttestationService svc(std::move(config), std::move(key));
+  svc.nonce_expiries_ = UnexpiredIn(svc.Path("nonces"));
+  svc.enrollment_expiries_ = UnexpiredIn(svc.Path("enrollments"));
+  return svc;
 }
 
 Status AttestationService::AddTpmCa(const std::string& pem) {
@@ -219,6 +256,8 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
     std::optional<std::vector<uint8_t>> ek_cert,
     std::span<const uint8_t> ak_wire) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
+  if (Outstanding(enrollment_expiries_) >= config_.max_outstanding)
+    return TooMany("enrollment challenges", config_.max_outstanding);
   auto rec = ReadJson(Path("hosts/" + host + ".json"));
   if (!rec.ok())
     return MakeError(ErrorCode::kNotFound,
@@ -260,15 +299,17 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer idb, RandomKey(16));
   const std::string id =
       HexEncode(std::span<const uint8_t>(idb.data(), idb.size()));
+  const int64_t expires = Now() + config_.enrollment_lifetime.count();
   Json pending = {{"host", host},
                   {"ek", Base64Encode(ek.wire)},
                   {"ak", Base64Encode(ak.wire)},
                   {"secret_sha256", HexEncode(Sha256(std::span<const uint8_t>(
                                         secret.data(), secret.size())))},
-                  {"expires", Now() + config_.enrollment_lifetime.count()}};
+                  {"expires", expires}};
   VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(Path("enrollments/" + id + ".json"),
                                          pending.dump(),
                                          AtomicWriteOptions{0600, {}}));
+  enrollment_expiries_.insert(expires);
   return EnrollmentChallenge{id, std::move(cred)};
 }
 
@@ -288,7 +329,9 @@ Status AttestationService::FinishEnrollment(const std::string& id,
   if (!pending.ok()) return denied();
   // Single use: only one unlink succeeds, whichever replica.
   if (unlink(path.c_str()) != 0) return denied();
-  if ((*pending).value("expires", int64_t{0}) < Now()) return denied();
+  const int64_t expires = (*pending).value("expires", int64_t{0});
+  Forget(enrollment_expiries_, expires);
+  if (expires < Now()) return denied();
   auto want = HexDecode((*pending).value("secret_sha256", std::string()));
   auto got = Sha256(std::span<const uint8_t>(secret.data(), secret.size()));
   if (!want.ok() || want->size() != got.size() ||
@@ -342,6 +385,8 @@ Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
     last_purge_ = Now();
     PurgeExpired();
   }
+  if (Outstanding(nonce_expiries_) >= config_.max_outstanding)
+    return TooMany("nonces", config_.max_outstanding);
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer n, RandomKey(32));
   NonceGrant g;
   g.nonce.assign(n.data(), n.data() + n.size());
@@ -351,6 +396,7 @@ Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
       WriteFileAtomic(Path("nonces/" + HexEncode(g.nonce) + ".json"),
                       Json{{"host", host}, {"expires", g.expires}}.dump(),
                       AtomicWriteOptions{0600, {}}));
+  nonce_expiries_.insert(g.expires);
   return g;
 }
 
@@ -379,6 +425,7 @@ Result<std::string> AttestationService::Attest(
   if (!issued.ok() || unlink(npath.c_str()) != 0)
     return MakeError(ErrorCode::kPermissionDenied,
                      "unknown or already used nonce");
+  Forget(nonce_expiries_, (*issued).value("expires", int64_t{0}));
   if ((*issued).value("host", std::string()) != host)
     return MakeError(ErrorCode::kPermissionDenied,
                      "the nonce was issued to another host");

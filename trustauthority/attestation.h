@@ -15,7 +15,9 @@
 //   nonces/<hex>.json           issued nonces (single use: consuming one
 //                               is unlink(2), which succeeds once)
 // Unused nonces and challenges are removed a minute after they expire
-// (on IssueNonce, at most once a minute).
+// (on IssueNonce, at most once a minute). Each instance caps the nonces,
+// and the challenges, that it issued and that are neither redeemed nor
+// expired (AttestationConfig::max_outstanding; counted in memory).
 // Files are written atomically (common/atomic_file.h). A host's last clock
 // is last-writer-wins between replicas.
 #ifndef VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
@@ -23,6 +25,7 @@
 
 #include <chrono>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -44,6 +47,11 @@ struct AttestationConfig {
   std::chrono::seconds nonce_lifetime{60};
   std::chrono::seconds enrollment_lifetime{300};
   std::chrono::seconds token_lifetime{300};
+  // Unredeemed, unexpired nonces this service instance has issued, and
+  // enrollment challenges, each at most this many: beyond, IssueNonce and
+  // StartEnrollment fail with kBusy (HTTP 503) and write nothing. Bounds
+  // the files an unauthenticated client can make the service write.
+  size_t max_outstanding = 10000;
 };
 
 struct EnrollmentChallenge {
@@ -87,7 +95,8 @@ class AttestationService {
   // that `ak` is a restricted signing key, and returns a credential only
   // that TPM (EK) holding that AK can open. kNotFound (host),
   // kPermissionDenied (EK not trusted, or not the EK the host is pinned
-  // to), kInvalidArgument (malformed keys).
+  // to), kInvalidArgument (malformed keys), kBusy (max_outstanding
+  // challenges out; nothing written).
   Result<EnrollmentChallenge> StartEnrollment(
       const std::string& host, std::span<const uint8_t> ek,
       std::optional<std::vector<uint8_t>> ek_cert, std::span<const uint8_t> ak);
@@ -99,6 +108,8 @@ class AttestationService {
   Status FinishEnrollment(const std::string& id, const SecureBuffer& secret);
 
   // --- attestation ---
+  // kNotFound (host), kBusy when config().max_outstanding unredeemed
+  // nonces are out (nothing written).
   Result<NonceGrant> IssueNonce(const std::string& host);
   // Verifies the quote (trustauthority/quote.h VerifyQuote, with the
   // host's enrolled AK and last clock; its extraData must be
@@ -129,6 +140,10 @@ class AttestationService {
 
   AttestationConfig config_;
   EcSigningKey key_;
+  // Expiry times of the unredeemed nonces and challenges this instance
+  // issued (those on disk when it opened included): the cap's count,
+  // without reading the directories per request.
+  std::multiset<int64_t> nonce_expiries_, enrollment_expiries_;
   int64_t last_purge_ = 0;  // unix seconds of the last PurgeExpired
 };
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -26,8 +27,9 @@ class TaHttpTest : public ::testing::Test {
   void SetUp() override {
     std::string why;
     if (!tpm_.Start(&why)) GTEST_SKIP() << why;
-    ASSERT_NO_FATAL_FAILURE(testing::OpenTaServices(dir_.path(), &att_, &kps_));
-    AddAttestationRoutes(server_, *att_, att_mu_);
+    ASSERT_NO_FATAL_FAILURE(
+        testing::OpenTaServices(dir_.path(), &att_, &kps_, max_outstanding_));
+    AddAttestationRoutes(server_, *att_, att_mu_, rate_);
     AddKpsRoutes(server_, *kps_, kps_mu_);
     port_ = server_.bind_to_any_port("127.0.0.1");
     ASSERT_GT(port_, 0);
@@ -54,6 +56,17 @@ class TaHttpTest : public ::testing::Test {
     return *Base64Decode(j.get<std::string>());
   }
 
+  // Files in a state subdirectory.
+  size_t Files(const std::string& sub) {
+    size_t n = 0;
+    for (const auto& e :
+         std::filesystem::directory_iterator(dir_.path() + "/" + sub))
+      n += e.path().extension() == ".json";
+    return n;
+  }
+
+  size_t max_outstanding_ = 10000;  // set before SetUp
+  ClientRateLimit rate_;
   testing::TempDir dir_{"ta-http"};
   testing::Swtpm tpm_;
   std::optional<AttestationService> att_;
@@ -157,6 +170,81 @@ TEST_F(TaHttpTest, MalformedRequestsGetOneClearError) {
   auto [st2, b2] =
       Post("/v1/kek", {{"token", "x.y.z"}, {"transport_key", "AAAA"}});
   EXPECT_EQ(st2 / 100, 4) << b2.dump();
+}
+
+// An unauthenticated client cannot make the service write without bound:
+// past the cap on outstanding nonces (and, separately, enrollment
+// challenges) the answer is 503 and nothing is written; a challenge that
+// is used frees its slot.
+class TaHttpCapTest : public TaHttpTest {
+ protected:
+  TaHttpCapTest() {
+    max_outstanding_ = 4;
+    rate_.per_second = 0;  // no rate limit here
+  }
+};
+
+TEST_F(TaHttpCapTest, OutstandingNoncesAndChallengesAreCapped) {
+  auto ek = host_->EkPublic();
+  auto ak = host_->AkPublic();
+  ASSERT_TRUE(ek.ok() && ak.ok());
+  ASSERT_TRUE(att_->AddHost("h1", *ek).ok());
+  for (int i = 0; i < 4; ++i)
+    ASSERT_EQ(Post("/v1/nonce", {{"host", "h1"}}).first, 200) << i;
+  auto [st, busy] = Post("/v1/nonce", {{"host", "h1"}});
+  EXPECT_EQ(st, 503) << busy.dump();
+  EXPECT_EQ(busy["error"]["code"], "busy") << busy.dump();
+  EXPECT_EQ(Files("nonces"), 4u);
+
+  const Json enroll = {
+      {"host", "h1"}, {"ek", Base64Encode(*ek)}, {"ak", Base64Encode(*ak)}};
+  Json first;
+  for (int i = 0; i < 4; ++i) {
+    auto [s, ch] = Post("/v1/enroll", enroll);
+    ASSERT_EQ(s, 200) << ch.dump();
+    if (i == 0) first = ch;
+  }
+  auto [st2, busy2] = Post("/v1/enroll", enroll);
+  EXPECT_EQ(st2, 503) << busy2.dump();
+  EXPECT_EQ(Files("enrollments"), 4u);
+
+  // Finishing a challenge frees its slot.
+  auto secret = host_->ActivateCredential(B(first["credential_blob"]),
+                                          B(first["encrypted_secret"]));
+  ASSERT_TRUE(secret.ok()) << secret.error().message;
+  ASSERT_EQ(Post("/v1/enroll/finish",
+                 {{"id", first["id"]},
+                  {"secret", Base64Encode(std::span<const uint8_t>(
+                                 secret->data(), secret->size()))}})
+                .first,
+            200);
+  EXPECT_EQ(Post("/v1/enroll", enroll).first, 200);
+  EXPECT_EQ(Post("/v1/enroll", enroll).first, 503);
+}
+
+// One client address gets `burst` unauthenticated requests, then 429
+// until its bucket refills; the service is not called meanwhile (no file
+// written). Authenticated routes are not limited.
+class TaHttpRateTest : public TaHttpTest {
+ protected:
+  TaHttpRateTest() {
+    rate_.per_second = 0.5;
+    rate_.burst = 3;
+  }
+};
+
+TEST_F(TaHttpRateTest, UnauthenticatedRoutesAreRateLimitedPerClient) {
+  ASSERT_TRUE(att_->AddHost("h1", std::nullopt).ok());
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(Post("/v1/nonce", {{"host", "h1"}}).first, 200) << i;
+  auto [st, limited] = Post("/v1/nonce", {{"host", "h1"}});
+  EXPECT_EQ(st, 429) << limited.dump();
+  EXPECT_TRUE(limited["error"]["message"].is_string()) << limited.dump();
+  // /v1/enroll shares the bucket.
+  EXPECT_EQ(Post("/v1/enroll", {{"host", "h1"}}).first, 429);
+  EXPECT_EQ(Files("nonces"), 3u);
+  // Not limited: a request that must carry a valid token anyway.
+  EXPECT_EQ(Post("/v1/kek", {{"token", "x.y.z"}}).first, 400);
 }
 
 }  // namespace
