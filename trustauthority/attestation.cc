@@ -256,8 +256,12 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
     std::optional<std::vector<uint8_t>> ek_cert,
     std::span<const uint8_t> ak_wire) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
-  if (Outstanding(enrollment_expiries_) >= config_.max_outstanding)
-    return TooMany("enrollment challenges", config_.max_outstanding);
+  {
+    // Early, before any work for a request that will be refused.
+    std::lock_guard lock(locks_->counters);
+    if (Outstanding(enrollment_expiries_) >= config_.max_outstanding)
+      return TooMany("enrollment challenges", config_.max_outstanding);
+  }
   auto rec = ReadJson(Path("hosts/" + host + ".json"));
   if (!rec.ok())
     return MakeError(ErrorCode::kNotFound,
@@ -306,10 +310,21 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
                   {"secret_sha256", HexEncode(Sha256(std::span<const uint8_t>(
                                         secret.data(), secret.size())))},
                   {"expires", expires}};
-  VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(Path("enrollments/" + id + ".json"),
-                                         pending.dump(),
-                                         AtomicWriteOptions{0600, {}}));
-  enrollment_expiries_.insert(expires);
+  {
+    // Checked again now, and the slot taken before the write: concurrent
+    // requests must not all pass the check above.
+    std::lock_guard lock(locks_->counters);
+    if (Outstanding(enrollment_expiries_) >= config_.max_outstanding)
+      return TooMany("enrollment challenges", config_.max_outstanding);
+    enrollment_expiries_.insert(expires);
+  }
+  if (auto st = WriteFileAtomic(Path("enrollments/" + id + ".json"),
+                                pending.dump(), AtomicWriteOptions{0600, {}});
+      !st.ok()) {
+    std::lock_guard lock(locks_->counters);
+    Forget(enrollment_expiries_, expires);
+    return std::move(st).error();
+  }
   return EnrollmentChallenge{id, std::move(cred)};
 }
 
@@ -330,7 +345,10 @@ Status AttestationService::FinishEnrollment(const std::string& id,
   // Single use: only one unlink succeeds, whichever replica.
   if (unlink(path.c_str()) != 0) return denied();
   const int64_t expires = (*pending).value("expires", int64_t{0});
-  Forget(enrollment_expiries_, expires);
+  {
+    std::lock_guard lock(locks_->counters);
+    Forget(enrollment_expiries_, expires);
+  }
   if (expires < Now()) return denied();
   auto want = HexDecode((*pending).value("secret_sha256", std::string()));
   auto got = Sha256(std::span<const uint8_t>(secret.data(), secret.size()));
@@ -338,6 +356,9 @@ Status AttestationService::FinishEnrollment(const std::string& id,
       CRYPTO_memcmp(want->data(), got.data(), got.size()) != 0)
     return denied();
   const std::string host = (*pending)["host"].get<std::string>();
+  // Read, pin and write as one step within this instance: two TPMs
+  // finishing at once must not both find the host unpinned.
+  std::lock_guard hosts_lock(locks_->hosts);
   VCRYPT_ASSIGN_OR_RETURN(Json rec, ReadJson(Path("hosts/" + host + ".json")));
   if (!rec.contains("ek")) {
     // Registered by TPM CA: the first EK to get here is the host's from
@@ -381,22 +402,40 @@ Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
   // Housekeeping on the way (at most once a minute per replica): nonces
   // and enrollment challenges that were never used are only ever removed
   // here.
-  if (Now() - last_purge_ >= 60) {
-    last_purge_ = Now();
-    PurgeExpired();
-  }
-  if (Outstanding(nonce_expiries_) >= config_.max_outstanding)
-    return TooMany("nonces", config_.max_outstanding);
-  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer n, RandomKey(32));
+  bool purge = false;
   NonceGrant g;
-  g.nonce.assign(n.data(), n.data() + n.size());
-  g.selection = config_.selection;
   g.expires = Now() + config_.nonce_lifetime.count();
-  VCRYPT_RETURN_IF_ERROR(
-      WriteFileAtomic(Path("nonces/" + HexEncode(g.nonce) + ".json"),
-                      Json{{"host", host}, {"expires", g.expires}}.dump(),
-                      AtomicWriteOptions{0600, {}}));
-  nonce_expiries_.insert(g.expires);
+  {
+    // The slot is taken before the write, under the lock; the I/O is not.
+    std::lock_guard lock(locks_->counters);
+    if (Now() - last_purge_ >= 60) {
+      last_purge_ = Now();
+      purge = true;
+    }
+    if (Outstanding(nonce_expiries_) >= config_.max_outstanding)
+      return TooMany("nonces", config_.max_outstanding);
+    nonce_expiries_.insert(g.expires);
+  }
+  auto give_back = [&] {
+    std::lock_guard lock(locks_->counters);
+    Forget(nonce_expiries_, g.expires);
+  };
+  if (purge) PurgeExpired();
+  auto n = RandomKey(32);
+  if (!n.ok()) {
+    give_back();
+    return std::move(n).error();
+  }
+  g.nonce.assign(n->data(), n->data() + n->size());
+  g.selection = config_.selection;
+  if (auto st =
+          WriteFileAtomic(Path("nonces/" + HexEncode(g.nonce) + ".json"),
+                          Json{{"host", host}, {"expires", g.expires}}.dump(),
+                          AtomicWriteOptions{0600, {}});
+      !st.ok()) {
+    give_back();
+    return std::move(st).error();
+  }
   return g;
 }
 
@@ -425,7 +464,10 @@ Result<std::string> AttestationService::Attest(
   if (!issued.ok() || unlink(npath.c_str()) != 0)
     return MakeError(ErrorCode::kPermissionDenied,
                      "unknown or already used nonce");
-  Forget(nonce_expiries_, (*issued).value("expires", int64_t{0}));
+  {
+    std::lock_guard lock(locks_->counters);
+    Forget(nonce_expiries_, (*issued).value("expires", int64_t{0}));
+  }
   if ((*issued).value("host", std::string()) != host)
     return MakeError(ErrorCode::kPermissionDenied,
                      "the nonce was issued to another host");
@@ -474,9 +516,21 @@ Result<std::string> AttestationService::Attest(
       break;
     }
   }
-  (*rec)["last_clock"] = ClockJson(q.clock);
-  VCRYPT_RETURN_IF_ERROR(
-      WriteFileAtomic(hpath, rec->dump(), AtomicWriteOptions{0600, {}}));
+  {
+    // The record as it is now (an enrollment may have finished meanwhile:
+    // its write must not be lost), and only while the AK is the one that
+    // made this quote.
+    std::lock_guard hosts_lock(locks_->hosts);
+    auto now_rec = ReadJson(hpath);
+    if (now_rec.ok() && now_rec->contains("enrolled") &&
+        (*now_rec)["enrolled"].is_object() &&
+        (*now_rec)["enrolled"].value("ak", std::string()) ==
+            (*rec)["enrolled"]["ak"].get<std::string>()) {
+      (*now_rec)["last_clock"] = ClockJson(q.clock);
+      VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(hpath, now_rec->dump(),
+                                             AtomicWriteOptions{0600, {}}));
+    }
+  }
   if (matched.empty())
     return MakeError(
         ErrorCode::kPermissionDenied,

@@ -24,6 +24,8 @@
 #define VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
 
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <span>
@@ -65,6 +67,11 @@ struct NonceGrant {
   int64_t expires = 0;  // unix seconds
 };
 
+// Thread-safe: the HTTP server calls it from several threads at once,
+// with no lock around the whole call. Its files are safe between threads
+// the way they are between replicas (single use by unlink(2), atomic
+// writes); the in-memory counters and a host record's read-modify-write
+// take their own short locks.
 class AttestationService {
  public:
   // Creates the state directories when missing.
@@ -144,6 +151,13 @@ class AttestationService {
   // issued (those on disk when it opened included): the cap's count,
   // without reading the directories per request.
   std::multiset<int64_t> nonce_expiries_, enrollment_expiries_;
+  // counters: last_purge_ and the expiry sets (never held across I/O).
+  // hosts: a host record's read-modify-write (FinishEnrollment's pin,
+  // Attest's last clock) within this instance.
+  struct Locks {
+    std::mutex counters, hosts;
+  };
+  std::unique_ptr<Locks> locks_ = std::make_unique<Locks>();
   int64_t last_purge_ = 0;  // unix seconds of the last PurgeExpired
 };
 

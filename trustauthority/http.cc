@@ -130,13 +130,14 @@ std::string Rate(double v) {
   return o.str();
 }
 
-// A POST route whose body is a JSON object, answered by `fn` under `mu`;
-// with `limiter`, each client address first takes a token from it.
-void Route(httplib::Server& server, const std::string& path, std::mutex& mu,
+// A POST route whose body is a JSON object, answered by `fn` (under `mu`
+// unless null); with `limiter`, each client address first takes a token
+// from it.
+void Route(httplib::Server& server, const std::string& path, std::mutex* mu,
            std::function<Result<Json>(const Json&)> fn,
            std::shared_ptr<RateLimiter> limiter = nullptr) {
-  server.Post(path, [&mu, fn, limiter](const httplib::Request& req,
-                                       httplib::Response& res) {
+  server.Post(path, [mu, fn, limiter](const httplib::Request& req,
+                                      httplib::Response& res) {
     if (limiter && !limiter->Allow(req.remote_addr)) {
       res.status = 429;
       res.set_header("Retry-After", "1");
@@ -154,7 +155,8 @@ void Route(httplib::Server& server, const std::string& path, std::mutex& mu,
     Json body = Json::parse(req.body, nullptr, false);
     if (!body.is_object())
       return Reply(res, Bad("the body is not a JSON object"));
-    std::lock_guard lock(mu);
+    if (mu == nullptr) return Reply(res, fn(body));
+    std::lock_guard lock(*mu);
     Reply(res, fn(body));
   });
 }
@@ -162,10 +164,10 @@ void Route(httplib::Server& server, const std::string& path, std::mutex& mu,
 }  // namespace
 
 void AddAttestationRoutes(httplib::Server& server, AttestationService& svc,
-                          std::mutex& mu, ClientRateLimit limit) {
+                          ClientRateLimit limit) {
   auto limiter = std::make_shared<RateLimiter>(limit);
   Route(
-      server, "/v1/enroll", mu,
+      server, "/v1/enroll", nullptr,
       [&svc](const Json& b) -> Result<Json> {
         VCRYPT_ASSIGN_OR_RETURN(std::string host, Str(b, "host"));
         VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> ek, Bytes(b, "ek"));
@@ -182,17 +184,18 @@ void AddAttestationRoutes(httplib::Server& server, AttestationService& svc,
             {"encrypted_secret", Base64Encode(ch.credential.encrypted_secret)}};
       },
       limiter);
-  Route(server, "/v1/enroll/finish", mu, [&svc](const Json& b) -> Result<Json> {
-    VCRYPT_ASSIGN_OR_RETURN(std::string id, Str(b, "id"));
-    VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> s, Bytes(b, "secret"));
-    SecureBuffer secret(s.size());
-    std::copy(s.begin(), s.end(), secret.data());
-    std::fill(s.begin(), s.end(), 0);
-    VCRYPT_RETURN_IF_ERROR(svc.FinishEnrollment(id, secret));
-    return Json::object();
-  });
+  Route(server, "/v1/enroll/finish", nullptr,
+        [&svc](const Json& b) -> Result<Json> {
+          VCRYPT_ASSIGN_OR_RETURN(std::string id, Str(b, "id"));
+          VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> s, Bytes(b, "secret"));
+          SecureBuffer secret(s.size());
+          std::copy(s.begin(), s.end(), secret.data());
+          std::fill(s.begin(), s.end(), 0);
+          VCRYPT_RETURN_IF_ERROR(svc.FinishEnrollment(id, secret));
+          return Json::object();
+        });
   Route(
-      server, "/v1/nonce", mu,
+      server, "/v1/nonce", nullptr,
       [&svc](const Json& b) -> Result<Json> {
         VCRYPT_ASSIGN_OR_RETURN(std::string host, Str(b, "host"));
         VCRYPT_ASSIGN_OR_RETURN(NonceGrant g, svc.IssueNonce(host));
@@ -202,7 +205,7 @@ void AddAttestationRoutes(httplib::Server& server, AttestationService& svc,
                     {"expires", g.expires}};
       },
       limiter);
-  Route(server, "/v1/attest", mu, [&svc](const Json& b) -> Result<Json> {
+  Route(server, "/v1/attest", nullptr, [&svc](const Json& b) -> Result<Json> {
     VCRYPT_ASSIGN_OR_RETURN(std::string host, Str(b, "host"));
     VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> nonce, Bytes(b, "nonce"));
     VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> session,
@@ -239,7 +242,7 @@ Result<KpsRequest> KpsBody(const Json& b, bool unwrap) {
 
 void AddKpsRoutes(httplib::Server& server, KeyProviderService& svc,
                   std::mutex& mu) {
-  Route(server, std::string(kKekPath), mu,
+  Route(server, std::string(kKekPath), &mu,
         [&svc](const Json& b) -> Result<Json> {
           VCRYPT_ASSIGN_OR_RETURN(KpsRequest r, KpsBody(b, false));
           VCRYPT_ASSIGN_OR_RETURN(KekGrant g, svc.CreateKek(r));
@@ -247,7 +250,7 @@ void AddKpsRoutes(httplib::Server& server, KeyProviderService& svc,
                       {"ciphertext", g.ciphertext},
                       {"kek", g.kek.ToJson()}};
         });
-  Route(server, std::string(kKekUnwrapPath), mu,
+  Route(server, std::string(kKekUnwrapPath), &mu,
         [&svc](const Json& b) -> Result<Json> {
           VCRYPT_ASSIGN_OR_RETURN(KpsRequest r, KpsBody(b, true));
           VCRYPT_ASSIGN_OR_RETURN(SealedKey k, svc.UnwrapKek(r));

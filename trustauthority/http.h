@@ -24,8 +24,11 @@
 // each with
 // {"error": {"code", "message"}} and a one-line message.
 //
-// The services are not thread-safe; the routes serialise calls to each
-// with a mutex (cpp-httplib runs handlers on a thread pool).
+// cpp-httplib runs handlers on a thread pool. The attestation service is
+// thread-safe (trustauthority/attestation.h) and its routes take no lock:
+// one request stuck in I/O (a slow or hung state file system) does not
+// hold up the others. The key provider service is not; its routes
+// serialise calls with a mutex.
 #ifndef VCRYPT_TRUSTAUTHORITY_HTTP_H_
 #define VCRYPT_TRUSTAUTHORITY_HTTP_H_
 
@@ -50,7 +53,7 @@ struct ClientRateLimit {
 };
 
 void AddAttestationRoutes(httplib::Server& server, AttestationService& service,
-                          std::mutex& mu, ClientRateLimit limit = {});
+                          ClientRateLimit limit = {});
 void AddKpsRoutes(httplib::Server& server, KeyProviderService& service,
                   std::mutex& mu);
 

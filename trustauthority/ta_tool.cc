@@ -751,8 +751,7 @@ Status AttestationServiceCmd(const std::vector<std::string>& args,
   auto server = MakeTlsServer(a.tls, &tls_error);
   if (!server->is_valid())
     return MakeError(ErrorCode::kInvalidArgument, tls_error);
-  std::mutex mu;
-  AddAttestationRoutes(*server, svc, mu, limit);
+  AddAttestationRoutes(*server, svc, limit);
   return Serve(*server, a.listen_text, a.listen, out, control);
 }
 

@@ -2,8 +2,11 @@
 // real software TPM enrolls, attests, gets a KEK sealed to its one-time
 // key and unwraps it again, all through cpp-httplib (plain HTTP here; the
 // services run behind TLS in production).
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -29,7 +32,7 @@ class TaHttpTest : public ::testing::Test {
     if (!tpm_.Start(&why)) GTEST_SKIP() << why;
     ASSERT_NO_FATAL_FAILURE(
         testing::OpenTaServices(dir_.path(), &att_, &kps_, max_outstanding_));
-    AddAttestationRoutes(server_, *att_, att_mu_, rate_);
+    AddAttestationRoutes(server_, *att_, rate_);
     AddKpsRoutes(server_, *kps_, kps_mu_);
     port_ = server_.bind_to_any_port("127.0.0.1");
     ASSERT_GT(port_, 0);
@@ -71,7 +74,7 @@ class TaHttpTest : public ::testing::Test {
   testing::Swtpm tpm_;
   std::optional<AttestationService> att_;
   std::optional<KeyProviderService> kps_;
-  std::mutex att_mu_, kps_mu_;
+  std::mutex kps_mu_;
   httplib::Server server_;
   int port_ = 0;
   std::thread thread_;
@@ -170,6 +173,39 @@ TEST_F(TaHttpTest, MalformedRequestsGetOneClearError) {
   auto [st2, b2] =
       Post("/v1/kek", {{"token", "x.y.z"}, {"transport_key", "AAAA"}});
   EXPECT_EQ(st2 / 100, 4) << b2.dump();
+}
+
+// A request stuck in I/O does not hold up the others: the host record of
+// "stuck" is a FIFO with no writer, so the enrollment's open(2) of it
+// blocks (as on a hung file system) while another client gets a nonce.
+TEST_F(TaHttpTest, ARequestStuckInIoDoesNotBlockTheOthers) {
+  auto ek = host_->EkPublic();
+  auto ak = host_->AkPublic();
+  ASSERT_TRUE(ek.ok() && ak.ok());
+  ASSERT_TRUE(att_->AddHost("h1", *ek).ok());
+  const std::string fifo = dir_.path() + "/hosts/stuck.json";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  std::thread stuck([&] {
+    Post("/v1/enroll", {{"host", "stuck"},
+                        {"ek", Base64Encode(*ek)},
+                        {"ak", Base64Encode(*ak)}});
+  });
+  // Let the enrollment reach the FIFO (its open blocks; nothing else
+  // makes it return before the writer below).
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  httplib::Client cli("127.0.0.1", port_);
+  cli.set_read_timeout(3, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto res =
+      cli.Post("/v1/nonce", Json{{"host", "h1"}}.dump(), "application/json");
+  const auto took = std::chrono::steady_clock::now() - t0;
+  // Release the stuck request: open the FIFO for writing and close it.
+  int w = open(fifo.c_str(), O_WRONLY);
+  if (w >= 0) close(w);
+  stuck.join();
+  ASSERT_TRUE(res) << "no answer while another request was stuck";
+  EXPECT_EQ(res->status, 200);
+  EXPECT_LT(took, std::chrono::seconds(2));
 }
 
 // An unauthenticated client cannot make the service write without bound:

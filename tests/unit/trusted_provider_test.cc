@@ -145,7 +145,7 @@ class TrustedProviderTest : public ::testing::Test {
 
     att_server_.emplace(server_cert_.get(), server_key_.get());
     kps_server_.emplace(server_cert_.get(), server_key_.get());
-    AddAttestationRoutes(att_server_->server(), *att_, att_mu_);
+    AddAttestationRoutes(att_server_->server(), *att_);
     AddKpsRoutes(kps_server_->server(), *kps_, kps_mu_);
     // Counts the attestations the service sees.
     att_server_->server().set_pre_routing_handler(
@@ -213,7 +213,7 @@ class TrustedProviderTest : public ::testing::Test {
   std::string ca_pem_;
   std::optional<AttestationService> att_;
   std::optional<KeyProviderService> kps_;
-  std::mutex att_mu_, kps_mu_;
+  std::mutex kps_mu_;
   std::optional<TestServer> att_server_, kps_server_;
   std::atomic<int> attest_calls_{0}, enroll_calls_{0};
   std::atomic<int64_t> clock_offset_{0};
