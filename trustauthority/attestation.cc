@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/atomic_file.h"
 #include "common/base64.h"
@@ -118,6 +119,63 @@ std::optional<ClockInfo> ClockFrom(const Json& j) {
   return c;
 }
 
+// Trust on first use for a host registered by TPM CA alone: the EK it is
+// pinned to (recorded when its first enrollment finished; for records
+// written before pinning existed, the EK it enrolled with), if any.
+std::optional<std::string> PinnedEk(const Json& rec) {
+  if (rec.contains("pinned_ek") && rec["pinned_ek"].is_string())
+    return rec["pinned_ek"].get<std::string>();
+  if (rec.contains("enrolled") && rec["enrolled"].is_object() &&
+      rec["enrolled"].contains("ek") && rec["enrolled"]["ek"].is_string())
+    return rec["enrolled"]["ek"].get<std::string>();
+  return std::nullopt;
+}
+
+Status CheckPinnedEk(const std::string& host, const Json& rec,
+                     const std::string& ek_b64) {
+  auto pinned = PinnedEk(rec);
+  if (!pinned || *pinned == ek_b64) return Status::Ok();
+  return MakeError(ErrorCode::kPermissionDenied,
+                   "host '" + host +
+                       "' is pinned to the EK of the TPM that first enrolled "
+                       "as it; another TPM is refused until an admin runs "
+                       "'vcrypt-ta admin --state DIR host remove " +
+                       host + "' and adds the host again");
+}
+
+// The expiry times of a directory's unexpired nonces or challenges.
+std::multiset<int64_t> UnexpiredIn(const std::string& dir) {
+  std::multiset<int64_t> out;
+  const int64_t now = Now();
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.path().extension() != ".json") continue;
+    auto j = ReadJson(e.path().string());
+    if (j.ok() && j->contains("expires") &&
+        (*j)["expires"].is_number_integer() &&
+        (*j)["expires"].get<int64_t>() >= now)
+      out.insert((*j)["expires"].get<int64_t>());
+  }
+  return out;
+}
+
+// Forgets the expired ones; how many are left.
+size_t Outstanding(std::multiset<int64_t>& expiries) {
+  expiries.erase(expiries.begin(), expiries.lower_bound(Now()));
+  return expiries.size();
+}
+
+void Forget(std::multiset<int64_t>& expiries, int64_t expires) {
+  auto it = expiries.find(expires);
+  if (it != expiries.end()) expiries.erase(it);
+}
+
+Error TooMany(const std::string& what, size_t cap) {
+  return MakeError(ErrorCode::kBusy,
+                   "too many outstanding " + what + " (" + std::to_string(cap) +
+                       "): the service is overloaded, retry later");
+}
+
 }  // namespace
 
 Result<AttestationService> AttestationService::Open(AttestationConfig config,
@@ -127,7 +185,10 @@ Result<AttestationService> AttestationService::Open(AttestationConfig config,
     VCRYPT_RETURN_IF_ERROR(MakeDirs(config.state_dir + "/" + d));
   if (config.selection.pcrs.empty())
     return MakeError(ErrorCode::kInvalidArgument, "the PCR selection is empty");
-  return AttestationService(std::move(config), std::move(key));
+  AttestationService svc(std::move(config), std::move(key));
+  svc.nonce_expiries_ = UnexpiredIn(svc.Path("nonces"));
+  svc.enrollment_expiries_ = UnexpiredIn(svc.Path("enrollments"));
+  return svc;
 }
 
 Status AttestationService::AddTpmCa(const std::string& pem) {
@@ -195,6 +256,12 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
     std::optional<std::vector<uint8_t>> ek_cert,
     std::span<const uint8_t> ak_wire) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
+  {
+    // Early, before any work for a request that will be refused.
+    std::lock_guard lock(locks_->counters);
+    if (Outstanding(enrollment_expiries_) >= config_.max_outstanding)
+      return TooMany("enrollment challenges", config_.max_outstanding);
+  }
   auto rec = ReadJson(Path("hosts/" + host + ".json"));
   if (!rec.ok())
     return MakeError(ErrorCode::kNotFound,
@@ -226,6 +293,9 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
                        "the EK certificate is not one DER certificate");
     VCRYPT_RETURN_IF_ERROR(VerifyEkChain(cert.get(), Path("tpm-cas")));
     VCRYPT_RETURN_IF_ERROR(CheckCertificateKey(ek, cert.get()));
+    // Checked again when the enrollment finishes (another TPM may finish
+    // first); refused here already so that it learns early.
+    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, *rec, Base64Encode(ek.wire)));
   }
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer secret, RandomKey(32));
   VCRYPT_ASSIGN_OR_RETURN(MadeCredential cred,
@@ -233,15 +303,28 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer idb, RandomKey(16));
   const std::string id =
       HexEncode(std::span<const uint8_t>(idb.data(), idb.size()));
+  const int64_t expires = Now() + config_.enrollment_lifetime.count();
   Json pending = {{"host", host},
                   {"ek", Base64Encode(ek.wire)},
                   {"ak", Base64Encode(ak.wire)},
                   {"secret_sha256", HexEncode(Sha256(std::span<const uint8_t>(
                                         secret.data(), secret.size())))},
-                  {"expires", Now() + config_.enrollment_lifetime.count()}};
-  VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(Path("enrollments/" + id + ".json"),
-                                         pending.dump(),
-                                         AtomicWriteOptions{0600, {}}));
+                  {"expires", expires}};
+  {
+    // Checked again now, and the slot taken before the write: concurrent
+    // requests must not all pass the check above.
+    std::lock_guard lock(locks_->counters);
+    if (Outstanding(enrollment_expiries_) >= config_.max_outstanding)
+      return TooMany("enrollment challenges", config_.max_outstanding);
+    enrollment_expiries_.insert(expires);
+  }
+  if (auto st = WriteFileAtomic(Path("enrollments/" + id + ".json"),
+                                pending.dump(), AtomicWriteOptions{0600, {}});
+      !st.ok()) {
+    std::lock_guard lock(locks_->counters);
+    Forget(enrollment_expiries_, expires);
+    return std::move(st).error();
+  }
   return EnrollmentChallenge{id, std::move(cred)};
 }
 
@@ -261,14 +344,32 @@ Status AttestationService::FinishEnrollment(const std::string& id,
   if (!pending.ok()) return denied();
   // Single use: only one unlink succeeds, whichever replica.
   if (unlink(path.c_str()) != 0) return denied();
-  if ((*pending).value("expires", int64_t{0}) < Now()) return denied();
+  const int64_t expires = (*pending).value("expires", int64_t{0});
+  {
+    std::lock_guard lock(locks_->counters);
+    Forget(enrollment_expiries_, expires);
+  }
+  if (expires < Now()) return denied();
   auto want = HexDecode((*pending).value("secret_sha256", std::string()));
   auto got = Sha256(std::span<const uint8_t>(secret.data(), secret.size()));
   if (!want.ok() || want->size() != got.size() ||
       CRYPTO_memcmp(want->data(), got.data(), got.size()) != 0)
     return denied();
   const std::string host = (*pending)["host"].get<std::string>();
+  // Read, pin and write as one step within this instance: two TPMs
+  // finishing at once must not both find the host unpinned.
+  std::lock_guard hosts_lock(locks_->hosts);
   VCRYPT_ASSIGN_OR_RETURN(Json rec, ReadJson(Path("hosts/" + host + ".json")));
+  if (!rec.contains("ek")) {
+    // Registered by TPM CA: the first EK to get here is the host's from
+    // now on (recorded in the same atomic write as the enrollment).
+    const std::string ek = (*pending)["ek"].get<std::string>();
+    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, rec, ek));
+    if (!rec.contains("pinned_ek")) {
+      rec["pinned_ek"] = ek;
+      rec["pinned_at"] = Now();
+    }
+  }
   rec["enrolled"] = {
       {"ek", (*pending)["ek"]}, {"ak", (*pending)["ak"]}, {"at", Now()}};
   rec.erase("last_clock");
@@ -301,19 +402,40 @@ Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
   // Housekeeping on the way (at most once a minute per replica): nonces
   // and enrollment challenges that were never used are only ever removed
   // here.
-  if (Now() - last_purge_ >= 60) {
-    last_purge_ = Now();
-    PurgeExpired();
-  }
-  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer n, RandomKey(32));
+  bool purge = false;
   NonceGrant g;
-  g.nonce.assign(n.data(), n.data() + n.size());
-  g.selection = config_.selection;
   g.expires = Now() + config_.nonce_lifetime.count();
-  VCRYPT_RETURN_IF_ERROR(
-      WriteFileAtomic(Path("nonces/" + HexEncode(g.nonce) + ".json"),
-                      Json{{"host", host}, {"expires", g.expires}}.dump(),
-                      AtomicWriteOptions{0600, {}}));
+  {
+    // The slot is taken before the write, under the lock; the I/O is not.
+    std::lock_guard lock(locks_->counters);
+    if (Now() - last_purge_ >= 60) {
+      last_purge_ = Now();
+      purge = true;
+    }
+    if (Outstanding(nonce_expiries_) >= config_.max_outstanding)
+      return TooMany("nonces", config_.max_outstanding);
+    nonce_expiries_.insert(g.expires);
+  }
+  auto give_back = [&] {
+    std::lock_guard lock(locks_->counters);
+    Forget(nonce_expiries_, g.expires);
+  };
+  if (purge) PurgeExpired();
+  auto n = RandomKey(32);
+  if (!n.ok()) {
+    give_back();
+    return std::move(n).error();
+  }
+  g.nonce.assign(n->data(), n->data() + n->size());
+  g.selection = config_.selection;
+  if (auto st =
+          WriteFileAtomic(Path("nonces/" + HexEncode(g.nonce) + ".json"),
+                          Json{{"host", host}, {"expires", g.expires}}.dump(),
+                          AtomicWriteOptions{0600, {}});
+      !st.ok()) {
+    give_back();
+    return std::move(st).error();
+  }
   return g;
 }
 
@@ -342,6 +464,10 @@ Result<std::string> AttestationService::Attest(
   if (!issued.ok() || unlink(npath.c_str()) != 0)
     return MakeError(ErrorCode::kPermissionDenied,
                      "unknown or already used nonce");
+  {
+    std::lock_guard lock(locks_->counters);
+    Forget(nonce_expiries_, (*issued).value("expires", int64_t{0}));
+  }
   if ((*issued).value("host", std::string()) != host)
     return MakeError(ErrorCode::kPermissionDenied,
                      "the nonce was issued to another host");
@@ -390,9 +516,21 @@ Result<std::string> AttestationService::Attest(
       break;
     }
   }
-  (*rec)["last_clock"] = ClockJson(q.clock);
-  VCRYPT_RETURN_IF_ERROR(
-      WriteFileAtomic(hpath, rec->dump(), AtomicWriteOptions{0600, {}}));
+  {
+    // The record as it is now (an enrollment may have finished meanwhile:
+    // its write must not be lost), and only while the AK is the one that
+    // made this quote.
+    std::lock_guard hosts_lock(locks_->hosts);
+    auto now_rec = ReadJson(hpath);
+    if (now_rec.ok() && now_rec->contains("enrolled") &&
+        (*now_rec)["enrolled"].is_object() &&
+        (*now_rec)["enrolled"].value("ak", std::string()) ==
+            (*rec)["enrolled"]["ak"].get<std::string>()) {
+      (*now_rec)["last_clock"] = ClockJson(q.clock);
+      VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(hpath, now_rec->dump(),
+                                             AtomicWriteOptions{0600, {}}));
+    }
+  }
   if (matched.empty())
     return MakeError(
         ErrorCode::kPermissionDenied,

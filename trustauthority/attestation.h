@@ -5,6 +5,8 @@
 // State lives in one directory (so several replicas can share it):
 //   tpm-cas/<sha256>.pem        TPM CA certificates
 //   hosts/<host>.json           {"ek": b64 TPM2B_PUBLIC or absent,
+//                                "pinned_ek": b64, "pinned_at" (no "ek":
+//                                the first EK that enrolled, TOFU),
 //                                "enrolled": {"ek","ak": b64, "at"},
 //                                "last_clock": {...}}
 //   baselines/<name>.json       {"values": [hex...]} over the service's
@@ -13,14 +15,19 @@
 //   nonces/<hex>.json           issued nonces (single use: consuming one
 //                               is unlink(2), which succeeds once)
 // Unused nonces and challenges are removed a minute after they expire
-// (on IssueNonce, at most once a minute).
+// (on IssueNonce, at most once a minute). Each instance caps the nonces,
+// and the challenges, that it issued and that are neither redeemed nor
+// expired (AttestationConfig::max_outstanding; counted in memory).
 // Files are written atomically (common/atomic_file.h). A host's last clock
 // is last-writer-wins between replicas.
 #ifndef VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
 #define VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
 
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -42,6 +49,11 @@ struct AttestationConfig {
   std::chrono::seconds nonce_lifetime{60};
   std::chrono::seconds enrollment_lifetime{300};
   std::chrono::seconds token_lifetime{300};
+  // Unredeemed, unexpired nonces this service instance has issued, and
+  // enrollment challenges, each at most this many: beyond, IssueNonce and
+  // StartEnrollment fail with kBusy (HTTP 503) and write nothing. Bounds
+  // the files an unauthenticated client can make the service write.
+  size_t max_outstanding = 10000;
 };
 
 struct EnrollmentChallenge {
@@ -55,6 +67,11 @@ struct NonceGrant {
   int64_t expires = 0;  // unix seconds
 };
 
+// Thread-safe: the HTTP server calls it from several threads at once,
+// with no lock around the whole call. Its files are safe between threads
+// the way they are between replicas (single use by unlink(2), atomic
+// writes); the in-memory counters and a host record's read-modify-write
+// take their own short locks.
 class AttestationService {
  public:
   // Creates the state directories when missing.
@@ -66,7 +83,10 @@ class AttestationService {
   // to one of them unless the host's EK is registered explicitly.
   Status AddTpmCa(const std::string& pem);
   // Registers a host; with `ek`, only that EK (TPM2B_PUBLIC) is accepted
-  // for it, else an EK certificate chaining to a registered TPM CA.
+  // for it, else an EK certificate chaining to a registered TPM CA, and
+  // then only the EK of the first TPM that finishes enrolling as it
+  // (trust on first use, recorded in the host's record) until the host
+  // is removed.
   Status AddHost(const std::string& host,
                  std::optional<std::vector<uint8_t>> ek);
   Status RemoveHost(const std::string& host);
@@ -81,15 +101,22 @@ class AttestationService {
   // registered key, or `ek_cert` certifies it and chains to a TPM CA),
   // that `ak` is a restricted signing key, and returns a credential only
   // that TPM (EK) holding that AK can open. kNotFound (host),
-  // kPermissionDenied (EK not trusted), kInvalidArgument (malformed keys).
+  // kPermissionDenied (EK not trusted, or not the EK the host is pinned
+  // to), kInvalidArgument (malformed keys), kBusy (max_outstanding
+  // challenges out; nothing written).
   Result<EnrollmentChallenge> StartEnrollment(
       const std::string& host, std::span<const uint8_t> ek,
       std::optional<std::vector<uint8_t>> ek_cert, std::span<const uint8_t> ak);
-  // The secret the TPM recovered: binds the AK to the host. Single use;
-  // kPermissionDenied for a wrong secret, an unknown or expired id.
+  // The secret the TPM recovered: binds the AK to the host (and, for a
+  // host registered by TPM CA, pins the host to the EK if it is the
+  // first). Single use; kPermissionDenied for a wrong secret, an unknown
+  // or expired id, or an EK other than the one the host got pinned to
+  // since the challenge was issued.
   Status FinishEnrollment(const std::string& id, const SecureBuffer& secret);
 
   // --- attestation ---
+  // kNotFound (host), kBusy when config().max_outstanding unredeemed
+  // nonces are out (nothing written).
   Result<NonceGrant> IssueNonce(const std::string& host);
   // Verifies the quote (trustauthority/quote.h VerifyQuote, with the
   // host's enrolled AK and last clock; its extraData must be
@@ -120,6 +147,17 @@ class AttestationService {
 
   AttestationConfig config_;
   EcSigningKey key_;
+  // Expiry times of the unredeemed nonces and challenges this instance
+  // issued (those on disk when it opened included): the cap's count,
+  // without reading the directories per request.
+  std::multiset<int64_t> nonce_expiries_, enrollment_expiries_;
+  // counters: last_purge_ and the expiry sets (never held across I/O).
+  // hosts: a host record's read-modify-write (FinishEnrollment's pin,
+  // Attest's last clock) within this instance.
+  struct Locks {
+    std::mutex counters, hosts;
+  };
+  std::unique_ptr<Locks> locks_ = std::make_unique<Locks>();
   int64_t last_purge_ = 0;  // unix seconds of the last PurgeExpired
 };
 

@@ -19,11 +19,16 @@
 //   is SignRequestProof(session key, ...) (trustauthority/proof.h).
 //   `kek` is a SealedKey: the KEK sealed to the caller's one-time key.
 // Errors: 400 (malformed: usage, invalid_argument), 403 (permission_denied,
-// crypto), 404 (not_found), 500 (anything else), each with
+// crypto), 404 (not_found), 429 (busy: the client's rate limit), 503
+// (busy: a cap on outstanding nonces or challenges), 500 (anything else),
+// each with
 // {"error": {"code", "message"}} and a one-line message.
 //
-// The services are not thread-safe; the routes serialise calls to each
-// with a mutex (cpp-httplib runs handlers on a thread pool).
+// cpp-httplib runs handlers on a thread pool. The attestation service is
+// thread-safe (trustauthority/attestation.h) and its routes take no lock:
+// one request stuck in I/O (a slow or hung state file system) does not
+// hold up the others. The key provider service is not; its routes
+// serialise calls with a mutex.
 #ifndef VCRYPT_TRUSTAUTHORITY_HTTP_H_
 #define VCRYPT_TRUSTAUTHORITY_HTTP_H_
 
@@ -38,8 +43,17 @@ class Server;
 
 namespace vcrypt {
 
+// A token bucket per client address on the routes that take no
+// authentication (/v1/nonce, /v1/enroll; one bucket for both): `burst`
+// requests at once, refilled at `per_second`. Beyond: 429 with the usual
+// JSON error, and the service is not called. per_second 0: no limit.
+struct ClientRateLimit {
+  double per_second = 50;
+  double burst = 100;
+};
+
 void AddAttestationRoutes(httplib::Server& server, AttestationService& service,
-                          std::mutex& mu);
+                          ClientRateLimit limit = {});
 void AddKpsRoutes(httplib::Server& server, KeyProviderService& service,
                   std::mutex& mu);
 

@@ -70,7 +70,9 @@ State directory administration:
                            --kms-cert FILE --kms-key FILE [--name NAME]
 Services (foreground; stop with SIGTERM or SIGINT):
   attestation-service --state DIR --listen HOST:PORT --tls-cert FILE
-                      --tls-key FILE
+                      --tls-key FILE [--max-outstanding N (10000)]
+                      [--rate-limit PER_SECOND (50; 0: off)]
+                      [--rate-burst N (100)]
   key-provider-service --state DIR --listen HOST:PORT --tls-cert FILE
                        --tls-key FILE --provider-id ID
                        (--primary-key UID --kms HOST:PORT[,...] --kms-ca FILE
@@ -213,8 +215,10 @@ Result<EcSigningKey> LoadSigningKey(const std::string& dir) {
   return key;
 }
 
-Result<AttestationService> OpenAttestation(const std::string& dir) {
+Result<AttestationService> OpenAttestation(const std::string& dir,
+                                           size_t max_outstanding = 10000) {
   VCRYPT_ASSIGN_OR_RETURN(AttestationConfig config, LoadConfig(dir));
+  config.max_outstanding = max_outstanding;
   VCRYPT_ASSIGN_OR_RETURN(EcSigningKey key, LoadSigningKey(dir));
   return AttestationService::Open(std::move(config), std::move(key));
 }
@@ -585,6 +589,14 @@ Status Serve(httplib::Server& server, const std::string& listen_text,
              const ListenAddress& addr, std::ostream& out,
              ServiceControl& control) {
   server.set_payload_max_length(kMaxRequestBody);
+  // Slow clients: each read or write of a request may take 5 s at most
+  // (cpp-httplib's default read timeout), an idle keep-alive connection
+  // is closed after 2 s and serves at most 5 requests, so that one
+  // client cannot hold a worker thread for long.
+  server.set_read_timeout(5, 0);
+  server.set_write_timeout(5, 0);
+  server.set_keep_alive_timeout(2);
+  server.set_keep_alive_max_count(5);
   int port = -1;
   if (addr.port == 0) {
     port = server.bind_to_any_port(addr.host);
@@ -694,20 +706,52 @@ void AddServiceOptions(po::options_description& d) {
       "tls-key", po::value<std::string>());
 }
 
+// A decimal option value in [min, max], or its default when not given.
+Result<double> NumberOption(const Parsed& p, const char* name, double dflt,
+                            double min, double max, const std::string& what) {
+  if (!p.has(name)) return dflt;
+  const std::string v = p.get(name);
+  size_t used = 0;
+  double d = 0;
+  try {
+    d = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (v.empty() || used != v.size() || !(d >= min && d <= max))
+    return UsageError(what + ": --" + name + " wants a number from " +
+                      std::to_string(static_cast<long long>(min)) + " to " +
+                      std::to_string(static_cast<long long>(max)) + ", not '" +
+                      v.substr(0, 32) + "'");
+  return d;
+}
+
 Status AttestationServiceCmd(const std::vector<std::string>& args,
                              std::ostream& out, ServiceControl& control) {
   const std::string what = "attestation-service";
   po::options_description d;
   AddServiceOptions(d);
+  d.add_options()("max-outstanding", po::value<std::string>())(
+      "rate-limit", po::value<std::string>())("rate-burst",
+                                              po::value<std::string>());
   VCRYPT_ASSIGN_OR_RETURN(Parsed p, Parse(args, d, what));
   VCRYPT_ASSIGN_OR_RETURN(ServiceArgs a, NeedServiceArgs(p, what));
-  VCRYPT_ASSIGN_OR_RETURN(AttestationService svc, OpenAttestation(a.state));
+  VCRYPT_ASSIGN_OR_RETURN(
+      double max_outstanding,
+      NumberOption(p, "max-outstanding", 10000, 1, 1e7, what));
+  ClientRateLimit limit;
+  VCRYPT_ASSIGN_OR_RETURN(limit.per_second,
+                          NumberOption(p, "rate-limit", 50, 0, 1e6, what));
+  VCRYPT_ASSIGN_OR_RETURN(limit.burst,
+                          NumberOption(p, "rate-burst", 100, 1, 1e6, what));
+  VCRYPT_ASSIGN_OR_RETURN(
+      AttestationService svc,
+      OpenAttestation(a.state, static_cast<size_t>(max_outstanding)));
   std::string tls_error;
   auto server = MakeTlsServer(a.tls, &tls_error);
   if (!server->is_valid())
     return MakeError(ErrorCode::kInvalidArgument, tls_error);
-  std::mutex mu;
-  AddAttestationRoutes(*server, svc, mu);
+  AddAttestationRoutes(*server, svc, limit);
   return Serve(*server, a.listen_text, a.listen, out, control);
 }
 

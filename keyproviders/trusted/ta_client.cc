@@ -1,11 +1,19 @@
 #include "keyproviders/trusted/ta_client.h"
 
+#include <fcntl.h>
 #include <httplib.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 
 #include "common/base64.h"
 #include "common/handles.h"
@@ -132,8 +140,70 @@ Result<TaClient> TaClient::Create(std::string service, std::string_view url,
                   options);
 }
 
+namespace {
+
+// Enforces a request's total deadline from a second thread. cpp-httplib
+// only bounds each connect, read and write; the watchdog shuts the
+// request's socket down when the deadline passes, which ends whatever the
+// request is blocked in (handshake, read, write) at once. It works on its
+// own dup(2) of the socket, so it never touches a descriptor number that
+// cpp-httplib has closed and the process has reused.
+class Watchdog {
+ public:
+  explicit Watchdog(std::chrono::steady_clock::time_point deadline)
+      : deadline_(deadline), thread_([this] { Run(); }) {}
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    if (fd_ >= 0) close(fd_);
+  }
+  // The socket cpp-httplib just created (several when a name has several
+  // addresses: the last one counts).
+  void Watch(int sock) {
+    std::lock_guard lock(mu_);
+    if (fd_ >= 0) close(fd_);
+    fd_ = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+    if (expired_ && fd_ >= 0) shutdown(fd_, SHUT_RDWR);
+  }
+  bool expired() const {
+    std::lock_guard lock(mu_);
+    return expired_;
+  }
+
+ private:
+  void Run() {
+    std::unique_lock lock(mu_);
+    if (cv_.wait_until(lock, deadline_, [this] { return done_; })) return;
+    expired_ = true;
+    // Again every 20 ms: a socket still connecting ignores shutdown(2).
+    do {
+      if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
+    } while (!cv_.wait_for(lock, std::chrono::milliseconds(20),
+                           [this] { return done_; }));
+  }
+
+  const std::chrono::steady_clock::time_point deadline_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  bool expired_ = false;
+  int fd_ = -1;
+  std::thread thread_;  // last: starts once the rest is initialised
+};
+
+}  // namespace
+
 Result<Json> TaClient::Post(std::string_view route, const Json& body) const {
   const std::string where = service_ + " " + url_.url;
+  const std::chrono::milliseconds total =
+      options_.deadline.count() > 0
+          ? options_.deadline
+          : options_.connect_timeout + options_.io_timeout;
+  Watchdog watchdog(std::chrono::steady_clock::now() + total);
   httplib::SSLClient cli(url_.host, url_.port);
   // The configured CA only: a path (not an X509_STORE) because with a store
   // cpp-httplib 0.11 would add the system's default CA locations to it.
@@ -145,28 +215,58 @@ Result<Json> TaClient::Post(std::string_view route, const Json& body) const {
     return std::pair<time_t, time_t>(d.count() / 1000,
                                      (d.count() % 1000) * 1000);
   };
-  auto [cs, cus] = sec(options_.connect_timeout);
+  auto [cs, cus] = sec(std::min(options_.connect_timeout, total));
   auto [is, ius] = sec(options_.io_timeout);
   cli.set_connection_timeout(cs, cus);
   cli.set_read_timeout(is, ius);
   cli.set_write_timeout(is, ius);
   cli.set_keep_alive(false);
   cli.set_follow_location(false);
-  std::string payload =
-      body.dump(-1, ' ', false, Json::error_handler_t::replace);
-  const std::string path = url_.prefix + std::string(route);
-  auto res = cli.Post(path, payload, "application/json");
-  Wipe(payload);
-  if (!res) {
+  cli.set_socket_options([&watchdog](socket_t sock) { watchdog.Watch(sock); });
+
+  httplib::Request req;
+  req.method = "POST";
+  req.path = url_.prefix + std::string(route);
+  req.set_header("Content-Type", "application/json");
+  req.body = body.dump(-1, ' ', false, Json::error_handler_t::replace);
+  // The body as it arrives, refused past the limit (on the announced
+  // length alone when there is one) rather than read to the end.
+  std::string answer_text;
+  bool too_large = false;
+  const size_t limit = options_.max_response_bytes;
+  req.content_receiver = [&](const char* data, size_t n, uint64_t,
+                             uint64_t announced) {
+    if (announced > limit || answer_text.size() + n > limit) {
+      too_large = true;
+      return false;
+    }
+    answer_text.append(data, n);
+    return true;
+  };
+  httplib::Response response;
+  httplib::Error error = httplib::Error::Success;
+  const bool sent = cli.send(req, response, error);
+  Wipe(req.body);
+  if (too_large)
+    return MakeError(ErrorCode::kKeyUnavailable,
+                     where + " sent an answer larger than " +
+                         std::to_string(limit) + " bytes (refused)");
+  if (!sent) {
+    // Whatever cpp-httplib saw when the socket went away.
+    if (watchdog.expired())
+      return MakeError(ErrorCode::kKeyUnavailable,
+                       where + " unreachable: no complete answer within the " +
+                           "deadline of " + Ms(total));
     std::string why;
-    switch (res.error()) {
+    switch (error) {
       case httplib::Error::Connection:
         why =
             "cannot connect (no such host, connection refused or "
             "unreachable)";
         break;
       case httplib::Error::ConnectionTimeout:
-        why = "connection timed out after " + Ms(options_.connect_timeout);
+        why = "connection timed out after " +
+              Ms(std::min(options_.connect_timeout, total));
         break;
       case httplib::Error::SSLConnection:
         why = "TLS handshake failed";
@@ -191,13 +291,13 @@ Result<Json> TaClient::Post(std::string_view route, const Json& body) const {
         why = "cannot send the request";
         break;
       default:
-        why = httplib::to_string(res.error());
+        why = httplib::to_string(error);
     }
     return MakeError(ErrorCode::kKeyUnavailable,
                      where + " unreachable: " + why);
   }
-  Json answer = Json::parse(res->body, nullptr, false);
-  if (res->status >= 200 && res->status < 300) {
+  Json answer = Json::parse(answer_text, nullptr, false);
+  if (response.status >= 200 && response.status < 300) {
     if (!answer.is_object())
       return MakeError(ErrorCode::kKeyUnavailable,
                        where + " sent an answer that is not a JSON object");
@@ -213,9 +313,9 @@ Result<Json> TaClient::Post(std::string_view route, const Json& body) const {
     if (e.contains("code") && e["code"].is_string())
       code_name = e["code"].get<std::string>();
   }
-  if (message.empty()) message = "HTTP " + std::to_string(res->status);
+  if (message.empty()) message = "HTTP " + std::to_string(response.status);
   ErrorCode code;
-  switch (res->status) {
+  switch (response.status) {
     case 400:
       code = ErrorCode::kInvalidArgument;
       break;

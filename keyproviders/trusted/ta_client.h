@@ -55,9 +55,17 @@ struct TaUrl {
 // missing host, a bad port, userinfo, a query or a fragment.
 Result<TaUrl> ParseTaUrl(std::string_view url);
 
+// Every request has a total deadline: connect, TLS handshake, sending the
+// request and receiving the whole answer together, so a server that
+// trickles a byte at a time (each read well within io_timeout) is still
+// cut off. Answers are refused, without being read further, once they
+// exceed max_response_bytes (the documented answers are a few KiB).
 struct TaClientOptions {
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds io_timeout{10000};  // read and write, each
+  // The whole request; 0: connect_timeout + io_timeout.
+  std::chrono::milliseconds deadline{0};
+  size_t max_response_bytes = size_t{1} << 20;  // of the body
 };
 
 struct TaEnrollChallenge {

@@ -267,6 +267,100 @@ TEST_F(AttestationTest, EkCertificateChainingToARegisteredTpmCaIsAccepted) {
   ASSERT_TRUE(token.ok()) << token.error().message;
 }
 
+// A host registered by TPM CA alone (no EK) is pinned to the first EK that
+// completes enrollment under its name (trust on first use): another TPM
+// whose EK certificate chains just as well is refused, with one line,
+// until an admin removes the host. Two swtpm_setup-manufactured TPMs, each
+// with its own vendor CA, both registered.
+TEST_F(AttestationTest, AHostRegisteredByTpmCaIsPinnedToItsFirstEk) {
+  testing::Swtpm v1, v2;
+  std::string why = v1.ManufactureWithEkCertificate();
+  if (why.empty()) why = v2.ManufactureWithEkCertificate();
+  if (!why.empty()) GTEST_SKIP() << why;
+  ASSERT_TRUE(v1.Start(&why)) << why;
+  ASSERT_TRUE(v2.Start(&why)) << why;
+  auto read = [](const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
+  for (testing::Swtpm* v : {&v1, &v2}) {
+    ASSERT_TRUE(
+        svc_->AddTpmCa(read(v->dir() + "/ca/swtpm-localca-rootca-cert.pem"))
+            .ok());
+    ASSERT_TRUE(svc_->AddTpmCa(read(v->dir() + "/ca/issuercert.pem")).ok());
+  }
+  auto t1 = Tpm::Open(v1.Tcti());
+  auto t2 = Tpm::Open(v2.Tcti());
+  ASSERT_TRUE(t1.ok() && t2.ok());
+  struct Keys {
+    std::vector<uint8_t> ek, ak;
+    std::optional<std::vector<uint8_t>> cert;
+  };
+  auto keys = [](Tpm& t) {
+    Keys k;
+    auto ek = t.EkPublic();
+    auto ak = t.AkPublic();
+    auto cert = t.EkCertificate();
+    EXPECT_TRUE(ek.ok() && ak.ok() && cert.ok() && cert->has_value());
+    if (ek.ok()) k.ek = *ek;
+    if (ak.ok()) k.ak = *ak;
+    if (cert.ok()) k.cert = *cert;
+    return k;
+  };
+  const Keys k1 = keys(*t1), k2 = keys(*t2);
+  auto start = [&](const std::string& host, const Keys& k) {
+    return svc_->StartEnrollment(host, k.ek, k.cert, k.ak);
+  };
+  auto finish = [&](Tpm& t, const EnrollmentChallenge& ch) {
+    auto secret = t.ActivateCredential(ch.credential.credential_blob,
+                                       ch.credential.encrypted_secret);
+    if (!secret.ok()) return Status(std::move(secret).error());
+    return svc_->FinishEnrollment(ch.id, *secret);
+  };
+  ASSERT_TRUE(svc_->AddHost("h-tofu", std::nullopt).ok());
+  auto c1 = start("h-tofu", k1);
+  ASSERT_TRUE(c1.ok()) << c1.error().message;
+  ASSERT_TRUE(finish(*t1, *c1).ok());
+
+  // The second TPM: refused at the start, with one line that says what
+  // to do.
+  auto c2 = start("h-tofu", k2);
+  ASSERT_FALSE(c2.ok()) << "another TPM enrolled as a pinned host";
+  EXPECT_EQ(c2.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(c2.error().message.find("pinned"), std::string::npos)
+      << c2.error().message;
+  EXPECT_NE(c2.error().message.find("host remove"), std::string::npos)
+      << c2.error().message;
+  EXPECT_EQ(c2.error().message.find('\n'), std::string::npos);
+  // The pinned TPM may enroll again (a new AK).
+  c1 = start("h-tofu", k1);
+  ASSERT_TRUE(c1.ok()) << c1.error().message;
+  ASSERT_TRUE(finish(*t1, *c1).ok());
+
+  // Two TPMs racing for a fresh name: both challenges are issued, the
+  // first to finish wins, the other's finish is refused.
+  ASSERT_TRUE(svc_->AddHost("h-race", std::nullopt).ok());
+  auto r1 = start("h-race", k1);
+  auto r2 = start("h-race", k2);
+  ASSERT_TRUE(r1.ok() && r2.ok());
+  ASSERT_TRUE(finish(*t2, *r2).ok());
+  Status lost = finish(*t1, *r1);
+  ASSERT_FALSE(lost.ok());
+  EXPECT_EQ(lost.error().code, ErrorCode::kPermissionDenied);
+  EXPECT_NE(lost.error().message.find("pinned"), std::string::npos)
+      << lost.error().message;
+
+  // The admin removes and re-registers the host: the next EK is pinned.
+  ASSERT_TRUE(svc_->RemoveHost("h-tofu").ok());
+  ASSERT_TRUE(svc_->AddHost("h-tofu", std::nullopt).ok());
+  c2 = start("h-tofu", k2);
+  ASSERT_TRUE(c2.ok()) << c2.error().message;
+  ASSERT_TRUE(finish(*t2, *c2).ok());
+  EXPECT_FALSE(start("h-tofu", k1).ok());
+}
+
 // Unused nonces and enrollment challenges do not pile up in the shared
 // state: IssueNonce sweeps those expired for over a minute.
 TEST_F(AttestationTest, ExpiredUnusedNoncesAndChallengesAreSwept) {

@@ -2,9 +2,13 @@
 // real software TPM enrolls, attests, gets a KEK sealed to its one-time
 // key and unwraps it again, all through cpp-httplib (plain HTTP here; the
 // services run behind TLS in production).
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -26,8 +30,9 @@ class TaHttpTest : public ::testing::Test {
   void SetUp() override {
     std::string why;
     if (!tpm_.Start(&why)) GTEST_SKIP() << why;
-    ASSERT_NO_FATAL_FAILURE(testing::OpenTaServices(dir_.path(), &att_, &kps_));
-    AddAttestationRoutes(server_, *att_, att_mu_);
+    ASSERT_NO_FATAL_FAILURE(
+        testing::OpenTaServices(dir_.path(), &att_, &kps_, max_outstanding_));
+    AddAttestationRoutes(server_, *att_, rate_);
     AddKpsRoutes(server_, *kps_, kps_mu_);
     port_ = server_.bind_to_any_port("127.0.0.1");
     ASSERT_GT(port_, 0);
@@ -54,11 +59,22 @@ class TaHttpTest : public ::testing::Test {
     return *Base64Decode(j.get<std::string>());
   }
 
+  // Files in a state subdirectory.
+  size_t Files(const std::string& sub) {
+    size_t n = 0;
+    for (const auto& e :
+         std::filesystem::directory_iterator(dir_.path() + "/" + sub))
+      n += e.path().extension() == ".json";
+    return n;
+  }
+
+  size_t max_outstanding_ = 10000;  // set before SetUp
+  ClientRateLimit rate_;
   testing::TempDir dir_{"ta-http"};
   testing::Swtpm tpm_;
   std::optional<AttestationService> att_;
   std::optional<KeyProviderService> kps_;
-  std::mutex att_mu_, kps_mu_;
+  std::mutex kps_mu_;
   httplib::Server server_;
   int port_ = 0;
   std::thread thread_;
@@ -157,6 +173,114 @@ TEST_F(TaHttpTest, MalformedRequestsGetOneClearError) {
   auto [st2, b2] =
       Post("/v1/kek", {{"token", "x.y.z"}, {"transport_key", "AAAA"}});
   EXPECT_EQ(st2 / 100, 4) << b2.dump();
+}
+
+// A request stuck in I/O does not hold up the others: the host record of
+// "stuck" is a FIFO with no writer, so the enrollment's open(2) of it
+// blocks (as on a hung file system) while another client gets a nonce.
+TEST_F(TaHttpTest, ARequestStuckInIoDoesNotBlockTheOthers) {
+  auto ek = host_->EkPublic();
+  auto ak = host_->AkPublic();
+  ASSERT_TRUE(ek.ok() && ak.ok());
+  ASSERT_TRUE(att_->AddHost("h1", *ek).ok());
+  const std::string fifo = dir_.path() + "/hosts/stuck.json";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  std::thread stuck([&] {
+    Post("/v1/enroll", {{"host", "stuck"},
+                        {"ek", Base64Encode(*ek)},
+                        {"ak", Base64Encode(*ak)}});
+  });
+  // Let the enrollment reach the FIFO (its open blocks; nothing else
+  // makes it return before the writer below).
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  httplib::Client cli("127.0.0.1", port_);
+  cli.set_read_timeout(3, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto res =
+      cli.Post("/v1/nonce", Json{{"host", "h1"}}.dump(), "application/json");
+  const auto took = std::chrono::steady_clock::now() - t0;
+  // Release the stuck request: open the FIFO for writing and close it.
+  int w = open(fifo.c_str(), O_WRONLY);
+  if (w >= 0) close(w);
+  stuck.join();
+  ASSERT_TRUE(res) << "no answer while another request was stuck";
+  EXPECT_EQ(res->status, 200);
+  EXPECT_LT(took, std::chrono::seconds(2));
+}
+
+// An unauthenticated client cannot make the service write without bound:
+// past the cap on outstanding nonces (and, separately, enrollment
+// challenges) the answer is 503 and nothing is written; a challenge that
+// is used frees its slot.
+class TaHttpCapTest : public TaHttpTest {
+ protected:
+  TaHttpCapTest() {
+    max_outstanding_ = 4;
+    rate_.per_second = 0;  // no rate limit here
+  }
+};
+
+TEST_F(TaHttpCapTest, OutstandingNoncesAndChallengesAreCapped) {
+  auto ek = host_->EkPublic();
+  auto ak = host_->AkPublic();
+  ASSERT_TRUE(ek.ok() && ak.ok());
+  ASSERT_TRUE(att_->AddHost("h1", *ek).ok());
+  for (int i = 0; i < 4; ++i)
+    ASSERT_EQ(Post("/v1/nonce", {{"host", "h1"}}).first, 200) << i;
+  auto [st, busy] = Post("/v1/nonce", {{"host", "h1"}});
+  EXPECT_EQ(st, 503) << busy.dump();
+  EXPECT_EQ(busy["error"]["code"], "busy") << busy.dump();
+  EXPECT_EQ(Files("nonces"), 4u);
+
+  const Json enroll = {
+      {"host", "h1"}, {"ek", Base64Encode(*ek)}, {"ak", Base64Encode(*ak)}};
+  Json first;
+  for (int i = 0; i < 4; ++i) {
+    auto [s, ch] = Post("/v1/enroll", enroll);
+    ASSERT_EQ(s, 200) << ch.dump();
+    if (i == 0) first = ch;
+  }
+  auto [st2, busy2] = Post("/v1/enroll", enroll);
+  EXPECT_EQ(st2, 503) << busy2.dump();
+  EXPECT_EQ(Files("enrollments"), 4u);
+
+  // Finishing a challenge frees its slot.
+  auto secret = host_->ActivateCredential(B(first["credential_blob"]),
+                                          B(first["encrypted_secret"]));
+  ASSERT_TRUE(secret.ok()) << secret.error().message;
+  ASSERT_EQ(Post("/v1/enroll/finish",
+                 {{"id", first["id"]},
+                  {"secret", Base64Encode(std::span<const uint8_t>(
+                                 secret->data(), secret->size()))}})
+                .first,
+            200);
+  EXPECT_EQ(Post("/v1/enroll", enroll).first, 200);
+  EXPECT_EQ(Post("/v1/enroll", enroll).first, 503);
+}
+
+// One client address gets `burst` unauthenticated requests, then 429
+// until its bucket refills; the service is not called meanwhile (no file
+// written). Authenticated routes are not limited.
+class TaHttpRateTest : public TaHttpTest {
+ protected:
+  TaHttpRateTest() {
+    rate_.per_second = 0.5;
+    rate_.burst = 3;
+  }
+};
+
+TEST_F(TaHttpRateTest, UnauthenticatedRoutesAreRateLimitedPerClient) {
+  ASSERT_TRUE(att_->AddHost("h1", std::nullopt).ok());
+  for (int i = 0; i < 3; ++i)
+    ASSERT_EQ(Post("/v1/nonce", {{"host", "h1"}}).first, 200) << i;
+  auto [st, limited] = Post("/v1/nonce", {{"host", "h1"}});
+  EXPECT_EQ(st, 429) << limited.dump();
+  EXPECT_TRUE(limited["error"]["message"].is_string()) << limited.dump();
+  // /v1/enroll shares the bucket.
+  EXPECT_EQ(Post("/v1/enroll", {{"host", "h1"}}).first, 429);
+  EXPECT_EQ(Files("nonces"), 3u);
+  // Not limited: a request that must carry a valid token anyway.
+  EXPECT_EQ(Post("/v1/kek", {{"token", "x.y.z"}}).first, 400);
 }
 
 }  // namespace

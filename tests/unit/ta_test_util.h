@@ -22,10 +22,12 @@ namespace vcrypt::testing {
 // Use with ASSERT_NO_FATAL_FAILURE.
 inline void OpenTaServices(const std::string& state_dir,
                            std::optional<AttestationService>* att,
-                           std::optional<KeyProviderService>* kps) {
+                           std::optional<KeyProviderService>* kps,
+                           size_t max_outstanding = 10000) {
   AttestationConfig c;
   c.state_dir = state_dir;
   c.selection = {TPM2_ALG_SHA256, {0, 1, 2, 3, 7}};
+  c.max_outstanding = max_outstanding;
   auto key = EcSigningKey::Generate();
   ASSERT_TRUE(key.ok());
   auto pub = EcVerifyKey::FromPublicPem(*key->ToPublicPem());

@@ -489,6 +489,28 @@ TEST_F(TaServiceTest, ServiceUsageErrors) {
           Certs() + "/client-key.pem"});
   EXPECT_EQ(r.code, 12) << r.err;
   EXPECT_NE(r.err.find("does not match"), std::string::npos) << r.err;
+  // The limits on unauthenticated clients: numbers in range only.
+  for (std::vector<std::string> bad :
+       {std::vector<std::string>{"--rate-limit", "fast"},
+        {"--rate-limit", "-1"},
+        {"--rate-burst", "0"},
+        {"--max-outstanding", "0"},
+        {"--max-outstanding", "10x"}}) {
+    std::vector<std::string> args = {"attestation-service",
+                                     "--state",
+                                     state_,
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--tls-cert",
+                                     Certs() + "/server.pem",
+                                     "--tls-key",
+                                     Certs() + "/server-key.pem"};
+    args.insert(args.end(), bad.begin(), bad.end());
+    r = Ta(args);
+    EXPECT_EQ(r.code, 2) << bad[0] << " " << bad[1] << ": " << r.err;
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find(bad[0]), std::string::npos) << r.err;
+  }
 }
 
 // The binary: prints the line tests and scripts wait for, and exits 0 on

@@ -23,6 +23,7 @@
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/random.h"
+#include "keyproviders/trusted/ta_client.h"
 #include "keyproviders/trusted/tpm.h"
 #include "tests/test_util.h"
 #include "tests/unit/swtpm.h"
@@ -144,7 +145,7 @@ class TrustedProviderTest : public ::testing::Test {
 
     att_server_.emplace(server_cert_.get(), server_key_.get());
     kps_server_.emplace(server_cert_.get(), server_key_.get());
-    AddAttestationRoutes(att_server_->server(), *att_, att_mu_);
+    AddAttestationRoutes(att_server_->server(), *att_);
     AddKpsRoutes(kps_server_->server(), *kps_, kps_mu_);
     // Counts the attestations the service sees.
     att_server_->server().set_pre_routing_handler(
@@ -212,7 +213,7 @@ class TrustedProviderTest : public ::testing::Test {
   std::string ca_pem_;
   std::optional<AttestationService> att_;
   std::optional<KeyProviderService> kps_;
-  std::mutex att_mu_, kps_mu_;
+  std::mutex kps_mu_;
   std::optional<TestServer> att_server_, kps_server_;
   std::atomic<int> attest_calls_{0}, enroll_calls_{0};
   std::atomic<int64_t> clock_offset_{0};
@@ -432,6 +433,125 @@ TEST_F(TrustedProviderTest, TamperedCiphertextIsRefused) {
   k = p->GetKek(none);
   ASSERT_FALSE(k.ok());
   EXPECT_EQ(k.error().code, ErrorCode::kInvalidVolume);
+}
+
+// --- the client against a misbehaving server ------------------------------
+//
+// A server that trickles its answer or sends a huge one is a fault the
+// real services cannot produce: these handlers are written to be hostile.
+// No TPM needed.
+class TaClientHostileServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ca_key_ = NewKey();
+    ca_ = MakeCert(ca_key_.get(), "vcrypt test CA", nullptr, ca_key_.get());
+    server_key_ = NewKey();
+    server_cert_ =
+        MakeCert(server_key_.get(), "ta.test", ca_.get(), ca_key_.get());
+    ca_file_ = dir_.path() + "/ca.pem";
+    ASSERT_TRUE(
+        WriteFileAtomic(ca_file_, Pem(ca_.get()), AtomicWriteOptions{0644, {}})
+            .ok());
+    server_.emplace(server_cert_.get(), server_key_.get());
+  }
+  void TearDown() override {
+    stop_ = true;
+    if (server_) server_->Stop();
+  }
+  Result<TaClient> Client(TaClientOptions o) {
+    return TaClient::Create("attestation service", server_->Url(), ca_file_, o);
+  }
+
+  testing::TempDir dir_{"ta-client"};
+  EvpPkeyPtr ca_key_, server_key_;
+  X509Ptr ca_, server_cert_;
+  std::string ca_file_;
+  std::optional<TestServer> server_;
+  std::atomic<bool> stop_{false};
+  std::atomic<size_t> sent_{0};
+};
+
+TEST_F(TaClientHostileServerTest, ATricklingServerIsCutOffAtTheDeadline) {
+  // One byte of a valid JSON answer every 100 ms, for up to 10 s: every
+  // read returns well within io_timeout.
+  server_->server().Post(
+      "/v1/nonce", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_chunked_content_provider(
+            "application/json", [this](size_t off, httplib::DataSink& sink) {
+              std::this_thread::sleep_for(std::chrono::milliseconds(100));
+              if (stop_ || off >= 100) return false;
+              const char* c = off == 0 ? "{" : off == 99 ? "}" : " ";
+              if (!sink.write(c, 1)) return false;
+              if (off == 99) sink.done();
+              return true;
+            });
+      });
+  ASSERT_TRUE(server_->Start());
+  TaClientOptions o;
+  o.connect_timeout = std::chrono::milliseconds(1000);
+  o.io_timeout = std::chrono::milliseconds(1000);
+  o.deadline = std::chrono::milliseconds(1500);
+  auto c = Client(o);
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = c->Post("/v1/nonce", Json{{"host", "h1"}});
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kKeyUnavailable);
+  EXPECT_NE(r.error().message.find("deadline"), std::string::npos)
+      << r.error().message;
+  EXPECT_EQ(r.error().message.find('\n'), std::string::npos);
+  EXPECT_LT(took, std::chrono::milliseconds(1500 + 700));
+}
+
+TEST_F(TaClientHostileServerTest, AnOversizedAnswerIsRefused) {
+  // A valid JSON object of 2 MiB with a Content-Length: refused on the
+  // length alone.
+  server_->server().Post(
+      "/v1/nonce", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content("{\"pad\":\"" + std::string(2 << 20, 'x') + "\"}",
+                        "application/json");
+      });
+  // Chunked, no length, 64 MiB unless the client stops reading: refused
+  // without reading (or keeping) it all.
+  server_->server().Post(
+      "/v1/attest", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_chunked_content_provider(
+            "application/json", [this](size_t off, httplib::DataSink& sink) {
+              static const std::string pad(64 << 10, ' ');
+              if (stop_) return false;
+              if (off == 0) {
+                if (!sink.write("{", 1)) return false;
+                ++sent_;
+              }
+              if (sent_ >= (64u << 20)) {
+                sink.write("}", 1);
+                sink.done();
+                return true;
+              }
+              if (!sink.write(pad.data(), pad.size())) return false;
+              sent_ += pad.size();
+              return true;
+            });
+      });
+  ASSERT_TRUE(server_->Start());
+  auto c = Client(TaClientOptions{});
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  auto r = c->Post("/v1/nonce", Json{{"host", "h1"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kKeyUnavailable);
+  EXPECT_NE(r.error().message.find("larger than 1048576 bytes"),
+            std::string::npos)
+      << r.error().message;
+  r = c->Post("/v1/attest", Json{{"host", "h1"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kKeyUnavailable);
+  EXPECT_NE(r.error().message.find("larger than 1048576 bytes"),
+            std::string::npos)
+      << r.error().message;
+  // The client stopped reading: the server got no further than the limit
+  // plus what the socket buffers held.
+  EXPECT_LT(sent_.load(), size_t{32} << 20);
 }
 
 TEST(TaUrlTest, ParsesHttpsUrlsOnly) {
