@@ -1,3 +1,6 @@
+// JWS ES256 tokens: signing, verification with a pinned algorithm, and the
+// replay guard. Over 800 lines of one concern; issue 14 moves it with the
+// other shared pieces into taprotocol/, where it may be split further.
 #include "trustauthority/jws.h"
 
 #include <errno.h>

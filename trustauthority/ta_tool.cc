@@ -1,3 +1,5 @@
+// vcrypt-ta's admin commands and service start-up. Over 800 lines: issue 14
+// separates the admin tool from the services' start-up.
 #include "trustauthority/ta_tool.h"
 
 #include <fcntl.h>
