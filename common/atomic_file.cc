@@ -6,8 +6,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <mutex>
 #include <string_view>
+#include <unordered_map>
 
 #include "common/handles.h"
 
@@ -38,17 +41,47 @@ Status WriteAll(int fd, const uint8_t* p, size_t n, const std::string& path) {
   return Status::Ok();
 }
 
-// Removes leftovers of earlier interrupted writes of `base` in `dir`.
-void RemoveStaleTemps(const std::string& dir, const std::string& base,
-                      const std::string& keep) {
+// A temporary file older than this is a leftover: a write takes
+// milliseconds, so one this old was left by a writer that died (or lost
+// its file system). Younger ones may be another thread's or replica's
+// write in progress and are never touched.
+constexpr auto kStaleAfter = std::chrono::seconds(60);
+
+// Whether this process should sweep `dir` now: at its first write there,
+// then at most once per kStaleAfter. Listing the directory on every write
+// made each write cost O(files in it) (issue 13: the Trust Authority's
+// per-host and per-challenge directories).
+bool SweepDue(const std::string& dir) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::chrono::steady_clock::time_point>
+      last;
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mu);
+  auto [it, inserted] = last.try_emplace(dir, now);
+  if (inserted) return true;
+  if (now - it->second < kStaleAfter) return false;
+  it->second = now;
+  return true;
+}
+
+// Removes temporary files of WriteFileAtomic ("<name>.tmp.XXXXXX") in
+// `dir` whose last change is over kStaleAfter ago.
+void RemoveStaleTemps(const std::string& dir) {
   DIR* d = opendir(dir.c_str());
   if (d == nullptr) return;
-  const std::string prefix = base + ".tmp.";
+  const auto cutoff = std::chrono::system_clock::now() - kStaleAfter;
   while (dirent* e = readdir(d)) {
     std::string_view n(e->d_name);
-    if (n.starts_with(prefix) && n != keep) {
-      unlinkat(dirfd(d), e->d_name, 0);
-    }
+    auto pos = n.rfind(".tmp.");
+    if (pos == std::string_view::npos || pos == 0 || n.size() - pos != 5 + 6)
+      continue;
+    struct stat st;
+    if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISREG(st.st_mode))
+      continue;
+    const auto mtime = std::chrono::system_clock::time_point(
+        std::chrono::seconds(st.st_mtim.tv_sec));
+    if (mtime < cutoff) unlinkat(dirfd(d), e->d_name, 0);
   }
   closedir(d);
 }
@@ -59,7 +92,6 @@ Status WriteFileAtomic(const std::string& path,
                        std::span<const uint8_t> contents,
                        const AtomicWriteOptions& options) {
   const std::string dir = DirName(path);
-  const std::string base = path.substr(path.rfind('/') + 1);
   std::string tmpl = path + ".tmp.XXXXXX";
   UniqueFd fd(mkostemp(tmpl.data(), O_CLOEXEC));
   if (!fd.valid()) {
@@ -81,11 +113,12 @@ Status WriteFileAtomic(const std::string& path,
   fd.reset();
   if (options.before_rename) options.before_rename();
   if (rename(tmp.c_str(), path.c_str()) != 0)
-    return fail(ErrnoError(ErrorCode::kIo, "cannot rename onto " + path, errno));
+    return fail(
+        ErrnoError(ErrorCode::kIo, "cannot rename onto " + path, errno));
   UniqueFd dfd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dfd.valid() || fsync(dfd.get()) != 0)
     return ErrnoError(ErrorCode::kIo, "cannot fsync directory " + dir, errno);
-  RemoveStaleTemps(dir, base, "");
+  if (SweepDue(dir)) RemoveStaleTemps(dir);
   return Status::Ok();
 }
 
@@ -128,7 +161,8 @@ Status MakeDirs(const std::string& path, mode_t mode) {
     if (j == std::string::npos) j = path.size();
     cur = path.substr(0, j);
     if (!cur.empty() && mkdir(cur.c_str(), mode) != 0 && errno != EEXIST)
-      return ErrnoError(ErrorCode::kIo, "cannot create directory " + cur, errno);
+      return ErrnoError(ErrorCode::kIo, "cannot create directory " + cur,
+                        errno);
     i = j + 1;
   }
   struct stat st;

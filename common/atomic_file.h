@@ -3,8 +3,13 @@
 // WriteFileAtomic writes to a temporary file in the same directory,
 // fsyncs it, renames it over the target and fsyncs the directory. A crash
 // at any point leaves either the complete old file or the complete new
-// one, never a mix; a stray "<name>.tmp.*" may remain and is ignored by
-// readers (and removed by the next successful write of that file).
+// one, never a mix; a stray "<name>.tmp.XXXXXX" may remain and is ignored
+// by readers. Such leftovers are removed once they are over a minute old
+// (a younger one may be another writer's, in progress) by a later
+// successful write into the same directory: the first one of each
+// process, then one a minute at most, so that a write does not list its
+// whole directory each time. Concurrent writers of one file (threads, or
+// processes sharing the directory) each get a complete file in turn.
 #ifndef VCRYPT_COMMON_ATOMIC_FILE_H_
 #define VCRYPT_COMMON_ATOMIC_FILE_H_
 

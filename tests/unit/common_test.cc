@@ -4,10 +4,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "common/atomic_file.h"
 #include "common/base64.h"
@@ -143,38 +148,85 @@ TEST(AtomicFileTest, WritesAndReplaces) {
   EXPECT_EQ(ReadFile(d.path() + "/nope").error().code, ErrorCode::kNotFound);
 }
 
+int TempFilesIn(const std::string& dir) {
+  int temps = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().filename().string().find(".tmp.") != std::string::npos)
+      ++temps;
+  return temps;
+}
+
+// Runs `fn` in a child process and returns its exit status (or -1).
+int InChild(const std::function<int()>& fn) {
+  pid_t pid = fork();
+  if (pid == 0) _exit(fn());
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+    return -1;
+  return WEXITSTATUS(status);
+}
+
 // A real crash: a child process dies (_exit) after writing the temporary
 // file and before the rename. The old contents must survive intact, and
-// the next successful write must clean the leftover temporary file.
+// the leftover, once over a minute old, must go at the first write into
+// the directory of a later process (this one: it has not written there).
 TEST(AtomicFileTest, CrashBeforeRenameKeepsOldFile) {
   TempDir d;
   std::string p = d.path() + "/inventory.json";
-  ASSERT_TRUE(WriteFileAtomic(p, std::string("old contents")).ok());
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    AtomicWriteOptions o;
-    o.before_rename = [] { _exit(42); };
-    (void)WriteFileAtomic(p, std::string("new contents, never visible"), o);
-    _exit(0);
-  }
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 42);  // it really died mid-write
+  ASSERT_EQ(InChild([&] {
+              return WriteFileAtomic(p, std::string("old contents")).ok() ? 0
+                                                                          : 1;
+            }),
+            0);
+  ASSERT_EQ(InChild([&] {
+              AtomicWriteOptions o;
+              o.before_rename = [] { _exit(42); };
+              (void)WriteFileAtomic(p, std::string("never visible"), o);
+              return 0;
+            }),
+            42);  // it really died mid-write
   EXPECT_EQ(*ReadFile(p), "old contents");
-  int temps = 0;
-  for (auto& e : std::filesystem::directory_iterator(d.path()))
-    if (e.path().filename().string().find(".tmp.") != std::string::npos)
-      ++temps;
-  EXPECT_EQ(temps, 1);  // the dead writer's temp file
+  ASSERT_EQ(TempFilesIn(d.path()), 1);  // the dead writer's temp file
+  // Two minutes old, as if the service restarted after the crash.
+  for (auto& e : std::filesystem::directory_iterator(d.path())) {
+    if (e.path().filename().string().find(".tmp.") == std::string::npos)
+      continue;
+    timespec old_times[2] = {{time(nullptr) - 120, 0},
+                             {time(nullptr) - 120, 0}};
+    ASSERT_EQ(utimensat(AT_FDCWD, e.path().c_str(), old_times, 0), 0);
+  }
   ASSERT_TRUE(WriteFileAtomic(p, std::string("next")).ok());
-  temps = 0;
-  for (auto& e : std::filesystem::directory_iterator(d.path()))
-    if (e.path().filename().string().find(".tmp.") != std::string::npos)
-      ++temps;
-  EXPECT_EQ(temps, 0);
+  EXPECT_EQ(TempFilesIn(d.path()), 0);
   EXPECT_EQ(*ReadFile(p), "next");
+}
+
+// Another writer's temporary file (a thread or a replica sharing the
+// directory, mid-write) is not a leftover: a write must never remove it,
+// or that writer's rename fails. It used to be removed by any write of the
+// same file.
+TEST(AtomicFileTest, AYoungTempFileOfAnotherWriterIsKept) {
+  TempDir d;
+  const std::string p = d.path() + "/host.json";
+  const std::string theirs = p + ".tmp.AbC123";
+  std::ofstream(theirs) << "half of their record";
+  ASSERT_TRUE(WriteFileAtomic(p, std::string("mine")).ok());
+  EXPECT_TRUE(std::filesystem::exists(theirs));
+}
+
+TEST(AtomicFileTest, ConcurrentWritersOfOneFileAllSucceed) {
+  TempDir d;
+  const std::string p = d.path() + "/host.json";
+  std::atomic<int> failures{0};
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 4; ++t)
+    writers.emplace_back([&, t] {
+      for (int i = 0; i < 100; ++i)
+        if (!WriteFileAtomic(p, "writer " + std::to_string(t)).ok()) ++failures;
+    });
+  for (auto& w : writers) w.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(ReadFile(p)->rfind("writer ", 0), 0u);
+  EXPECT_EQ(TempFilesIn(d.path()), 0);
 }
 
 TEST(AtomicFileTest, MissingDirectoryIsAnError) {
