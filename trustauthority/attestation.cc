@@ -1,9 +1,13 @@
 #include "trustauthority/attestation.h"
 
+#include <fcntl.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509_vfy.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -176,17 +180,115 @@ Error TooMany(const std::string& what, size_t cap) {
                        "): the service is overloaded, retry later");
 }
 
+// Nonces (docs/trusted.md, "Nonces"): 32 bytes, made and checked
+// without state:
+//   [0, 8)   expiry, unix seconds, big-endian
+//   [8, 16)  random
+//   [16, 32) HMAC-SHA256(nonce key, kNonceLabel || host || 0 || [0, 16)),
+//            truncated
+// so issuing one writes nothing and takes no lock: an unauthenticated
+// flood of /v1/nonce costs the service a random draw and a MAC each, and
+// cannot use up anything a real host needs (issue 13). Single use is
+// recorded when one is redeemed (used-nonces/, a ReplayGuard), which only
+// a quote by an enrolled AK reaches.
+constexpr size_t kNonceSize = 32;
+constexpr size_t kNonceMacOffset = 16;
+constexpr char kNonceLabel[] = "vcrypt-ta nonce v1";
+constexpr size_t kNonceKeySize = 32;
+
+Status NonceMac(const SecureBuffer& key, const std::string& host,
+                std::span<const uint8_t> head, uint8_t out[32]) {
+  std::vector<uint8_t> msg(kNonceLabel, kNonceLabel + sizeof kNonceLabel);
+  msg.insert(msg.end(), host.begin(), host.end());
+  msg.push_back(0);
+  msg.insert(msg.end(), head.begin(), head.end());
+  unsigned int len = 0;
+  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), msg.data(),
+           msg.size(), out, &len) == nullptr ||
+      len != 32)
+    return MakeError(ErrorCode::kCrypto, "HMAC-SHA256 failed");
+  return Status::Ok();
+}
+
+int64_t NonceExpiry(std::span<const uint8_t> nonce) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v = (v << 8) | nonce[i];
+  return static_cast<int64_t>(v);
+}
+
+// The nonce key: <state>/nonce.key, 32 random bytes, owner-only. Made by
+// the first service (or admin command) that finds none, published with
+// link(2) so that replicas sharing the directory all end up with the one
+// that won; root making it in a directory it does not own gives it to the
+// directory's owner (the services' user).
+Result<SecureBuffer> LoadOrCreateNonceKey(const std::string& dir) {
+  const std::string path = dir + "/nonce.key";
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    UniqueFd fd(open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (fd.valid()) {
+      struct stat st;
+      if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+          st.st_size != static_cast<off_t>(kNonceKeySize) ||
+          (st.st_mode & 077) != 0)
+        return MakeError(ErrorCode::kIo,
+                         path + " is not a " + std::to_string(kNonceKeySize) +
+                             "-byte owner-only file (damaged state)");
+      SecureBuffer key(kNonceKeySize);
+      if (read(fd.get(), key.data(), key.size()) !=
+          static_cast<ssize_t>(key.size()))
+        return MakeError(ErrorCode::kIo, "cannot read " + path);
+      return key;
+    }
+    if (errno != ENOENT)
+      return MakeError(ErrorCode::kIo,
+                       "cannot open " + path + ": " + std::strerror(errno));
+    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer key, RandomKey(kNonceKeySize));
+    std::string tmp = path + ".tmp.XXXXXX";
+    UniqueFd out(mkostemp(tmp.data(), O_CLOEXEC));
+    if (!out.valid())
+      return MakeError(ErrorCode::kIo, "cannot create a file in " + dir + ": " +
+                                           std::strerror(errno));
+    struct stat dst;
+    bool ok = fchmod(out.get(), 0600) == 0 &&
+              write(out.get(), key.data(), key.size()) ==
+                  static_cast<ssize_t>(key.size()) &&
+              fsync(out.get()) == 0 && stat(dir.c_str(), &dst) == 0 &&
+              (geteuid() != 0 || dst.st_uid == 0 ||
+               fchown(out.get(), dst.st_uid, dst.st_gid) == 0);
+    int err = errno;
+    out.reset();
+    if (ok && link(tmp.c_str(), path.c_str()) == 0) {
+      unlink(tmp.c_str());
+      UniqueFd dfd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (dfd.valid()) fsync(dfd.get());
+      return key;
+    }
+    if (ok) err = errno;
+    unlink(tmp.c_str());
+    if (!ok || err != EEXIST)
+      return MakeError(ErrorCode::kIo,
+                       "cannot write " + path + ": " + std::strerror(err));
+    // Another replica published its key first: use that one.
+  }
+  return MakeError(ErrorCode::kIo, "cannot read " + path);
+}
+
 }  // namespace
 
 Result<AttestationService> AttestationService::Open(AttestationConfig config,
                                                     EcSigningKey key) {
-  for (const char* d :
-       {"tpm-cas", "hosts", "baselines", "enrollments", "nonces"})
+  for (const char* d : {"tpm-cas", "hosts", "baselines", "enrollments"})
     VCRYPT_RETURN_IF_ERROR(MakeDirs(config.state_dir + "/" + d));
   if (config.selection.pcrs.empty())
     return MakeError(ErrorCode::kInvalidArgument, "the PCR selection is empty");
-  AttestationService svc(std::move(config), std::move(key));
-  svc.nonce_expiries_ = UnexpiredIn(svc.Path("nonces"));
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer nonce_key,
+                          LoadOrCreateNonceKey(config.state_dir));
+  // Kept past their expiry for as long as a replica's clock may lag.
+  VCRYPT_ASSIGN_OR_RETURN(ReplayGuard used_nonces,
+                          ReplayGuard::Open(config.state_dir + "/used-nonces",
+                                            std::chrono::seconds(60)));
+  AttestationService svc(std::move(config), std::move(key),
+                         std::move(nonce_key), std::move(used_nonces));
   svc.enrollment_expiries_ = UnexpiredIn(svc.Path("enrollments"));
   return svc;
 }
@@ -318,6 +420,7 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
       return TooMany("enrollment challenges", config_.max_outstanding);
     enrollment_expiries_.insert(expires);
   }
+  MaybePurge();
   if (auto st = WriteFileAtomic(Path("enrollments/" + id + ".json"),
                                 pending.dump(), AtomicWriteOptions{0600, {}});
       !st.ok()) {
@@ -377,9 +480,16 @@ Status AttestationService::FinishEnrollment(const std::string& id,
                          AtomicWriteOptions{0600, {}});
 }
 
-void AttestationService::PurgeExpired() {
+void AttestationService::MaybePurge() {
+  {
+    std::lock_guard lock(locks_->counters);
+    if (Now() - last_purge_ < 60) return;
+    last_purge_ = Now();
+  }
   // A minute of grace past expiry: a replica whose clock is behind may
-  // still be checking one. Files it cannot parse are left alone.
+  // still be checking one. Files it cannot parse are left alone. nonces/
+  // holds the files of an older version's nonces (before they were made
+  // without state), expired for good a minute after the upgrade.
   const int64_t cutoff = Now() - 60;
   for (const char* dir : {"nonces", "enrollments"}) {
     std::error_code ec;
@@ -392,6 +502,7 @@ void AttestationService::PurgeExpired() {
         fs::remove(e.path(), ec);
     }
   }
+  (void)used_nonces_.Purge(std::chrono::system_clock::now());  // best effort
 }
 
 Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
@@ -399,43 +510,21 @@ Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
   if (!fs::exists(Path("hosts/" + host + ".json")))
     return MakeError(ErrorCode::kNotFound,
                      "host '" + host + "' is not registered");
-  // Housekeeping on the way (at most once a minute per replica): nonces
-  // and enrollment challenges that were never used are only ever removed
-  // here.
-  bool purge = false;
   NonceGrant g;
   g.expires = Now() + config_.nonce_lifetime.count();
-  {
-    // The slot is taken before the write, under the lock; the I/O is not.
-    std::lock_guard lock(locks_->counters);
-    if (Now() - last_purge_ >= 60) {
-      last_purge_ = Now();
-      purge = true;
-    }
-    if (Outstanding(nonce_expiries_) >= config_.max_outstanding)
-      return TooMany("nonces", config_.max_outstanding);
-    nonce_expiries_.insert(g.expires);
-  }
-  auto give_back = [&] {
-    std::lock_guard lock(locks_->counters);
-    Forget(nonce_expiries_, g.expires);
-  };
-  if (purge) PurgeExpired();
-  auto n = RandomKey(32);
-  if (!n.ok()) {
-    give_back();
-    return std::move(n).error();
-  }
-  g.nonce.assign(n->data(), n->data() + n->size());
   g.selection = config_.selection;
-  if (auto st =
-          WriteFileAtomic(Path("nonces/" + HexEncode(g.nonce) + ".json"),
-                          Json{{"host", host}, {"expires", g.expires}}.dump(),
-                          AtomicWriteOptions{0600, {}});
-      !st.ok()) {
-    give_back();
-    return std::move(st).error();
-  }
+  g.nonce.resize(kNonceSize);
+  for (size_t i = 0; i < 8; ++i)
+    g.nonce[i] =
+        static_cast<uint8_t>(static_cast<uint64_t>(g.expires) >> (56 - 8 * i));
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer r, RandomKey(8));
+  std::copy(r.data(), r.data() + r.size(), g.nonce.begin() + 8);
+  uint8_t mac[32];
+  VCRYPT_RETURN_IF_ERROR(
+      NonceMac(nonce_key_, host,
+               std::span<const uint8_t>(g.nonce.data(), kNonceMacOffset), mac));
+  std::copy(mac, mac + (kNonceSize - kNonceMacOffset),
+            g.nonce.begin() + kNonceMacOffset);
   return g;
 }
 
@@ -455,23 +544,17 @@ Result<std::string> AttestationService::Attest(
     std::span<const uint8_t> session_point, std::span<const uint8_t> attest, std::span<const uint8_t> signature,
     const std::vector<std::vector<uint8_t>>& pcr_values) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
-  // The nonce first: consumed whatever happens next, so a quote is tried
-  // once per nonce.
-  if (nonce.empty() || nonce.size() > 64)
-    return MakeError(ErrorCode::kPermissionDenied, "unknown nonce");
-  const std::string npath = Path("nonces/" + HexEncode(nonce) + ".json");
-  auto issued = ReadJson(npath);
-  if (!issued.ok() || unlink(npath.c_str()) != 0)
+  // The nonce first (no I/O): one this service made for this host, and
+  // unexpired. Its single use is recorded once the quote verifies, below.
+  uint8_t mac[32];
+  if (nonce.size() != kNonceSize ||
+      !NonceMac(nonce_key_, host, nonce.first(kNonceMacOffset), mac).ok() ||
+      CRYPTO_memcmp(mac, nonce.data() + kNonceMacOffset,
+                    kNonceSize - kNonceMacOffset) != 0)
     return MakeError(ErrorCode::kPermissionDenied,
-                     "unknown or already used nonce");
-  {
-    std::lock_guard lock(locks_->counters);
-    Forget(nonce_expiries_, (*issued).value("expires", int64_t{0}));
-  }
-  if ((*issued).value("host", std::string()) != host)
-    return MakeError(ErrorCode::kPermissionDenied,
-                     "the nonce was issued to another host");
-  if ((*issued).value("expires", int64_t{0}) < Now())
+                     "unknown nonce, or one issued to another host");
+  const int64_t nonce_expires = NonceExpiry(nonce);
+  if (nonce_expires < Now())
     return MakeError(ErrorCode::kPermissionDenied, "the nonce has expired");
   if (!EcVerifyKey::FromPoint(session_point).ok())
     return MakeError(ErrorCode::kInvalidArgument,
@@ -498,6 +581,15 @@ Result<std::string> AttestationService::Attest(
   if (rec->contains("last_clock"))
     check.last_clock = ClockFrom((*rec)["last_clock"]);
   VCRYPT_ASSIGN_OR_RETURN(ParsedQuote q, VerifyQuote(attest, signature, check));
+  // Single use, across threads and replicas: the first redemption of the
+  // nonce records it. After the quote, so that only an enrolled AK's
+  // quote makes the service write; a replay of the same evidence gets
+  // here too and is refused.
+  VCRYPT_ASSIGN_OR_RETURN(
+      bool first, used_nonces_.ConsumeOnce(HexEncode(nonce), nonce_expires));
+  if (!first)
+    return MakeError(ErrorCode::kPermissionDenied, "already used nonce");
+  MaybePurge();
 
   // The values are the TPM's: now they must be an approved baseline's.
   std::string matched;

@@ -12,12 +12,15 @@
 //   baselines/<name>.json       {"values": [hex...]} over the service's
 //                               PCR selection
 //   enrollments/<id>.json       pending AK enrollments (single use)
-//   nonces/<hex>.json           issued nonces (single use: consuming one
-//                               is unlink(2), which succeeds once)
-// Unused nonces and challenges are removed a minute after they expire
-// (on IssueNonce, at most once a minute). Each instance caps the nonces,
-// and the challenges, that it issued and that are neither redeemed nor
-// expired (AttestationConfig::max_outstanding; counted in memory).
+//   nonce.key                   32 bytes: the MAC key of the nonces
+//   used-nonces/                redeemed nonces (a ReplayGuard, jws.h)
+// A nonce carries its expiry and a MAC over it and the host's name
+// (attestation.cc), so issuing one writes nothing; the first redemption
+// records it. Unused challenges and used-nonce records are removed a
+// minute after they expire (at most once a minute, on the enrollment and
+// attestation paths). Each instance caps the challenges that it issued
+// and that are neither finished nor expired
+// (AttestationConfig::max_outstanding; counted in memory).
 // Files are written atomically (common/atomic_file.h). A host's last clock
 // is last-writer-wins between replicas.
 #ifndef VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
@@ -49,10 +52,11 @@ struct AttestationConfig {
   std::chrono::seconds nonce_lifetime{60};
   std::chrono::seconds enrollment_lifetime{300};
   std::chrono::seconds token_lifetime{300};
-  // Unredeemed, unexpired nonces this service instance has issued, and
-  // enrollment challenges, each at most this many: beyond, IssueNonce and
-  // StartEnrollment fail with kBusy (HTTP 503) and write nothing. Bounds
-  // the files an unauthenticated client can make the service write.
+  // Unfinished, unexpired enrollment challenges this service instance has
+  // issued, at most this many: beyond, StartEnrollment fails with kBusy
+  // (HTTP 503) and writes nothing. Bounds the files an unauthenticated
+  // client can make the service write. (Nonces need no cap: they are
+  // made without state.)
   size_t max_outstanding = 10000;
 };
 
@@ -69,9 +73,9 @@ struct NonceGrant {
 
 // Thread-safe: the HTTP server calls it from several threads at once,
 // with no lock around the whole call. Its files are safe between threads
-// the way they are between replicas (single use by unlink(2), atomic
-// writes); the in-memory counters and a host record's read-modify-write
-// take their own short locks.
+// the way they are between replicas (single use by unlink(2) or an O_EXCL
+// create, atomic writes); the in-memory counters and a host record's
+// read-modify-write take their own short locks.
 class AttestationService {
  public:
   // Creates the state directories when missing.
@@ -115,13 +119,15 @@ class AttestationService {
   Status FinishEnrollment(const std::string& id, const SecureBuffer& secret);
 
   // --- attestation ---
-  // kNotFound (host), kBusy when config().max_outstanding unredeemed
-  // nonces are out (nothing written).
+  // kNotFound (host). Writes nothing and takes no lock: a nonce is its
+  // expiry, random bytes and a MAC binding them to `host`.
   Result<NonceGrant> IssueNonce(const std::string& host);
   // Verifies the quote (trustauthority/quote.h VerifyQuote, with the
   // host's enrolled AK and last clock; its extraData must be
   // QuoteQualifyingData(nonce, session_point), trustauthority/proof.h),
-  // consumes the nonce (single use, unexpired, issued to this host),
+  // that the nonce is one this service (or a replica sharing its state)
+  // issued to `host` and unexpired, records it as used (single use,
+  // across replicas; only once the quote verified),
   // compares the PCR values with every baseline and returns a signed token
   // naming the one matched and bound to the session key (`cnf`).
   // kPermissionDenied when the nonce, the host or the baseline check
@@ -136,29 +142,37 @@ class AttestationService {
   const EcSigningKey& key() const { return key_; }
 
  private:
-  AttestationService(AttestationConfig config, EcSigningKey key)
-      : config_(std::move(config)), key_(std::move(key)) {}
+  AttestationService(AttestationConfig config, EcSigningKey key,
+                     SecureBuffer nonce_key, ReplayGuard used_nonces)
+      : config_(std::move(config)),
+        key_(std::move(key)),
+        nonce_key_(std::move(nonce_key)),
+        used_nonces_(std::move(used_nonces)) {}
   std::string Path(const std::string& rel) const {
     return config_.state_dir + "/" + rel;
   }
 
-  // Removes nonces and enrollment challenges expired for over a minute.
-  void PurgeExpired();
+  // At most once a minute per instance: removes enrollment challenges
+  // (and an older version's nonce files) expired for over a minute, and
+  // used-nonce records past their grace.
+  void MaybePurge();
 
   AttestationConfig config_;
   EcSigningKey key_;
-  // Expiry times of the unredeemed nonces and challenges this instance
-  // issued (those on disk when it opened included): the cap's count,
-  // without reading the directories per request.
-  std::multiset<int64_t> nonce_expiries_, enrollment_expiries_;
-  // counters: last_purge_ and the expiry sets (never held across I/O).
+  SecureBuffer nonce_key_;   // nonce.key: MACs the nonces
+  ReplayGuard used_nonces_;  // used-nonces/: redeemed nonces
+  // Expiry times of the unfinished challenges this instance issued (those
+  // on disk when it opened included): the cap's count, without reading
+  // the directory per request.
+  std::multiset<int64_t> enrollment_expiries_;
+  // counters: last_purge_ and the expiry set (never held across I/O).
   // hosts: a host record's read-modify-write (FinishEnrollment's pin,
   // Attest's last clock) within this instance.
   struct Locks {
     std::mutex counters, hosts;
   };
   std::unique_ptr<Locks> locks_ = std::make_unique<Locks>();
-  int64_t last_purge_ = 0;  // unix seconds of the last PurgeExpired
+  int64_t last_purge_ = 0;  // unix seconds of the last MaybePurge
 };
 
 }  // namespace vcrypt

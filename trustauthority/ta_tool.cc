@@ -33,6 +33,7 @@
 #include "keyproviders/standard/standard_provider.h"
 #include "keyproviders/standard/tls_client.h"
 #include "trustauthority/attestation.h"
+#include "trustauthority/conn_guard.h"
 #include "trustauthority/http.h"
 #include "trustauthority/jws.h"
 #include "trustauthority/kps.h"
@@ -55,6 +56,8 @@ constexpr const char* kDefaultPrimaryKeyName = "vcrypt-ta-primary";
 // Our request bodies are a few KiB (a quote, a token, a ciphertext);
 // anything much larger is refused before it is parsed.
 constexpr size_t kMaxRequestBody = 64 * 1024;
+// Worker threads of each service (see Serve).
+constexpr size_t kWorkerThreads = 64;
 constexpr size_t kPrimaryKeySize = 32;
 
 constexpr const char* kUsage =
@@ -80,6 +83,9 @@ Services (foreground; stop with SIGTERM or SIGINT):
                        (--primary-key UID --kms HOST:PORT[,...] --kms-ca FILE
                         --kms-cert FILE --kms-key FILE
                         | --primary-key-file FILE)
+  Both services also take [--max-client-connections N (16)]
+  [--max-connection-seconds S (30)]: connections one client address (IPv6:
+  its /64) may hold at once, and the longest any connection lives.
 
 Exit codes: 0 ok, 1 internal, 2 usage, 4 permission denied, 5 not found,
 6 exists, 8 key unavailable (KMS), 11 I/O error, 12 invalid argument,
@@ -599,6 +605,14 @@ Status Serve(httplib::Server& server, const std::string& listen_text,
   server.set_write_timeout(5, 0);
   server.set_keep_alive_timeout(2);
   server.set_keep_alive_max_count(5);
+  // cpp-httplib serves a connection on one worker thread for its whole
+  // life. Its default pool (8 on this kind of machine) was taken by a
+  // nonce flood's connections while a host's waited in the queue: 27-43x
+  // the idle attestation latency (bench/ta_flood.sh). Threads are cheap;
+  // the ConnectionGuard bounds what one client may hold of them.
+  server.new_task_queue = [] {
+    return new httplib::ThreadPool(kWorkerThreads);
+  };
   int port = -1;
   if (addr.port == 0) {
     port = server.bind_to_any_port(addr.host);
@@ -637,13 +651,19 @@ Status Serve(httplib::Server& server, const std::string& listen_text,
   return Status::Ok();
 }
 
-// An httplib::SSLServer with our TLS policy: TLS 1.2 or later, no
+// An httplib::SSLServer with our TLS policy and `guard`'s connection
+// limits: TLS 1.2 or later, no
 // compression or renegotiation, and keys never prompted for. The server
 // certificate file may hold the chain after the leaf.
 std::unique_ptr<httplib::SSLServer> MakeTlsServer(const TlsFiles& files,
+                                                  ConnectionGuard& guard,
                                                   std::string* error) {
   auto server = std::make_unique<httplib::SSLServer>([&](SSL_CTX& ctx) {
     ERR_clear_error();
+    if (!guard.Attach(&ctx)) {
+      *error = "cannot hook the TLS context: " + OpensslError();
+      return false;
+    }
     SSL_CTX_set_min_proto_version(&ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(&ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                                   SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -684,6 +704,7 @@ struct ServiceArgs {
   std::string listen_text;
   ListenAddress listen;
   TlsFiles tls;
+  ConnectionLimits connections;
 };
 
 Result<ServiceArgs> NeedServiceArgs(const Parsed& p, const std::string& what) {
@@ -705,7 +726,9 @@ Result<ServiceArgs> NeedServiceArgs(const Parsed& p, const std::string& what) {
 void AddServiceOptions(po::options_description& d) {
   d.add_options()("state", po::value<std::string>())(
       "listen", po::value<std::string>())("tls-cert", po::value<std::string>())(
-      "tls-key", po::value<std::string>());
+      "tls-key", po::value<std::string>())("max-client-connections",
+                                           po::value<std::string>())(
+      "max-connection-seconds", po::value<std::string>());
 }
 
 // A decimal option value in [min, max], or its default when not given.
@@ -728,6 +751,21 @@ Result<double> NumberOption(const Parsed& p, const char* name, double dflt,
   return d;
 }
 
+// --max-client-connections and --max-connection-seconds (both services).
+Status ReadConnectionLimits(const Parsed& p, const std::string& what,
+                            ConnectionLimits& limits) {
+  VCRYPT_ASSIGN_OR_RETURN(
+      double per_client,
+      NumberOption(p, "max-client-connections", 16, 1, kWorkerThreads, what));
+  VCRYPT_ASSIGN_OR_RETURN(
+      double seconds,
+      NumberOption(p, "max-connection-seconds", 30, 1, 3600, what));
+  limits.per_client = static_cast<size_t>(per_client);
+  limits.lifetime =
+      std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  return Status::Ok();
+}
+
 Status AttestationServiceCmd(const std::vector<std::string>& args,
                              std::ostream& out, ServiceControl& control) {
   const std::string what = "attestation-service";
@@ -738,6 +776,7 @@ Status AttestationServiceCmd(const std::vector<std::string>& args,
                                               po::value<std::string>());
   VCRYPT_ASSIGN_OR_RETURN(Parsed p, Parse(args, d, what));
   VCRYPT_ASSIGN_OR_RETURN(ServiceArgs a, NeedServiceArgs(p, what));
+  VCRYPT_RETURN_IF_ERROR(ReadConnectionLimits(p, what, a.connections));
   VCRYPT_ASSIGN_OR_RETURN(
       double max_outstanding,
       NumberOption(p, "max-outstanding", 10000, 1, 1e7, what));
@@ -749,8 +788,10 @@ Status AttestationServiceCmd(const std::vector<std::string>& args,
   VCRYPT_ASSIGN_OR_RETURN(
       AttestationService svc,
       OpenAttestation(a.state, static_cast<size_t>(max_outstanding)));
+  // Declared before the server: it must outlive the server's connections.
+  ConnectionGuard guard(a.connections);
   std::string tls_error;
-  auto server = MakeTlsServer(a.tls, &tls_error);
+  auto server = MakeTlsServer(a.tls, guard, &tls_error);
   if (!server->is_valid())
     return MakeError(ErrorCode::kInvalidArgument, tls_error);
   AddAttestationRoutes(*server, svc, limit);
@@ -768,6 +809,7 @@ Status KeyProviderServiceCmd(const std::vector<std::string>& args,
                                                po::value<std::string>());
   VCRYPT_ASSIGN_OR_RETURN(Parsed p, Parse(args, d, what));
   VCRYPT_ASSIGN_OR_RETURN(ServiceArgs a, NeedServiceArgs(p, what));
+  VCRYPT_RETURN_IF_ERROR(ReadConnectionLimits(p, what, a.connections));
   VCRYPT_ASSIGN_OR_RETURN(std::string provider_id,
                           Need(p, "provider-id", what));
   VCRYPT_RETURN_IF_ERROR(CheckName("provider", provider_id));
@@ -793,8 +835,10 @@ Status KeyProviderServiceCmd(const std::vector<std::string>& args,
   if (!token_key.ok())
     return MakeError(token_key.error().code,
                      token_key_path + ": " + token_key.error().message);
+  // Declared before the server: it must outlive the server's connections.
+  ConnectionGuard guard(a.connections);
   std::string tls_error;
-  auto server = MakeTlsServer(a.tls, &tls_error);
+  auto server = MakeTlsServer(a.tls, guard, &tls_error);
   if (!server->is_valid())
     return MakeError(ErrorCode::kInvalidArgument, tls_error);
 

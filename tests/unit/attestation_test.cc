@@ -6,7 +6,9 @@
 #include "trustauthority/attestation.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -361,32 +363,120 @@ TEST_F(AttestationTest, AHostRegisteredByTpmCaIsPinnedToItsFirstEk) {
   EXPECT_FALSE(start("h-tofu", k1).ok());
 }
 
-// Unused nonces and enrollment challenges do not pile up in the shared
-// state: IssueNonce sweeps those expired for over a minute.
-TEST_F(AttestationTest, ExpiredUnusedNoncesAndChallengesAreSwept) {
-  Enroll("h1", *a_);
+// Expired unused enrollment challenges, and an older version's nonce
+// files, do not pile up in the shared state: swept (at most once a
+// minute) on the enrollment path.
+TEST_F(AttestationTest, ExpiredChallengesAndOldNonceFilesAreSwept) {
   const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
+  std::filesystem::create_directory(dir_.path() + "/nonces");
   const std::string old_nonce = dir_.path() + "/nonces/00aa.json";
   const std::string old_enroll = dir_.path() + "/enrollments/x.json";
-  const std::string recent = dir_.path() + "/nonces/00bb.json";
+  const std::string recent = dir_.path() + "/enrollments/y.json";
   std::ofstream(old_nonce) << "{\"host\":\"h1\",\"expires\":" << now - 120 << "}";
   std::ofstream(old_enroll) << "{\"expires\":" << now - 120 << "}";
-  std::ofstream(recent) << "{\"host\":\"h1\",\"expires\":" << now - 5 << "}";
-  auto g = svc_->IssueNonce("h1");
-  ASSERT_TRUE(g.ok());
+  std::ofstream(recent) << "{\"expires\":" << now - 5 << "}";
+  Enroll("h1", *a_);
   EXPECT_FALSE(std::filesystem::exists(old_nonce));
   EXPECT_FALSE(std::filesystem::exists(old_enroll));
   EXPECT_TRUE(std::filesystem::exists(recent)) << "swept inside the grace";
-  // The nonce just issued is kept.
-  std::string hex;
-  for (uint8_t b : g->nonce) {
-    static constexpr char kHex[] = "0123456789abcdef";
-    hex += kHex[b >> 4];
-    hex += kHex[b & 15];
-  }
-  EXPECT_TRUE(std::filesystem::exists(dir_.path() + "/nonces/" + hex + ".json"));
+}
+
+// Number of entries under the state directory, recursively.
+size_t StateEntries(const std::string& dir) {
+  size_t n = 0;
+  for (auto it = std::filesystem::recursive_directory_iterator(dir);
+       it != std::filesystem::recursive_directory_iterator(); ++it)
+    ++n;
+  return n;
+}
+
+// Issuing a nonce takes no state (issue 13: an unauthenticated flood of
+// /v1/nonce used to write and fsync a file each and, past the cap on
+// outstanding nonces, lock real hosts out): a thousand nonces write
+// nothing, and the host still attests after them.
+TEST_F(AttestationTest, NoncesAreMadeWithoutStateAndAFloodLocksNoHostOut) {
+  Enroll("h1", *a_);
+  ASSERT_TRUE(
+      svc_->AddBaseline("golden", Quote("h1", *a_).quote.pcr_values).ok());
+  const size_t before = StateEntries(dir_.path());
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(svc_->IssueNonce("h1").ok()) << i;
+  EXPECT_EQ(StateEntries(dir_.path()), before);
+  auto token = Attest("h1", Quote("h1", *a_));
+  EXPECT_TRUE(token.ok()) << token.error().message;
+}
+
+// A nonce is bound to the host it was issued to and to its expiry: one of
+// another host, one whose bytes were changed (a later expiry), or one the
+// service never made is refused.
+TEST_F(AttestationTest, ANonceIsBoundToItsHostAndCannotBeForged) {
+  Enroll("h1", *a_);
+  Enroll("h2", *b_);
+  ASSERT_TRUE(
+      svc_->AddBaseline("golden", Quote("h1", *a_).quote.pcr_values).ok());
+  auto refused = [&](std::vector<uint8_t> nonce, const std::string& why) {
+    auto point = *session_.PublicPoint();
+    auto q = a_->QuotePcrs(QuoteQualifyingData(nonce, point),
+                           svc_->config().selection.hash,
+                           Ints(svc_->config().selection.pcrs));
+    ASSERT_TRUE(q.ok());
+    auto r = svc_->Attest("h1", nonce, point, q->attest, q->signature,
+                          q->pcr_values);
+    ASSERT_FALSE(r.ok()) << why;
+    EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied) << why;
+  };
+  refused(svc_->IssueNonce("h2")->nonce, "another host's nonce");
+  std::vector<uint8_t> later = svc_->IssueNonce("h1")->nonce;
+  later[7] ^= 0x10;  // the expiry, 16 s on
+  refused(later, "a changed expiry");
+  refused(std::vector<uint8_t>(32, 7), "a nonce the service never made");
+  refused(std::vector<uint8_t>(16, 7), "a short nonce");
+  // Made by another Trust Authority (another state directory, another
+  // nonce key).
+  testing::TempDir other_dir{"ta-other"};
+  AttestationConfig c = svc_->config();
+  c.state_dir = other_dir.path();
+  auto other =
+      AttestationService::Open(c, std::move(EcSigningKey::Generate()).value());
+  ASSERT_TRUE(other.ok()) << other.error().message;
+  ASSERT_TRUE(other->AddHost("h1", *a_->EkPublic()).ok());
+  refused(other->IssueNonce("h1")->nonce, "another service's nonce");
+}
+
+// Replicas sharing the state directory share the nonce key and the
+// record of used nonces: a nonce from one is redeemed on the other, once.
+TEST_F(AttestationTest, ReplicasRedeemEachOthersNoncesOnce) {
+  Enroll("h1", *a_);
+  ASSERT_TRUE(
+      svc_->AddBaseline("golden", Quote("h1", *a_).quote.pcr_values).ok());
+  auto replica = AttestationService::Open(
+      svc_->config(), std::move(EcSigningKey::Generate()).value());
+  ASSERT_TRUE(replica.ok()) << replica.error().message;
+  Evidence e = Quote("h1", *a_);  // issued by svc_
+  auto on_replica =
+      replica->Attest("h1", e.grant.nonce, e.session, e.quote.attest,
+                      e.quote.signature, e.quote.pcr_values);
+  ASSERT_TRUE(on_replica.ok()) << on_replica.error().message;
+  auto again = Attest("h1", e);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, ErrorCode::kPermissionDenied);
+}
+
+// The nonce key is made once, owner-only, and a damaged one is an error,
+// not a silently new key.
+TEST_F(AttestationTest, TheNonceKeyIsOwnerOnlyAndCheckedWhenOpened) {
+  const std::string key = dir_.path() + "/nonce.key";
+  struct stat st;
+  ASSERT_EQ(stat(key.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(st.st_size, 32);
+  ASSERT_EQ(chmod(key.c_str(), 0644), 0);
+  auto reopened = AttestationService::Open(
+      svc_->config(), std::move(EcSigningKey::Generate()).value());
+  ASSERT_FALSE(reopened.ok());
+  EXPECT_NE(reopened.error().message.find("nonce.key"), std::string::npos)
+      << reopened.error().message;
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 // RunTaTool and, for signals and exit codes, as the built binary.
 #include "trustauthority/ta_tool.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -415,6 +416,121 @@ TEST_F(TaServiceTest, AttestationServiceAnswersOverTlsOnly) {
   TaRun r = svc.Stop();
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "listening on " + addr + "\n");
+}
+
+// A client that trickles its TLS handshake a byte at a time (each read
+// completes well within cpp-httplib's 5 s read timeout): a TCP connection
+// from `source` to 127.0.0.1:port. Owns the socket.
+class Trickler {
+ public:
+  Trickler(const char* source, int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in src{}, dst{};
+    src.sin_family = dst.sin_family = AF_INET;
+    inet_pton(AF_INET, source, &src.sin_addr);
+    inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+    dst.sin_port = htons(static_cast<uint16_t>(port));
+    ok_ = fd_ >= 0 &&
+          bind(fd_, reinterpret_cast<sockaddr*>(&src), sizeof src) == 0 &&
+          connect(fd_, reinterpret_cast<sockaddr*>(&dst), sizeof dst) == 0;
+  }
+  ~Trickler() {
+    if (fd_ >= 0) close(fd_);
+  }
+  bool ok() const { return ok_; }
+  // Sends the next byte of a TLS record header announcing a 512-byte
+  // handshake message, then of its body; false once the server closed.
+  bool Step() {
+    static const uint8_t kHeader[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01};
+    uint8_t b = sent_ < sizeof kHeader ? kHeader[sent_] : 0;
+    ++sent_;
+    if (send(fd_, &b, 1, MSG_NOSIGNAL) != 1) return false;
+    pollfd p{fd_, POLLIN, 0};
+    if (poll(&p, 1, 0) == 1) {  // the server said something: it closed
+      char c;
+      return recv(fd_, &c, 1, MSG_DONTWAIT) > 0;
+    }
+    return true;
+  }
+
+ private:
+  int fd_ = -1;
+  bool ok_ = false;
+  size_t sent_ = 0;
+};
+
+// Slow clients on many connections from one address used to take every
+// worker thread of a service (8), and a real host's request waited until
+// they gave up (never, as long as they trickled): now one address holds
+// at most --max-client-connections (16) connections, the others are
+// refused at once, and the host from another address is served.
+TEST_F(TaServiceTest, TricklingClientsOfOneAddressDoNotStarveAHost) {
+  std::vector<std::string> args = {"attestation-service", "--state", state_,
+                                   "--listen", "127.0.0.1:0"};
+  for (auto& t : Tls()) args.push_back(t);
+  RunningService svc(args);
+  std::string addr = svc.WaitListening();
+  ASSERT_FALSE(addr.empty());
+  const int port = PortOf(addr);
+  std::vector<std::unique_ptr<Trickler>> slow;
+  for (int i = 0; i < 40; ++i) {
+    slow.push_back(std::make_unique<Trickler>("127.0.0.2", port));
+    ASSERT_TRUE(slow.back()->ok()) << i;
+  }
+  std::atomic<bool> done{false};
+  std::thread trickle([&] {
+    while (!done) {
+      for (auto& t : slow) t->Step();
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto [st, body] =
+      Post(port, Certs() + "/ca.pem", "/v1/nonce", {{"host", "nobody"}});
+  const auto took = std::chrono::steady_clock::now() - t0;
+  done = true;
+  trickle.join();
+  EXPECT_EQ(st, 404) << body.dump();
+  EXPECT_LT(took, std::chrono::seconds(2));
+  // Of the 40, the server let 16 in and refused the rest.
+  int open = 0;
+  for (auto& t : slow) open += t->Step();
+  EXPECT_EQ(open, 16);
+  slow.clear();
+  EXPECT_EQ(svc.Stop().code, 0);
+}
+
+// A connection lives at most --max-connection-seconds, however slowly it
+// keeps the server's reads busy.
+TEST_F(TaServiceTest, AConnectionIsCutAtItsDeadline) {
+  std::vector<std::string> args = {"key-provider-service",
+                                   "--state",
+                                   state_,
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--provider-id",
+                                   "kps1",
+                                   "--max-connection-seconds",
+                                   "2"};
+  for (auto& t : Tls()) args.push_back(t);
+  const std::string key = dir_ / "primary.key";
+  WriteText(key, std::string(32, '\x5a'), 0600);
+  args.push_back("--primary-key-file");
+  args.push_back(key);
+  RunningService svc(args);
+  std::string addr = svc.WaitListening();
+  ASSERT_FALSE(addr.empty());
+  Trickler t("127.0.0.1", PortOf(addr));
+  ASSERT_TRUE(t.ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  while (t.Step() &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10))
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const auto lived = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(lived, std::chrono::milliseconds(1500));
+  EXPECT_LT(lived, std::chrono::seconds(4));
+  EXPECT_EQ(svc.Stop().code, 0);
 }
 
 TEST_F(TaServiceTest, KeyProviderServiceWithPrimaryKeyFile) {
