@@ -126,7 +126,11 @@ std::optional<ClockInfo> ClockFrom(const Json& j) {
 // Trust on first use for a host registered by TPM CA alone: the EK it is
 // pinned to (recorded when its first enrollment finished; for records
 // written before pinning existed, the EK it enrolled with), if any.
-std::optional<std::string> PinnedEk(const Json& rec) {
+// `file_pin` is the content of the registration's pin file (PinPath), the
+// record that replicas agree on.
+std::optional<std::string> PinnedEk(
+    const Json& rec, const std::optional<std::string>& file_pin) {
+  if (file_pin) return file_pin;
   if (rec.contains("pinned_ek") && rec["pinned_ek"].is_string())
     return rec["pinned_ek"].get<std::string>();
   if (rec.contains("enrolled") && rec["enrolled"].is_object() &&
@@ -135,9 +139,77 @@ std::optional<std::string> PinnedEk(const Json& rec) {
   return std::nullopt;
 }
 
+// The registration a host record belongs to: a random id AddHost writes,
+// so that a pin file of an earlier registration of the same name (removed
+// and added again) is never taken for this one's. "0" for records written
+// before registrations had ids.
+std::string RegistrationOf(const Json& rec) {
+  if (rec.contains("registration") && rec["registration"].is_string()) {
+    std::string r = rec["registration"].get<std::string>();
+    if (r.size() == 32 &&
+        r.find_first_not_of("0123456789abcdef") == std::string::npos)
+      return r;
+  }
+  return "0";
+}
+
+std::string PinPathIn(const std::string& hosts_dir, const std::string& host,
+                      const Json& rec) {
+  return hosts_dir + "/" + host + "." + RegistrationOf(rec) + ".pin";
+}
+
+bool IsPinFileOf(const std::string& file, const std::string& host) {
+  if (!file.starts_with(host + ".") || !file.ends_with(".pin")) return false;
+  const std::string reg =
+      file.substr(host.size() + 1, file.size() - host.size() - 1 - 4);
+  return reg == "0" ||
+         (reg.size() == 32 &&
+          reg.find_first_not_of("0123456789abcdef") == std::string::npos);
+}
+
+// The pin file's content; nullopt when there is none.
+Result<std::optional<std::string>> ReadPin(const std::string& path) {
+  auto text = ReadFile(path);
+  if (!text.ok()) {
+    if (text.error().code == ErrorCode::kNotFound)
+      return std::optional<std::string>();
+    return std::move(text).error();
+  }
+  return std::optional<std::string>(*text);
+}
+
+// Pins to `ek_b64` unless a pin exists already; returns the EK pinned (the
+// one that won). The pin is published with link(2), which fails for all
+// but the first, whichever replica: two TPMs finishing at once on two
+// replicas cannot both be pinned.
+Result<std::string> PinOnce(const std::string& path,
+                            const std::string& ek_b64) {
+  std::string tmp = path + ".tmp.XXXXXX";
+  UniqueFd fd(mkostemp(tmp.data(), O_CLOEXEC));
+  if (!fd.valid())
+    return MakeError(ErrorCode::kIo,
+                     "cannot create " + tmp + ": " + std::strerror(errno));
+  bool ok = fchmod(fd.get(), 0600) == 0 &&
+            write(fd.get(), ek_b64.data(), ek_b64.size()) ==
+                static_cast<ssize_t>(ek_b64.size()) &&
+            fsync(fd.get()) == 0;
+  fd.reset();
+  int err = ok && link(tmp.c_str(), path.c_str()) != 0 ? errno : 0;
+  if (!ok) err = errno;
+  unlink(tmp.c_str());
+  if (ok && err == 0) return ek_b64;
+  if (!ok || err != EEXIST)
+    return MakeError(ErrorCode::kIo,
+                     "cannot write " + path + ": " + std::strerror(err));
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> winner, ReadPin(path));
+  if (!winner) return MakeError(ErrorCode::kIo, path + " vanished");
+  return *winner;
+}
+
 Status CheckPinnedEk(const std::string& host, const Json& rec,
+                     const std::optional<std::string>& file_pin,
                      const std::string& ek_b64) {
-  auto pinned = PinnedEk(rec);
+  auto pinned = PinnedEk(rec, file_pin);
   if (!pinned || *pinned == ek_b64) return Status::Ok();
   return MakeError(ErrorCode::kPermissionDenied,
                    "host '" + host +
@@ -306,7 +378,9 @@ Status AttestationService::AddTpmCa(const std::string& pem) {
 Status AttestationService::AddHost(const std::string& host,
                                    std::optional<std::vector<uint8_t>> ek) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
-  Json j = Json::object();
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer reg, RandomKey(16));
+  Json j = {{"registration",
+             HexEncode(std::span<const uint8_t>(reg.data(), reg.size()))}};
   if (ek) {
     VCRYPT_ASSIGN_OR_RETURN(TpmPublic k, ParseTpm2bPublic(*ek));
     if (!IsEndorsementKeyShape(k))
@@ -322,6 +396,12 @@ Status AttestationService::RemoveHost(const std::string& host) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
   if (unlink(Path("hosts/" + host + ".json").c_str()) != 0)
     return MakeError(ErrorCode::kNotFound, "no host named '" + host + "'");
+  // Its pins (only ever looked up by the registration they belong to:
+  // one left by a crash here is garbage, not a pin of the next one).
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(Path("hosts"), ec))
+    if (IsPinFileOf(e.path().filename().string(), host))
+      fs::remove(e.path(), ec);
   return Status::Ok();
 }
 
@@ -397,7 +477,10 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
     VCRYPT_RETURN_IF_ERROR(CheckCertificateKey(ek, cert.get()));
     // Checked again when the enrollment finishes (another TPM may finish
     // first); refused here already so that it learns early.
-    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, *rec, Base64Encode(ek.wire)));
+    VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> file_pin,
+                            ReadPin(PinPathIn(Path("hosts"), host, *rec)));
+    VCRYPT_RETURN_IF_ERROR(
+        CheckPinnedEk(host, *rec, file_pin, Base64Encode(ek.wire)));
   }
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer secret, RandomKey(32));
   VCRYPT_ASSIGN_OR_RETURN(MadeCredential cred,
@@ -464,10 +547,18 @@ Status AttestationService::FinishEnrollment(const std::string& id,
   std::lock_guard hosts_lock(locks_->hosts);
   VCRYPT_ASSIGN_OR_RETURN(Json rec, ReadJson(Path("hosts/" + host + ".json")));
   if (!rec.contains("ek")) {
-    // Registered by TPM CA: the first EK to get here is the host's from
-    // now on (recorded in the same atomic write as the enrollment).
+    // Registered by TPM CA: the first EK to get here, on any replica, is
+    // the host's from now on (its pin file; the record repeats it for
+    // `list`).
     const std::string ek = (*pending)["ek"].get<std::string>();
-    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, rec, ek));
+    const std::string pin_path = PinPathIn(Path("hosts"), host, rec);
+    VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> file_pin,
+                            ReadPin(pin_path));
+    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, rec, file_pin, ek));
+    if (!PinnedEk(rec, file_pin)) {
+      VCRYPT_ASSIGN_OR_RETURN(std::string winner, PinOnce(pin_path, ek));
+      VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, rec, winner, ek));
+    }
     if (!rec.contains("pinned_ek")) {
       rec["pinned_ek"] = ek;
       rec["pinned_at"] = Now();

@@ -4,11 +4,15 @@
 //
 // State lives in one directory (so several replicas can share it):
 //   tpm-cas/<sha256>.pem        TPM CA certificates
-//   hosts/<host>.json           {"ek": b64 TPM2B_PUBLIC or absent,
+//   hosts/<host>.json           {"registration": random id,
+//                                "ek": b64 TPM2B_PUBLIC or absent,
 //                                "pinned_ek": b64, "pinned_at" (no "ek":
 //                                the first EK that enrolled, TOFU),
 //                                "enrolled": {"ek","ak": b64, "at"},
 //                                "last_clock": {...}}
+//   hosts/<host>.<reg>.pin      the EK (b64) a host registered by TPM CA
+//                               is pinned to; made once by link(2), so
+//                               replicas agree on the first
 //   baselines/<name>.json       {"values": [hex...]} over the service's
 //                               PCR selection
 //   enrollments/<id>.json       pending AK enrollments (single use)

@@ -8,9 +8,11 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "keyproviders/trusted/tpm.h"
 #include "tests/unit/swtpm.h"
@@ -361,6 +363,44 @@ TEST_F(AttestationTest, AHostRegisteredByTpmCaIsPinnedToItsFirstEk) {
   ASSERT_TRUE(c2.ok()) << c2.error().message;
   ASSERT_TRUE(finish(*t2, *c2).ok());
   EXPECT_FALSE(start("h-tofu", k1).ok());
+
+  // The same race on two replicas sharing the state directory, finishing
+  // at the same moment: exactly one TPM is pinned, every round. (The pin
+  // used to be the host record's read-then-write, serialised only within
+  // one instance.)
+  auto replica = AttestationService::Open(
+      svc_->config(), std::move(EcSigningKey::Generate()).value());
+  ASSERT_TRUE(replica.ok()) << replica.error().message;
+  for (int round = 0; round < 20; ++round) {
+    const std::string host = "h-replicas-" + std::to_string(round);
+    ASSERT_TRUE(svc_->AddHost(host, std::nullopt).ok());
+    auto e1 = start(host, k1);
+    auto e2 = start(host, k2);
+    ASSERT_TRUE(e1.ok() && e2.ok());
+    auto s1 = t1->ActivateCredential(e1->credential.credential_blob,
+                                     e1->credential.encrypted_secret);
+    auto s2 = t2->ActivateCredential(e2->credential.credential_blob,
+                                     e2->credential.encrypted_secret);
+    ASSERT_TRUE(s1.ok() && s2.ok());
+    std::atomic<int> go{0};
+    Status f1 = Status::Ok(), f2 = Status::Ok();
+    std::thread a([&] {
+      ++go;
+      while (go < 2) {
+      }
+      f1 = svc_->FinishEnrollment(e1->id, *s1);
+    });
+    std::thread b([&] {
+      ++go;
+      while (go < 2) {
+      }
+      f2 = replica->FinishEnrollment(e2->id, *s2);
+    });
+    a.join();
+    b.join();
+    EXPECT_NE(f1.ok(), f2.ok()) << "round " << round << ": both or neither "
+                                << "of two TPMs got pinned to one host";
+  }
 }
 
 // Expired unused enrollment challenges, and an older version's nonce
