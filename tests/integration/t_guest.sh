@@ -9,8 +9,11 @@
 #    is the expected volume's;
 #  - so does the path recorded at `volume create`, when its name was
 #    taken by such a device (and the fallback still finds the volume under
-#    a new name).
-# Every test here shares the harness's one boot; each costs a few seconds.
+#    a new name);
+#  - `volume create --device` refuses to format a vcrypt mapping or a
+#    device stacked on one, whichever name it is given by, even with
+#    --force.
+# All of them share the harness's one boot (15-30 s each under TCG).
 # The LVM side (lvm2 autoactivation, the LVM filter, the boot path) is in
 # tests/systemd/boot_test.sh, which has lvm2 and systemd.
 
@@ -207,4 +210,39 @@ test_guest_recorded_device_refuses_guest_content() {
 	dmsetup remove --retry backa2
 	dmsetup remove --retry backa
 	vc close vm2/b >/dev/null
+}
+
+# Formatting a guest's LV from the host writes into the guest's disk: root
+# is refused too, --force or not, whichever name the device is given by.
+test_guest_volume_create_refuses_guest_content() {
+	trap guest_cleanup EXIT
+	start_daemon
+	setup_vm 64M
+	vc vm create vm2 >/dev/null
+	local pd dmn dev
+	pd=$(vc open vm1/d0)
+	# The guest's LV as the host's LVM would activate it: linear, 1 MiB in.
+	dmsetup create guestlv --table "0 $((40 * 2048)) linear $pd 2048"
+	udevadm settle --timeout=30
+	dmn=$(readlink -f /dev/mapper/guestlv)
+	write_pattern /dev/mapper/guestlv 1 lv.sha
+	for dev in /dev/mapper/guestlv "$dmn"; do
+		expect_exit 12 vc volume create vm2 g --device "$dev" --force
+		assert_contains "$ERR" "$dev is guest content (on vcrypt mapping vcrypt-vm1-d0)"
+		log "refused: $ERR"
+	done
+	expect_exit 12 vc volume create vm2 g --device /dev/mapper/guestlv
+	assert_eq "$(cat "$T/lv.sha")" "$(read_sha /dev/mapper/guestlv 1)" "the guest's LV was written to"
+	assert_eq "" "$(vol_field vm2 g device)" "a state record for the refused volume"
+	assert_eq vcrypt-vm1-d0 "$(vcrypt_mappings)" "mappings"
+	dmsetup remove --retry guestlv
+	udevadm settle --timeout=30
+	# The mapping itself (now held by nothing, so O_EXCL alone would not
+	# stop it).
+	write_pattern "$pd" 1 pd.sha
+	expect_exit 12 vc volume create vm2 g --device "$pd" --force
+	assert_contains "$ERR" "$pd is guest content (on vcrypt mapping vcrypt-vm1-d0)"
+	assert_eq "$(cat "$T/pd.sha")" "$(read_sha "$pd" 1)" "the guest's disk was written to"
+	assert_eq "" "$(vol_field vm2 g device)" "a state record for the refused volume"
+	vc close vm1/d0 >/dev/null
 }
