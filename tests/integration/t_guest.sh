@@ -13,7 +13,8 @@
 #  - `volume create --device` refuses to format a vcrypt mapping or a
 #    device stacked on one, whichever name it is given by, even with
 #    --force.
-# All of them share the harness's one boot (15-30 s each under TCG).
+# All of them share the harness's one boot (measured 6-30 s each under
+# TCG, depending on the machine's load).
 # The LVM side (lvm2 autoactivation, the LVM filter, the boot path) is in
 # tests/systemd/boot_test.sh, which has lvm2 and systemd.
 
