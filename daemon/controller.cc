@@ -734,12 +734,17 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
   auto failure = FindFailure(d.uuid);
   // A block device may have moved: open finds it through its udev link.
   const std::string link = options_.by_uuid_dir + "/" + d.uuid;
-  // A link into guest content is not the volume (LocateVolume).
-  std::string guest;
+  // Neither the recorded device nor a link is the volume when it is guest
+  // content (LocateVolume).
+  std::string here_guest, link_guest;
   bool present = Exists(d.device);
+  if (present && !d.is_file) {
+    here_guest = GuestContent(d.device);
+    present = here_guest.empty();
+  }
   if (!present && !d.is_file && IsUuidText(d.uuid) && Exists(link)) {
-    guest = GuestContent(link);
-    present = guest.empty();
+    link_guest = GuestContent(link);
+    present = link_guest.empty();
   }
   std::string missing_since = MissingSince(d.uuid, !present);
   if (!present) {
@@ -749,11 +754,12 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
     } else {
       j["reason"] = {
           {"code", "not_found"},
-          {"message", (d.is_file ? "image file " : "device ") + d.device +
-                          " does not exist" +
-                          (d.is_file       ? ""
-                           : guest.empty() ? " and there is no " + link
-                                           : " and " + link + " " + guest)},
+          {"message",
+           (d.is_file ? "image file " : "device ") + d.device +
+               (here_guest.empty() ? " does not exist" : " " + here_guest) +
+               (d.is_file            ? ""
+                : link_guest.empty() ? " and there is no " + link
+                                     : " and " + link + " " + link_guest)},
           {"since", missing_since}};
     }
   } else if (failure) {
@@ -1169,12 +1175,24 @@ Result<VolumeHeader> Controller::LocateVolume(Target* t) {
           dev + " now holds another volume (LUKS UUID " + h.uuid + ")");
     return h;
   };
-  auto here = probe(t->device);
+  // The recorded path is a name, and names are recycled (after a reboot,
+  // or a removal): it may now lead into a guest's disk (a guest's LV
+  // activated on the host, say), with a copy of this volume's header. Such
+  // a device is never the volume, as with the by-uuid link below. Image
+  // files are not block devices: stacked on nothing.
+  std::string guest;
+  if (!t->is_file && Exists(t->device)) guest = GuestContent(t->device);
+  Result<VolumeHeader> here =
+      MakeError(ErrorCode::kNotFound, t->device + " " + guest + ": not opened");
+  if (guest.empty()) here = probe(t->device);
   if (here.ok()) return here;
   // A device that is there but does not answer (CheckResponsive) is not
-  // looked for elsewhere: its by-uuid link leads to it again.
-  if (Status alive = CheckResponsive(t->device); !alive.ok())
-    return alive.error();
+  // looked for elsewhere: its by-uuid link leads to it again. (A device
+  // refused as guest content was not read.)
+  if (guest.empty()) {
+    if (Status alive = CheckResponsive(t->device); !alive.ok())
+      return alive.error();
+  }
   if (t->is_file) {
     // An image file has no udev link to look for.
     if (!Exists(t->device))

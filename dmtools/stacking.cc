@@ -79,6 +79,16 @@ struct Walk {
   }
 };
 
+// What the device `st` describes is stacked on; nullopt when it is not a
+// block device.
+Result<std::optional<std::string>> BelowStat(const struct stat& st,
+                                             const std::string& sysfs_root) {
+  if (!S_ISBLK(st.st_mode)) return std::optional<std::string>();
+  return VcryptMappingBelow(std::to_string(major(st.st_rdev)) + ":" +
+                                std::to_string(minor(st.st_rdev)),
+                            sysfs_root);
+}
+
 }  // namespace
 
 bool IsVcryptMapping(const std::string& dm_name, const std::string& dm_uuid) {
@@ -113,10 +123,19 @@ Result<std::optional<std::string>> VcryptMappingBelowPath(
     return MakeError(e == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
                      "cannot stat " + path + ": " + std::strerror(e));
   }
-  if (!S_ISBLK(st.st_mode)) return std::optional<std::string>();
-  return VcryptMappingBelow(std::to_string(major(st.st_rdev)) + ":" +
-                                std::to_string(minor(st.st_rdev)),
-                            sysfs_root);
+  return BelowStat(st, sysfs_root);
+}
+
+Result<std::optional<std::string>> VcryptMappingBelowFd(
+    int fd, const std::string& sysfs_root) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int e = errno;
+    return MakeError(ErrorCode::kIo, "cannot stat descriptor " +
+                                         std::to_string(fd) + ": " +
+                                         std::strerror(e));
+  }
+  return BelowStat(st, sysfs_root);
 }
 
 }  // namespace vcrypt

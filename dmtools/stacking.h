@@ -40,6 +40,13 @@ Result<std::optional<std::string>> VcryptMappingBelow(
 Result<std::optional<std::string>> VcryptMappingBelowPath(
     const std::string& path, const std::string& sysfs_root = "/sys");
 
+// The same for an open file descriptor (any open mode, O_PATH included):
+// the device number comes from fstat, so it is the device that was
+// opened, whatever its path names by now. Not a block device: nullopt.
+// kIo if fstat fails.
+Result<std::optional<std::string>> VcryptMappingBelowFd(
+    int fd, const std::string& sysfs_root = "/sys");
+
 }  // namespace vcrypt
 
 #endif  // VCRYPT_DMTOOLS_STACKING_H_

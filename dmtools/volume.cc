@@ -35,6 +35,7 @@
 #include "common/names.h"
 #include "dmtools/reencrypt.h"
 #include "dmtools/responsive.h"
+#include "dmtools/stacking.h"
 #include "dmtools/token.h"
 
 namespace vcrypt {
@@ -741,6 +742,27 @@ Result<std::string> FormatVolume(const FormatParams& params,
       e.message.replace(at, path.size(), device);
     return e;
   };
+  // Never format guest content, root or not, force or not: a vcrypt
+  // mapping, or anything stacked on one (a guest's LV that the host
+  // activated), is a VM's disk in clear, and a header written there is
+  // written into that VM's disk (docs/boot.md, "Guest content stays the
+  // guest's"). Decided by the device number of what `pin` found, so a path
+  // swapped meanwhile changes nothing. A stack that cannot be read might be
+  // guest content: refused too.
+  auto below = VcryptMappingBelowFd(pin.get());
+  if (!below.ok()) {
+    return MakeError(below.error().code, "cannot tell whether " + device +
+                                             " holds a VM's disk in clear (" +
+                                             below.error().message +
+                                             "); refusing to format it");
+  }
+  if (*below) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     device + " is guest content (on vcrypt mapping " +
+                         **below +
+                         "): it holds a VM's disk in clear; refusing to "
+                         "format it");
+  }
   auto geo_r = Geometry(path);
   if (!geo_r.ok()) return named(std::move(geo_r).error());
   const DeviceGeometry geo = *geo_r;

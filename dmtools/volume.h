@@ -97,6 +97,10 @@ struct FormatParams {
 //  - kNotFound: `device` does not exist;
 //  - kBusy: a block device that cannot be opened O_EXCL (mounted, mapped,
 //    held), or a file bound to a loop device — even with force;
+//  - kInvalidArgument, even with force: a block device that is a vcrypt
+//    mapping or stacked on one (dmtools/stacking.h), i.e. a VM's disk in
+//    clear. Decided by the device number of what the open found; when the
+//    stack cannot be read, that error's code, refused all the same;
 //  - kExists: a signature is present and force is false.
 // After writing began: the token from make_token must pass
 // VcryptToken::Parse (else kInvalidArgument) and fit kMaxTokenSize; the

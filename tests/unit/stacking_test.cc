@@ -6,12 +6,16 @@
 // and tests/integration/t_guest.sh run it against a real kernel.
 #include "dmtools/stacking.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "common/handles.h"
 #include "tests/test_util.h"
 
 namespace vcrypt {
@@ -164,6 +168,58 @@ TEST_F(StackingTest, PathsThatAreNotBlockDevicesStackOnNothing) {
   r = VcryptMappingBelowPath(tmp_ / "missing", root().string());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+}
+
+// A block device node of this machine opened O_PATH (no I/O, no read
+// permission needed), and its "MAJOR:MINOR"; an invalid fd when /dev has
+// none.
+std::pair<UniqueFd, std::string> SomeBlockDevice() {
+  std::error_code ec;
+  for (fs::directory_iterator it("/dev", ec), end; !ec && it != end;
+       it.increment(ec)) {
+    UniqueFd fd(open(it->path().c_str(), O_PATH | O_CLOEXEC | O_NOFOLLOW));
+    struct stat st;
+    if (!fd.valid() || fstat(fd.get(), &st) != 0 || !S_ISBLK(st.st_mode))
+      continue;
+    return {std::move(fd), std::to_string(major(st.st_rdev)) + ":" +
+                               std::to_string(minor(st.st_rdev))};
+  }
+  return {UniqueFd(), ""};
+}
+
+// vcrypt's format path decides by the descriptor it opened (FormatVolume):
+// the device number comes from fstat, not from any path.
+TEST_F(StackingTest, DescriptorsAreJudgedByTheDeviceTheyOpened) {
+  auto [fd, id] = SomeBlockDevice();
+  if (!fd.valid()) GTEST_SKIP() << "no block device node in /dev";
+  const std::string vc_id = id == "253:4000" ? "253:4001" : "253:4000";
+  fs::path vc =
+      Dm("virtual/block/dm-4000", vc_id, "vcrypt-vm1-d0",
+         "CRYPT-LUKS2-0b6f0d6e6b8e4a439a7e3f2b1c0d9e8f-vcrypt-vm1-d0");
+  // The opened device is a guest's LV on that mapping.
+  fs::path lv = Dm("virtual/block/dm-4002", id, "guestvg-lv", "LVM-x");
+  Slave(lv, vc);
+  auto r = VcryptMappingBelowFd(fd.get(), root().string());
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->value_or("(none)"), "vcrypt-vm1-d0");
+
+  // An unreadable stack is an error (the caller refuses), not "none".
+  fs::remove(lv / "dm" / "uuid");
+  r = VcryptMappingBelowFd(fd.get(), root().string());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kIo);
+
+  // A regular file (an image) stacks on nothing; a bad descriptor is kIo.
+  const std::string file = tmp_ / "disk.img";
+  std::ofstream(file) << "x";
+  UniqueFd ffd(open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(ffd.valid());
+  r = VcryptMappingBelowFd(ffd.get(), root().string());
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_FALSE(r->has_value());
+  r = VcryptMappingBelowFd(-1, root().string());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kIo);
 }
 
 }  // namespace
