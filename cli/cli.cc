@@ -83,9 +83,10 @@ Volumes:
   open  --all [--file-backed] [--auto] opens every volume of the VMs with
                                        auto-unlock (only image files with
                                        --file-backed)
-  close VM/DISK | PATH                 also keeps it closed against the boot
+  close VM/DISK | PATH [--auto]        also keeps it closed against the boot
                                        path until the next boot, a new
-                                       device, or an explicit open
+                                       device, or an explicit open (not
+                                       with --auto: the units' stop)
   status
   cache evict [VM]                     drop cached KEKs (all, or one VM's)
   probe DEVICE                         KEY=VALUE lines for udev (reads the
@@ -799,6 +800,8 @@ Status Cli::OpenClose(const std::string& cmd, const std::vector<std::string>& a)
   po::options_description o;
   if (cmd == "open")
     o.add_options()("discards", "")("all", "")("file-backed", "")("auto", "");
+  else
+    o.add_options()("auto", "");
   VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, o, 0, 1, cmd));
   const bool automatic = s.vm.count("auto") > 0;
   if (s.vm.count("all")) {
@@ -809,10 +812,8 @@ Status Cli::OpenClose(const std::string& cmd, const std::vector<std::string>& a)
   if (s.vm.count("file-backed")) return UsageError("--file-backed goes with open --all");
   if (s.words.empty()) return UsageError(cmd + ": wrong number of arguments");
   VCRYPT_ASSIGN_OR_RETURN(Json req, TargetArgs(s.words[0]));
-  if (cmd == "open") {
-    req["discards"] = s.vm.count("discards") > 0;
-    if (automatic) req["auto"] = true;
-  }
+  if (cmd == "open") req["discards"] = s.vm.count("discards") > 0;
+  if (automatic) req["auto"] = true;
   VCRYPT_ASSIGN_OR_RETURN(Json r, Call(cmd, req));
   Print(r, [&](const Json& j) {
     if (cmd == "open" && j.value("held_closed", false))

@@ -1567,6 +1567,7 @@ Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
 }
 
 Result<Json> Controller::Close(const Json& args) {
+  const bool automatic = BoolArg(args, "auto");
   VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(args));
   if (!DeviceMapperAvailable())
     return MakeError(ErrorCode::kNoDeviceMapper, "device-mapper not available in this kernel");
@@ -1605,7 +1606,8 @@ Result<Json> Controller::Close(const Json& args) {
     if (!m) {
       // Closed already (by its unit's stop, say): the admin's close still
       // holds it closed against the boot path.
-      VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(hdr.uuid, backing));
+      if (!automatic)
+        VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(hdr.uuid, backing));
       return MakeError(ErrorCode::kNotFound,
                        "volume on " + target.device + " is not open");
     }
@@ -1626,8 +1628,9 @@ Result<Json> Controller::Close(const Json& args) {
                          " is being worked on (a rekey or another open/close "
                          "of it is running); try again when it is done");
   // Held closed before it closes: a header write racing this close must
-  // not let the boot path open it again.
-  VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(hdr.uuid, backing));
+  // not let the boot path open it again. Not for the boot path's own close
+  // (a unit's stop: `systemctl restart` must open it again).
+  if (!automatic) VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(hdr.uuid, backing));
   VCRYPT_RETURN_IF_ERROR(Deactivate(m->name));
   return Json{{"closed", m->path}};
 }
