@@ -38,7 +38,8 @@ namespace {
 namespace po = boost::program_options;
 using Json = nlohmann::json;
 
-constexpr const char* kUsage = R"(Usage: vcryptctl [--socket PATH] [--json] COMMAND ...
+constexpr const char* kUsage =
+    R"(Usage: vcryptctl [--socket PATH] [--json] COMMAND ...
 
 Key providers:
   provider add native NAME [--tpm]
@@ -74,11 +75,18 @@ Volumes:
                                        volume with plain cryptsetup, and
                                        prints its key once (docs/recovery.md)
   volume recovery-key remove VM/DISK [--force]
-  open  VM/DISK | PATH [--discards]    prints the /dev/mapper path
-  open  --all [--file-backed]          opens every volume of the VMs with
+  open  VM/DISK | PATH [--discards] [--auto]
+                                       prints the /dev/mapper path; --auto
+                                       (the boot path's): leaves a volume
+                                       closed that an admin closed on this
+                                       boot
+  open  --all [--file-backed] [--auto] opens every volume of the VMs with
                                        auto-unlock (only image files with
                                        --file-backed)
-  close VM/DISK | PATH
+  close VM/DISK | PATH [--auto]        also keeps it closed against the boot
+                                       path until the next boot, a new
+                                       device, or an explicit open (not
+                                       with --auto: the units' stop)
   status
   cache evict [VM]                     drop cached KEKs (all, or one VM's)
   probe DEVICE                         KEY=VALUE lines for udev (reads the
@@ -299,7 +307,7 @@ class Cli {
   Status Vm(const std::vector<std::string>& a);
   Status Volume(const std::vector<std::string>& a);
   Status OpenClose(const std::string& cmd, const std::vector<std::string>& a);
-  Status OpenAll(bool file_backed);
+  Status OpenAll(bool file_backed, bool automatic);
   Status StatusCmd(const std::vector<std::string>& a);
   Status Cache(const std::vector<std::string>& a);
   Status Probe(const std::vector<std::string>& a);
@@ -790,30 +798,47 @@ Status Cli::Volume(const std::vector<std::string>& a) {
 
 Status Cli::OpenClose(const std::string& cmd, const std::vector<std::string>& a) {
   po::options_description o;
-  if (cmd == "open") o.add_options()("discards", "")("all", "")("file-backed", "");
+  if (cmd == "open")
+    o.add_options()("discards", "")("all", "")("file-backed", "")("auto", "");
+  else
+    o.add_options()("auto", "");
   VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, o, 0, 1, cmd));
+  const bool automatic = s.vm.count("auto") > 0;
   if (s.vm.count("all")) {
     if (!s.words.empty() || s.vm.count("discards"))
       return UsageError("open --all takes no volume and no --discards");
-    return OpenAll(s.vm.count("file-backed") > 0);
+    return OpenAll(s.vm.count("file-backed") > 0, automatic);
   }
   if (s.vm.count("file-backed")) return UsageError("--file-backed goes with open --all");
   if (s.words.empty()) return UsageError(cmd + ": wrong number of arguments");
   VCRYPT_ASSIGN_OR_RETURN(Json req, TargetArgs(s.words[0]));
   if (cmd == "open") req["discards"] = s.vm.count("discards") > 0;
+  if (automatic) req["auto"] = true;
   VCRYPT_ASSIGN_OR_RETURN(Json r, Call(cmd, req));
   Print(r, [&](const Json& j) {
-    if (cmd == "open") out_ << Str(j["path"]) << "\n";
-    else out_ << "closed " << Str(j["closed"]) << "\n";
+    if (cmd == "open" && j.value("held_closed", false))
+      out_ << s.words[0] << ": closed by an admin on this boot; left closed "
+           << "(vcryptctl open " << s.words[0] << " opens it)\n";
+    else if (cmd == "open")
+      out_ << Str(j["path"]) << "\n";
+    else
+      out_ << "closed " << Str(j["closed"]) << "\n";
   });
   return Status::Ok();
 }
 
-Status Cli::OpenAll(bool file_backed) {
-  VCRYPT_ASSIGN_OR_RETURN(Json r, Call("open_all", {{"file_backed", file_backed}}));
+Status Cli::OpenAll(bool file_backed, bool automatic) {
+  Json req = {{"file_backed", file_backed}};
+  if (automatic) req["auto"] = true;
+  VCRYPT_ASSIGN_OR_RETURN(Json r, Call("open_all", req));
   Print(r, [&](const Json& j) {
     for (const auto& v : j["volumes"]) {
       if (!v.value("ok", false)) continue;
+      if (v.value("held_closed", false)) {
+        out_ << Str(v["vm"]) << "/" << Str(v["disk"])
+             << ": closed by an admin on this boot; left closed\n";
+        continue;
+      }
       out_ << Str(v["vm"]) << "/" << Str(v["disk"]) << ": "
            << (v.value("already_open", false) ? "already open " : "opened ") << Str(v["path"])
            << "\n";

@@ -202,7 +202,8 @@ Controller::Controller(ControllerOptions options, StateDirLock lock,
                        StateStore store)
     : options_(std::move(options)),
       dir_lock_(std::move(lock)),
-      store_(std::move(store)) {}
+      store_(std::move(store)),
+      held_closed_(store_.dir() + "/held-closed") {}
 
 Result<std::unique_ptr<Controller>> Controller::Create(ControllerOptions options) {
   if (!options.audit) options.audit = SystemAuditSink::ForThisProcess();
@@ -213,6 +214,7 @@ Result<std::unique_ptr<Controller>> Controller::Create(ControllerOptions options
   VCRYPT_ASSIGN_OR_RETURN(StateStore store, StateStore::Open(options.state_dir));
   std::unique_ptr<Controller> c(
       new Controller(std::move(options), std::move(lock), std::move(store)));
+  c->held_closed_.ForgetEarlierBoots();
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(
            c->store_.dir() + "/providers", ec)) {
@@ -1059,8 +1061,10 @@ Result<Json> Controller::VolumeCreate(const Json& args, const AuditContext& ctx)
     VCRYPT_ASSIGN_OR_RETURN(image, CreateImageFile(path, size));
     created_file = true;
   }
+  std::string held_uuid;
   auto cleanup = [&](Error e) -> Error {
     if (created_file) ::unlink(path.c_str());
+    if (!held_uuid.empty()) (void)held_closed_.Release(held_uuid);
     return e;
   };
 
@@ -1086,6 +1090,13 @@ Result<Json> Controller::VolumeCreate(const Json& args, const AuditContext& ctx)
     wrap.volume = uuid;
     Audit(wrap.Outcome(wrapped));
     VCRYPT_ASSIGN_OR_RETURN(t.dek, std::move(wrapped));
+    // A new volume on a block device is held closed (held_closed.h)
+    // before its token is written: the change event that the write causes
+    // must not have the boot path open it under its creator.
+    if (!file) {
+      VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(uuid, path));
+      held_uuid = uuid;
+    }
     return t.ToJsonString();
   };
   auto uuid = FormatVolume(fp, dek, make_token);
@@ -1384,6 +1395,18 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
     VCRYPT_ASSIGN_OR_RETURN(auto mapped, FindMappingByUuid(hdr.uuid));
     if (mapped) return already_open(*mapped);
   }
+  // The boot path's opens (`auto`) leave a volume an admin closed on this
+  // boot closed; an explicit open ends that (daemon/held_closed.h).
+  if (BoolArg(args, "auto")) {
+    if (held_closed_.IsHeld(hdr.uuid, target.device))
+      return Json{{"vm", token.vm},
+                  {"disk", token.disk},
+                  {"device", target.device},
+                  {"already_open", false},
+                  {"held_closed", true}};
+  } else {
+    VCRYPT_RETURN_IF_ERROR(held_closed_.Release(hdr.uuid));
+  }
   // The VM is not unregistered or deleted while this open runs
   // (VmUnregister takes this lock exclusively), so once an unregister
   // returns no open of its VM maps a volume, caches its KEK or puts the
@@ -1473,6 +1496,7 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
 
 Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
   const bool files_only = BoolArg(args, "file_backed");
+  const bool automatic = BoolArg(args, "auto");
   struct Item {
     std::string vm, disk, uuid;
   };
@@ -1511,8 +1535,13 @@ Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
       const Item& it = items[todo[k]];
       Json& out = results[todo[k]];
       out = {{"vm", it.vm}, {"disk", it.disk}};
-      auto r = Open(Json{{"vm", it.vm}, {"disk", it.disk}}, ctx);
-      if (r.ok()) {
+      auto r = Open(Json{{"vm", it.vm}, {"disk", it.disk}, {"auto", automatic}},
+                    ctx);
+      if (r.ok() && r->value("held_closed", false)) {
+        out["ok"] = true;
+        out["held_closed"] = true;
+        out["already_open"] = false;
+      } else if (r.ok()) {
         out["ok"] = true;
         out["path"] = (*r)["path"];
         out["already_open"] = (*r)["already_open"];
@@ -1535,10 +1564,12 @@ Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
   for (auto& t : threads) t.join();
 
   Json opened = Json::array();
-  size_t already = 0, failed = 0;
+  size_t already = 0, failed = 0, held = 0;
   for (const auto& r : results) {
     if (!r.value("ok", false)) {
       ++failed;
+    } else if (r.value("held_closed", false)) {
+      ++held;
     } else if (r.value("already_open", false)) {
       ++already;
     } else {
@@ -1549,10 +1580,12 @@ Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
   return Json{{"volumes", results},
               {"opened", opened},
               {"already_open", already},
+              {"held_closed", held},
               {"failed", failed}};
 }
 
 Result<Json> Controller::Close(const Json& args) {
+  const bool automatic = BoolArg(args, "auto");
   VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(args));
   if (!DeviceMapperAvailable())
     return MakeError(ErrorCode::kNoDeviceMapper, "device-mapper not available in this kernel");
@@ -1588,8 +1621,14 @@ Result<Json> Controller::Close(const Json& args) {
                          "it with the tool that opened it");
   if (!m) {
     VCRYPT_ASSIGN_OR_RETURN(m, FindMappingByUuid(hdr.uuid));
-    if (!m)
-      return MakeError(ErrorCode::kNotFound, "volume on " + target.device + " is not open");
+    if (!m) {
+      // Closed already (by its unit's stop, say): the admin's close still
+      // holds it closed against the boot path.
+      if (!automatic)
+        VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(hdr.uuid, backing));
+      return MakeError(ErrorCode::kNotFound,
+                       "volume on " + target.device + " is not open");
+    }
   }
   if (m->name.rfind(kMappingPrefix, 0) != 0 ||
       !SameUuid(m->luks_uuid, hdr.uuid))
@@ -1606,6 +1645,10 @@ Result<Json> Controller::Close(const Json& args) {
                      m->path +
                          " is being worked on (a rekey or another open/close "
                          "of it is running); try again when it is done");
+  // Held closed before it closes: a header write racing this close must
+  // not let the boot path open it again. Not for the boot path's own close
+  // (a unit's stop: `systemctl restart` must open it again).
+  if (!automatic) VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(hdr.uuid, backing));
   VCRYPT_RETURN_IF_ERROR(Deactivate(m->name));
   return Json{{"closed", m->path}};
 }

@@ -45,6 +45,7 @@
 #include "common/result.h"
 #include "common/secure_buffer.h"
 #include "daemon/audit.h"
+#include "daemon/held_closed.h"
 #include "daemon/kek_cache.h"
 #include "daemon/roles.h"
 #include "daemon/state.h"
@@ -378,6 +379,8 @@ class Controller {
   StateDirLock dir_lock_;  // held for the Controller's lifetime
   std::mutex mu_;  // guards store_ and providers_
   StateStore store_;
+  // Volumes an admin closed on this boot (<state>/held-closed/).
+  HeldClosed held_closed_;
   std::map<std::string, std::shared_ptr<KeyProvider>> providers_;
   KekCache cache_;
   NamedLocks locks_;

@@ -215,6 +215,20 @@ test_udev_unlock_helper_opens_per_vm_setting() {
 	assert_contains "$(cat "$T/log")" "already open"
 	unlock stop web-01-root 2>"$T/log"
 	[[ ! -e /dev/mapper/vcrypt-web-01-root ]] || fail "stop did not close"
+	# The unit's stop does not hold the volume closed: a restart opens it.
+	unlock start web-01-root 2>"$T/log" || fail "start after stop failed"
+	[[ -b /dev/mapper/vcrypt-web-01-root ]] || fail "a restart did not open it again"
+	# An admin's close does (daemon/held_closed.h): the unit leaves it
+	# closed and says so, until an explicit open.
+	vc close web-01/root >/dev/null
+	unlock start web-01-root 2>"$T/log" || fail "start of a held volume failed"
+	assert_contains "$(cat "$T/log")" "closed by an admin on this boot"
+	[[ ! -e /dev/mapper/vcrypt-web-01-root ]] || fail "the unit opened a volume an admin closed"
+	vc open web-01/root >/dev/null
+	vc close --auto web-01/root >/dev/null
+	unlock start web-01-root 2>"$T/log" || fail "start after an explicit open failed"
+	[[ -b /dev/mapper/vcrypt-web-01-root ]] || fail "the hold outlived an explicit open"
+	unlock stop web-01-root 2>"$T/log"
 
 	# auto_unlock=false: nothing opened, and that is not a failure.
 	unlock start manual-d0 2>"$T/log" || fail "start for a --no-auto-unlock VM failed"

@@ -295,6 +295,51 @@ use_dm_rule() {  # on|off
   udevadm control --reload
 }
 
+# An admin's close holds (daemon/held_closed.h): every operation that
+# writes a volume's header makes udev announce its device again and start
+# its unlock unit; a volume the admin closed must stay closed through all
+# of them (issue 14: it used to open itself again moments later). Each
+# check first waits for the unit to have run again (so the event really
+# came) and then looks at the mapping.
+held_unit=vcrypt-unlock@alpha-root.service
+held_after() {  # label command...: run it on the closed alpha, then check
+  local label=$1; shift
+  systemctl stop $held_unit
+  if ! "$@" >/dev/null 2>&1; then FAIL "held: $label: the operation failed"; return; fi
+  udevadm settle
+  check "held: $label: the header write started alpha's unit again" wait_for 30 unit_is $held_unit active
+  check "held: $label: alpha stays closed" bash -c "! [[ -e /dev/mapper/vcrypt-alpha-root ]]"
+}
+held_job() {
+  local t0=$SECONDS
+  # Closed by its unit's stop just before; the admin's close holds it
+  # (it answers "not open", exit 5).
+  $CTL close alpha/root >/dev/null 2>&1
+  check "held: vcryptctl close of a closed volume answers not open (5)" test $? -eq 5
+  held_after "shallow rekey" $CTL vm rekey alpha
+  held_after "recovery-key add" $CTL volume recovery-key add alpha/root
+  held_after "recovery-key remove" $CTL volume recovery-key remove alpha/root --force
+  $CTL provider add native host2 >/dev/null
+  held_after "provider change" $CTL vm rekey alpha --provider host2
+  held_after "deep rekey" $CTL vm rekey alpha --deep
+  check "held: the unit's log says why it left alpha closed" bash -c \
+    "journalctl -b -u $held_unit --no-pager | grep -q 'closed by an admin on this boot'"
+  check "held: an explicit open opens alpha" $CTL open alpha/root
+  check "held: alpha's data intact after five header rewrites" data_intact alpha
+  $CTL close alpha/root >/dev/null
+  # A new volume on a block device is its creator's to open: the change
+  # event of its format must not have the boot path open it.
+  truncate -s 40M /tmp/zeta.img
+  local loop
+  loop=$(losetup -f --show /tmp/zeta.img)
+  $CTL vm create zeta --provider host >/dev/null
+  check "held: volume create --device on $loop" $CTL volume create zeta root --device "$loop"
+  udevadm settle
+  check "held: the new volume's unit ran" wait_for 30 unit_is vcrypt-unlock@zeta-root.service active
+  check "held: ... and left the new volume closed" bash -c "! [[ -e /dev/mapper/vcrypt-zeta-root ]]"
+  echo "# held checks took $((SECONDS - t0)) s"
+}
+
 epsilon_job() {
   local t0=$SECONDS
   # The boot path: udev rule → unlock unit → vcryptd, with vcrypt's udev
@@ -425,6 +470,7 @@ job() {
 
   check "stopping alpha's unit closes the volume it opened" bash -c \
     "systemctl stop vcrypt-unlock@alpha-root.service && ! [[ -e /dev/mapper/vcrypt-alpha-root ]]"
+  held_job
   epsilon_job
   echo "# done at uptime $(up) s"
 }
