@@ -19,6 +19,9 @@
 # also takes CPU from both: an attacker elsewhere costs them less.
 #
 #   bench/ta_flood.sh [BUILD_DIR] [RATE (500)] [SOURCES (10)] [ROUNDS (8)] [BLOCKS (3)] [RAMP (1)]
+#
+# TA_BUILD=DIR runs the Trust Authority's services of another build (an
+# older one, for a before/after figure) against this build's benchmark.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${1:-$ROOT/build}
@@ -27,12 +30,13 @@ SOURCES=${3:-10}
 ROUNDS=${4:-8}
 BLOCKS=${5:-3}
 RAMP=${6:-1}
-export VCRYPT_BUILD=$BUILD
+export VCRYPT_BUILD=${TA_BUILD:-$BUILD}
 fail() { echo "ta_flood.sh: $*" >&2; exit 1; }
 skip() { fail "$*"; }
 if [[ -f $BUILD/build.ninja || -f $BUILD/Makefile ]]; then
   cmake --build "$BUILD" --target vcrypt_ta_flood vcrypt-ta >/dev/null
 fi
+[[ -x $VCRYPT_BUILD/trustauthority/vcrypt-ta ]] || fail "no vcrypt-ta in $VCRYPT_BUILD"
 BIN=$BUILD/bench/vcrypt_ta_flood
 [[ -x $BIN ]] || fail "$BIN not found (configure $BUILD with cmake first)"
 
