@@ -52,6 +52,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/clocked_provider.h"
 #include "keyproviders/trusted/trusted_provider.h"
 
 namespace vcrypt {
@@ -276,15 +277,7 @@ int Main(int argc, char** argv) {
   // As in trusted_bench.cc: the provider's clock is moved a day ahead for
   // each measured call, so its cached token looks expired and it attests.
   std::atomic<int64_t> offset{0};
-  TrustedProviderOptions opts;
-  opts.allow_test_tcti = true;  // the benchmark's TPM is a swtpm
-  opts.now = [&offset] {
-    return std::chrono::duration_cast<std::chrono::seconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-               .count() +
-           offset.load();
-  };
-  auto p = TrustedProvider::Create("bench", work + "/provider", cfg, opts);
+  auto p = ClockedProvider(cfg, work + "/provider", offset);
   if (!p.ok()) Die("provider: " + p.error().message);
   auto kek = (*p)->CreateKek("bench-vm");
   if (!kek.ok()) Die("CreateKek: " + kek.error().message);

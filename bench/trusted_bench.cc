@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/clocked_provider.h"
 #include "keyproviders/trusted/trusted_provider.h"
 
 namespace vcrypt {
@@ -62,18 +63,25 @@ int Main(int argc, char** argv) {
   int rounds = 20;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
-    if (k == "--attestation") cfg.attestation_url = v;
-    else if (k == "--kps") cfg.kps_url = v;
+    if (k == "--attestation")
+      cfg.attestation_url = v;
+    else if (k == "--kps")
+      cfg.kps_url = v;
     else if (k == "--ca") {
       std::ifstream f(v);
       std::stringstream ss;
       ss << f.rdbuf();
       cfg.ca_pem = ss.str();
-    } else if (k == "--tcti") cfg.tcti = v;
-    else if (k == "--host") cfg.host = v;
-    else if (k == "--work") work = v;
-    else if (k == "--rounds") rounds = std::atoi(v.c_str());
-    else Die("unknown option " + k);
+    } else if (k == "--tcti")
+      cfg.tcti = v;
+    else if (k == "--host")
+      cfg.host = v;
+    else if (k == "--work")
+      work = v;
+    else if (k == "--rounds")
+      rounds = std::atoi(v.c_str());
+    else
+      Die("unknown option " + k);
   }
   if (cfg.attestation_url.empty() || cfg.kps_url.empty() ||
       cfg.ca_pem.empty() || work.empty() || rounds < 1)
@@ -84,15 +92,7 @@ int Main(int argc, char** argv) {
   // fresh call, which makes the cached token look expired to the host (the
   // services keep checking real time).
   std::atomic<int64_t> offset{0};
-  TrustedProviderOptions opts;
-  opts.allow_test_tcti = true;  // the benchmark's TPM is a swtpm
-  opts.now = [&offset] {
-    return std::chrono::duration_cast<std::chrono::seconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-               .count() +
-           offset.load();
-  };
-  auto p = TrustedProvider::Create("bench", work + "/provider", cfg, opts);
+  auto p = ClockedProvider(cfg, work + "/provider", offset);
   if (!p.ok()) Die("provider: " + p.error().message);
   auto kek = (*p)->CreateKek("bench-vm");
   if (!kek.ok()) Die("CreateKek: " + kek.error().message);
@@ -120,10 +120,14 @@ int Main(int argc, char** argv) {
   Stats c = Summarise(cached), f = Summarise(fresh);
   std::printf("rounds: %d each, interleaved (attestations: %llu)\n", rounds,
               static_cast<unsigned long long>((*p)->attestations() - attest0));
-  std::printf("cached token  (proof + unwrap):                 median %8.2f ms, mean %8.2f ms\n",
-              c.median, c.mean);
-  std::printf("fresh attest  (nonce + quote + attest + unwrap): median %8.2f ms, mean %8.2f ms\n",
-              f.median, f.mean);
+  std::printf(
+      "cached token  (proof + unwrap):                 median %8.2f ms, mean "
+      "%8.2f ms\n",
+      c.median, c.mean);
+  std::printf(
+      "fresh attest  (nonce + quote + attest + unwrap): median %8.2f ms, mean "
+      "%8.2f ms\n",
+      f.median, f.mean);
   std::printf("ratio fresh/cached (median): %.1fx\n", f.median / c.median);
   return 0;
 }

@@ -26,17 +26,8 @@ fi
 BIN=$BUILD/bench/vcrypt_trusted_bench
 [[ -x $BIN ]] || fail "$BIN not found (configure $BUILD with cmake first)"
 
-T=$(mktemp -d /tmp/vcrypt-trusted-bench.XXXXXX)
 source "$ROOT/tests/integration/trusted_env.sh"
-cleanup() {
-  ta_service_stop AS
-  ta_service_stop KPS
-  tpm_stop
-  rm -rf "$T"
-}
-trap cleanup EXIT
-
-ta_env_start
+ta_bench_env trusted-bench
 "$BIN" --attestation "https://127.0.0.1:$AS_PORT" --kps "https://127.0.0.1:$KPS_PORT" \
   --ca "$T/pki/ca.pem" --tcti "$TCTI" --host "$TA_HOST" --work "$T/work" \
   --rounds "$ROUNDS"

@@ -111,3 +111,17 @@ ta_env_start() {
   as_start
   kps_start
 }
+
+# For the benchmarks (bench/*.sh): a scratch directory $T removed at exit
+# with everything ta_env_start started, then ta_env_start.
+ta_bench_env() {  # NAME
+  T=$(mktemp -d "/tmp/vcrypt-$1.XXXXXX")
+  ta_bench_cleanup() {
+    ta_service_stop AS
+    ta_service_stop KPS
+    tpm_stop
+    rm -rf "$T"
+  }
+  trap ta_bench_cleanup EXIT
+  ta_env_start
+}

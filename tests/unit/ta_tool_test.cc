@@ -373,13 +373,16 @@ class TaServiceTest : public TaAdminTest {
     for (auto& e : extra) a.push_back(e);
     return a;
   }
+  std::vector<std::string> As() {
+    std::vector<std::string> a = {"attestation-service", "--state", state_,
+                                  "--listen", "127.0.0.1:0"};
+    for (auto& t : Tls()) a.push_back(t);
+    return a;
+  }
 };
 
 TEST_F(TaServiceTest, AttestationServiceAnswersOverTlsOnly) {
-  std::vector<std::string> args = {"attestation-service", "--state", state_,
-                                   "--listen", "127.0.0.1:0"};
-  for (auto& t : Tls()) args.push_back(t);
-  RunningService svc(args);
+  RunningService svc(As());
   std::string addr = svc.WaitListening();
   ASSERT_FALSE(addr.empty());
   EXPECT_EQ(addr.rfind("127.0.0.1:", 0), 0u);
@@ -465,10 +468,7 @@ class Trickler {
 // at most --max-client-connections (16) connections, the others are
 // refused at once, and the host from another address is served.
 TEST_F(TaServiceTest, TricklingClientsOfOneAddressDoNotStarveAHost) {
-  std::vector<std::string> args = {"attestation-service", "--state", state_,
-                                   "--listen", "127.0.0.1:0"};
-  for (auto& t : Tls()) args.push_back(t);
-  RunningService svc(args);
+  RunningService svc(As());
   std::string addr = svc.WaitListening();
   ASSERT_FALSE(addr.empty());
   const int port = PortOf(addr);
@@ -504,21 +504,10 @@ TEST_F(TaServiceTest, TricklingClientsOfOneAddressDoNotStarveAHost) {
 // A connection lives at most --max-connection-seconds, however slowly it
 // keeps the server's reads busy.
 TEST_F(TaServiceTest, AConnectionIsCutAtItsDeadline) {
-  std::vector<std::string> args = {"key-provider-service",
-                                   "--state",
-                                   state_,
-                                   "--listen",
-                                   "127.0.0.1:0",
-                                   "--provider-id",
-                                   "kps1",
-                                   "--max-connection-seconds",
-                                   "2"};
-  for (auto& t : Tls()) args.push_back(t);
   const std::string key = dir_ / "primary.key";
   WriteText(key, std::string(32, '\x5a'), 0600);
-  args.push_back("--primary-key-file");
-  args.push_back(key);
-  RunningService svc(args);
+  RunningService svc(Kps(
+      {"--max-connection-seconds", "2", "--primary-key-file", key}));
   std::string addr = svc.WaitListening();
   ASSERT_FALSE(addr.empty());
   Trickler t("127.0.0.1", PortOf(addr));
