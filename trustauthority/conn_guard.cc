@@ -68,7 +68,10 @@ struct ConnectionGuard::State {
         shutdown(it->second.fd, SHUT_RDWR);
         it->second.cut = true;
       } else {
-        cv.wait_until(lock, it->second.deadline);
+        // A copy: the node goes away if the connection ends meanwhile,
+        // and wait_until reads its time point again after waking.
+        const Clock::time_point deadline = it->second.deadline;
+        cv.wait_until(lock, deadline);
       }
     }
   }
