@@ -131,6 +131,43 @@ Status WriteFileAtomic(const std::string& path, const std::string& contents,
       options);
 }
 
+Status CreateFileOnce(const std::string& path,
+                      std::span<const uint8_t> contents, mode_t mode,
+                      std::optional<std::pair<uid_t, gid_t>> owner) {
+  const std::string dir = DirName(path);
+  std::string tmpl = path + ".tmp.XXXXXX";
+  UniqueFd fd(mkostemp(tmpl.data(), O_CLOEXEC));
+  if (!fd.valid())
+    return ErrnoError(ErrorCode::kIo, "cannot create temporary file in " + dir,
+                      errno);
+  const std::string tmp = tmpl;
+  auto fail = [&](Error e) -> Status {
+    ::unlink(tmp.c_str());
+    return e;
+  };
+  if (fchmod(fd.get(), mode) != 0)
+    return fail(ErrnoError(ErrorCode::kIo, "cannot chmod " + tmp, errno));
+  if (owner && fchown(fd.get(), owner->first, owner->second) != 0)
+    return fail(ErrnoError(ErrorCode::kIo, "cannot chown " + tmp, errno));
+  if (auto st = WriteAll(fd.get(), contents.data(), contents.size(), tmp);
+      !st.ok())
+    return fail(std::move(st).error());
+  if (fsync(fd.get()) != 0)
+    return fail(ErrnoError(ErrorCode::kIo, "cannot fsync " + tmp, errno));
+  fd.reset();
+  if (link(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    return fail(err == EEXIST
+                    ? MakeError(ErrorCode::kExists, path + " exists already")
+                    : ErrnoError(ErrorCode::kIo, "cannot create " + path, err));
+  }
+  ::unlink(tmp.c_str());
+  UniqueFd dfd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dfd.valid() || fsync(dfd.get()) != 0)
+    return ErrnoError(ErrorCode::kIo, "cannot fsync directory " + dir, errno);
+  return Status::Ok();
+}
+
 Result<std::string> ReadFile(const std::string& path) {
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {

@@ -17,8 +17,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
+#include <utility>
 
 #include "common/result.h"
 
@@ -36,6 +38,16 @@ Status WriteFileAtomic(const std::string& path,
                        const AtomicWriteOptions& options = {});
 Status WriteFileAtomic(const std::string& path, const std::string& contents,
                        const AtomicWriteOptions& options = {});
+
+// Creates `path` with `contents` unless something is there already: the
+// file appears whole or not at all (a temporary file, fsync, link(2), an
+// fsync of the directory), and of several writers - threads, or processes
+// sharing the directory - exactly one succeeds; the others get kExists
+// and nothing of theirs remains. With `owner` (a uid and gid), the file
+// is given to it before it appears.
+Status CreateFileOnce(const std::string& path,
+                      std::span<const uint8_t> contents, mode_t mode = 0600,
+                      std::optional<std::pair<uid_t, gid_t>> owner = {});
 
 // Reads a whole (small) file. kNotFound if it does not exist.
 Result<std::string> ReadFile(const std::string& path);

@@ -184,23 +184,12 @@ Result<std::optional<std::string>> ReadPin(const std::string& path) {
 // replicas cannot both be pinned.
 Result<std::string> PinOnce(const std::string& path,
                             const std::string& ek_b64) {
-  std::string tmp = path + ".tmp.XXXXXX";
-  UniqueFd fd(mkostemp(tmp.data(), O_CLOEXEC));
-  if (!fd.valid())
-    return MakeError(ErrorCode::kIo,
-                     "cannot create " + tmp + ": " + std::strerror(errno));
-  bool ok = fchmod(fd.get(), 0600) == 0 &&
-            write(fd.get(), ek_b64.data(), ek_b64.size()) ==
-                static_cast<ssize_t>(ek_b64.size()) &&
-            fsync(fd.get()) == 0;
-  fd.reset();
-  int err = ok && link(tmp.c_str(), path.c_str()) != 0 ? errno : 0;
-  if (!ok) err = errno;
-  unlink(tmp.c_str());
-  if (ok && err == 0) return ek_b64;
-  if (!ok || err != EEXIST)
-    return MakeError(ErrorCode::kIo,
-                     "cannot write " + path + ": " + std::strerror(err));
+  Status st = CreateFileOnce(
+      path,
+      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(ek_b64.data()),
+                               ek_b64.size()));
+  if (st.ok()) return ek_b64;
+  if (st.error().code != ErrorCode::kExists) return std::move(st).error();
   VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> winner, ReadPin(path));
   if (!winner) return MakeError(ErrorCode::kIo, path + " vanished");
   return *winner;
@@ -315,31 +304,14 @@ Result<SecureBuffer> LoadOrCreateNonceKey(const std::string& dir) {
       return MakeError(ErrorCode::kIo,
                        "cannot open " + path + ": " + std::strerror(errno));
     VCRYPT_ASSIGN_OR_RETURN(SecureBuffer key, RandomKey(kNonceKeySize));
-    std::string tmp = path + ".tmp.XXXXXX";
-    UniqueFd out(mkostemp(tmp.data(), O_CLOEXEC));
-    if (!out.valid())
-      return MakeError(ErrorCode::kIo, "cannot create a file in " + dir + ": " +
-                                           std::strerror(errno));
+    std::optional<std::pair<uid_t, gid_t>> owner;
     struct stat dst;
-    bool ok = fchmod(out.get(), 0600) == 0 &&
-              write(out.get(), key.data(), key.size()) ==
-                  static_cast<ssize_t>(key.size()) &&
-              fsync(out.get()) == 0 && stat(dir.c_str(), &dst) == 0 &&
-              (geteuid() != 0 || dst.st_uid == 0 ||
-               fchown(out.get(), dst.st_uid, dst.st_gid) == 0);
-    int err = errno;
-    out.reset();
-    if (ok && link(tmp.c_str(), path.c_str()) == 0) {
-      unlink(tmp.c_str());
-      UniqueFd dfd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-      if (dfd.valid()) fsync(dfd.get());
-      return key;
-    }
-    if (ok) err = errno;
-    unlink(tmp.c_str());
-    if (!ok || err != EEXIST)
-      return MakeError(ErrorCode::kIo,
-                       "cannot write " + path + ": " + std::strerror(err));
+    if (geteuid() == 0 && stat(dir.c_str(), &dst) == 0 && dst.st_uid != 0)
+      owner.emplace(dst.st_uid, dst.st_gid);
+    Status st = CreateFileOnce(
+        path, std::span<const uint8_t>(key.data(), key.size()), 0600, owner);
+    if (st.ok()) return key;
+    if (st.error().code != ErrorCode::kExists) return std::move(st).error();
     // Another replica published its key first: use that one.
   }
   return MakeError(ErrorCode::kIo, "cannot read " + path);

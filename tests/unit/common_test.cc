@@ -229,6 +229,34 @@ TEST(AtomicFileTest, ConcurrentWritersOfOneFileAllSucceed) {
   EXPECT_EQ(TempFilesIn(d.path()), 0);
 }
 
+// Of writers racing to create one file, exactly one wins, its contents
+// whole; the others get kExists and leave nothing behind.
+TEST(AtomicFileTest, CreateFileOnceHasOneWinner) {
+  TempDir d;
+  const std::string p = d.path() + "/pin";
+  std::atomic<int> won{0}, exists{0};
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 8; ++t)
+    writers.emplace_back([&, t] {
+      const std::string text = "writer " + std::to_string(t);
+      Status st = CreateFileOnce(
+          p, std::span<const uint8_t>(
+                 reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+      if (st.ok())
+        ++won;
+      else if (st.error().code == ErrorCode::kExists)
+        ++exists;
+    });
+  for (auto& w : writers) w.join();
+  EXPECT_EQ(won.load(), 1);
+  EXPECT_EQ(exists.load(), 7);
+  EXPECT_EQ(ReadFile(p)->rfind("writer ", 0), 0u);
+  EXPECT_EQ(TempFilesIn(d.path()), 0);
+  struct stat st;
+  ASSERT_EQ(stat(p.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
 TEST(AtomicFileTest, MissingDirectoryIsAnError) {
   auto st = WriteFileAtomic("/nonexistent-dir-vcrypt/x", std::string("a"));
   ASSERT_FALSE(st.ok());
