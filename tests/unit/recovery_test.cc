@@ -44,6 +44,7 @@
 #include "dmtools/token.h"
 #include "dmtools/volume.h"
 #include "tests/test_util.h"
+#include "tests/unit/cli_run.h"
 #include "tests/unit/daemon_fixture.h"
 
 namespace vcrypt {
