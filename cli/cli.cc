@@ -21,8 +21,8 @@
 #include <sstream>
 #include <vector>
 
-#include "cli/client.h"
 #include "cli/probe.h"
+#include "client/client.h"
 #include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/handles.h"

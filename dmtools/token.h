@@ -36,8 +36,8 @@
 #include <string_view>
 
 #include "common/aead.h"
+#include "common/kek_ref.h"
 #include "common/result.h"
-#include "keyproviders/key_provider.h"
 
 namespace vcrypt {
 

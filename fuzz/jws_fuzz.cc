@@ -1,4 +1,4 @@
-// libFuzzer target for VerifyToken (trustauthority/jws.h): the key
+// libFuzzer target for VerifyToken (taprotocol/jws.h): the key
 // provider service runs it on every request body, before anything else
 // is known about the caller. It must never crash, leak or hit UB,
 // whatever the bytes; the result itself is ignored.
@@ -22,7 +22,7 @@
 #include "common/base64.h"
 #include "common/handles.h"
 #include "common/secure_buffer.h"
-#include "trustauthority/jws.h"
+#include "taprotocol/jws.h"
 
 namespace {
 

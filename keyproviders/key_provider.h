@@ -14,24 +14,19 @@
 #define VCRYPT_KEYPROVIDERS_KEY_PROVIDER_H_
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "common/kek_ref.h"
 #include "common/result.h"
 #include "common/secure_buffer.h"
 
 namespace vcrypt {
 
 inline constexpr size_t kKekSize = 32;  // AES-256
-
-struct KekRef {
-  std::string kek_id;
-  nlohmann::json data = nlohmann::json::object();  // provider-specific
-};
 
 struct NewKek {
   KekRef ref;

@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-#include "cli/client.h"
+#include "client/client.h"
 #include "common/result.h"
 #include "libvirt/domain_xml.h"
 

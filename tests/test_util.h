@@ -5,12 +5,9 @@
 #include <stdlib.h>
 
 #include <filesystem>
-#include <sstream>
 #include <string>
 #include <system_error>
 #include <vector>
-
-#include "cli/cli.h"
 
 namespace vcrypt::testing {
 
@@ -34,21 +31,6 @@ class TempDir {
  private:
   std::string path_;
 };
-
-struct CliRun {
-  int code;
-  std::string out, err;
-};
-
-// vcryptctl in-process, pointed at a socket that does not exist (so any
-// command that would reach the daemon gets exit code 3).
-inline CliRun RunCtl(const std::vector<std::string>& args) {
-  std::vector<const char*> argv = {"vcryptctl", "--socket", "/nonexistent/vcrypt.sock"};
-  for (const auto& a : args) argv.push_back(a.c_str());
-  std::ostringstream out, err;
-  int code = RunCli(static_cast<int>(argv.size()), argv.data(), out, err);
-  return {code, out.str(), err.str()};
-}
 
 inline int CountLines(const std::string& s) {
   int n = 0;

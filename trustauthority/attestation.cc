@@ -22,7 +22,7 @@
 #include "common/hex.h"
 #include "common/names.h"
 #include "common/random.h"
-#include "trustauthority/proof.h"
+#include "taprotocol/proof.h"
 
 namespace vcrypt {
 namespace {

@@ -41,9 +41,10 @@
 
 #include "common/result.h"
 #include "common/secure_buffer.h"
+#include "taprotocol/jws.h"
 #include "trustauthority/credential.h"
-#include "trustauthority/jws.h"
 #include "trustauthority/quote.h"
+#include "trustauthority/replay_guard.h"
 
 namespace vcrypt {
 
@@ -128,7 +129,7 @@ class AttestationService {
   Result<NonceGrant> IssueNonce(const std::string& host);
   // Verifies the quote (trustauthority/quote.h VerifyQuote, with the
   // host's enrolled AK and last clock; its extraData must be
-  // QuoteQualifyingData(nonce, session_point), trustauthority/proof.h),
+  // QuoteQualifyingData(nonce, session_point), taprotocol/proof.h),
   // that the nonce is one this service (or a replica sharing its state)
   // issued to `host` and unexpired, records it as used (single use,
   // across replicas; only once the quote verified),

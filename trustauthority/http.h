@@ -16,7 +16,7 @@
 //   POST /v1/kek/unwrap    {token, proof, ciphertext, transport_key} -> {kek}
 // clang-format on
 //   The quote is over QuoteQualifyingData(nonce, session_key) and `proof`
-//   is SignRequestProof(session key, ...) (trustauthority/proof.h).
+//   is SignRequestProof(session key, ...) (taprotocol/proof.h).
 //   `kek` is a SealedKey: the KEK sealed to the caller's one-time key.
 // Errors: 400 (malformed: usage, invalid_argument), 403 (permission_denied,
 // crypto), 404 (not_found), 429 (busy: the client's rate limit), 503

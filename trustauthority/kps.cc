@@ -1,13 +1,12 @@
 #include "trustauthority/kps.h"
 
-#include "trustauthority/proof.h"
-
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "common/aead.h"
 #include "common/atomic_file.h"
 #include "common/random.h"
+#include "taprotocol/proof.h"
 
 namespace vcrypt {
 namespace {

@@ -3,7 +3,7 @@
 // token.
 //
 // A KEK is 256 random bits, handed to the host sealed to the one-time
-// transport key it sent (trustauthority/transport.h; context = the KEK ID)
+// transport key it sent (taprotocol/transport.h; context = the KEK ID)
 // and as a ciphertext the host stores in its volumes' tokens:
 //   {"v":1,"provider":ID,"kek_id":K,"wrapped":WrappedKey}   (compact JSON)
 // wrapped under the service's primary key with AES-256-GCM, AAD binding the
@@ -13,7 +13,7 @@
 // Request admission, each fatal: VerifyToken (pinned ES256 key, issuer,
 // audience, expiry, lifetime); the token is bound to a session key (`cnf`)
 // and the request's proof verifies under it for this very request
-// (trustauthority/proof.h); the baseline the token names is still approved
+// (taprotocol/proof.h); the baseline the token names is still approved
 // (its file exists in the shared state's baselines/); the request was
 // never seen before (token jti + proof jti, ReplayGuard in the shared
 // state's jti/). A token is thus reusable until it expires, by the host
@@ -29,8 +29,9 @@
 
 #include "common/result.h"
 #include "common/secure_buffer.h"
-#include "trustauthority/jws.h"
-#include "trustauthority/transport.h"
+#include "taprotocol/jws.h"
+#include "taprotocol/transport.h"
+#include "trustauthority/replay_guard.h"
 
 namespace vcrypt {
 

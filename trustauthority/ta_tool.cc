@@ -32,10 +32,10 @@
 #include "keyproviders/standard/kmip.h"
 #include "keyproviders/standard/standard_provider.h"
 #include "keyproviders/standard/tls_client.h"
+#include "taprotocol/jws.h"
 #include "trustauthority/attestation.h"
 #include "trustauthority/conn_guard.h"
 #include "trustauthority/http.h"
-#include "trustauthority/jws.h"
 #include "trustauthority/kps.h"
 
 namespace vcrypt {

@@ -22,7 +22,7 @@
 //
 // Nothing secret travels in clear here except the one-time enrollment
 // secret (which the service consumes on first use): KEKs come sealed to a
-// one-time transport key (trustauthority/transport.h).
+// one-time transport key (taprotocol/transport.h).
 #ifndef VCRYPT_KEYPROVIDERS_TRUSTED_TA_CLIENT_H_
 #define VCRYPT_KEYPROVIDERS_TRUSTED_TA_CLIENT_H_
 
@@ -37,7 +37,7 @@
 
 #include "common/result.h"
 #include "common/secure_buffer.h"
-#include "trustauthority/transport.h"
+#include "taprotocol/transport.h"
 
 namespace vcrypt {
 
@@ -115,7 +115,7 @@ class TaClient {
   // POST /v1/nonce.
   Result<TaNonce> Nonce(const std::string& host) const;
   // POST /v1/attest: the quote (made over QuoteQualifyingData(nonce,
-  // session_point), trustauthority/proof.h) and the session key's point
+  // session_point), taprotocol/proof.h) and the session key's point
   // the token is to be bound to. Returns the token.
   Result<std::string> Attest(
       const std::string& host, std::span<const uint8_t> nonce,

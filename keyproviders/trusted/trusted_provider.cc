@@ -17,8 +17,8 @@
 #include "common/clock.h"
 #include "common/handles.h"
 #include "keyproviders/trusted/tpm.h"
-#include "trustauthority/jws.h"
-#include "trustauthority/proof.h"
+#include "taprotocol/jws.h"
+#include "taprotocol/proof.h"
 
 namespace vcrypt {
 

@@ -5,7 +5,7 @@
 //
 // Attestation: POST /v1/nonce; the TPM's AK quotes the service's PCR
 // selection over QuoteQualifyingData(nonce, session point)
-// (trustauthority/proof.h); POST /v1/attest returns a token bound to a
+// (taprotocol/proof.h); POST /v1/attest returns a token bound to a
 // fresh P-256 "session key" made for that attestation. Every KPS request
 // carries the token and a proof signed with the session key
 // (SignRequestProof), so a token copied off the host is useless without

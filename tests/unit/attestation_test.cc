@@ -15,8 +15,8 @@
 #include <thread>
 
 #include "keyproviders/trusted/tpm.h"
+#include "taprotocol/proof.h"
 #include "tests/unit/swtpm.h"
-#include "trustauthority/proof.h"
 
 namespace vcrypt {
 namespace {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/test_util.h"
+#include "tests/unit/cli_run.h"
 
 namespace vcrypt {
 namespace {

@@ -9,6 +9,7 @@
 
 #include "cli/cli.h"
 #include "tests/test_util.h"
+#include "tests/unit/cli_run.h"
 
 namespace vcrypt {
 namespace {

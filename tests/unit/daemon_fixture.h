@@ -15,7 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "cli/client.h"
+#include "client/client.h"
 #include "common/atomic_file.h"
 #include "daemon/controller.h"
 #include "daemon/server.h"

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "cli/cli.h"
-#include "cli/client.h"
+#include "client/client.h"
 #include "common/atomic_file.h"
 #include "common/handles.h"
 #include "daemon/controller.h"

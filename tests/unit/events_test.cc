@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "cli/cli.h"
-#include "cli/client.h"
+#include "client/client.h"
 #include "common/handles.h"
 #include "common/wire.h"
 #include "tests/test_util.h"

@@ -1,8 +1,8 @@
 // JWS ES256 attestation tokens, base64url and the replay guard
-// (trustauthority/jws.h). Each refusal test builds a token that differs
+// (taprotocol/jws.h). Each refusal test builds a token that differs
 // from a valid one in exactly the property under test, signed correctly
 // where that matters, and checks the error code and the check's message.
-#include "trustauthority/jws.h"
+#include "taprotocol/jws.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -29,6 +29,7 @@
 #include "common/base64.h"
 #include "common/handles.h"
 #include "tests/test_util.h"
+#include "trustauthority/replay_guard.h"
 
 namespace vcrypt {
 namespace {

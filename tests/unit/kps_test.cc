@@ -11,10 +11,10 @@
 #include <chrono>
 #include <fstream>
 
-#include "common/random.h"
 #include "common/base64.h"
+#include "common/random.h"
+#include "taprotocol/proof.h"
 #include "tests/test_util.h"
-#include "trustauthority/proof.h"
 
 namespace vcrypt {
 namespace {

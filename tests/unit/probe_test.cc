@@ -25,6 +25,7 @@
 #include "dmtools/token.h"
 #include "dmtools/volume.h"
 #include "tests/test_util.h"
+#include "tests/unit/cli_run.h"
 
 namespace vcrypt {
 namespace {

@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "cli/cli.h"
-#include "cli/client.h"
+#include "client/client.h"
 #include "common/aead.h"
 #include "common/atomic_file.h"
 #include "common/handles.h"
@@ -44,6 +44,7 @@
 #include "dmtools/token.h"
 #include "dmtools/volume.h"
 #include "tests/test_util.h"
+#include "tests/unit/cli_run.h"
 #include "tests/unit/daemon_fixture.h"
 
 namespace vcrypt {

@@ -15,10 +15,10 @@
 #include "common/base64.h"
 #include "common/random.h"
 #include "keyproviders/trusted/tpm.h"
+#include "taprotocol/proof.h"
 #include "tests/unit/swtpm.h"
 #include "tests/unit/ta_test_util.h"
 #include "trustauthority/http.h"
-#include "trustauthority/proof.h"
 
 namespace vcrypt {
 namespace {

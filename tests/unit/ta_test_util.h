@@ -10,8 +10,8 @@
 #include <utility>
 
 #include "common/random.h"
+#include "taprotocol/jws.h"
 #include "trustauthority/attestation.h"
-#include "trustauthority/jws.h"
 #include "trustauthority/kps.h"
 
 namespace vcrypt::testing {

@@ -28,9 +28,9 @@
 
 #include "common/atomic_file.h"
 #include "keyproviders/trusted/tpm.h"
+#include "taprotocol/jws.h"
 #include "tests/test_util.h"
 #include "tests/unit/swtpm.h"
-#include "trustauthority/jws.h"
 
 namespace vcrypt {
 namespace {

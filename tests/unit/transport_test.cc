@@ -1,5 +1,5 @@
-// Sealing the KEK to a host's one-time key (trustauthority/transport.h).
-#include "trustauthority/transport.h"
+// Sealing the KEK to a host's one-time key (taprotocol/transport.h).
+#include "taprotocol/transport.h"
 
 #include <gtest/gtest.h>
 

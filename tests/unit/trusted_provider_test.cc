@@ -26,6 +26,7 @@
 #include "keyproviders/trusted/ta_client.h"
 #include "keyproviders/trusted/tpm.h"
 #include "tests/test_util.h"
+#include "tests/unit/cli_run.h"
 #include "tests/unit/swtpm.h"
 #include "tests/unit/ta_test_util.h"
 #include "trustauthority/http.h"

@@ -1,4 +1,4 @@
-#include "cli/client.h"
+#include "client/client.h"
 
 #include <sys/socket.h>
 #include <sys/un.h>

@@ -23,8 +23,8 @@
 //      so a proof is good for one request of one token, once.
 // A copied request replayed as is fails on the proof's jti; a copied token
 // with a new proof fails without the session key.
-#ifndef VCRYPT_TRUSTAUTHORITY_PROOF_H_
-#define VCRYPT_TRUSTAUTHORITY_PROOF_H_
+#ifndef VCRYPT_TAPROTOCOL_PROOF_H_
+#define VCRYPT_TAPROTOCOL_PROOF_H_
 
 #include <chrono>
 #include <cstdint>
@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "common/result.h"
-#include "trustauthority/jws.h"
+#include "taprotocol/jws.h"
 
 namespace vcrypt {
 
@@ -72,4 +72,4 @@ Result<ProofClaims> VerifyRequestProof(
 
 }  // namespace vcrypt
 
-#endif  // VCRYPT_TRUSTAUTHORITY_PROOF_H_
+#endif  // VCRYPT_TAPROTOCOL_PROOF_H_

@@ -1,4 +1,4 @@
-#include "trustauthority/proof.h"
+#include "taprotocol/proof.h"
 
 #include <openssl/evp.h>
 

@@ -1,6 +1,6 @@
 // The client side of the vcryptd protocol (docs/protocol.md).
-#ifndef VCRYPT_CLI_CLIENT_H_
-#define VCRYPT_CLI_CLIENT_H_
+#ifndef VCRYPT_CLIENT_CLIENT_H_
+#define VCRYPT_CLIENT_CLIENT_H_
 
 #include <functional>
 #include <string>
@@ -39,4 +39,4 @@ class Client {
 
 }  // namespace vcrypt
 
-#endif  // VCRYPT_CLI_CLIENT_H_
+#endif  // VCRYPT_CLIENT_CLIENT_H_

@@ -27,8 +27,8 @@
 //                      signature size/range, signature does not verify
 //   kPermissionDenied  authentic but not acceptable here: issuer,
 //                      audience, expired, not yet valid, lifetime too long
-#ifndef VCRYPT_TRUSTAUTHORITY_JWS_H_
-#define VCRYPT_TRUSTAUTHORITY_JWS_H_
+#ifndef VCRYPT_TAPROTOCOL_JWS_H_
+#define VCRYPT_TAPROTOCOL_JWS_H_
 
 #include <chrono>
 #include <cstddef>
@@ -132,7 +132,7 @@ Result<std::string> SignToken(const EcSigningKey& key,
 Result<std::vector<uint8_t>> EncodeP256Point(EVP_PKEY* pkey);
 
 // The JWS layer shared by attestation tokens and request proofs
-// (trustauthority/proof.h): a compact JWS whose protected header is exactly
+// (taprotocol/proof.h): a compact JWS whose protected header is exactly
 // {"alg":"ES256","kid":<key.Thumbprint()>,"typ":<typ>}.
 Result<std::string> SignJws(const EcSigningKey& key, std::string_view typ,
                             const nlohmann::json& claims);
@@ -163,7 +163,7 @@ struct AttestationClaims {
   // The host's session key the token is bound to (RFC 7800 `cnf` with a
   // P-256 `jwk`), as an uncompressed point; empty when the token has no
   // `cnf`. The key provider service requires it (proof of possession,
-  // trustauthority/proof.h).
+  // taprotocol/proof.h).
   std::vector<uint8_t> cnf_point;
 };
 
@@ -186,58 +186,13 @@ struct AttestationClaims {
 //     <= now + leeway; `cnf`, if present, exactly {"jwk": {"kty":"EC",
 //     "crv":"P-256","x","y"}} with a valid point. Other claims are ignored.
 // It does not consume `jti`: after this succeeds the caller calls
-// ReplayGuard::ConsumeOnce(claims.jti, claims.exp) on a guard whose grace
-// is at least policy.leeway, and refuses the token unless that is true.
+// ReplayGuard::ConsumeOnce(claims.jti, claims.exp) (the Trust Authority's,
+// trustauthority/replay_guard.h) on a guard whose grace is at least
+// policy.leeway, and refuses the token unless that is true.
 Result<AttestationClaims> VerifyToken(
     std::string_view token, const EcVerifyKey& key, const TokenPolicy& policy,
     std::chrono::system_clock::time_point now);
 
-// Single use of identifiers (token `jti`s, quote nonces) across processes
-// and replicas sharing one directory (docs/trusted.md, "Replicas and
-// state").
-//
-// Each consumed id is one file in the directory, named by the hex SHA-256
-// of the id (so any id, "../x" or "a/b" included, is a safe, fixed-length
-// name) and holding its expiry in decimal seconds. The file is written
-// complete under a temporary name and then hard-linked to its final name:
-// link(2) fails with EEXIST if the name exists, atomically, on local file
-// systems and on NFS alike (where it is the classic exclusive-create
-// primitive), and a crash never leaves a final name with no expiry in it.
-// Exactly one of any number of concurrent ConsumeOnce calls for one id
-// returns true.
-class ReplayGuard {
- public:
-  // Opens (creating it, mode 0700, if missing) the directory. `grace` is
-  // how long past its expiry an id stays recorded: it must cover the
-  // verifier's leeway plus the clock difference between replicas, or an
-  // id purged too early could be accepted again while still valid.
-  static Result<ReplayGuard> Open(
-      const std::string& dir,
-      std::chrono::seconds grace = std::chrono::seconds{60});
-
-  // true the first time `id` (non-empty, else kInvalidArgument) is seen,
-  // false on every later call from any process, until Purge removes it.
-  // `exp_unix` is the id's expiry (seconds since the epoch). kIo if the
-  // directory cannot be written: the caller must then refuse the id.
-  Result<bool> ConsumeOnce(std::string_view id, int64_t exp_unix);
-
-  // Removes the entries whose exp_unix + grace is before `now`, and
-  // temporary files left by a crash. Entries it cannot read or parse are
-  // kept (an id stays consumed when in doubt). Safe to run concurrently
-  // with ConsumeOnce and with other replicas' Purge.
-  Status Purge(std::chrono::system_clock::time_point now);
-
-  ReplayGuard(ReplayGuard&&) noexcept = default;
-  ReplayGuard& operator=(ReplayGuard&&) noexcept = default;
-
- private:
-  ReplayGuard(std::string dir, UniqueFd dir_fd, std::chrono::seconds grace)
-      : dir_(std::move(dir)), dir_fd_(std::move(dir_fd)), grace_(grace) {}
-  std::string dir_;
-  UniqueFd dir_fd_;
-  std::chrono::seconds grace_;
-};
-
 }  // namespace vcrypt
 
-#endif  // VCRYPT_TRUSTAUTHORITY_JWS_H_
+#endif  // VCRYPT_TAPROTOCOL_JWS_H_

@@ -1,4 +1,4 @@
-#include "trustauthority/transport.h"
+#include "taprotocol/transport.h"
 
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
@@ -8,7 +8,7 @@
 #include <string>
 
 #include "common/base64.h"
-#include "trustauthority/jws.h"
+#include "taprotocol/jws.h"
 
 namespace vcrypt {
 namespace {

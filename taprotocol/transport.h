@@ -9,8 +9,8 @@
 // (E, R: uncompressed points), and wraps with AES-256-GCM (common/aead.h,
 // AAD = context). `context` binds the sealed key to its use (e.g. the
 // request's KEK ID).
-#ifndef VCRYPT_TRUSTAUTHORITY_TRANSPORT_H_
-#define VCRYPT_TRUSTAUTHORITY_TRANSPORT_H_
+#ifndef VCRYPT_TAPROTOCOL_TRANSPORT_H_
+#define VCRYPT_TAPROTOCOL_TRANSPORT_H_
 
 #include <nlohmann/json.hpp>
 #include <span>
@@ -56,4 +56,4 @@ Result<SealedKey> SealTo(std::span<const uint8_t> recipient_point,
 
 }  // namespace vcrypt
 
-#endif  // VCRYPT_TRUSTAUTHORITY_TRANSPORT_H_
+#endif  // VCRYPT_TAPROTOCOL_TRANSPORT_H_
