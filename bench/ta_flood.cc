@@ -52,7 +52,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench/clocked_provider.h"
+#include "clocked_provider.h"  // bench/, next to this file
 #include "keyproviders/trusted/trusted_provider.h"
 
 namespace vcrypt {

@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/clocked_provider.h"
+#include "clocked_provider.h"  // bench/, next to this file
 #include "keyproviders/trusted/trusted_provider.h"
 
 namespace vcrypt {
