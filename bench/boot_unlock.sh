@@ -38,13 +38,14 @@
 # boot/sequential. Everything runs under QEMU TCG: absolute times mean
 # nothing, compare the ratios (same run, same guest). The "#" lines under
 # each phase help read them: when vcryptd was ready and the first volume
-# mapped, how often the unlock helpers retried, how busy the guest's CPUs
+# mapped, how often the unlock units retried, how busy the guest's CPUs
 # were and which cgroups used them (udev with its probes, the unlock units
-# with their helpers and vcryptctl calls, vcryptd, the KMS, this script with
-# the sequential vcryptctl calls, systemd). Under TCG every exec costs
-# ~0.3-1 s of emulated CPU, so the boot path (a probe per udev event, a
-# helper with ~a dozen execs per volume) weighs far more here than on
-# hardware.
+# with their `vcryptctl unlock`, vcryptd, the KMS, this script with the
+# sequential vcryptctl calls, systemd). Under TCG every exec costs ~0.3-1 s
+# of emulated CPU, so the boot path (a probe per udev event, a process per
+# unit; before `vcryptctl unlock`, a bash helper with ~a dozen execs per
+# volume) weighs far more here than on hardware. BUILD_DIR may be an older
+# build, for a before/after pair.
 #
 # Environment:
 #   VCRYPT_BENCH_PROVIDERS  "standard native" (default) or one of them
@@ -398,7 +399,7 @@ phase_boot() {  # round
   local failed retries
   failed=$(systemctl list-units --failed --plain --no-legend 'vcrypt-unlock*' | wc -l)
   ((failed == 0)) || gdie "$failed unlock unit(s) failed"
-  retries=$(journalctl --since "@$since" --no-pager -q -o cat 2>/dev/null | grep -c 'vcrypt-unlock: .*retrying' || true)
+  retries=$(journalctl --since "@$since" --no-pager -q -o cat 2>/dev/null | grep -cE '(vcrypt-unlock|vcryptctl unlock): .*retrying' || true)
   printf 'round %d  %-8s boot (udev+systemd, parallel): %d volumes mapped in %6s s, KMS messages %s, TLS connections %s\n' \
     "$1" "$PTYPE" "${#VOLS[@]}" "$(secs "$t")" "$MSGS" "$CONNS"
   printf '#   vcryptd ready after %s s, first volume mapped after %s s; loop devices attached in %s s before the clock started; unlock retries: %s\n' \

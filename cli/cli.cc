@@ -10,8 +10,11 @@
 
 #include <algorithm>
 #include <boost/program_options.hpp>
+#include <cctype>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -19,9 +22,12 @@
 #include <iostream>
 #include <optional>
 #include <sstream>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "cli/probe.h"
+#include "cli/unlock.h"
 #include "client/client.h"
 #include "common/atomic_file.h"
 #include "common/base64.h"
@@ -87,6 +93,13 @@ Volumes:
                                        path until the next boot, a new
                                        device, or an explicit open (not
                                        with --auto: the units' stop)
+  unlock VM/DISK [--deadline SEC]      the boot path's open (the unlock
+                                       units run it; docs/boot.md): skips
+                                       VMs without auto-unlock, retries
+                                       while vcryptd or the KEK is not
+                                       there yet, until SEC (default 30)
+  unlock --all [--file-backed] [--deadline SEC]
+  unlock --stop (VM/DISK | --all)      closes what the unit's start opened
   status
   cache evict [VM]                     drop cached KEKs (all, or one VM's)
   probe DEVICE                         KEY=VALUE lines for udev (reads the
@@ -311,6 +324,7 @@ class Cli {
   Status StatusCmd(const std::vector<std::string>& a);
   Status Cache(const std::vector<std::string>& a);
   Status Probe(const std::vector<std::string>& a);
+  Status Unlock(const std::vector<std::string>& a);
   Status AttachDetach(const std::string& cmd,
                       const std::vector<std::string>& a);
   // Prints `j` as JSON with --json, else with `human`.
@@ -376,6 +390,7 @@ Status Cli::Dispatch(const std::string& cmd, const std::vector<std::string>& res
   if (cmd == "status") return StatusCmd(rest);
   if (cmd == "cache") return Cache(rest);
   if (cmd == "probe") return Probe(rest);
+  if (cmd == "unlock") return Unlock(rest);
   if (cmd == "attach" || cmd == "detach") return AttachDetach(cmd, rest);
   return UsageError("unknown command '" + cmd + "'");
 }
@@ -856,6 +871,77 @@ Status Cli::OpenAll(bool file_backed, bool automatic) {
   }
   if (first) return MakeError(*first, "");
   return Status::Ok();
+}
+
+// "30", "30s", "500ms", "2min" -> milliseconds; at most a day.
+Result<std::chrono::milliseconds> ParseDeadline(const std::string& text) {
+  size_t digits = 0;
+  while (digits < text.size() &&
+         std::isdigit(static_cast<unsigned char>(text[digits])))
+    ++digits;
+  const std::string unit = text.substr(digits);
+  int64_t scale = unit.empty() || unit == "s" ? 1000
+                  : unit == "ms"              ? 1
+                  : unit == "min"             ? 60000
+                                              : 0;
+  if (digits == 0 || digits > 9 || scale == 0)
+    return UsageError("--deadline: '" + text +
+                      "' is not a duration (30, 30s, 500ms, 2min)");
+  const auto ms =
+      std::chrono::milliseconds(std::stoll(text.substr(0, digits)) * scale);
+  if (ms > std::chrono::hours(24))
+    return UsageError("--deadline: at most a day");
+  return ms;
+}
+
+Status Cli::Unlock(const std::vector<std::string>& a) {
+  std::string deadline = "30";
+  po::options_description o;
+  o.add_options()("all", "")("file-backed", "")("stop", "")(
+      "deadline", po::value(&deadline))("marker-dir", po::value<std::string>());
+  VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(a, o, 0, 1, "unlock"));
+  const bool all = s.vm.count("all") > 0;
+  if (all != s.words.empty())
+    return UsageError("unlock takes one VM/DISK, or --all");
+  if (s.vm.count("file-backed") && !all)
+    return UsageError("--file-backed goes with unlock --all");
+  UnlockOptions opts;
+  VCRYPT_ASSIGN_OR_RETURN(opts.deadline, ParseDeadline(deadline));
+  // The unit's RuntimeDirectory, which systemd names in the environment.
+  if (s.vm.count("marker-dir"))
+    opts.marker_dir = s.vm["marker-dir"].as<std::string>();
+  else if (const char* d = std::getenv("RUNTIME_DIRECTORY");
+           d != nullptr && *d == '/')
+    opts.marker_dir = d;
+  std::string vm, disk;
+  if (!all) {
+    VCRYPT_ASSIGN_OR_RETURN(auto t, ParseUnlockTarget(s.words[0]));
+    std::tie(vm, disk) = t;
+  }
+  UnlockIo io;
+  io.call = [&](const std::string& op, const Json& args,
+                std::chrono::milliseconds timeout) -> Result<Json> {
+    if (!client_) {
+      VCRYPT_ASSIGN_OR_RETURN(Client c, Client::Connect(socket_));
+      client_.emplace(std::move(c));
+    }
+    client_->set_timeout(timeout);
+    auto r = client_->Call(op, args);
+    // After a timeout or a lost daemon the connection is spent.
+    if (!r.ok() && r.error().code == ErrorCode::kDaemonUnavailable)
+      client_.reset();
+    return r;
+  };
+  io.now = [] { return UnlockClock::now(); };
+  io.sleep = [](std::chrono::milliseconds d) {
+    std::this_thread::sleep_for(d);
+  };
+  io.log = [&](const std::string& line) {
+    err_ << "vcryptctl unlock: " << line << "\n" << std::flush;
+  };
+  if (s.vm.count("stop")) return StopUnlocked(vm, disk, opts, io);
+  if (all) return UnlockAll(s.vm.count("file-backed") > 0, opts, io);
+  return UnlockVolume(vm, disk, opts, io);
 }
 
 Status Cli::StatusCmd(const std::vector<std::string>& a) {

@@ -4,11 +4,27 @@
 #include <sys/un.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "common/wire.h"
 
 namespace vcrypt {
+namespace {
+
+// "10s", "2.5s".
+std::string SecondsText(std::chrono::milliseconds d) {
+  std::string s = std::to_string(d.count() / 1000);
+  if (const auto frac = d.count() % 1000; frac != 0) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, ".%03d", static_cast<int>(frac));
+    s += buf;
+    while (s.back() == '0') s.pop_back();
+  }
+  return s + "s";
+}
+
+}  // namespace
 
 Result<Client> Client::Connect(const std::string& socket_path) {
   sockaddr_un addr{};
@@ -41,13 +57,32 @@ Result<nlohmann::json> Client::Call(
   // A refused peer gets its error before the daemon reads anything, so a
   // failed write still leaves an answer to read.
   auto wrote = WriteMessage(fd_.get(), req, secret);
-  Result<WireMessage> resp = ReadMessage(fd_.get());
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + timeout_;
+  bool timed_out = false;
+  auto read = [&]() -> Result<WireMessage> {
+    if (timeout_.count() <= 0) return ReadMessage(fd_.get());
+    // Rounded up, so that the read's own deadline is not before ours.
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    timed_out = left.count() <= 0;
+    if (!timed_out) {
+      auto m = ReadMessage(fd_.get(), static_cast<int>(left.count()));
+      timed_out = !m.ok() && Clock::now() >= deadline;
+      if (!timed_out) return m;
+    }
+    return MakeError(
+        ErrorCode::kDaemonUnavailable,
+        "vcryptd did not answer '" + op + "' within " + SecondsText(timeout_));
+  };
+  Result<WireMessage> resp = read();
   // Event lines come first; the answer is the line with "ok".
   while (resp.ok() && !resp->body.contains("ok") &&
          resp->body.contains("event")) {
     if (on_event) on_event(resp->body["event"]);
-    resp = ReadMessage(fd_.get());
+    resp = read();
   }
+  if (timed_out) return std::move(resp).error();
   if (!resp.ok()) {
     if (!wrote.ok()) return std::move(wrote).error();
     return MakeError(ErrorCode::kDaemonUnavailable,

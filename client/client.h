@@ -2,10 +2,10 @@
 #ifndef VCRYPT_CLIENT_CLIENT_H_
 #define VCRYPT_CLIENT_CLIENT_H_
 
+#include <chrono>
 #include <functional>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "common/handles.h"
 #include "common/result.h"
@@ -32,9 +32,16 @@ class Client {
       SecureBuffer* reply_secret = nullptr,
       const std::function<void(const nlohmann::json&)>& on_event = {});
 
+  // Bounds how long each later Call waits for its answer (events
+  // included); zero, the default, waits as long as the daemon works. A
+  // wait that runs out is kDaemonUnavailable ("did not answer within"),
+  // and the connection is then useless: the answer may still come.
+  void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
+
  private:
   explicit Client(UniqueFd fd) : fd_(std::move(fd)) {}
   UniqueFd fd_;
+  std::chrono::milliseconds timeout_{0};
 };
 
 }  // namespace vcrypt

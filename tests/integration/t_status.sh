@@ -3,7 +3,6 @@
 # device path, open --all and the vcrypt-unlock-files helper, against real
 # dm-crypt and udev.
 
-UNLOCK=$VCRYPT_BUILD/systemd/vcrypt-unlock
 
 # The line of VM/DISK in the human `vcryptctl status`.
 status_line() { vc status | grep "^$1 "; }
@@ -160,11 +159,17 @@ vm1/d1: opened /dev/mapper/vcrypt-vm1-d1" "$out"
 }
 
 unlock() {  # start-all|stop-all [--file-backed]
-  VCRYPTCTL=$VCRYPTCTL VCRYPT_SOCKET=$T/sock VCRYPT_UNLOCK_STATE_DIR=$T/run \
-    VCRYPT_UNLOCK_DEADLINE=${DEADLINE:-20} "$UNLOCK" "$@"
+  case $1 in
+    start-all) "$VCRYPTCTL" --socket "$T/sock" unlock --all --marker-dir "$T/run" \
+                 --deadline "${DEADLINE:-20}" "${@:2}" ;;
+    stop-all) "$VCRYPTCTL" --socket "$T/sock" unlock --stop --all --marker-dir "$T/run" "${@:2}" ;;
+    *) return 99 ;;
+  esac
 }
 
-# ExecStart/ExecStop of vcrypt-unlock-files.service.
+# ExecStart/ExecStop of vcrypt-unlock-files.service (`vcryptctl unlock
+# --all`; its retries while a volume fails transiently are unit-tested in
+# tests/unit/unlock_test.cc).
 test_unlock_files_helper() {
   trap cleanup_loops EXIT
   mkdir -p "$T/run"
@@ -216,37 +221,6 @@ test_unlock_files_helper() {
   assert_eq "" "$(vcrypt_mappings)"
   mv "$T/d1.moved" "$T/d1.img"
   expect_exit 2 unlock start-all --bogus
-}
-
-# Retry policy of start-all against a stand-in vcryptctl: the first failed
-# volume is permanent (exit 5), another one transient (8): retried until
-# the transient one opens. The stand-in is a fake on purpose: a real
-# vcryptd cannot be made to fail one volume transiently twice and then
-# succeed on cue; the real open --all path is test_open_all_and_file_backed.
-test_unlock_files_helper_retries_transient_volume() {
-  mkdir -p "$T/run" "$T/stub-state"
-  cat >"$T/stub" <<'STUB'
-#!/bin/bash
-n=$(($(cat "$STUB_DIR/n" 2>/dev/null || echo 0) + 1))
-echo "$n" >"$STUB_DIR/n"
-if ((n <= 2)); then
-  printf '{\n  "already_open": 0,\n  "failed": 2,\n  "opened": [\n    "vm1/d0"\n  ],\n  "volumes": [\n    {\n      "error": {\n        "code": "not_found",\n        "exit": 5,\n        "message": "gone"\n      }\n    },\n    {\n      "error": {\n        "code": "key_unavailable",\n        "exit": 8,\n        "message": "no KMS"\n      }\n    }\n  ]\n}\n'
-  echo "vcryptctl: vm1/d1: gone" >&2
-  echo "vcryptctl: vm2/d0: no KMS" >&2
-  exit 5
-fi
-printf '{\n  "already_open": 1,\n  "failed": 1,\n  "opened": [\n    "vm2/d0"\n  ],\n  "volumes": []\n}\n'
-echo "vcryptctl: vm1/d1: gone" >&2
-exit 5
-STUB
-  chmod +x "$T/stub"
-  local rc=0
-  STUB_DIR=$T/stub-state VCRYPTCTL=$T/stub VCRYPT_UNLOCK_STATE_DIR=$T/run \
-    VCRYPT_UNLOCK_DEADLINE=30 "$UNLOCK" start-all --file-backed 2>"$T/log" || rc=$?
-  assert_eq 5 "$rc"
-  assert_eq 3 "$(cat "$T/stub-state/n")" "attempts: retried while a volume was transient"
-  assert_contains "$(cat "$T/log")" "retrying in 2s"
-  assert_eq "vm1/d0 vm2/d0" "$(sort -u "$T/run/opened-all" | tr '\n' ' ' | sed 's/ $//')"
 }
 
 # Both LUKS2 header copies overwritten: locked, reason invalid_volume

@@ -2,12 +2,14 @@
 # systemd-udevd: `vcryptctl probe`, the udev rule udev/90-vcrypt.rules
 # (loaded from the build tree into /run/udev/rules.d, with the build's
 # vcryptctl as the probe program), and the unlock units' helper
-# systemd/vcrypt-unlock. systemd itself (PID 1) is not part of this: the
+# `vcryptctl unlock`. systemd itself (PID 1) is not part of this: the
 # rule's SYSTEMD_WANTS is checked in udev's database.
+# The unlock units run `vcryptctl unlock`; its retry policy (backoff,
+# deadline, an attempt that hangs) is unit-tested with its own clock in
+# tests/unit/unlock_test.cc, what it does against a real vcryptd here.
 
 RULE_SRC=$VCRYPT_BUILD/udev/90-vcrypt.rules
 RULE_DST=/run/udev/rules.d/90-vcrypt.rules
-UNLOCK=$VCRYPT_BUILD/systemd/vcrypt-unlock
 
 # Small LUKS2 volumes without the daemon: plain (cryptsetup) and ext4.
 make_plain_luks() {
@@ -191,11 +193,17 @@ test_udev_rule_ignores_vcrypt_own_devices() {
 	vc close vm1/d0 >/dev/null
 }
 
-# --- the unlock helper (ExecStart/ExecStop of the unlock units) ------------
+# --- vcryptctl unlock (ExecStart/ExecStop of the unlock units) -----------
 
 unlock() { # start|stop INSTANCE
-	VCRYPTCTL=$VCRYPTCTL VCRYPT_SOCKET=$T/sock VCRYPT_UNLOCK_STATE_DIR=$T/run \
-		VCRYPT_UNLOCK_DEADLINE=${DEADLINE:-20} "$UNLOCK" "$@"
+	if [[ $1 == stop ]]; then
+		"$VCRYPTCTL" --socket "$T/sock" unlock --stop --marker-dir "$T/run" "${@:2}"
+	elif [[ $1 == start ]]; then
+		"$VCRYPTCTL" --socket "$T/sock" unlock --marker-dir "$T/run" \
+			--deadline "${DEADLINE:-20}" "${@:2}"
+	else
+		return 99
+	fi
 }
 
 test_udev_unlock_helper_opens_per_vm_setting() {
@@ -246,7 +254,7 @@ test_udev_unlock_helper_opens_per_vm_setting() {
 	vc close web-01/root >/dev/null
 	# Bad instances.
 	expect_exit 2 unlock start nodash
-	expect_exit 2 unlock start "a-b/c"
+	expect_exit 2 unlock start "a/b/c"
 	expect_exit 2 unlock start "-vm-d0"
 }
 
@@ -271,68 +279,4 @@ test_udev_unlock_helper_waits_for_vcryptd() {
 	[[ -b /dev/mapper/vcrypt-vm1-d0 ]] || fail "not opened"
 	unlock stop vm1-d0 2>/dev/null
 	assert_eq "" "$(vcrypt_mappings)"
-}
-
-# Retry policy against a stand-in vcryptctl: key unavailable (exit 8, e.g.
-# KMS down) is retried with backoff until the deadline, a hanging attempt
-# is cut off, anything else fails at once.
-make_stub() {
-	cat >"$T/stub" <<'STUB'
-#!/bin/bash
-echo "$*" >>"$STUB_DIR/calls"
-case " $* " in
-*" vm show "*) printf '{\n  "auto_unlock": true,\n  "vm": "vm1"\n}\n'; exit 0 ;;
-*" open "*)
-	n=$(($(cat "$STUB_DIR/opens" 2>/dev/null || echo 0) + 1))
-	echo "$n" >"$STUB_DIR/opens"
-	[[ ${STUB_HANG:-0} == 1 ]] && exec sleep 100
-	if ((n <= STUB_FAILS)); then
-		echo "vcryptctl: no KMS server answered" >&2
-		exit "${STUB_RC:-8}"
-	fi
-	printf '{\n  "already_open": false,\n  "path": "/dev/mapper/vcrypt-vm1-d0"\n}\n'
-	exit 0 ;;
-esac
-exit 1
-STUB
-	chmod +x "$T/stub"
-}
-
-stub_unlock() { # DEADLINE FAILS [RC [HANG]]
-	rm -rf "$T/stub-state" && mkdir -p "$T/stub-state" "$T/run"
-	STUB_DIR=$T/stub-state STUB_FAILS=$2 STUB_RC=${3:-8} STUB_HANG=${4:-0} \
-		VCRYPTCTL=$T/stub VCRYPT_UNLOCK_STATE_DIR=$T/run VCRYPT_UNLOCK_DEADLINE=$1 \
-		"$UNLOCK" start vm1-d0
-}
-
-test_udev_unlock_helper_retry_policy() {
-	make_stub
-	local t0 rc
-	# KMS back after two failures: 1 s + 2 s of backoff, then success.
-	t0=$SECONDS
-	stub_unlock 30 2 2>"$T/log" || fail "did not succeed after retries: $(cat "$T/log")"
-	assert_eq 3 "$(cat "$T/stub-state/opens")" "open attempts"
-	assert_contains "$(cat "$T/log")" "retrying in 1s"
-	assert_contains "$(cat "$T/log")" "retrying in 2s"
-	assert_contains "$(cat "$T/log")" "opened at /dev/mapper/vcrypt-vm1-d0"
-	[[ -e $T/run/opened ]] || fail "no marker"
-	((SECONDS - t0 >= 3)) || fail "backoff too short"
-	# KMS never back: fails with 8 at the deadline, not before, not much after.
-	t0=$SECONDS rc=0
-	stub_unlock 5 1000 2>"$T/log" || rc=$?
-	assert_eq 8 "$rc" "exit code at the deadline"
-	((SECONDS - t0 >= 4 && SECONDS - t0 <= 15)) || fail "deadline 5 s took $((SECONDS - t0)) s"
-	assert_contains "$(cat "$T/log")" "giving up after 5s: vcryptctl: no KMS server answered"
-	# A permanent error (13: wrong key) is not retried.
-	rc=0
-	stub_unlock 30 1000 13 2>"$T/log" || rc=$?
-	assert_eq 13 "$rc"
-	assert_eq 1 "$(cat "$T/stub-state/opens")" "no retry of a permanent error"
-	# An attempt that hangs is cut off (at the deadline, but an attempt
-	# gets at least 10 s).
-	t0=$SECONDS rc=0
-	stub_unlock 3 1000 8 1 2>"$T/log" || rc=$?
-	assert_eq 124 "$rc" "hanging attempt"
-	((SECONDS - t0 >= 9 && SECONDS - t0 <= 20)) || fail "hanging attempt took $((SECONDS - t0)) s"
-	assert_contains "$(cat "$T/log")" "did not answer within 10s"
 }
