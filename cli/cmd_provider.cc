@@ -1,0 +1,185 @@
+// vcryptctl provider ...: add, list, show, remove, default, backup, restore.
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+#include <vector>
+
+#include "cli/commands.h"
+#include "common/atomic_file.h"
+#include "common/base64.h"
+#include "common/handles.h"
+
+namespace vcrypt::cli_internal {
+
+Status Cli::Provider(const std::vector<std::string>& a) {
+  if (a.empty()) return UsageError("provider: missing subcommand");
+  const std::string& sub = a[0];
+  std::vector<std::string> args(a.begin() + 1, a.end());
+  po::options_description none;
+  if (sub == "add") {
+    std::string kms, ca, cert, key, attestation, kps, tcti, host;
+    po::options_description o;
+    o.add_options()("tpm", "")("kms", po::value(&kms))("ca", po::value(&ca))(
+        "cert", po::value(&cert))("key", po::value(&key))(
+        "attestation", po::value(&attestation))("kps", po::value(&kps))(
+        "tcti", po::value(&tcti))("host", po::value(&host));
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 2, 2, "provider add"));
+    const std::string& type = s.words[0];
+    Json req = {
+        {"type", type}, {"name", s.words[1]}, {"tpm", s.vm.count("tpm") > 0}};
+    SecureBuffer key_pem;
+    const bool trusted_opts =
+        !attestation.empty() || !kps.empty() || !tcti.empty() || !host.empty();
+    if (type == "native") {
+      if (!kms.empty() || !ca.empty() || !cert.empty() || !key.empty() ||
+          trusted_opts)
+        return UsageError(
+            "provider add native takes no "
+            "--kms/--ca/--cert/--key/--attestation/--kps/"
+            "--tcti/--host");
+    } else if (type == "trusted") {
+      if (attestation.empty() || kps.empty() || ca.empty())
+        return UsageError(
+            "provider add trusted needs --attestation URL --kps URL --ca FILE");
+      if (!kms.empty() || !cert.empty() || !key.empty() || s.vm.count("tpm"))
+        return UsageError(
+            "provider add trusted takes no --kms/--cert/--key/--tpm");
+      auto ca_pem = ReadFile(ca);
+      if (!ca_pem.ok()) return std::move(ca_pem).error();
+      req["attestation"] = attestation;
+      req["kps"] = kps;
+      req["ca_pem"] = *ca_pem;
+      if (!tcti.empty()) req["tcti"] = tcti;
+      if (!host.empty()) req["host"] = host;
+    } else if (type == "standard") {
+      if (trusted_opts)
+        return UsageError(
+            "provider add standard takes no --attestation/--kps/--tcti/--host");
+      if (kms.empty() || ca.empty() || cert.empty() || key.empty())
+        return UsageError(
+            "provider add standard needs --kms HOST:PORT[,...] --ca FILE "
+            "--cert FILE --key FILE");
+      auto ca_pem = ReadFile(ca);
+      if (!ca_pem.ok()) return std::move(ca_pem).error();
+      auto cert_pem = ReadFile(cert);
+      if (!cert_pem.ok()) return std::move(cert_pem).error();
+      VCRYPT_ASSIGN_OR_RETURN(key_pem, ReadSecretFile(key, "key file", false));
+      req["kms"] = kms;
+      req["ca_pem"] = *ca_pem;
+      req["cert_pem"] = *cert_pem;
+    } else {
+      return MakeError(
+          ErrorCode::kInvalidArgument,
+          "provider type '" + type +
+              "' is not supported (supported: native, standard, trusted)");
+    }
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider.add", req,
+                                         key_pem.empty() ? nullptr : &key_pem));
+    Print(r, [&](const Json& j) {
+      out_ << "created " << type << " provider '" << s.words[1] << "'"
+           << (j.value("default", false) ? " (default)" : "") << "\n";
+      if (j.contains("host") && j.contains("token_expires"))
+        out_ << "  attested as host '" << Str(j["host"])
+             << "', token valid until " << Str(j["token_expires"]) << "\n";
+      if (j.contains("server_states"))
+        for (const auto& st : j["server_states"])
+          out_ << "  " << Str(st["server"]) << ": " << Str(st["state"])
+               << (st.contains("last_error")
+                       ? " (" + Str(st["last_error"]) + ")"
+                       : "")
+               << "\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "list") {
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, none, 0, 0, "provider list"));
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider.list", Json::object()));
+    Print(r, [&](const Json& j) {
+      PrintTable(out_, j["providers"],
+                 {{"name", "NAME"},
+                  {"type", "TYPE"},
+                  {"default", "DEFAULT"},
+                  {"vms", "VMS"},
+                  {"state", "STATE"}});
+    });
+    return Status::Ok();
+  }
+  if (sub == "show" || sub == "default") {
+    VCRYPT_ASSIGN_OR_RETURN(Sub s,
+                            ParseSub(args, none, 1, 1, "provider " + sub));
+    VCRYPT_ASSIGN_OR_RETURN(Json r,
+                            Call("provider." + sub, {{"name", s.words[0]}}));
+    Print(r, [&](const Json& j) {
+      if (sub == "show")
+        PrintObject(out_, j);
+      else
+        out_ << "default provider: " << s.words[0] << "\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "remove") {
+    po::options_description o;
+    o.add_options()("force", "");
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "provider remove"));
+    VCRYPT_ASSIGN_OR_RETURN(
+        Json r, Call("provider.remove", {{"name", s.words[0]},
+                                         {"force", s.vm.count("force") > 0}}));
+    Print(r, [&](const Json&) {
+      out_ << "removed provider '" << s.words[0] << "'\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "backup") {
+    std::string outp, pwf;
+    po::options_description o;
+    o.add_options()("out", po::value(&outp))("password-file", po::value(&pwf));
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "provider backup"));
+    if (outp.empty() || pwf.empty())
+      return UsageError(
+          "provider backup needs --out FILE and --password-file FILE");
+    struct stat st;
+    if (stat(outp.c_str(), &st) == 0)
+      return MakeError(ErrorCode::kExists,
+                       outp + " already exists; choose another --out");
+    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pw, ReadPasswordFile(pwf));
+    VCRYPT_ASSIGN_OR_RETURN(
+        Json r, Call("provider.backup", {{"name", s.words[0]}}, &pw));
+    auto bytes = Base64Decode(r.value("p12", ""));
+    if (!bytes.ok() || bytes->empty())
+      return MakeError(ErrorCode::kInternal, "vcryptd returned no backup data");
+    // Checked above already; a file made since is still never replaced.
+    VCRYPT_RETURN_IF_ERROR(WriteNewFile(outp, *bytes, 0600));
+    Json shown = {{"name", s.words[0]},
+                  {"out", outp},
+                  {"primary_key_id", r.value("primary_key_id", "")}};
+    Print(shown, [&](const Json&) {
+      out_ << "backed up provider '" << s.words[0] << "' to " << outp << "\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "restore") {
+    std::string name, pwf;
+    po::options_description o;
+    o.add_options()("name", po::value(&name))("password-file", po::value(&pwf));
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "provider restore"));
+    if (name.empty() || pwf.empty())
+      return UsageError(
+          "provider restore needs --name NAME and --password-file FILE");
+    auto p12 = ReadFile(s.words[0]);
+    if (!p12.ok()) return std::move(p12).error();
+    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pw, ReadPasswordFile(pwf));
+    std::span<const uint8_t> bytes(
+        reinterpret_cast<const uint8_t*>(p12->data()), p12->size());
+    VCRYPT_ASSIGN_OR_RETURN(
+        Json r, Call("provider.restore",
+                     {{"name", name}, {"p12", Base64Encode(bytes)}}, &pw));
+    Print(r,
+          [&](const Json&) { out_ << "restored provider '" << name << "'\n"; });
+    return Status::Ok();
+  }
+  return UsageError("unknown provider subcommand '" + sub + "'");
+}
+
+}  // namespace vcrypt::cli_internal
