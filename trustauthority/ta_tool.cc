@@ -1,9 +1,8 @@
-// vcrypt-ta's admin commands and service start-up. Over 800 lines: issue 14
-// separates the admin tool from the services' start-up.
+// vcrypt-ta: dispatch to its commands (trustauthority/ta_tool_internal.h),
+// the helpers they share, and the parsers of ta_tool.h.
 #include "trustauthority/ta_tool.h"
 
 #include <fcntl.h>
-#include <httplib.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
@@ -12,7 +11,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <boost/program_options.hpp>
 #include <cctype>
 #include <cerrno>
@@ -23,7 +21,6 @@
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <set>
-#include <thread>
 
 #include "common/atomic_file.h"
 #include "common/clock.h"
@@ -34,31 +31,12 @@
 #include "keyproviders/standard/tls_client.h"
 #include "taprotocol/jws.h"
 #include "trustauthority/attestation.h"
-#include "trustauthority/conn_guard.h"
-#include "trustauthority/http.h"
 #include "trustauthority/kps.h"
+#include "trustauthority/ta_tool_internal.h"
 
 namespace vcrypt {
+namespace ta_tool_internal {
 namespace {
-
-namespace po = boost::program_options;
-namespace fs = std::filesystem;
-using Json = nlohmann::json;
-
-// Files of the state directory this program owns (the services own the
-// subdirectories, trustauthority/attestation.h).
-constexpr const char* kConfigFile = "config.json";
-constexpr const char* kSigningKeyFile = "signing-key.pem";
-constexpr const char* kTokenKeyFile = "token-key.pub.pem";
-constexpr int kConfigVersion = 1;
-constexpr const char* kDefaultPcrs = "sha256:0,1,2,3,4,5,6,7";
-constexpr const char* kDefaultPrimaryKeyName = "vcrypt-ta-primary";
-// Our request bodies are a few KiB (a quote, a token, a ciphertext);
-// anything much larger is refused before it is parsed.
-constexpr size_t kMaxRequestBody = 64 * 1024;
-// Worker threads of each service (see Serve).
-constexpr size_t kWorkerThreads = 64;
-constexpr size_t kPrimaryKeySize = 32;
 
 constexpr const char* kUsage =
     R"(Usage: vcrypt-ta COMMAND ...   (docs/trusted-admin.md)
@@ -92,21 +70,13 @@ Exit codes: 0 ok, 1 internal, 2 usage, 4 permission denied, 5 not found,
 13 crypto failure.
 )";
 
+}  // namespace
+
 Error UsageError(const std::string& msg) {
   return MakeError(ErrorCode::kUsage, msg + " (see 'vcrypt-ta --help')");
 }
 
 // --- command-line parsing --------------------------------------------------
-
-struct Parsed {
-  std::vector<std::string> words;
-  po::variables_map vm;
-
-  bool has(const char* name) const { return vm.count(name) > 0; }
-  std::string get(const char* name) const {
-    return has(name) ? vm[name].as<std::string>() : std::string();
-  }
-};
 
 Result<Parsed> Parse(const std::vector<std::string>& args,
                      const po::options_description& opts,
@@ -224,7 +194,7 @@ Result<EcSigningKey> LoadSigningKey(const std::string& dir) {
 }
 
 Result<AttestationService> OpenAttestation(const std::string& dir,
-                                           size_t max_outstanding = 10000) {
+                                           size_t max_outstanding) {
   VCRYPT_ASSIGN_OR_RETURN(AttestationConfig config, LoadConfig(dir));
   config.max_outstanding = max_outstanding;
   VCRYPT_ASSIGN_OR_RETURN(EcSigningKey key, LoadSigningKey(dir));
@@ -232,10 +202,6 @@ Result<AttestationService> OpenAttestation(const std::string& dir,
 }
 
 // --- KMS -------------------------------------------------------------------
-
-struct KmsOptions {
-  std::string servers, ca, cert, key;
-};
 
 Result<std::unique_ptr<KmsCluster>> MakeCluster(const KmsOptions& o) {
   VCRYPT_ASSIGN_OR_RETURN(std::vector<KmsServer> servers,
@@ -265,618 +231,10 @@ void AddKmsOptions(po::options_description& d) {
       "kms-key", po::value<std::string>());
 }
 
-// --- admin -----------------------------------------------------------------
+}  // namespace ta_tool_internal
 
-class Admin {
- public:
-  explicit Admin(std::ostream& out) : out_(out) {}
-  Status Run(const std::vector<std::string>& args);
-
- private:
-  Status Init(const Parsed& p, const std::string& dir);
-  Status List(const std::string& dir);
-
-  std::ostream& out_;
-  bool json_ = false;
-};
-
-Status Admin::Run(const std::vector<std::string>& args) {
-  po::options_description d;
-  d.add_options()("state", po::value<std::string>())("json", "")(
-      "pcrs", po::value<std::string>())("ek-pub", po::value<std::string>())(
-      "values", po::value<std::string>())("name", po::value<std::string>());
-  AddKmsOptions(d);
-  VCRYPT_ASSIGN_OR_RETURN(Parsed p, Parse(args, d, "admin"));
-  json_ = p.has("json");
-  const auto& w = p.words;
-  if (w.empty()) return UsageError("admin: missing subcommand");
-  auto arity = [&](size_t n, const std::string& what) -> Status {
-    if (w.size() != n)
-      return UsageError("admin " + what + ": wrong number of arguments");
-    return Status::Ok();
-  };
-  auto state = [&](const std::string& what) {
-    return Need(p, "state", "admin " + what);
-  };
-
-  if (w[0] == "primary-key") {
-    if (w.size() < 2 || w[1] != "create")
-      return UsageError("admin primary-key: the subcommand is 'create'");
-    VCRYPT_RETURN_IF_ERROR(arity(2, "primary-key create"));
-    VCRYPT_RETURN_IF_ERROR(OnlyOptions(
-        p, {"state", "json", "kms", "kms-ca", "kms-cert", "kms-key", "name"},
-        "admin primary-key create"));
-    VCRYPT_ASSIGN_OR_RETURN(KmsOptions kms,
-                            NeedKms(p, "admin primary-key create"));
-    std::string name = p.has("name") ? p.get("name") : kDefaultPrimaryKeyName;
-    VCRYPT_ASSIGN_OR_RETURN(auto cluster, MakeCluster(kms));
-    VCRYPT_ASSIGN_OR_RETURN(std::string uid, CreatePrimaryKey(*cluster, name));
-    if (json_)
-      out_ << Json{{"uid", uid}, {"name", name}}.dump() << "\n";
-    else
-      out_ << uid << "\n";
-    return Status::Ok();
-  }
-  if (w[0] == "init") {
-    VCRYPT_RETURN_IF_ERROR(arity(1, "init"));
-    VCRYPT_RETURN_IF_ERROR(
-        OnlyOptions(p, {"state", "json", "pcrs"}, "admin init"));
-    VCRYPT_ASSIGN_OR_RETURN(std::string dir, state("init"));
-    return Init(p, dir);
-  }
-  if (w[0] == "list") {
-    VCRYPT_RETURN_IF_ERROR(arity(1, "list"));
-    VCRYPT_RETURN_IF_ERROR(OnlyOptions(p, {"state", "json"}, "admin list"));
-    VCRYPT_ASSIGN_OR_RETURN(std::string dir, state("list"));
-    return List(dir);
-  }
-  if (w[0] != "tpm-ca" && w[0] != "host" && w[0] != "baseline")
-    return UsageError("admin: unknown subcommand '" + w[0] + "'");
-  if (w.size() < 2) return UsageError("admin " + w[0] + ": missing action");
-  const std::string what = w[0] + " " + w[1];
-  VCRYPT_ASSIGN_OR_RETURN(std::string dir, state(what));
-
-  if (what == "tpm-ca add") {
-    VCRYPT_RETURN_IF_ERROR(arity(3, what));
-    VCRYPT_RETURN_IF_ERROR(OnlyOptions(p, {"state", "json"}, "admin " + what));
-    VCRYPT_ASSIGN_OR_RETURN(AttestationService svc, OpenAttestation(dir));
-    VCRYPT_ASSIGN_OR_RETURN(std::string pem, ReadFile(w[2]));
-    auto st = svc.AddTpmCa(pem);
-    if (!st.ok())
-      return MakeError(st.error().code, w[2] + ": " + st.error().message);
-    out_ << (json_ ? "{}\n" : "added TPM CA certificate " + w[2] + "\n");
-    return Status::Ok();
-  }
-  if (what == "host add") {
-    VCRYPT_RETURN_IF_ERROR(arity(3, what));
-    VCRYPT_RETURN_IF_ERROR(
-        OnlyOptions(p, {"state", "json", "ek-pub"}, "admin " + what));
-    const std::string& host = w[2];
-    VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
-    VCRYPT_ASSIGN_OR_RETURN(AttestationService svc, OpenAttestation(dir));
-    // Re-adding would silently drop the host's enrolled AK: remove first.
-    if (Exists(dir + "/hosts/" + host + ".json"))
-      return MakeError(ErrorCode::kExists,
-                       "host '" + host +
-                           "' is already registered (remove it first to "
-                           "change its EK)");
-    std::optional<std::vector<uint8_t>> ek;
-    if (p.has("ek-pub")) {
-      VCRYPT_ASSIGN_OR_RETURN(std::string bytes, ReadFile(p.get("ek-pub")));
-      auto norm = NormalizeEkPublic({bytes.begin(), bytes.end()});
-      if (!norm.ok())
-        return MakeError(norm.error().code,
-                         p.get("ek-pub") + ": " + norm.error().message);
-      ek = std::move(norm).value();
-    }
-    auto st = svc.AddHost(host, std::move(ek));
-    if (!st.ok()) return st;
-    out_ << (json_ ? "{}\n"
-                   : "registered host " + host +
-                         (p.has("ek-pub") ? " (EK pinned)\n"
-                                          : " (EK certificate required)\n"));
-    return Status::Ok();
-  }
-  if (what == "host remove") {
-    VCRYPT_RETURN_IF_ERROR(arity(3, what));
-    VCRYPT_RETURN_IF_ERROR(OnlyOptions(p, {"state", "json"}, "admin " + what));
-    VCRYPT_ASSIGN_OR_RETURN(AttestationService svc, OpenAttestation(dir));
-    VCRYPT_RETURN_IF_ERROR(svc.RemoveHost(w[2]));
-    out_ << (json_ ? "{}\n" : "removed host " + w[2] + "\n");
-    return Status::Ok();
-  }
-  if (what == "baseline add") {
-    VCRYPT_RETURN_IF_ERROR(arity(3, what));
-    VCRYPT_RETURN_IF_ERROR(
-        OnlyOptions(p, {"state", "json", "values"}, "admin " + what));
-    const std::string& name = w[2];
-    VCRYPT_RETURN_IF_ERROR(CheckName("baseline", name));
-    VCRYPT_ASSIGN_OR_RETURN(std::string values_file,
-                            Need(p, "values", "admin " + what));
-    VCRYPT_ASSIGN_OR_RETURN(AttestationService svc, OpenAttestation(dir));
-    if (Exists(dir + "/baselines/" + name + ".json"))
-      return MakeError(ErrorCode::kExists,
-                       "baseline '" + name +
-                           "' already exists (remove it first to replace it)");
-    VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(values_file));
-    auto values = ParseBaselineValues(text, svc.config().selection);
-    if (!values.ok())
-      return MakeError(values.error().code,
-                       values_file + ": " + values.error().message);
-    VCRYPT_RETURN_IF_ERROR(svc.AddBaseline(name, *values));
-    out_ << (json_ ? "{}\n" : "added baseline " + name + "\n");
-    return Status::Ok();
-  }
-  if (what == "baseline remove") {
-    VCRYPT_RETURN_IF_ERROR(arity(3, what));
-    VCRYPT_RETURN_IF_ERROR(OnlyOptions(p, {"state", "json"}, "admin " + what));
-    VCRYPT_ASSIGN_OR_RETURN(AttestationService svc, OpenAttestation(dir));
-    VCRYPT_RETURN_IF_ERROR(svc.RemoveBaseline(w[2]));
-    out_ << (json_ ? "{}\n" : "removed baseline " + w[2] + "\n");
-    return Status::Ok();
-  }
-  return UsageError("admin: unknown subcommand '" + what + "'");
-}
-
-Status Admin::Init(const Parsed& p, const std::string& dir) {
-  VCRYPT_ASSIGN_OR_RETURN(
-      PcrSelection sel,
-      ParsePcrSelection(p.has("pcrs") ? p.get("pcrs") : kDefaultPcrs));
-  bool created = false;
-  struct stat st;
-  if (lstat(dir.c_str(), &st) == 0) {
-    if (!S_ISDIR(st.st_mode))
-      return MakeError(ErrorCode::kExists,
-                       dir + " exists and is not a directory");
-    for (const char* f : {kConfigFile, kSigningKeyFile, kTokenKeyFile})
-      if (Exists(dir + "/" + f))
-        return MakeError(ErrorCode::kExists,
-                         dir + " is already initialised (" + f + " exists)");
-    // An empty directory (e.g. made by systemd's StateDirectory=) is
-    // fine; anything else might be someone's data.
-    std::error_code ec;
-    if (!fs::is_empty(dir, ec) || ec)
-      return MakeError(ErrorCode::kExists,
-                       dir +
-                           " is not empty: init needs a new or empty "
-                           "directory");
-  } else if (errno == ENOENT) {
-    VCRYPT_RETURN_IF_ERROR(MakeDirs(dir, 0700));
-    created = true;
-  } else {
-    return MakeError(ErrorCode::kIo,
-                     "cannot access " + dir + ": " + std::strerror(errno));
-  }
-  // Nothing half-done: the directory was new or empty, so undoing is
-  // removing what is in it (and it, if we made it).
-  auto undo = [&](Error e) -> Error {
-    std::error_code ec;
-    if (created) {
-      fs::remove_all(dir, ec);
-    } else {
-      for (const auto& entry : fs::directory_iterator(dir, ec))
-        fs::remove_all(entry.path(), ec);
-    }
-    return e;
-  };
-  auto key = EcSigningKey::Generate();
-  if (!key.ok()) return undo(std::move(key).error());
-  auto pem = key->ToPrivatePem();
-  if (!pem.ok()) return undo(std::move(pem).error());
-  auto pub = key->ToPublicPem();
-  if (!pub.ok()) return undo(std::move(pub).error());
-  const std::string thumbprint = key->Thumbprint();
-  if (auto w = WriteFileAtomic(dir + "/" + kSigningKeyFile, pem->span(),
-                               AtomicWriteOptions{0600, {}});
-      !w.ok())
-    return undo(std::move(w).error());
-  pem->Clear();
-  if (auto w = WriteFileAtomic(dir + "/" + kTokenKeyFile, *pub,
-                               AtomicWriteOptions{0644, {}});
-      !w.ok())
-    return undo(std::move(w).error());
-  AttestationConfig c;
-  c.state_dir = dir;
-  c.selection = sel;
-  // Creates the services' subdirectories.
-  auto svc = AttestationService::Open(c, std::move(key).value());
-  if (!svc.ok()) return undo(std::move(svc).error());
-  // config.json last: it is what marks the directory as initialised.
-  Json cfg = {{"version", kConfigVersion},
-              {"pcrs", FormatPcrSelection(sel)},
-              {"issuer", c.issuer},
-              {"audience", c.audience},
-              {"created", NowRfc3339()}};
-  if (auto w = WriteFileAtomic(dir + "/" + kConfigFile, cfg.dump(2) + "\n",
-                               AtomicWriteOptions{0644, {}});
-      !w.ok())
-    return undo(std::move(w).error());
-  if (chmod(dir.c_str(), 0700) != 0)
-    return undo(MakeError(ErrorCode::kIo, "cannot chmod 0700 " + dir + ": " +
-                                              std::strerror(errno)));
-  if (json_) {
-    out_ << Json{{"state", dir},
-                 {"pcrs", FormatPcrSelection(sel)},
-                 {"token_key", dir + "/" + kTokenKeyFile},
-                 {"token_key_thumbprint", thumbprint}}
-                .dump()
-         << "\n";
-  } else {
-    out_ << "initialised " << dir << " (PCR selection "
-         << FormatPcrSelection(sel) << ")\n"
-         << "token key: " << dir << "/" << kTokenKeyFile << " (kid "
-         << thumbprint << ")\n";
-  }
-  return Status::Ok();
-}
-
-// Sorted names of the "*.<ext>" files in `dir`, without the extension.
-std::vector<std::string> Names(const std::string& dir, const std::string& ext) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    std::string n = e.path().filename().string();
-    if (n.size() > ext.size() && n.ends_with(ext) && n[0] != '.')
-      out.push_back(n.substr(0, n.size() - ext.size()));
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-Status Admin::List(const std::string& dir) {
-  VCRYPT_ASSIGN_OR_RETURN(AttestationConfig config, LoadConfig(dir));
-  Json j = {{"pcrs", FormatPcrSelection(config.selection)},
-            {"hosts", Json::array()},
-            {"baselines", Json::array()},
-            {"tpm_cas", Json::array()}};
-  for (const auto& h : Names(dir + "/hosts", ".json")) {
-    auto text = ReadFile(dir + "/hosts/" + h + ".json");
-    Json rec = text.ok() ? Json::parse(*text, nullptr, false) : Json();
-    if (!rec.is_object())
-      return MakeError(ErrorCode::kIo, dir + "/hosts/" + h +
-                                           ".json is not a JSON object "
-                                           "(damaged state)");
-    j["hosts"].push_back({{"name", h},
-                          {"ek", rec.contains("ek") ? "pinned" : "certificate"},
-                          {"enrolled", rec.contains("enrolled")}});
-  }
-  for (const auto& b : Names(dir + "/baselines", ".json"))
-    j["baselines"].push_back(b);
-  for (const auto& id : Names(dir + "/tpm-cas", ".pem")) {
-    std::string subject = "?";
-    if (auto pem = ReadFile(dir + "/tpm-cas/" + id + ".pem"); pem.ok()) {
-      BioPtr bio(BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size())));
-      X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-      if (cert) {
-        OpensslCharPtr s(
-            X509_NAME_oneline(X509_get_subject_name(cert.get()), nullptr, 0));
-        if (s) subject = s.get();
-      }
-    }
-    j["tpm_cas"].push_back({{"id", id}, {"subject", subject}});
-  }
-  if (json_) {
-    out_ << j.dump() << "\n";
-    return Status::Ok();
-  }
-  out_ << "PCR selection: " << j["pcrs"].get<std::string>() << "\n";
-  out_ << "hosts:" << (j["hosts"].empty() ? " none" : "") << "\n";
-  for (const auto& h : j["hosts"])
-    out_ << "  " << h["name"].get<std::string>()
-         << "  ek=" << h["ek"].get<std::string>()
-         << "  enrolled=" << (h["enrolled"].get<bool>() ? "yes" : "no") << "\n";
-  out_ << "baselines:" << (j["baselines"].empty() ? " none" : "") << "\n";
-  for (const auto& b : j["baselines"])
-    out_ << "  " << b.get<std::string>() << "\n";
-  out_ << "TPM CAs:" << (j["tpm_cas"].empty() ? " none" : "") << "\n";
-  for (const auto& c : j["tpm_cas"])
-    out_ << "  " << c["id"].get<std::string>().substr(0, 16) << "  "
-         << c["subject"].get<std::string>() << "\n";
-  return Status::Ok();
-}
-
-// --- services ----------------------------------------------------------------
-
-struct TlsFiles {
-  std::string cert, key;
-};
-
-// Checks what the TLS server will load, so that a missing file is
-// kNotFound with its name rather than a bare "TLS setup failed".
-Status CheckReadable(const std::string& path, const std::string& what) {
-  if (access(path.c_str(), R_OK) != 0)
-    return MakeError(
-        errno == ENOENT ? ErrorCode::kNotFound : ErrorCode::kPermissionDenied,
-        "cannot read " + what + " " + path + ": " + std::strerror(errno));
-  return Status::Ok();
-}
-
-// Binds `server` to `addr`, announces it and serves until `control` stops
-// it (or the listener fails).
-Status Serve(httplib::Server& server, const std::string& listen_text,
-             const ListenAddress& addr, std::ostream& out,
-             ServiceControl& control) {
-  server.set_payload_max_length(kMaxRequestBody);
-  // Slow clients: each read or write of a request may take 5 s at most
-  // (cpp-httplib's default read timeout), an idle keep-alive connection
-  // is closed after 2 s and serves at most 5 requests, so that one
-  // client cannot hold a worker thread for long.
-  server.set_read_timeout(5, 0);
-  server.set_write_timeout(5, 0);
-  server.set_keep_alive_timeout(2);
-  server.set_keep_alive_max_count(5);
-  // cpp-httplib serves a connection on one worker thread for its whole
-  // life. Its default pool (8 on this kind of machine) was taken by a
-  // nonce flood's connections while a host's waited in the queue: 27-43x
-  // the idle attestation latency (bench/ta_flood.sh). Threads are cheap;
-  // the ConnectionGuard bounds what one client may hold of them.
-  server.new_task_queue = [] {
-    return new httplib::ThreadPool(kWorkerThreads);
-  };
-  int port = -1;
-  if (addr.port == 0) {
-    port = server.bind_to_any_port(addr.host);
-  } else if (server.bind_to_port(addr.host, addr.port)) {
-    port = addr.port;
-  }
-  if (port <= 0)
-    return MakeError(ErrorCode::kIo,
-                     "cannot listen on " + listen_text +
-                         " (address in use, not local, or not permitted)");
-  const std::string shown =
-      (addr.host.find(':') != std::string::npos ? "[" + addr.host + "]"
-                                                : addr.host) +
-      ":" + std::to_string(port);
-  std::atomic<bool> done{false};
-  std::thread t([&] {
-    server.listen_after_bind();
-    done = true;
-    control.Notify();
-  });
-  // listen_after_bind sets is_running first thing; announce only then, so
-  // a client that reads the line finds the server accepting.
-  while (!server.is_running() && !done)
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  if (!done) {
-    out << "listening on " << shown << std::endl;
-    if (control.on_listening) control.on_listening(shown);
-  }
-  control.WaitUntil([&] { return done.load(); });
-  // stop() is a no-op unless the server is running: it is (or it ended).
-  server.stop();
-  t.join();
-  if (!control.stopped())
-    return MakeError(ErrorCode::kIo,
-                     "the server on " + shown + " stopped unexpectedly");
-  return Status::Ok();
-}
-
-// An httplib::SSLServer with our TLS policy and `guard`'s connection
-// limits: TLS 1.2 or later, no
-// compression or renegotiation, and keys never prompted for. The server
-// certificate file may hold the chain after the leaf.
-std::unique_ptr<httplib::SSLServer> MakeTlsServer(const TlsFiles& files,
-                                                  ConnectionGuard& guard,
-                                                  std::string* error) {
-  auto server = std::make_unique<httplib::SSLServer>([&](SSL_CTX& ctx) {
-    ERR_clear_error();
-    if (!guard.Attach(&ctx)) {
-      *error = "cannot hook the TLS context: " + OpensslError();
-      return false;
-    }
-    SSL_CTX_set_min_proto_version(&ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(&ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                                  SSL_OP_CIPHER_SERVER_PREFERENCE);
-    // An encrypted key is a configuration error, not a terminal prompt.
-    SSL_CTX_set_default_passwd_cb(
-        &ctx, [](char*, int, int, void*) -> int { return 0; });
-    if (SSL_CTX_use_certificate_chain_file(&ctx, files.cert.c_str()) != 1) {
-      *error = "cannot load the TLS certificate " + files.cert + ": " +
-               OpensslError();
-      return false;
-    }
-    if (SSL_CTX_use_PrivateKey_file(&ctx, files.key.c_str(),
-                                    SSL_FILETYPE_PEM) != 1) {
-      // OpenSSL compares the key with the certificate while loading it.
-      if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
-        ERR_clear_error();
-        *error = "the TLS key " + files.key +
-                 " does not match the certificate " + files.cert;
-        return false;
-      }
-      *error = "cannot load the TLS key " + files.key +
-               " (unencrypted PEM expected): " + OpensslError();
-      return false;
-    }
-    if (SSL_CTX_check_private_key(&ctx) != 1) {
-      *error = "the TLS key " + files.key + " does not match the certificate " +
-               files.cert;
-      ERR_clear_error();
-      return false;
-    }
-    return true;
-  });
-  return server;
-}
-
-struct ServiceArgs {
-  std::string state;
-  std::string listen_text;
-  ListenAddress listen;
-  TlsFiles tls;
-  ConnectionLimits connections;
-};
-
-Result<ServiceArgs> NeedServiceArgs(const Parsed& p, const std::string& what) {
-  if (!p.words.empty())
-    return UsageError(what + ": unexpected argument '" + p.words[0] + "'");
-  ServiceArgs a;
-  VCRYPT_ASSIGN_OR_RETURN(a.state, Need(p, "state", what));
-  VCRYPT_ASSIGN_OR_RETURN(a.listen_text, Need(p, "listen", what));
-  VCRYPT_ASSIGN_OR_RETURN(a.tls.cert, Need(p, "tls-cert", what));
-  VCRYPT_ASSIGN_OR_RETURN(a.tls.key, Need(p, "tls-key", what));
-  auto l = ParseListenAddress(a.listen_text);
-  if (!l.ok()) return UsageError(what + ": " + l.error().message);
-  a.listen = std::move(l).value();
-  VCRYPT_RETURN_IF_ERROR(CheckReadable(a.tls.cert, "TLS certificate"));
-  VCRYPT_RETURN_IF_ERROR(CheckReadable(a.tls.key, "TLS key"));
-  return a;
-}
-
-void AddServiceOptions(po::options_description& d) {
-  d.add_options()("state", po::value<std::string>())(
-      "listen", po::value<std::string>())("tls-cert", po::value<std::string>())(
-      "tls-key", po::value<std::string>())("max-client-connections",
-                                           po::value<std::string>())(
-      "max-connection-seconds", po::value<std::string>());
-}
-
-// A decimal option value in [min, max], or its default when not given.
-Result<double> NumberOption(const Parsed& p, const char* name, double dflt,
-                            double min, double max, const std::string& what) {
-  if (!p.has(name)) return dflt;
-  const std::string v = p.get(name);
-  size_t used = 0;
-  double d = 0;
-  try {
-    d = std::stod(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (v.empty() || used != v.size() || !(d >= min && d <= max))
-    return UsageError(what + ": --" + name + " wants a number from " +
-                      std::to_string(static_cast<long long>(min)) + " to " +
-                      std::to_string(static_cast<long long>(max)) + ", not '" +
-                      v.substr(0, 32) + "'");
-  return d;
-}
-
-// --max-client-connections and --max-connection-seconds (both services).
-Status ReadConnectionLimits(const Parsed& p, const std::string& what,
-                            ConnectionLimits& limits) {
-  VCRYPT_ASSIGN_OR_RETURN(
-      double per_client,
-      NumberOption(p, "max-client-connections", 16, 1, kWorkerThreads, what));
-  VCRYPT_ASSIGN_OR_RETURN(
-      double seconds,
-      NumberOption(p, "max-connection-seconds", 30, 1, 3600, what));
-  limits.per_client = static_cast<size_t>(per_client);
-  limits.lifetime =
-      std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
-  return Status::Ok();
-}
-
-Status AttestationServiceCmd(const std::vector<std::string>& args,
-                             std::ostream& out, ServiceControl& control) {
-  const std::string what = "attestation-service";
-  po::options_description d;
-  AddServiceOptions(d);
-  d.add_options()("max-outstanding", po::value<std::string>())(
-      "rate-limit", po::value<std::string>())("rate-burst",
-                                              po::value<std::string>());
-  VCRYPT_ASSIGN_OR_RETURN(Parsed p, Parse(args, d, what));
-  VCRYPT_ASSIGN_OR_RETURN(ServiceArgs a, NeedServiceArgs(p, what));
-  VCRYPT_RETURN_IF_ERROR(ReadConnectionLimits(p, what, a.connections));
-  VCRYPT_ASSIGN_OR_RETURN(
-      double max_outstanding,
-      NumberOption(p, "max-outstanding", 10000, 1, 1e7, what));
-  ClientRateLimit limit;
-  VCRYPT_ASSIGN_OR_RETURN(limit.per_second,
-                          NumberOption(p, "rate-limit", 50, 0, 1e6, what));
-  VCRYPT_ASSIGN_OR_RETURN(limit.burst,
-                          NumberOption(p, "rate-burst", 100, 1, 1e6, what));
-  VCRYPT_ASSIGN_OR_RETURN(
-      AttestationService svc,
-      OpenAttestation(a.state, static_cast<size_t>(max_outstanding)));
-  // Declared before the server: it must outlive the server's connections.
-  ConnectionGuard guard(a.connections);
-  std::string tls_error;
-  auto server = MakeTlsServer(a.tls, guard, &tls_error);
-  if (!server->is_valid())
-    return MakeError(ErrorCode::kInvalidArgument, tls_error);
-  AddAttestationRoutes(*server, svc, limit);
-  return Serve(*server, a.listen_text, a.listen, out, control);
-}
-
-Status KeyProviderServiceCmd(const std::vector<std::string>& args,
-                             std::ostream& out, ServiceControl& control) {
-  const std::string what = "key-provider-service";
-  po::options_description d;
-  AddServiceOptions(d);
-  AddKmsOptions(d);
-  d.add_options()("provider-id", po::value<std::string>())(
-      "primary-key", po::value<std::string>())("primary-key-file",
-                                               po::value<std::string>());
-  VCRYPT_ASSIGN_OR_RETURN(Parsed p, Parse(args, d, what));
-  VCRYPT_ASSIGN_OR_RETURN(ServiceArgs a, NeedServiceArgs(p, what));
-  VCRYPT_RETURN_IF_ERROR(ReadConnectionLimits(p, what, a.connections));
-  VCRYPT_ASSIGN_OR_RETURN(std::string provider_id,
-                          Need(p, "provider-id", what));
-  VCRYPT_RETURN_IF_ERROR(CheckName("provider", provider_id));
-  const bool from_file = p.has("primary-key-file");
-  if (from_file == p.has("primary-key"))
-    return UsageError(what + ": give exactly one of --primary-key UID (on a " +
-                      "KMS) and --primary-key-file FILE");
-  if (from_file && (p.has("kms") || p.has("kms-ca") || p.has("kms-cert") ||
-                    p.has("kms-key")))
-    return UsageError(what + ": --kms* options go with --primary-key, not " +
-                      "--primary-key-file");
-  KmsOptions kms;
-  if (!from_file) {
-    VCRYPT_ASSIGN_OR_RETURN(kms, NeedKms(p, what));
-  }
-
-  // Everything local first (cheap, and a typo should not cost a KMS
-  // round trip); the primary key last.
-  VCRYPT_ASSIGN_OR_RETURN(AttestationConfig config, LoadConfig(a.state));
-  const std::string token_key_path = a.state + "/" + kTokenKeyFile;
-  VCRYPT_ASSIGN_OR_RETURN(std::string token_pem, ReadFile(token_key_path));
-  auto token_key = EcVerifyKey::FromPublicPem(token_pem);
-  if (!token_key.ok())
-    return MakeError(token_key.error().code,
-                     token_key_path + ": " + token_key.error().message);
-  // Declared before the server: it must outlive the server's connections.
-  ConnectionGuard guard(a.connections);
-  std::string tls_error;
-  auto server = MakeTlsServer(a.tls, guard, &tls_error);
-  if (!server->is_valid())
-    return MakeError(ErrorCode::kInvalidArgument, tls_error);
-
-  SecureBuffer primary;
-  if (from_file) {
-    const std::string f = p.get("primary-key-file");
-    VCRYPT_ASSIGN_OR_RETURN(
-        primary, ReadOwnerOnlyFile(f, "primary key file", kPrimaryKeySize));
-    if (primary.size() != kPrimaryKeySize)
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "primary key file " + f + " must hold exactly " +
-                           std::to_string(kPrimaryKeySize) + " raw bytes");
-  } else {
-    VCRYPT_ASSIGN_OR_RETURN(auto cluster, MakeCluster(kms));
-    VCRYPT_ASSIGN_OR_RETURN(primary,
-                            FetchPrimaryKey(*cluster, p.get("primary-key")));
-  }
-  // vcryptd's rule for its KEK cache: key memory that may be swapped out
-  // is refused rather than tolerated.
-  if (!primary.locked())
-    return MakeError(ErrorCode::kPermissionDenied,
-                     "cannot lock the primary key in memory (raise "
-                     "RLIMIT_MEMLOCK, e.g. LimitMEMLOCK= in the unit)");
-  KpsConfig kc;
-  kc.state_dir = a.state;
-  kc.provider_id = provider_id;
-  kc.policy.issuer = config.issuer;
-  kc.policy.audience = config.audience;
-  VCRYPT_ASSIGN_OR_RETURN(
-      KeyProviderService kps,
-      KeyProviderService::Open(std::move(kc), std::move(token_key).value(),
-                               std::move(primary)));
-  std::mutex mu;
-  AddKpsRoutes(*server, kps, mu);
-  return Serve(*server, a.listen_text, a.listen, out, control);
-}
-
-}  // namespace
+using ta_tool_internal::kUsage;
+using ta_tool_internal::UsageError;
 
 // --- ServiceControl ----------------------------------------------------------
 
@@ -1166,11 +524,11 @@ int RunTaTool(int argc, const char* const* argv, std::ostream& out,
   if (cmd.empty()) {
     st = UsageError("no command given");
   } else if (cmd == "admin") {
-    st = Admin(out).Run(args);
+    st = ta_tool_internal::AdminCmd(args, out);
   } else if (cmd == "attestation-service") {
-    st = AttestationServiceCmd(args, out, ctl);
+    st = ta_tool_internal::AttestationServiceCmd(args, out, ctl);
   } else if (cmd == "key-provider-service") {
-    st = KeyProviderServiceCmd(args, out, ctl);
+    st = ta_tool_internal::KeyProviderServiceCmd(args, out, ctl);
   } else {
     st = UsageError("unknown command '" + cmd + "'");
   }
