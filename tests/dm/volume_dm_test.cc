@@ -1,4 +1,5 @@
-// Block-layer tests of dmtools/volume.h against the real kernel: LUKS2
+// Block-layer tests of dmtools/volume.h against the real kernel (over 800
+// lines: one binary, one guest boot, one fixture for all of them): LUKS2
 // format through libcryptsetup, dm-crypt activation, the live dm table,
 // loop devices. They need root and device-mapper, so they run in the test
 // VM:

@@ -1,6 +1,8 @@
 // vcryptd end to end on the host, through the real socket and protocol:
 // everything that needs no device-mapper. (Volume operations against a
-// real dm-crypt are in tests/integration, run in the VM harness.)
+// real dm-crypt are in tests/integration, run in the VM harness.) Over 800
+// lines: one fixture (a daemon on a temporary socket) serves all of them,
+// and splitting would only copy it.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/stat.h>

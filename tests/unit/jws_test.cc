@@ -2,6 +2,8 @@
 // (taprotocol/jws.h). Each refusal test builds a token that differs
 // from a valid one in exactly the property under test, signed correctly
 // where that matters, and checks the error code and the check's message.
+// Over 800 lines: one test per refusal rule of the token format, which is
+// the point; they share the token builder at the top.
 #include "taprotocol/jws.h"
 
 #include <dirent.h>

@@ -1,7 +1,8 @@
 // KMIP messages: the spec's test vectors byte-exact, vcrypt's own requests
 // against golden files, replies captured from a real pykmip-server (see
 // tests/kmip/golden/README.md), and synthetic replies for every rule of
-// response decoding and matching.
+// response decoding and matching. Over 800 lines: one test per rule of a
+// protocol with many rules, sharing the golden-file and reply helpers.
 #include <gtest/gtest.h>
 
 #include <cstdlib>

@@ -1,4 +1,6 @@
-// TPM public keys and quote verification (trustauthority/quote.h).
+// TPM public keys and quote verification (trustauthority/quote.h). Over 800
+// lines: one test per refusal rule of the TPM structures, sharing the
+// fixtures and the structure builders.
 //
 // Three kinds of tests:
 //  - TpmPublicFixture* / QuoteFixture*: the quote captured from swtpm in
