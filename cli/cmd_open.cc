@@ -140,13 +140,16 @@ Status Cli::Unlock(const std::vector<std::string>& a) {
     }
     client_->set_timeout(timeout);
     auto r = client_->Call(op, args);
-    // After a timeout or a lost daemon the connection is spent.
-    if (!r.ok() && r.error().code == ErrorCode::kDaemonUnavailable)
-      client_.reset();
+    // After a timeout or a lost daemon the connection is spent; after an
+    // error answer, the next request starts afresh too.
+    if (!r.ok()) client_.reset();
     return r;
   };
   io.now = [] { return UnlockClock::now(); };
-  io.sleep = [](std::chrono::milliseconds d) {
+  io.sleep = [this](std::chrono::milliseconds d) {
+    // vcryptd drops a connection idle for its request timeout (15 s by
+    // default), shorter than the longer backoffs: reconnect after a wait.
+    client_.reset();
     std::this_thread::sleep_for(d);
   };
   io.log = [&](const std::string& line) {

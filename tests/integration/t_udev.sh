@@ -258,6 +258,25 @@ test_udev_unlock_helper_opens_per_vm_setting() {
 	expect_exit 2 unlock start "-vm-d0"
 }
 
+# vcryptd drops a connection that sends nothing for request_timeout_ms;
+# a retry after a longer backoff must not reuse it (found by the boot
+# test: beta's unit failed at its 16 s backoff, past the 15 s default).
+test_udev_unlock_retries_past_vcryptds_idle_timeout() {
+	mkdir -p "$T/run"
+	start_daemon
+	setup_vm
+	stop_daemon
+	rm -rf "$T/state/providers/p1" # its key is unavailable from now on
+	echo '{"request_timeout_ms": 300}' >"$T/vcryptd.json"
+	start_daemon
+	local rc=0
+	DEADLINE=4 unlock start vm1-d0 2>"$T/log" || rc=$?
+	assert_eq 8 "$rc" "exit code: the key stayed unavailable"
+	assert_contains "$(cat "$T/log")" "retrying in 2s"
+	assert_contains "$(cat "$T/log")" "giving up after 4s"
+	assert_eq "" "$(vcrypt_mappings)"
+}
+
 test_udev_unlock_helper_waits_for_vcryptd() {
 	mkdir -p "$T/run"
 	start_daemon
