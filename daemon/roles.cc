@@ -6,45 +6,11 @@
 
 #include <cerrno>
 #include <cstring>
-#include <map>
 
 namespace vcrypt {
 namespace {
 
 using Json = nlohmann::json;
-
-// op -> the least role that may call it, before argument-dependent
-// raises (RequiredRole).
-const std::map<std::string, Role, std::less<>>& Table() {
-  static const auto* table = new std::map<std::string, Role, std::less<>>{
-      {"ping", Role::kMonitor},
-      {"status", Role::kMonitor},
-      {"provider.list", Role::kMonitor},
-      {"provider.show", Role::kMonitor},
-      {"vm.list", Role::kMonitor},
-      {"vm.show", Role::kMonitor},
-      {"volume.list", Role::kMonitor},
-      {"open", Role::kOperator},
-      {"open_all", Role::kOperator},
-      {"close", Role::kOperator},
-      {"vm.create", Role::kOperator},
-      {"vm.set", Role::kOperator},
-      {"vm.register", Role::kOperator},
-      {"vm.unregister", Role::kOperator},
-      {"vm.rekey", Role::kOperator},
-      {"volume.create", Role::kOperator},
-      {"provider.add", Role::kRoot},
-      {"provider.remove", Role::kRoot},
-      {"provider.default", Role::kRoot},
-      {"provider.backup", Role::kRoot},
-      {"provider.restore", Role::kRoot},
-      {"vm.delete", Role::kRoot},
-      {"volume.recovery_key.add", Role::kRoot},
-      {"volume.recovery_key.remove", Role::kRoot},
-      {"cache.evict", Role::kRoot},
-  };
-  return *table;
-}
 
 Error Denied(const std::string& why) {
   return MakeError(ErrorCode::kPermissionDenied, why);
@@ -102,18 +68,7 @@ std::string_view RoleName(Role r) {
   return "?";
 }
 
-const std::vector<std::string>& KnownOps() {
-  static const auto* ops = [] {
-    auto* v = new std::vector<std::string>;
-    for (const auto& [op, role] : Table()) v->push_back(op);
-    return v;
-  }();
-  return *ops;
-}
-
-std::optional<Role> RequiredRole(const std::string& op, const Json& args) {
-  auto it = Table().find(op);
-  if (it == Table().end()) return std::nullopt;
+Role RaiseForArguments(const std::string& op, const Json& args, Role least) {
   if (op == "vm.rekey" && args.is_object()) {
     // A provider change re-homes the KEK, revoke_old destroys the old one.
     // Any value counts: what the op would make of it is not this table's
@@ -121,7 +76,7 @@ std::optional<Role> RequiredRole(const std::string& op, const Json& args) {
     if (args.contains("provider") || args.contains("revoke_old"))
       return Role::kRoot;
   }
-  return it->second;
+  return least;
 }
 
 Status CheckOperatorVolumePath(const std::string& path, bool is_file,

@@ -9,9 +9,11 @@
 //   root      (uid 0)             everything, in particular whatever
 //                                 exports, destroys or re-homes a key, or
 //                                 configures a provider
-// The table is the single source of truth: the Controller checks every
-// request against it before doing anything, and the tests walk it so an op
-// without an entry cannot exist.
+// The table is the single source of truth: it is the Controller's op table
+// (daemon/controller.cc, Controller::Ops()), where each op's least role
+// sits next to its handler, so an op without a role cannot exist. The
+// Controller checks every request against it before doing anything;
+// KnownOps and RequiredRole below read it (they are defined there).
 #ifndef VCRYPT_DAEMON_ROLES_H_
 #define VCRYPT_DAEMON_ROLES_H_
 
@@ -29,7 +31,7 @@ enum class Role { kMonitor = 0, kOperator = 1, kRoot = 2 };
 
 std::string_view RoleName(Role r);
 
-// Every op vcryptd serves, in the order docs/protocol.md lists them.
+// Every op vcryptd serves, sorted by name.
 const std::vector<std::string>& KnownOps();
 
 // The role an op needs with these arguments; nullopt for an unknown op.
@@ -38,6 +40,11 @@ const std::vector<std::string>& KnownOps();
 // the old one) is root's.
 std::optional<Role> RequiredRole(const std::string& op,
                                  const nlohmann::json& args);
+
+// RequiredRole's argument-dependent part: `least` (the op's entry in the
+// table) raised where `args` change what `op` does to keys.
+Role RaiseForArguments(const std::string& op, const nlohmann::json& args,
+                       Role least);
 
 // Whether an operator may format `path` (volume.create): only inside one
 // of `allowed_dirs` (vcryptd's config `volume_paths`), so the group cannot
