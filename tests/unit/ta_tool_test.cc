@@ -497,10 +497,15 @@ TEST_F(TaServiceTest, TricklingClientsOfOneAddressDoNotStarveAHost) {
   EXPECT_EQ(st, 404) << body.dump();
   // Old code: no answer before the client's 5 s read timeout.
   EXPECT_LT(took, std::chrono::seconds(3));
-  // Of the 40, the server let 16 in and refused the rest.
+  // Of the 40, the server let at most 16 in and refused the rest. On an
+  // idle machine exactly 16 stay; on a loaded one (2 cores, a TCG guest
+  // and two builds beside) 14 were seen: an admitted trickler can lose its
+  // connection to the server's own read timeout when this thread is
+  // starved, which is not what this test is about. The cap is.
   int open = 0;
   for (auto& t : slow) open += t->Step();
-  EXPECT_EQ(open, 16);
+  EXPECT_LE(open, 16);
+  EXPECT_GE(open, 8);
   slow.clear();
   EXPECT_EQ(svc.Stop().code, 0);
 }
