@@ -163,29 +163,33 @@ Status UnlockVolume(const std::string& vm, const std::string& disk,
                     const UnlockOptions& options, const UnlockIo& io) {
   const std::string vol = vm + "/" + disk;
   const auto end = io.now() + options.deadline;
-  auto shown = Retry(vol, end, options, io, [&](milliseconds t) {
-    return Single(io.call("vm.show", Json{{"vm", vm}}, t));
+  // One request: vcryptd skips a VM it does not know or that has
+  // auto-unlock off ("skipped"), and leaves a volume an admin closed on
+  // this boot closed ("held_closed").
+  auto opened = Retry(vol, end, options, io, [&](milliseconds t) {
+    return Single(io.call(
+        "open",
+        Json{{"vm", vm}, {"disk", disk}, {"auto", true}, {"boot", true}}, t));
   });
-  if (!shown.ok() && shown.error().code == ErrorCode::kNotFound) {
+  if (!opened.ok()) return Named(vol, std::move(opened).error());
+  if (!opened->is_object())
+    return MakeError(ErrorCode::kInternal,
+                     vol + ": malformed answer from vcryptd");
+  const std::string skipped = opened->value("skipped", "");
+  if (skipped == "not_registered") {
     io.log(vol + ": VM '" + vm +
            "' is not registered with vcryptd; not unlocking it (open it with "
            "'vcryptctl open PATH')");
     return Status::Ok();
   }
-  if (!shown.ok()) return Named(vol, std::move(shown).error());
-  if (!shown->is_object())
-    return MakeError(ErrorCode::kInternal, vol + ": malformed answer from vcryptd");
-  if (!shown->value("auto_unlock", true)) {
+  if (skipped == "auto_unlock_off") {
     io.log(vol + ": auto-unlock is off for VM '" + vm + "'; not unlocking it");
     return Status::Ok();
   }
-  auto opened = Retry(vol, end, options, io, [&](milliseconds t) {
-    return Single(
-        io.call("open", Json{{"vm", vm}, {"disk", disk}, {"auto", true}}, t));
-  });
-  if (!opened.ok()) return Named(vol, std::move(opened).error());
-  if (!opened->is_object())
-    return MakeError(ErrorCode::kInternal, vol + ": malformed answer from vcryptd");
+  if (!skipped.empty())
+    return MakeError(
+        ErrorCode::kInternal,
+        vol + ": vcryptd skipped it for an unknown reason '" + skipped + "'");
   const std::string path = opened->value("path", "");
   if (opened->value("held_closed", false)) {
     io.log(vol +
@@ -238,7 +242,8 @@ Status UnlockAll(bool file_backed, const UnlockOptions& options,
       record);
   if (!r.ok()) return r.error();
   if (!r->is_object() || !r->contains("volumes") || !(*r)["volumes"].is_array())
-    return MakeError(ErrorCode::kInternal, what + ": malformed answer from vcryptd");
+    return MakeError(ErrorCode::kInternal,
+                     what + ": malformed answer from vcryptd");
   std::optional<ErrorCode> first;
   for (const auto& v : (*r)["volumes"]) {
     if (v.value("ok", false)) continue;

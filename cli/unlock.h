@@ -1,6 +1,7 @@
 // The boot path: what the unlock units run (`vcryptctl unlock`,
 // docs/boot.md). One process per volume asks vcryptd whether the VM wants
-// its volumes opened at boot and opens the volume, retrying what may pass
+// its volumes opened at boot and opens the volume (one request), retrying
+// what may pass
 // (vcryptd not up yet, a key provider that cannot produce the KEK yet)
 // until a deadline, and leaves a marker so that the unit's stop closes
 // only what its start opened.
@@ -61,9 +62,10 @@ bool IsTransient(ErrorCode code);
 Result<std::pair<std::string, std::string>> ParseUnlockTarget(
     const std::string& text);
 
-// ExecStart of vcrypt-unlock@VM-DISK: opens the volume unless its VM is
-// unknown to vcryptd or has auto-unlock off, or an admin closed it on this
-// boot (daemon/held_closed.h); each of those is success. On success after
+// ExecStart of vcrypt-unlock@VM-DISK: opens the volume (one `open` with
+// `boot`, docs/protocol.md) unless its VM is unknown to vcryptd or has
+// auto-unlock off, or an admin closed it on this boot
+// (daemon/held_closed.h); each of those is success. On success after
 // opening, writes the marker "opened". An error carries the last
 // attempt's code; its message names the volume.
 Status UnlockVolume(const std::string& vm, const std::string& disk,

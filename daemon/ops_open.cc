@@ -217,6 +217,20 @@ Result<Controller::UnwrappedDek> Controller::UnwrapUnderTokenKek(
 }
 
 Result<Json> Controller::Open(const Json& args, const AuditContext& ctx) {
+  // The boot path's open (vcryptctl unlock) asks, in the same request,
+  // whether the VM wants its volumes opened at boot: one request per
+  // volume instead of a vm.show (which lists every mapping) and an open.
+  if (BoolArg(args, "boot")) {
+    auto it = args.find("vm");
+    if (it == args.end() || !it->is_string())
+      return controller_ops::Usage("'boot' goes with 'vm' and 'disk'");
+    auto vm = FindVm(it->get<std::string>());
+    if (!vm.ok() && vm.error().code == ErrorCode::kNotFound)
+      return Json{{"vm", *it}, {"skipped", "not_registered"}};
+    if (!vm.ok()) return std::move(vm).error();
+    if (!vm->auto_unlock)
+      return Json{{"vm", *it}, {"skipped", "auto_unlock_off"}};
+  }
   std::string uuid;
   auto r = OpenVolume(args, ctx, &uuid);
   if (!uuid.empty()) {
@@ -284,7 +298,7 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
   }
   // The boot path's opens (`auto`) leave a volume an admin closed on this
   // boot closed; an explicit open ends that (daemon/held_closed.h).
-  if (BoolArg(args, "auto")) {
+  if (BoolArg(args, "auto") || BoolArg(args, "boot")) {
     if (held_closed_.IsHeld(hdr.uuid, target.device))
       return Json{{"vm", token.vm},
                   {"disk", token.disk},

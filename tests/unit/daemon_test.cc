@@ -132,6 +132,31 @@ TEST_F(DaemonTest, OpenWithoutDeviceMapperIsClear) {
   EXPECT_FALSE((*st)["device_mapper"].get<bool>());
 }
 
+// The boot path's open (vcryptctl unlock): vcryptd itself skips a VM it
+// does not know or that has auto-unlock off, in the same request.
+TEST_F(DaemonTest, BootOpenSkipsWhatTheBootPathLeavesAlone) {
+  ASSERT_TRUE(Call("provider.add", {{"type", "native"}, {"name", "p1"}}).ok());
+  auto r = Call("open", {{"vm", "ghost"}, {"disk", "d0"}, {"boot", true}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(*r, (Json{{"vm", "ghost"}, {"skipped", "not_registered"}}));
+  ASSERT_TRUE(
+      Call("vm.create", {{"vm", "manual"}, {"no_auto_unlock", true}}).ok());
+  r = Call("open", {{"vm", "manual"}, {"disk", "d0"}, {"boot", true}});
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(*r, (Json{{"vm", "manual"}, {"skipped", "auto_unlock_off"}}));
+  // A VM with auto-unlock goes on to the open itself (here: no such disk).
+  ASSERT_TRUE(Call("vm.create", {{"vm", "vm1"}}).ok());
+  r = Call("open", {{"vm", "vm1"}, {"disk", "d0"}, {"boot", true}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound) << r.error().message;
+  // Without "boot" an unknown VM stays an error.
+  r = Call("open", {{"vm", "ghost"}, {"disk", "d0"}});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
+  EXPECT_EQ(Call("open", {{"path", "/dev/null"}, {"boot", true}}).error().code,
+            ErrorCode::kUsage);
+}
+
 TEST_F(DaemonTest, BackupAndRestoreThroughTheDaemon) {
   ASSERT_TRUE(Call("provider.add", {{"type", "native"}, {"name", "p1"}}).ok());
   SecureBuffer pw = SecureBuffer::CopyOf(std::span<const uint8_t>(
