@@ -23,6 +23,7 @@ using namespace std::chrono_literals;
 using dmlib::ClearLibMessage;
 using dmlib::DeviceGeometry;
 using dmlib::DmInfo;
+using dmlib::FindMappingByUuidLocked;
 using dmlib::Geometry;
 using dmlib::GetDmInfo;
 using dmlib::InitCrypt;
@@ -63,7 +64,7 @@ Result<std::string> ActivateWith(const ActivateParams& params,
   std::string uuid = uuid_c ? uuid_c : "";
   if (!uuid.empty()) {
     VCRYPT_ASSIGN_OR_RETURN(std::optional<MappingInfo> other,
-                            FindMappingByUuid(uuid));
+                            FindMappingByUuidLocked(uuid));
     if (other.has_value()) {
       return MakeError(ErrorCode::kBusy, device + " (LUKS UUID " + uuid +
                                              ") is already open as " +

@@ -215,8 +215,8 @@ Status EraseKeyMaterial(const std::string& device) {
   // leave a running volume whose key exists nowhere else.
   if (DeviceMapperAvailable()) {
     const char* uuid = crypt_get_uuid(cd.get());
-    VCRYPT_ASSIGN_OR_RETURN(auto mapped,
-                            FindMappingByUuid(uuid != nullptr ? uuid : ""));
+    VCRYPT_ASSIGN_OR_RETURN(auto mapped, dmlib::FindMappingByUuidLocked(
+                                             uuid != nullptr ? uuid : ""));
     if (mapped)
       return MakeError(
           ErrorCode::kBusy,

@@ -135,6 +135,12 @@ Result<DmInfo> GetDmInfo(const std::string& name);
 // QueryMapping without the lock, name check and dm availability check.
 Result<MappingInfo> QueryMappingImpl(const std::string& name);
 
+// FindMappingByUuid for a caller that holds the lock and has just checked
+// that device-mapper is available (Activate, EraseKeyMaterial): the check
+// is not repeated (an access(2) and a DM_VERSION request).
+Result<std::optional<MappingInfo>> FindMappingByUuidLocked(
+    const std::string& luks_uuid);
+
 }  // namespace vcrypt::dmlib
 
 #endif  // VCRYPT_DMTOOLS_LIB_INTERNAL_H_

@@ -91,6 +91,18 @@ std::string CompactUuid(std::string_view uuid) {
   return out;
 }
 
+// kInvalidArgument unless `uuid` is a LUKS UUID (32 hex digits; dashes
+// and case do not matter).
+Status CheckLuksUuid(const std::string& uuid) {
+  const std::string c = CompactUuid(uuid);
+  if (c.size() != 32 ||
+      c.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "'" + uuid + "' is not a LUKS UUID");
+  }
+  return Status::Ok();
+}
+
 // Parses a dm-crypt table line into `m` without copying the key: the key
 // field is only measured. Layout: <cipher> <key> <iv_offset> <device>
 // <offset> [<#opt> <opt>...].
@@ -254,13 +266,18 @@ Result<std::vector<MappingInfo>> ListMappings(const std::string& prefix) {
 Result<std::optional<MappingInfo>> FindMappingByUuid(
     const std::string& luks_uuid) {
   auto lib = LockLibraries();
-  std::string want = CompactUuid(luks_uuid);
-  if (want.size() != 32 ||
-      want.find_first_not_of("0123456789abcdef") != std::string::npos) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "'" + luks_uuid + "' is not a LUKS UUID");
-  }
+  VCRYPT_RETURN_IF_ERROR(CheckLuksUuid(luks_uuid));
   if (!DeviceMapperAvailable()) return NoDm();
+  return dmlib::FindMappingByUuidLocked(luks_uuid);
+}
+
+namespace dmlib {
+
+Result<std::optional<MappingInfo>> FindMappingByUuidLocked(
+    const std::string& luks_uuid) {
+  ClearLibMessage();  // as LockLibraries did when this was a nested call
+  VCRYPT_RETURN_IF_ERROR(CheckLuksUuid(luks_uuid));
+  const std::string want = CompactUuid(luks_uuid);
   VCRYPT_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDmNames());
   for (const auto& n : names) {
     VCRYPT_ASSIGN_OR_RETURN(DmInfo info, GetDmInfo(n));
@@ -276,5 +293,7 @@ Result<std::optional<MappingInfo>> FindMappingByUuid(
   }
   return std::optional<MappingInfo>();
 }
+
+}  // namespace dmlib
 
 }  // namespace vcrypt
