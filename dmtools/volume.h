@@ -30,6 +30,12 @@
 // All functions are safe to call from several threads, but two operations
 // on the same device or mapping name must not run concurrently (vcryptd
 // serialises per volume); the busy checks in Activate are check-then-act.
+//
+// One header for the whole block-layer API, so that callers include one
+// file; the implementation is split by concern (dmtools/lib_internal.h
+// lists which file holds what): format.cc, header.cc (header and token
+// I/O), activation.cc, mappings.cc, recovery.cc, and library.cc, which
+// owns the library setup and the lock.
 #ifndef VCRYPT_DMTOOLS_VOLUME_H_
 #define VCRYPT_DMTOOLS_VOLUME_H_
 

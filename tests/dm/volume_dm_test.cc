@@ -905,10 +905,9 @@ TEST_F(DmTest, ReadHeaderOfActiveVolume) {
   ASSERT_TRUE(Deactivate(name).ok());
 }
 
-
 // vcryptd opens volumes from several threads (open --all, one connection
 // per unlock unit at boot). libcryptsetup's dm backend and libdevmapper
-// keep process-wide state; without the library lock in volume.cc this
+// keep process-wide state; without the library lock (dmtools/library.cc) this
 // crashed vcryptd. Many threads activate, query and deactivate their own
 // file-backed volumes (each with its own loop device) at the same time.
 TEST_F(DmTest, ConcurrentActivateAndDeactivateOfDistinctVolumes) {
