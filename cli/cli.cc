@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "common/atomic_file.h"
 #include "common/handles.h"
 #include "common/wire.h"
 
@@ -160,51 +161,16 @@ Result<SecureBuffer> ReadPasswordFile(const std::string& path) {
   return ReadSecretFile(path, "password file", true);
 }
 
-// Writes `data` as the new file `path` (mode `mode`): whole or not at all
-// (a unique temporary file beside it, fsynced, then link(2)ed into place)
-// and never over an existing file, even one that appears meanwhile: kExists
-// then, as link(2) refuses to replace. Two commands writing one path at
-// once get one file and one "exists".
+// Writes `data` as the new file `path` (mode `mode`), whole or not at all
+// and never over an existing file (CreateFileOnce), with the hint an
+// existing --out needs.
 Status WriteNewFile(const std::string& path, std::span<const uint8_t> data,
                     mode_t mode) {
-  const auto slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "."
-                          : slash == 0               ? "/"
-                                                     : path.substr(0, slash);
-  std::string tmp = path + ".new.XXXXXX";
-  UniqueFd fd(mkostemp(tmp.data(), O_CLOEXEC));
-  if (!fd.valid())
-    return MakeError(ErrorCode::kIo, "cannot create a file in " + dir + ": " +
-                                         std::strerror(errno));
-  auto fail = [&](ErrorCode code, const std::string& what) -> Status {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    return MakeError(code, what + ": " + std::strerror(err));
-  };
-  if (fchmod(fd.get(), mode) != 0)
-    return fail(ErrorCode::kIo, "cannot chmod " + tmp);
-  for (size_t done = 0; done < data.size();) {
-    const ssize_t w = ::write(fd.get(), data.data() + done, data.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return fail(ErrorCode::kIo, "cannot write " + tmp);
-    done += static_cast<size_t>(w);
-  }
-  if (fsync(fd.get()) != 0) return fail(ErrorCode::kIo, "cannot fsync " + tmp);
-  fd.reset();
-  if (link(tmp.c_str(), path.c_str()) != 0) {
-    if (errno == EEXIST) {
-      ::unlink(tmp.c_str());
-      return MakeError(ErrorCode::kExists,
-                       path + " already exists; choose another --out");
-    }
-    return fail(ErrorCode::kIo, "cannot create " + path);
-  }
-  ::unlink(tmp.c_str());
-  UniqueFd dfd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dfd.valid() || fsync(dfd.get()) != 0)
-    return MakeError(ErrorCode::kIo, "cannot fsync directory " + dir + ": " +
-                                         std::strerror(errno));
-  return Status::Ok();
+  Status st = CreateFileOnce(path, data, mode);
+  if (!st.ok() && st.error().code == ErrorCode::kExists)
+    return MakeError(ErrorCode::kExists,
+                     path + " already exists; choose another --out");
+  return st;
 }
 
 Result<Json> TargetArgs(const std::string& t) {

@@ -86,31 +86,47 @@ void RemoveStaleTemps(const std::string& dir) {
   closedir(d);
 }
 
+// A temporary file beside `path` holding `contents`, with `mode` (and
+// `owner`), written and fsynced: what WriteFileAtomic renames and
+// CreateFileOnce links into place. Its name, or an error with nothing
+// left behind.
+Result<std::string> WriteTempFile(
+    const std::string& path, std::span<const uint8_t> contents, mode_t mode,
+    std::optional<std::pair<uid_t, gid_t>> owner) {
+  std::string tmp = path + ".tmp.XXXXXX";  // mkostemp's template
+  UniqueFd fd(mkostemp(tmp.data(), O_CLOEXEC));
+  if (!fd.valid())
+    return ErrnoError(ErrorCode::kIo,
+                      "cannot create temporary file in " + DirName(path),
+                      errno);
+  auto fail = [&](Error e) -> Error {
+    ::unlink(tmp.c_str());
+    return e;
+  };
+  if (fchmod(fd.get(), mode) != 0)
+    return fail(ErrnoError(ErrorCode::kIo, "cannot chmod " + tmp, errno));
+  if (owner && fchown(fd.get(), owner->first, owner->second) != 0)
+    return fail(ErrnoError(ErrorCode::kIo, "cannot chown " + tmp, errno));
+  if (auto st = WriteAll(fd.get(), contents.data(), contents.size(), tmp);
+      !st.ok())
+    return fail(std::move(st).error());
+  if (fsync(fd.get()) != 0)
+    return fail(ErrnoError(ErrorCode::kIo, "cannot fsync " + tmp, errno));
+  return tmp;
+}
+
 }  // namespace
 
 Status WriteFileAtomic(const std::string& path,
                        std::span<const uint8_t> contents,
                        const AtomicWriteOptions& options) {
   const std::string dir = DirName(path);
-  std::string tmpl = path + ".tmp.XXXXXX";
-  UniqueFd fd(mkostemp(tmpl.data(), O_CLOEXEC));
-  if (!fd.valid()) {
-    return ErrnoError(ErrorCode::kIo, "cannot create temporary file in " + dir,
-                      errno);
-  }
-  const std::string tmp = tmpl;
+  VCRYPT_ASSIGN_OR_RETURN(std::string tmp,
+                          WriteTempFile(path, contents, options.mode, {}));
   auto fail = [&](Error e) -> Status {
     ::unlink(tmp.c_str());
     return e;
   };
-  if (fchmod(fd.get(), options.mode) != 0)
-    return fail(ErrnoError(ErrorCode::kIo, "cannot chmod " + tmp, errno));
-  if (auto st = WriteAll(fd.get(), contents.data(), contents.size(), tmp);
-      !st.ok())
-    return fail(std::move(st).error());
-  if (fsync(fd.get()) != 0)
-    return fail(ErrnoError(ErrorCode::kIo, "cannot fsync " + tmp, errno));
-  fd.reset();
   if (options.before_rename) options.before_rename();
   if (rename(tmp.c_str(), path.c_str()) != 0)
     return fail(
@@ -135,26 +151,12 @@ Status CreateFileOnce(const std::string& path,
                       std::span<const uint8_t> contents, mode_t mode,
                       std::optional<std::pair<uid_t, gid_t>> owner) {
   const std::string dir = DirName(path);
-  std::string tmpl = path + ".tmp.XXXXXX";
-  UniqueFd fd(mkostemp(tmpl.data(), O_CLOEXEC));
-  if (!fd.valid())
-    return ErrnoError(ErrorCode::kIo, "cannot create temporary file in " + dir,
-                      errno);
-  const std::string tmp = tmpl;
+  VCRYPT_ASSIGN_OR_RETURN(std::string tmp,
+                          WriteTempFile(path, contents, mode, owner));
   auto fail = [&](Error e) -> Status {
     ::unlink(tmp.c_str());
     return e;
   };
-  if (fchmod(fd.get(), mode) != 0)
-    return fail(ErrnoError(ErrorCode::kIo, "cannot chmod " + tmp, errno));
-  if (owner && fchown(fd.get(), owner->first, owner->second) != 0)
-    return fail(ErrnoError(ErrorCode::kIo, "cannot chown " + tmp, errno));
-  if (auto st = WriteAll(fd.get(), contents.data(), contents.size(), tmp);
-      !st.ok())
-    return fail(std::move(st).error());
-  if (fsync(fd.get()) != 0)
-    return fail(ErrnoError(ErrorCode::kIo, "cannot fsync " + tmp, errno));
-  fd.reset();
   if (link(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     return fail(err == EEXIST
