@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <boost/program_options.hpp>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <iomanip>
 #include <iostream>
@@ -249,6 +250,8 @@ std::string StateDetail(const Json& d) {
   return out + ")";
 }
 int Cli::Run(int argc, const char* const* argv) {
+  argv_.assign(argv, argv + argc);
+  argv_.push_back(nullptr);
   po::options_description global;
   std::string cmd;
   global.add_options()("help,h", "")("json", "")("socket", po::value(&socket_))(
@@ -301,8 +304,37 @@ Status Cli::Dispatch(const std::string& cmd,
   if (cmd == "cache") return Cache(rest);
   if (cmd == "probe") return Probe(rest);
   if (cmd == "unlock") return Unlock(rest);
-  if (cmd == "attach" || cmd == "detach") return AttachDetach(cmd, rest);
+  if (cmd == "attach" || cmd == "detach")
+    return attach_ ? (this->*attach_)(cmd, rest) : ExecAttachHelper();
   return UsageError("unknown command '" + cmd + "'");
+}
+
+Status Cli::ExecAttachHelper() {
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0)
+    return MakeError(ErrorCode::kInternal,
+                     std::string("cannot find vcryptctl's own path: ") +
+                         std::strerror(errno));
+  std::string dir(self, static_cast<size_t>(n));
+  dir.erase(dir.rfind('/') + 1);
+  std::string helper;
+  for (const char* rel : {"vcrypt-attach", VCRYPT_ATTACH_HELPER_RELPATH}) {
+    if (access((dir + rel).c_str(), X_OK) == 0) {
+      helper = dir + rel;
+      break;
+    }
+  }
+  if (helper.empty())
+    return MakeError(ErrorCode::kInternal,
+                     "attach/detach need the helper program " + dir +
+                         VCRYPT_ATTACH_HELPER_RELPATH +
+                         ", which is missing (install vcrypt completely)");
+  out_.flush();
+  err_.flush();
+  execv(helper.c_str(), const_cast<char* const*>(argv_.data()));
+  return MakeError(ErrorCode::kInternal,
+                   "cannot run " + helper + ": " + std::strerror(errno));
 }
 
 }  // namespace cli_internal

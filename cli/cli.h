@@ -17,6 +17,15 @@ namespace vcrypt {
 // Runs one vcryptctl command. Results go to `out`; an error is one line
 // "vcryptctl: <message>" on `err`. Returns the exit code (0, or the
 // ErrorCode value: see README.md "Exit codes").
+// `attach` and `detach` need libvirt, which this library does not link:
+// for them RunCli flushes `out` and `err` and replaces the process with
+// the helper vcrypt-attach (cli/attach.h), passing `argv` unchanged; it
+// returns only if that fails (exit code 1, kInternal). The helper is
+// looked for next to the running program (the build tree), then at
+// VCRYPT_ATTACH_HELPER_RELPATH from it (the installed layout,
+// ../libexec/vcrypt/vcrypt-attach from sbin): both relative to the
+// program, so an installed tree can be moved and no environment variable
+// can redirect a root vcryptctl to another program.
 int RunCli(int argc, const char* const* argv, std::ostream& out, std::ostream& err);
 
 // "64M", "1G", "4096", "10MiB" -> bytes (binary units). kInvalidArgument

@@ -5,8 +5,9 @@
 //   cli.cc           Run, dispatch, shared helpers, ParseSize, progress
 //   cmd_provider.cc  provider ...
 //   cmd_vm.cc        vm ..., volume ...
-//   cmd_open.cc      open, close, unlock, status, cache, probe,
-//                    attach/detach
+//   cmd_open.cc      open, close, unlock, status, cache, probe
+//   cmd_attach.cc    attach/detach; in library vcrypt_cli_attach, as it
+//                    links libvirt (cli/attach.h)
 #ifndef VCRYPT_CLI_COMMANDS_H_
 #define VCRYPT_CLI_COMMANDS_H_
 
@@ -75,6 +76,14 @@ class Cli {
   Cli(std::ostream& out, std::ostream& err) : out_(out), err_(err) {}
   int Run(int argc, const char* const* argv);
 
+  // How attach/detach run: a member defined in another library (see
+  // cli/attach.h), or, left null, by exec'ing vcrypt-attach.
+  using AttachFn = Status (Cli::*)(const std::string& cmd,
+                                   const std::vector<std::string>& a);
+  void set_attach(AttachFn f) { attach_ = f; }
+  Status AttachDetach(const std::string& cmd,
+                      const std::vector<std::string>& a);
+
  private:
   Result<Json> Call(const std::string& op, const Json& args,
                     const SecureBuffer* secret = nullptr,
@@ -96,8 +105,9 @@ class Cli {
   Status Cache(const std::vector<std::string>& a);
   Status Probe(const std::vector<std::string>& a);
   Status Unlock(const std::vector<std::string>& a);
-  Status AttachDetach(const std::string& cmd,
-                      const std::vector<std::string>& a);
+  // Replaces the process with vcrypt-attach, given this run's argv;
+  // returns only the error if it cannot.
+  Status ExecAttachHelper();
   // Prints `j` as JSON with --json, else with `human`.
   template <typename F>
   void Print(const Json& j, F human) {
@@ -112,6 +122,8 @@ class Cli {
   std::string socket_ = "/run/vcrypt/vcryptd.sock";
   bool json_ = false;
   std::optional<Client> client_;
+  AttachFn attach_ = nullptr;
+  std::vector<const char*> argv_;  // this run's, for ExecAttachHelper
 };
 
 }  // namespace vcrypt::cli_internal

@@ -4,7 +4,14 @@
 // the real library, with its in-process test driver (test:///default,
 // whose default domain "test" is running); vcryptd is not running
 // (RunCtl's socket does not exist).
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
 
 #include "tests/test_util.h"
 #include "tests/unit/cli_run.h"
@@ -15,6 +22,7 @@ namespace {
 using testing::CliRun;
 using testing::CountLines;
 using testing::RunCtl;
+using testing::TempDir;
 
 void ExpectOneLineError(const CliRun& r, int code, const std::string& text) {
   EXPECT_EQ(r.code, code) << r.err;
@@ -79,6 +87,92 @@ TEST(CliLibvirt, HelpListsAttachAndDetach) {
             std::string::npos);
   EXPECT_NE(r.out.find("detach VM/DISK --domain DOMAIN [--timeout SEC]"),
             std::string::npos);
+}
+
+// The vcryptctl program (not RunCliWithLibvirt, as above) runs attach and
+// detach through the helper vcrypt-attach (cli/attach.h): the same checks,
+// errors and exit codes, without linking libvirt itself.
+CliRun RunProgram(const std::string& bin, const std::vector<std::string>& args,
+                  bool trace_libraries = false) {
+  int out[2], err[2];
+  EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
+  EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
+  std::vector<const char*> argv = {"vcryptctl", "--socket",
+                                   "/nonexistent/vcrypt.sock"};
+  for (const auto& a : args) argv.push_back(a.c_str());
+  argv.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], 1);
+    dup2(err[1], 2);
+    // ld.so lists the libraries it loads instead of running the program.
+    if (trace_libraries) setenv("LD_TRACE_LOADED_OBJECTS", "1", 1);
+    execv(bin.c_str(), const_cast<char* const*>(argv.data()));
+    _exit(127);
+  }
+  close(out[1]);
+  close(err[1]);
+  auto drain = [](int fd) {
+    std::string s;
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof(buf))) > 0)
+      s.append(buf, static_cast<size_t>(n));
+    close(fd);
+    return s;
+  };
+  // Small outputs, read one after the other: stderr fits a pipe's buffer.
+  std::string o = drain(out[0]), e = drain(err[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, o, e};
+}
+
+const std::string kVcryptctl =
+    std::string(VCRYPT_BINARY_DIR) + "/cli/vcryptctl";
+
+TEST(CliLibvirt, VcryptctlDoesNotLoadLibvirt) {
+  CliRun r = RunProgram(kVcryptctl, {}, /*trace_libraries=*/true);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("libcryptsetup"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("libvirt"), std::string::npos) << r.out;
+  CliRun h = RunProgram(std::string(VCRYPT_BINARY_DIR) + "/cli/vcrypt-attach",
+                        {}, /*trace_libraries=*/true);
+  EXPECT_NE(h.out.find("libvirt"), std::string::npos) << h.out;
+}
+
+TEST(CliLibvirt, VcryptctlRunsAttachThroughTheHelper) {
+  ExpectOneLineError(
+      RunProgram(kVcryptctl, {"attach", "vm1/d-0", "--domain", "x"}), 12,
+      "disk name 'd-0' is not allowed");
+  ExpectOneLineError(
+      RunProgram(kVcryptctl, {"attach", "vm1/d0", "--domain", "no-such-domain",
+                              "--connect", "test:///default"}),
+      5, "no libvirt domain named 'no-such-domain'");
+  ExpectOneLineError(
+      RunProgram(kVcryptctl, {"detach", "vm1/d0", "--domain", "test",
+                              "--connect", "test:///default"}),
+      5, "is not attached to domain 'test'");
+  ExpectOneLineError(
+      RunProgram(kVcryptctl, {"attach", "vm1/d0", "--domain", "test",
+                              "--connect", "test:///default"}),
+      3, "vcryptd is not running");
+}
+
+// A vcryptctl without its helper says so in one line (exit 1) rather than
+// running anything else; the other commands still work.
+TEST(CliLibvirt, AMissingHelperIsOneLineError) {
+  TempDir dir("cli-helper");
+  const std::string copy = dir.path() + "/vcryptctl";
+  {
+    std::ifstream in(kVcryptctl, std::ios::binary);
+    std::ofstream out(copy, std::ios::binary);
+    out << in.rdbuf();
+  }
+  ASSERT_EQ(chmod(copy.c_str(), 0755), 0);
+  ExpectOneLineError(RunProgram(copy, {"attach", "vm1/d0", "--domain", "x"}), 1,
+                     "need the helper program");
+  ExpectOneLineError(RunProgram(copy, {"status"}), 3, "vcryptd is not running");
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/attach.h"
 #include "cli/cli.h"
 
 namespace vcrypt::testing {
@@ -18,13 +19,15 @@ struct CliRun {
 };
 
 // vcryptctl in-process, pointed at a socket that does not exist (so any
-// command that would reach the daemon gets exit code 3).
+// command that would reach the daemon gets exit code 3). attach/detach
+// run in-process too (RunCliWithLibvirt), not through vcrypt-attach.
 inline CliRun RunCtl(const std::vector<std::string>& args) {
   std::vector<const char*> argv = {"vcryptctl", "--socket",
                                    "/nonexistent/vcrypt.sock"};
   for (const auto& a : args) argv.push_back(a.c_str());
   std::ostringstream out, err;
-  int code = RunCli(static_cast<int>(argv.size()), argv.data(), out, err);
+  int code =
+      RunCliWithLibvirt(static_cast<int>(argv.size()), argv.data(), out, err);
   return {code, out.str(), err.str()};
 }
 
