@@ -116,24 +116,44 @@ kms_delta() {  # BEFORE AFTER (kms_stats each) -> text
   read -r -a a <<<"$1"; read -r -a b <<<"$2"
   echo "$((b[0] - a[0])) messages ($((b[1] - a[1])) Get), $((b[2] - a[2])) new TLS sessions"
 }
+# CPU time the whole machine has used so far (all CPUs, not idle or
+# iowait), in clock ticks.
+cpu_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+NCPU=$(nproc)
+HZ=$(getconf CLK_TCK)
+# Average number of CPUs busy over NS nanoseconds that used TICKS.
+busy() { awk -v t="$1" -v n="$2" -v hz="$HZ" 'BEGIN {printf "%.2f", t / hz / (n / 1e9)}'; }
+# What the runs say about the machine: on NCPU CPUs a concurrent run cannot
+# take less than the sequential run's CPU time / NCPU (if it does the same
+# work), so the ratio has a floor of (CPUs busy in the sequential run) /
+# NCPU. Under TCG the sequential run is nearly CPU-bound.
+print_cpu() {
+  echo "  CPUs busy (of $NCPU): sequential $(busy "$seq_cpu" "$seq_ns"), concurrent $(busy "$par_cpu" "$par_ns");" \
+    "ratio floor on $NCPU CPUs $(awk -v b="$(busy "$seq_cpu" "$seq_ns")" -v n="$NCPU" 'BEGIN {printf "%.3f", b / n}')"
+}
 # Opens the 32 volumes of VMs P1..P4 ($1 = P) with the KEK cache cold,
 # first one after the other, then all at once; sets seq_ns and par_ns, and
-# seq_kms and par_kms (what the KMS logged meanwhile).
+# seq_kms and par_kms (what the KMS logged meanwhile), and seq_cpu and
+# par_cpu (the CPU ticks each used).
 open32() {
-  local p=$1 v d t0 t1 k0 pid pids=()
+  local p=$1 v d t0 t1 k0 c0 pid pids=()
   vc cache evict >/dev/null
   k0=$(kms_stats)
+  c0=$(cpu_ticks)
   t0=$(now)
   for v in 1 2 3 4; do for d in 0 1 2 3 4 5 6 7; do vc open "$p$v/d$d" >/dev/null; done; done
   t1=$(now); seq_ns=$((t1 - t0))
+  seq_cpu=$(($(cpu_ticks) - c0))
   seq_kms=$(kms_delta "$k0" "$(kms_stats)")
   close_all "$p"
   vc cache evict >/dev/null
   k0=$(kms_stats)
+  c0=$(cpu_ticks)
   t0=$(now)
   for v in 1 2 3 4; do for d in 0 1 2 3 4 5 6 7; do vc open "$p$v/d$d" >/dev/null & pids+=($!); done; done
   for pid in "${pids[@]}"; do wait "$pid"; done
   t1=$(now); par_ns=$((t1 - t0))
+  par_cpu=$(($(cpu_ticks) - c0))
   par_kms=$(kms_delta "$k0" "$(kms_stats)")
   [[ $(dmsetup ls | grep -c "^vcrypt-$p") -eq 32 ]] || { echo "not all 32 mapped" >&2; exit 1; }
   close_all "$p"
@@ -146,6 +166,7 @@ echo "32 volumes (4 VMs x 8 disks), KEK cache cold:"
 echo "  sequential  $(ms "$seq_ns") ms"
 echo "  concurrent  $(ms "$par_ns") ms"
 echo "  ratio concurrent/sequential  $(ratio "$par_ns" "$seq_ns")"
+print_cpu
 # The guest's /tmp is RAM: make room for part 3's images.
 rm -f "$D"/vm?-d?.img
 
@@ -165,3 +186,4 @@ echo "  concurrent  $(ms "$par_ns") ms"
 echo "  ratio concurrent/sequential  $(ratio "$par_ns" "$seq_ns")   (goal <= 0.5)"
 echo "  KMS, sequential: $seq_kms"
 echo "  KMS, concurrent: $par_kms"
+print_cpu
