@@ -33,7 +33,9 @@
 //                        WriteRewrappedToken
 //   ops_deep_rekey.cc    vm.rekey --deep and ResumeDeepRekeys
 //   ops_recovery.cc      volume.recovery_key.*
-//   ops_status.cc        status, cache.evict, DiskStatus, failed opens
+//   ops_status.cc        status, cache.evict, DiskStatus
+//   open_failures.h      the failed opens kept in memory (OpenFailures)
+//   named_locks.h        NamedLocks
 //   ops_util.{h,cc}      argument, UUID and audit helpers they share
 // Member functions rather than one class per group: the groups call into
 // each other (vm.show uses DiskStatus, register and recovery use the
@@ -54,18 +56,13 @@
 #ifndef VCRYPT_DAEMON_CONTROLLER_H_
 #define VCRYPT_DAEMON_CONTROLLER_H_
 
-#include <sys/types.h>
-
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,8 +70,11 @@
 #include "common/result.h"
 #include "common/secure_buffer.h"
 #include "daemon/audit.h"
+#include "daemon/controller_options.h"
 #include "daemon/held_closed.h"
 #include "daemon/kek_cache.h"
+#include "daemon/named_locks.h"
+#include "daemon/open_failures.h"
 #include "daemon/roles.h"
 #include "daemon/state.h"
 #include "dmtools/reencrypt.h"
@@ -83,94 +83,6 @@
 #include "keyproviders/key_provider.h"
 
 namespace vcrypt {
-
-struct ControllerOptions {
-  std::string state_dir = "/var/lib/vcrypt";
-  // nullopt: bypass dm-crypt workqueues on non-rotational devices.
-  std::optional<bool> bypass_workqueues;
-  // Where udev links block devices by file system UUID; a volume whose
-  // inventory device path is stale is looked up here. Tests point it
-  // elsewhere.
-  std::string by_uuid_dir = "/dev/disk/by-uuid";
-  // How many volumes `open_all` opens at the same time.
-  size_t open_all_threads = 8;
-  // Where audit records go. nullptr: SystemAuditSink::ForThisProcess()
-  // (the journal when stderr is connected to it, else stderr), which is
-  // what vcryptd wires in explicitly. Tests pass a recording sink.
-  std::shared_ptr<AuditSink> audit;
-  // Fault injection for the crash tests of `vm rekey` (tests/integration/
-  // t_rekey.sh): when N > 0, the process kills itself with SIGKILL right
-  // after the N-th volume token it rewrites. vcryptd sets it from
-  // VCRYPT_TEST_CRASH_AFTER_TOKEN_WRITES; nothing else does.
-  unsigned crash_after_token_writes = 0;
-  // The command that runs a LUKS2 reencryption for a deep rekey
-  // (daemon/reencrypt_helper.h); argv[0] absolute. vcryptd sets
-  // {"/proc/self/exe", "--reencrypt-helper"}. Empty: deep rekeys are
-  // refused.
-  std::vector<std::string> reencrypt_helper;
-  // Directories under which the operator role may format volumes
-  // (daemon/roles.h, CheckOperatorVolumePath); absolute and lexically
-  // normal. Empty: volume.create is root's.
-  std::vector<std::string> volume_paths;
-  // Whether a trusted provider may use a simulator TCTI (swtpm:, mssim:)
-  // besides TPM device nodes (keyproviders/trusted/tpm.h, CheckTcti).
-  // Only root's own config turns it on, for tests.
-  bool allow_test_tcti = false;
-};
-
-struct Caller {
-  uid_t uid = 0;
-  gid_t gid = 0;
-  pid_t pid = 0;
-  // What the caller may do (daemon/roles.h). The Server sets it from the
-  // peer's credentials; in-process callers (vcryptd itself, tests) are
-  // root.
-  Role role = Role::kRoot;
-};
-
-// Receives the progress events of an operation while it runs
-// (docs/protocol.md, "Events"), in order, on the thread running it. The
-// operation blocks while the sink runs, so a sink must not wait on the
-// caller for long. Events never carry secrets.
-using EventSink = std::function<void(const nlohmann::json& event)>;
-
-// Named locks: Lock("x") blocks while another holder has "x";
-// LockShared("x") lets any number of shared holders in together, but none
-// while an exclusive one holds "x" or waits for it (so a waiting exclusive
-// holder is not starved by a stream of shared ones).
-class NamedLocks {
- public:
-  class Guard {
-   public:
-    Guard(NamedLocks* l, std::string k, bool shared)
-        : locks_(l), key_(std::move(k)), shared_(shared) {}
-    Guard(Guard&& o) noexcept
-        : locks_(std::exchange(o.locks_, nullptr)),
-          key_(std::move(o.key_)),
-          shared_(o.shared_) {}
-    Guard(const Guard&) = delete;
-    ~Guard() {
-      if (locks_) locks_->Unlock(key_, shared_);
-    }
-
-   private:
-    NamedLocks* locks_;
-    std::string key_;
-    bool shared_;
-  };
-  Guard Lock(const std::string& key);
-  Guard LockShared(const std::string& key);
-  // Exclusive, waiting at most `timeout`; nullopt when still held then.
-  std::optional<Guard> LockFor(const std::string& key,
-                               std::chrono::milliseconds timeout);
-
- private:
-  void Unlock(const std::string& key, bool shared);
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::string, int> held_;  // -1: exclusive; n > 0: n shared
-  std::map<std::string, int> exclusive_waiting_;
-};
 
 class Controller {
  public:
@@ -416,19 +328,6 @@ class Controller {
   Json DiskStatus(const std::string& vm, const std::string& disk,
                   const DiskRecord& d, const std::vector<MappingInfo>& maps);
 
-  // The last failed open of a volume since its last successful one.
-  struct OpenFailure {
-    ErrorCode code;
-    std::string message;
-    std::string since;         // first failure with this code in a row
-    std::string last_attempt;  // the latest failure
-  };
-  void RecordFailure(const std::string& uuid, const Error& e);
-  void ClearFailure(const std::string& uuid);
-  std::optional<OpenFailure> FindFailure(const std::string& uuid);
-  // When status first saw a volume's device missing (for "unavailable").
-  std::string MissingSince(const std::string& uuid, bool missing);
-
   ControllerOptions options_;
   StateDirLock dir_lock_;  // held for the Controller's lifetime
   std::mutex mu_;  // guards store_ and providers_
@@ -439,10 +338,8 @@ class Controller {
   KekCache cache_;
   NamedLocks locks_;
   std::atomic<unsigned> token_writes_{0};  // for crash_after_token_writes
-  std::mutex failures_mu_;  // guards failures_ and missing_since_
-  // Both by LUKS UUID (lower-case hex without dashes).
-  std::map<std::string, OpenFailure> failures_;
-  std::map<std::string, std::string> missing_since_;
+  // The last failed open of each volume, and missing devices.
+  OpenFailures failures_;
 };
 
 }  // namespace vcrypt

@@ -235,9 +235,9 @@ Result<Json> Controller::Open(const Json& args, const AuditContext& ctx) {
   auto r = OpenVolume(args, ctx, &uuid);
   if (!uuid.empty()) {
     if (r.ok()) {
-      ClearFailure(uuid);
+      failures_.ClearFailure(uuid);
     } else {
-      RecordFailure(uuid, r.error());
+      failures_.RecordFailure(uuid, r.error());
     }
   }
   return r;
@@ -427,7 +427,7 @@ Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
       todo.push_back(i);
       continue;
     }
-    ClearFailure(items[i].uuid);
+    failures_.ClearFailure(items[i].uuid);
     results[i] = {{"vm", items[i].vm},
                   {"disk", items[i].disk},
                   {"ok", true},

@@ -1,6 +1,6 @@
 // What vcryptd knows about volumes without opening them: status, each
-// disk's state for vm.show and volume.list, the failed opens kept in
-// memory, and cache.evict.
+// disk's state for vm.show and volume.list, and cache.evict. The failed
+// opens kept in memory are daemon/open_failures.h's.
 #include <cstring>
 
 #include "daemon/controller.h"
@@ -15,7 +15,6 @@ using controller_ops::GuestContent;
 using controller_ops::IsUuidText;
 using controller_ops::OptStr;
 using controller_ops::SameUuid;
-using controller_ops::UuidKey;
 
 }  // namespace
 
@@ -53,7 +52,7 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
                 {"since", f.since},
                 {"last_attempt", f.last_attempt}};
   };
-  auto failure = FindFailure(d.uuid);
+  auto failure = failures_.FindFailure(d.uuid);
   // A block device may have moved: open finds it through its udev link.
   const std::string link = options_.by_uuid_dir + "/" + d.uuid;
   // Neither the recorded device nor a link is the volume when it is guest
@@ -68,7 +67,7 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
     link_guest = GuestContent(link);
     present = link_guest.empty();
   }
-  std::string missing_since = MissingSince(d.uuid, !present);
+  std::string missing_since = failures_.MissingSince(d.uuid, !present);
   if (!present) {
     j["state"] = "unavailable";
     if (failure && failure->code == ErrorCode::kNotFound) {
@@ -88,41 +87,6 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
     j["reason"] = reason(*failure);
   }
   return j;
-}
-
-// --- failed opens (memory only) -------------------------------------------
-
-void Controller::RecordFailure(const std::string& uuid, const Error& e) {
-  const std::string now = NowRfc3339();
-  std::lock_guard lock(failures_mu_);
-  auto [it, added] = failures_.try_emplace(UuidKey(uuid));
-  OpenFailure& f = it->second;
-  if (added || f.code != e.code) f.since = now;
-  f.code = e.code;
-  f.message = e.message;
-  f.last_attempt = now;
-}
-
-void Controller::ClearFailure(const std::string& uuid) {
-  std::lock_guard lock(failures_mu_);
-  failures_.erase(UuidKey(uuid));
-}
-
-std::optional<Controller::OpenFailure> Controller::FindFailure(
-    const std::string& uuid) {
-  std::lock_guard lock(failures_mu_);
-  auto it = failures_.find(UuidKey(uuid));
-  if (it == failures_.end()) return std::nullopt;
-  return it->second;
-}
-
-std::string Controller::MissingSince(const std::string& uuid, bool missing) {
-  std::lock_guard lock(failures_mu_);
-  if (!missing) {
-    missing_since_.erase(UuidKey(uuid));
-    return "";
-  }
-  return missing_since_.try_emplace(UuidKey(uuid), NowRfc3339()).first->second;
 }
 
 Result<Json> Controller::GetStatus() {

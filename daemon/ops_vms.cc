@@ -212,8 +212,8 @@ Result<Json> Controller::VmUnregister(const Json& args, bool is_delete,
     VCRYPT_RETURN_IF_ERROR(store_.RemoveVm(vm));
   }
   for (const auto& [dn, d] : rec.disks) {
-    ClearFailure(d.uuid);
-    (void)MissingSince(d.uuid, false);
+    failures_.ClearFailure(d.uuid);
+    (void)failures_.MissingSince(d.uuid, false);
   }
   return Json{
       {"vm", vm},         {is_delete ? "deleted" : "unregistered", true},
