@@ -1,5 +1,5 @@
 // Named locks: the per-name mutual exclusion the Controller's op groups
-// serialise on (daemon/controller.h).
+// serialise on (daemon/controller_state.h lists the names they use).
 #ifndef VCRYPT_DAEMON_NAMED_LOCKS_H_
 #define VCRYPT_DAEMON_NAMED_LOCKS_H_
 

@@ -1,15 +1,17 @@
 // What vcryptd knows about volumes without opening them: status, each
-// disk's state for vm.show and volume.list, and cache.evict. The failed
-// opens kept in memory are daemon/open_failures.h's.
+// disk's state for vm.show and volume.list, and cache.evict
+// (daemon/ops_status.h).
+#include "daemon/ops_status.h"
+
 #include <cstring>
 
-#include "daemon/controller.h"
 #include "daemon/ops_util.h"
 
 namespace vcrypt {
 namespace {
 
 using Json = nlohmann::json;
+using controller_ops::AllMappings;
 using controller_ops::Exists;
 using controller_ops::GuestContent;
 using controller_ops::IsUuidText;
@@ -18,14 +20,9 @@ using controller_ops::SameUuid;
 
 }  // namespace
 
-Result<std::vector<MappingInfo>> Controller::AllMappings() {
-  if (!DeviceMapperAvailable()) return std::vector<MappingInfo>();
-  return ListMappings("");
-}
-
-Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
-                            const DiskRecord& d,
-                            const std::vector<MappingInfo>& maps) {
+Json StatusOps::DiskStatus(const std::string& vm, const std::string& disk,
+                           const DiskRecord& d,
+                           const std::vector<MappingInfo>& maps) {
   Json j = {{"vm", vm},
             {"disk", disk},
             {"device", d.device},
@@ -52,9 +49,9 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
                 {"since", f.since},
                 {"last_attempt", f.last_attempt}};
   };
-  auto failure = failures_.FindFailure(d.uuid);
+  auto failure = state_.failures.FindFailure(d.uuid);
   // A block device may have moved: open finds it through its udev link.
-  const std::string link = options_.by_uuid_dir + "/" + d.uuid;
+  const std::string link = state_.options.by_uuid_dir + "/" + d.uuid;
   // Neither the recorded device nor a link is the volume when it is guest
   // content (LocateVolume).
   std::string here_guest, link_guest;
@@ -67,7 +64,7 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
     link_guest = GuestContent(link);
     present = link_guest.empty();
   }
-  std::string missing_since = failures_.MissingSince(d.uuid, !present);
+  std::string missing_since = state_.failures.MissingSince(d.uuid, !present);
   if (!present) {
     j["state"] = "unavailable";
     if (failure && failure->code == ErrorCode::kNotFound) {
@@ -89,18 +86,20 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
   return j;
 }
 
-Result<Json> Controller::GetStatus() {
+// --- failed opens (memory only) -------------------------------------------
+
+Result<Json> StatusOps::GetStatus() {
   Json st;
   st["device_mapper"] = DeviceMapperAvailable();
-  st["state_dir"] = store_.dir();
-  VCRYPT_ASSIGN_OR_RETURN(Json provs, ProviderList());
+  st["state_dir"] = state_.store.dir();
+  VCRYPT_ASSIGN_OR_RETURN(Json provs, provider_ops_.ProviderList());
   st["providers"] = provs["providers"];
   std::map<std::string, VmRecord> vms;
   {
-    std::lock_guard lock(mu_);
-    vms = store_.vms();
-    if (store_.default_provider())
-      st["default_provider"] = *store_.default_provider();
+    std::lock_guard lock(state_.mu);
+    vms = state_.store.vms();
+    if (state_.store.default_provider())
+      st["default_provider"] = *state_.store.default_provider();
   }
   VCRYPT_ASSIGN_OR_RETURN(auto maps, AllMappings());
   Json jvms = Json::array();
@@ -108,26 +107,27 @@ Result<Json> Controller::GetStatus() {
     Json disks = Json::array();
     for (const auto& [dn, d] : vm.disks)
       disks.push_back(DiskStatus(vn, dn, d, maps));
-    jvms.push_back({{"vm", vn},
-                    {"provider", vm.provider},
-                    {"kek_id", vm.kek.kek_id},
-                    {"kek_cached", cache_.Contains(vm.provider, vm.kek.kek_id)},
-                    {"disks", disks}});
+    jvms.push_back(
+        {{"vm", vn},
+         {"provider", vm.provider},
+         {"kek_id", vm.kek.kek_id},
+         {"kek_cached", state_.cache.Contains(vm.provider, vm.kek.kek_id)},
+         {"disks", disks}});
   }
   st["vms"] = jvms;
   Json cache = Json::array();
-  for (const auto& e : cache_.List())
+  for (const auto& e : state_.cache.List())
     cache.push_back(
         {{"kek_id", e.kek_id}, {"vm", e.vm}, {"provider", e.provider}});
   st["kek_cache"] = cache;
   return st;
 }
 
-Result<Json> Controller::CacheEvict(const Json& args, const AuditContext& ctx) {
+Result<Json> StatusOps::CacheEvict(const Json& args, const AuditContext& ctx) {
   auto vm = OptStr(args, "vm");
-  auto records = EvictKeks(
+  auto records = keys_.EvictKeks(
       ctx, [&](const KekCache::EntryInfo& e) { return !vm || e.vm == *vm; });
-  Audit(records);
+  state_.Audit(records);
   return Json{{"evicted", records.size()}};
 }
 
