@@ -11,7 +11,9 @@
 // Locking:
 //   mu          guards `store` and `providers`. Held only to read or write
 //               them: never while waiting for a named lock, nor across a
-//               key provider's round trip or dm work.
+//               key server round trip or dm work (the provider calls
+//               under it are local: Describe, Recognizes, a native
+//               provider's Create).
 //   cache, held_closed, failures, locks: thread-safe on their own.
 //   options     read-only once constructed.
 // The named locks the groups take, outermost first:

@@ -1,7 +1,7 @@
 // Recovery keys: volume.recovery_key.add and .remove (docs/recovery.md).
 //
 // Touches, of the ControllerState: the "vol:" named locks and the audit
-// sink; nothing of the inventory but what VolumeLocator reads. Uses
+// sink; the inventory only through VolumeLocator. Uses
 // KeyAccess::UnwrapVolumeDek (the DEK a recovery keyslot holds) and
 // VolumeLocator. Calls no other group.
 #ifndef VCRYPT_DAEMON_OPS_RECOVERY_H_
