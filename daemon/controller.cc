@@ -1,6 +1,5 @@
-// The Controller's core: construction, the op table and dispatch, and the
-// key access every op group uses. The ops themselves are in
-// daemon/ops_*.cc (see the layout in controller.h).
+// The Controller: construction, the op table and dispatch. The ops
+// themselves are the op groups' (see the layout in controller.h).
 #include "daemon/controller.h"
 
 #include <unistd.h>
@@ -72,57 +71,18 @@ std::string ConfiguredType(const std::string& dir) {
 }  // namespace
 
 // ---------------------------------------------------------------------------
-NamedLocks::Guard NamedLocks::Lock(const std::string& key) {
-  std::unique_lock lock(mu_);
-  ++exclusive_waiting_[key];
-  cv_.wait(lock, [&] { return held_.count(key) == 0; });
-  if (--exclusive_waiting_[key] == 0) exclusive_waiting_.erase(key);
-  held_[key] = -1;
-  return Guard(this, key, /*shared=*/false);
-}
-
-NamedLocks::Guard NamedLocks::LockShared(const std::string& key) {
-  std::unique_lock lock(mu_);
-  cv_.wait(lock, [&] {
-    auto it = held_.find(key);
-    return (it == held_.end() || it->second > 0) &&
-           exclusive_waiting_.count(key) == 0;
-  });
-  ++held_[key];
-  return Guard(this, key, /*shared=*/true);
-}
-
-std::optional<NamedLocks::Guard> NamedLocks::LockFor(
-    const std::string& key, std::chrono::milliseconds timeout) {
-  std::unique_lock lock(mu_);
-  ++exclusive_waiting_[key];
-  bool got = cv_.wait_for(lock, timeout, [&] { return held_.count(key) == 0; });
-  if (--exclusive_waiting_[key] == 0) exclusive_waiting_.erase(key);
-  if (!got) {
-    // Shared waiters may have paused for this one.
-    cv_.notify_all();
-    return std::nullopt;
-  }
-  held_[key] = -1;
-  return Guard(this, key, /*shared=*/false);
-}
-
-void NamedLocks::Unlock(const std::string& key, bool shared) {
-  {
-    std::lock_guard lock(mu_);
-    auto it = held_.find(key);
-    if (it != held_.end() && (!shared || --it->second == 0)) held_.erase(it);
-  }
-  cv_.notify_all();
-}
-
-// ---------------------------------------------------------------------------
 Controller::Controller(ControllerOptions options, StateDirLock lock,
                        StateStore store)
-    : options_(std::move(options)),
-      dir_lock_(std::move(lock)),
-      store_(std::move(store)),
-      held_closed_(store_.dir() + "/held-closed") {}
+    : state_(std::move(options), std::move(lock), std::move(store)),
+      keys_(state_),
+      locator_(state_),
+      provider_ops_(state_, keys_),
+      status_ops_(state_, keys_, provider_ops_),
+      vm_ops_(state_, keys_, locator_, status_ops_),
+      volume_ops_(state_, keys_, status_ops_),
+      rekey_ops_(state_, keys_, locator_),
+      open_ops_(state_, keys_, locator_, rekey_ops_),
+      recovery_ops_(state_, keys_, locator_) {}
 
 Result<std::unique_ptr<Controller>> Controller::Create(
     ControllerOptions options) {
@@ -135,14 +95,14 @@ Result<std::unique_ptr<Controller>> Controller::Create(
                           StateStore::Open(options.state_dir));
   std::unique_ptr<Controller> c(
       new Controller(std::move(options), std::move(lock), std::move(store)));
-  c->held_closed_.ForgetEarlierBoots();
+  c->state_.held_closed.ForgetEarlierBoots();
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(
-           c->store_.dir() + "/providers", ec)) {
+           c->state_.store.dir() + "/providers", ec)) {
     if (!e.is_directory()) continue;
     std::string name = e.path().filename().string();
     if (!ValidateProviderName(name).ok()) continue;
-    auto p = LoadProvider(name, e.path().string(), c->options_);
+    auto p = LoadProvider(name, e.path().string(), c->state_.options);
     if (!p.ok()) {
       // Only this provider is lost (until its files are repaired and
       // vcryptd restarted); its VMs fail with key_unavailable naming why.
@@ -150,18 +110,18 @@ Result<std::unique_ptr<Controller>> Controller::Create(
           name, ConfiguredType(e.path().string()), std::move(p).error(),
           NowRfc3339()));
     }
-    c->providers_.emplace(name, std::move(p).value());
+    c->state_.providers.emplace(name, std::move(p).value());
   }
   if (ec)
-    return MakeError(ErrorCode::kIo, "cannot list " + c->store_.dir() +
+    return MakeError(ErrorCode::kIo, "cannot list " + c->state_.store.dir() +
                                          "/providers: " + ec.message());
   return c;
 }
 
 std::vector<std::string> Controller::UnavailableProviders() {
-  std::lock_guard lock(mu_);
+  std::lock_guard lock(state_.mu);
   std::vector<std::string> lines;
-  for (const auto& [name, p] : providers_)
+  for (const auto& [name, p] : state_.providers)
     if (auto* u = dynamic_cast<const UnavailableProvider*>(p.get()))
       lines.push_back(u->Unavailable().message);
   return lines;
@@ -216,75 +176,37 @@ Status Controller::Authorize(const std::string& op, const Json& args,
     auto file = OptStr(args, "file");
     if (device.has_value() != file.has_value())
       return CheckOperatorVolumePath(device ? *device : *file, file.has_value(),
-                                     options_.volume_paths);
+                                     state_.options.volume_paths);
   }
   return Status::Ok();
 }
 
-std::shared_ptr<KeyProvider> Controller::FindProvider(const std::string& name) {
-  std::lock_guard lock(mu_);
-  auto it = providers_.find(name);
-  return it == providers_.end() ? nullptr : it->second;
-}
-
-// --- key access shared by the op groups ------------------------------------
-
-Result<VmRecord> Controller::FindVm(const std::string& vm) {
-  std::lock_guard lock(mu_);
-  auto it = store_.vms().find(vm);
-  if (it == store_.vms().end())
-    return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
-  return it->second;
-}
-
-Result<SecureBuffer> Controller::GetKek(KeyProvider& provider,
-                                        const KekRef& ref, AuditRecord audit) {
-  const std::string& pname = provider.name();
-  audit.op = AuditOp::kKekFetch;
-  audit.provider = pname;
-  audit.kek_id = ref.kek_id;
-  // A cache hit is a use of the KEK too: audited, as source=cache.
-  auto from_cache = [&](SecureBuffer kek) {
-    audit.source = "cache";
-    Audit(audit);
-    return kek;
-  };
-  if (auto k = cache_.Get(pname, ref.kek_id)) return from_cache(std::move(*k));
-  // One fetch per KEK even when many volumes of a VM open at once.
-  auto guard = locks_.Lock("kek:" + pname + "/" + ref.kek_id);
-  if (auto k = cache_.Get(pname, ref.kek_id)) return from_cache(std::move(*k));
-  audit.source = "provider";
-  Result<SecureBuffer> kek = provider.GetKek(ref);
-  if (kek.ok() && kek->size() != kKekSize)
-    kek =
-        MakeError(ErrorCode::kKeyUnavailable,
-                  "provider '" + pname + "' returned a KEK of the wrong size");
-  Audit(audit.Outcome(kek));
-  if (!kek.ok()) return std::move(kek).error();
-  cache_.Put(pname, ref.kek_id, audit.vm, kek->Clone());
-  return kek;
-}
-
-std::vector<AuditRecord> Controller::EvictKeks(
-    const AuditContext& ctx,
-    const std::function<bool(const KekCache::EntryInfo&)>& match) {
-  std::vector<AuditRecord> records;
-  for (const auto& e : cache_.List()) {
-    if (!match(e) || cache_.EvictKek(e.provider, e.kek_id) == 0) continue;
-    AuditRecord r = AuditRecord::For(ctx, AuditOp::kKekEvict);
-    r.vm = e.vm;
-    r.provider = e.provider;
-    r.kek_id = e.kek_id;
-    records.push_back(std::move(r));
-  }
-  return records;
-}
-
 size_t Controller::EvictAllOnShutdown() {
-  auto records = EvictKeks(AuditContext{geteuid(), "shutdown"},
-                           [](const KekCache::EntryInfo&) { return true; });
-  Audit(records);
-  return records.size() + cache_.Clear();  // none left unless one raced in
+  auto records =
+      keys_.EvictKeks(AuditContext{geteuid(), "shutdown"},
+                      [](const KekCache::EntryInfo&) { return true; });
+  state_.Audit(records);
+  return records.size() +
+         state_.cache.Clear();  // none left unless one raced in
+}
+
+std::vector<std::string> Controller::ResumeDeepRekeys() {
+  std::vector<std::string> pending;
+  {
+    std::lock_guard lock(state_.mu);
+    for (const auto& [vn, rec] : state_.store.vms())
+      if (rec.rekey && rec.rekey->deep) pending.push_back(vn);
+  }
+  std::vector<std::string> lines;
+  for (const auto& vn : pending) {
+    auto r = Handle("vm.rekey", Json{{"vm", vn}}, SecureBuffer(),
+                    Caller{getuid(), getgid(), getpid()});
+    lines.push_back(r.ok() ? "finished the interrupted deep rekey of VM '" +
+                                 vn + "'"
+                           : "the interrupted deep rekey of VM '" + vn +
+                                 "' is still pending: " + r.error().message);
+  }
+  return lines;
 }
 
 // --- the op table ------------------------------------------------------------
@@ -298,44 +220,57 @@ const std::vector<Controller::Op>& Controller::Ops() {
        [](C, Q) -> R {
          return Json{{"pong", true}};
        }},
-      {"status", Role::kMonitor, [](C c, Q) { return c.GetStatus(); }},
+      {"status", Role::kMonitor,
+       [](C c, Q) { return c.status_ops_.GetStatus(); }},
       {"provider.list", Role::kMonitor,
-       [](C c, Q) { return c.ProviderList(); }},
+       [](C c, Q) { return c.provider_ops_.ProviderList(); }},
       {"provider.show", Role::kMonitor,
-       [](C c, Q q) { return c.ProviderShow(q.args); }},
-      {"vm.list", Role::kMonitor, [](C c, Q) { return c.VmList(); }},
-      {"vm.show", Role::kMonitor, [](C c, Q q) { return c.VmShow(q.args); }},
+       [](C c, Q q) { return c.provider_ops_.ProviderShow(q.args); }},
+      {"vm.list", Role::kMonitor, [](C c, Q) { return c.vm_ops_.VmList(); }},
+      {"vm.show", Role::kMonitor,
+       [](C c, Q q) { return c.vm_ops_.VmShow(q.args); }},
       {"volume.list", Role::kMonitor,
-       [](C c, Q q) { return c.VolumeList(q.args); }},
-      {"open", Role::kOperator, [](C c, Q q) { return c.Open(q.args, q.ctx); }},
+       [](C c, Q q) { return c.volume_ops_.VolumeList(q.args); }},
+      {"open", Role::kOperator,
+       [](C c, Q q) { return c.open_ops_.Open(q.args, q.ctx); }},
       {"open_all", Role::kOperator,
-       [](C c, Q q) { return c.OpenAll(q.args, q.ctx); }},
-      {"close", Role::kOperator, [](C c, Q q) { return c.Close(q.args); }},
+       [](C c, Q q) { return c.open_ops_.OpenAll(q.args, q.ctx); }},
+      {"close", Role::kOperator,
+       [](C c, Q q) { return c.open_ops_.Close(q.args); }},
       {"vm.create", Role::kOperator,
-       [](C c, Q q) { return c.VmCreate(q.args, q.ctx); }},
-      {"vm.set", Role::kOperator, [](C c, Q q) { return c.VmSet(q.args); }},
+       [](C c, Q q) { return c.vm_ops_.VmCreate(q.args, q.ctx); }},
+      {"vm.set", Role::kOperator,
+       [](C c, Q q) { return c.vm_ops_.VmSet(q.args); }},
       {"vm.register", Role::kOperator,
-       [](C c, Q q) { return c.VmRegister(q.args, q.ctx); }},
+       [](C c, Q q) { return c.vm_ops_.VmRegister(q.args, q.ctx); }},
       {"vm.unregister", Role::kOperator,
-       [](C c, Q q) { return c.VmUnregister(q.args, false, q.ctx); }},
+       [](C c, Q q) { return c.vm_ops_.VmUnregister(q.args, false, q.ctx); }},
       // Reports progress (docs/protocol.md, "Events") to whoever listens.
       {"vm.rekey", Role::kOperator,
-       [](C c, Q q) { return c.VmRekey(q.args, q.ctx, q.on_event); }},
+       [](C c, Q q) {
+         return c.rekey_ops_.VmRekey(q.args, q.ctx, q.on_event);
+       }},
       // Operators format only under volume_paths (Authorize).
       {"volume.create", Role::kOperator,
-       [](C c, Q q) { return c.VolumeCreate(q.args, q.ctx); }},
+       [](C c, Q q) { return c.volume_ops_.VolumeCreate(q.args, q.ctx); }},
       {"provider.add", Role::kRoot,
-       [](C c, Q q) { return c.ProviderAdd(q.args, q.secret, q.ctx); }},
+       [](C c, Q q) {
+         return c.provider_ops_.ProviderAdd(q.args, q.secret, q.ctx);
+       }},
       {"provider.remove", Role::kRoot,
-       [](C c, Q q) { return c.ProviderRemove(q.args, q.ctx); }},
+       [](C c, Q q) { return c.provider_ops_.ProviderRemove(q.args, q.ctx); }},
       {"provider.default", Role::kRoot,
-       [](C c, Q q) { return c.ProviderDefault(q.args); }},
+       [](C c, Q q) { return c.provider_ops_.ProviderDefault(q.args); }},
       {"provider.backup", Role::kRoot,
-       [](C c, Q q) { return c.ProviderBackup(q.args, q.secret, q.ctx); }},
+       [](C c, Q q) {
+         return c.provider_ops_.ProviderBackup(q.args, q.secret, q.ctx);
+       }},
       {"provider.restore", Role::kRoot,
-       [](C c, Q q) { return c.ProviderRestore(q.args, q.secret, q.ctx); }},
+       [](C c, Q q) {
+         return c.provider_ops_.ProviderRestore(q.args, q.secret, q.ctx);
+       }},
       {"vm.delete", Role::kRoot,
-       [](C c, Q q) { return c.VmUnregister(q.args, true, q.ctx); }},
+       [](C c, Q q) { return c.vm_ops_.VmUnregister(q.args, true, q.ctx); }},
       // Its key goes back on the secret channel, never in the JSON.
       {"volume.recovery_key.add", Role::kRoot,
        [](C c, Q q) -> R {
@@ -346,12 +281,14 @@ const std::vector<Controller::Op>& Controller::Ops() {
          if (q.reply_secret == nullptr)
            return MakeError(ErrorCode::kInternal,
                             "no channel for the recovery key");
-         return c.RecoveryKeyAdd(q.args, q.ctx, q.reply_secret);
+         return c.recovery_ops_.RecoveryKeyAdd(q.args, q.ctx, q.reply_secret);
        }},
       {"volume.recovery_key.remove", Role::kRoot,
-       [](C c, Q q) { return c.RecoveryKeyRemove(q.args, q.ctx); }},
+       [](C c, Q q) {
+         return c.recovery_ops_.RecoveryKeyRemove(q.args, q.ctx);
+       }},
       {"cache.evict", Role::kRoot,
-       [](C c, Q q) { return c.CacheEvict(q.args, q.ctx); }},
+       [](C c, Q q) { return c.status_ops_.CacheEvict(q.args, q.ctx); }},
   };
   return *ops;
 }

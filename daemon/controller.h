@@ -16,32 +16,35 @@
 // (code, message, time) is kept in memory only, keyed by LUKS UUID, shown
 // as the "reason" of a locked volume and cleared by a successful open.
 //
-// Layout. One class, its member functions split over files by op group,
-// all over the same shared state (state store + mu_, providers_, KEK
-// cache, named locks, failed-open memory, options and audit sink):
-//   controller.cc        construction, the op table (Ops(): op -> least
-//                        role -> handler), Handle/Authorize, and the key
-//                        access every group uses (FindVm, FindProvider,
-//                        GetKek, EvictKeks)
-//   ops_providers.cc     provider.*
-//   ops_vms.cc           vm.create, vm.list, vm.show, vm.set,
-//                        vm.unregister, vm.delete
-//   ops_volumes.cc       volume.create, volume.list
-//   ops_open.cc          open, open_all, close; ResolveTarget,
-//                        LocateVolume, ProviderForToken, UnwrapVolumeDek
-//   ops_rekey.cc         vm.rekey (shallow), vm.register,
-//                        WriteRewrappedToken
-//   ops_deep_rekey.cc    vm.rekey --deep and ResumeDeepRekeys
-//   ops_recovery.cc      volume.recovery_key.*
-//   ops_status.cc        status, cache.evict, DiskStatus, failed opens
-//   ops_util.{h,cc}      argument, UUID and audit helpers they share
-// Member functions rather than one class per group: the groups call into
-// each other (vm.show uses DiskStatus, register and recovery use the
-// open path's LocateVolume and UnwrapVolumeDek, open uses the deep
-// rekey's ActivateMidRekey, ResumeDeepRekeys runs VmRekey), and the move
-// keeps every function body as it was, so that the split is reviewable as
-// a pure move with no behaviour change. Narrowing each group to an
-// interface of its own over a shared context is the next step (issue 14).
+// Layout. The Controller is a thin dispatcher: Ops() maps each op to its
+// least role and a handler that calls one op group. The groups are
+// classes over one shared ControllerState (daemon/controller_state.h:
+// options, state store + mutex, providers, KEK cache, named locks,
+// held-closed records, failed-open memory, audit sink); each group's
+// header says what of it the group touches and which other group it
+// calls:
+//   controller.cc        construction, the op table, Handle/Authorize,
+//                        ResumeDeepRekeys, EvictAllOnShutdown
+//   controller_state.h   ControllerState; FindVm, FindProvider, Audit
+//   key_access.h         KeyAccess: ProviderForToken, GetKek, EvictKeks,
+//                        UnwrapVolumeDek, UnwrapUnderTokenKek
+//   volume_locator.h     VolumeLocator: ResolveTarget, LocateVolume
+//   open_failures.h      OpenFailures: the failed-open memory
+//   named_locks.h        NamedLocks
+//   ops_providers.h      ProviderOps: provider.*
+//   ops_vms.h            VmOps: vm.create, .list, .show, .set, .register,
+//                        .unregister, .delete
+//   ops_volumes.h        VolumeOps: volume.create, volume.list
+//   ops_open.h           OpenOps: open, open_all, close
+//   ops_rekey.h          RekeyOps: vm.rekey, shallow (ops_rekey.cc) and
+//                        deep (ops_deep_rekey.cc)
+//   ops_recovery.h       RecoveryOps: volume.recovery_key.*
+//   ops_status.h         StatusOps: status, cache.evict, DiskStatus
+//   ops_util.h           argument, UUID, mapping and audit helpers
+// Calls between groups, all one way: StatusOps -> ProviderOps (status
+// lists providers), VmOps and VolumeOps -> StatusOps (DiskStatus), OpenOps
+// -> RekeyOps (ActivateMidRekey). ResumeDeepRekeys runs vm.rekey through
+// Handle.
 //
 // Audit: every key operation (KEK create/fetch/evict/destroy, DEK
 // wrap/unwrap, native primary key add/remove/backup/restore) is reported,
@@ -54,18 +57,8 @@
 #ifndef VCRYPT_DAEMON_CONTROLLER_H_
 #define VCRYPT_DAEMON_CONTROLLER_H_
 
-#include <sys/types.h>
-
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <functional>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
-#include <optional>
-#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -73,104 +66,23 @@
 #include "common/result.h"
 #include "common/secure_buffer.h"
 #include "daemon/audit.h"
-#include "daemon/held_closed.h"
+#include "daemon/controller_options.h"
+#include "daemon/controller_state.h"
 #include "daemon/kek_cache.h"
+#include "daemon/key_access.h"
+#include "daemon/named_locks.h"
+#include "daemon/ops_open.h"
+#include "daemon/ops_providers.h"
+#include "daemon/ops_recovery.h"
+#include "daemon/ops_rekey.h"
+#include "daemon/ops_status.h"
+#include "daemon/ops_vms.h"
+#include "daemon/ops_volumes.h"
 #include "daemon/roles.h"
 #include "daemon/state.h"
-#include "dmtools/reencrypt.h"
-#include "dmtools/token.h"
-#include "dmtools/volume.h"
-#include "keyproviders/key_provider.h"
+#include "daemon/volume_locator.h"
 
 namespace vcrypt {
-
-struct ControllerOptions {
-  std::string state_dir = "/var/lib/vcrypt";
-  // nullopt: bypass dm-crypt workqueues on non-rotational devices.
-  std::optional<bool> bypass_workqueues;
-  // Where udev links block devices by file system UUID; a volume whose
-  // inventory device path is stale is looked up here. Tests point it
-  // elsewhere.
-  std::string by_uuid_dir = "/dev/disk/by-uuid";
-  // How many volumes `open_all` opens at the same time.
-  size_t open_all_threads = 8;
-  // Where audit records go. nullptr: SystemAuditSink::ForThisProcess()
-  // (the journal when stderr is connected to it, else stderr), which is
-  // what vcryptd wires in explicitly. Tests pass a recording sink.
-  std::shared_ptr<AuditSink> audit;
-  // Fault injection for the crash tests of `vm rekey` (tests/integration/
-  // t_rekey.sh): when N > 0, the process kills itself with SIGKILL right
-  // after the N-th volume token it rewrites. vcryptd sets it from
-  // VCRYPT_TEST_CRASH_AFTER_TOKEN_WRITES; nothing else does.
-  unsigned crash_after_token_writes = 0;
-  // The command that runs a LUKS2 reencryption for a deep rekey
-  // (daemon/reencrypt_helper.h); argv[0] absolute. vcryptd sets
-  // {"/proc/self/exe", "--reencrypt-helper"}. Empty: deep rekeys are
-  // refused.
-  std::vector<std::string> reencrypt_helper;
-  // Directories under which the operator role may format volumes
-  // (daemon/roles.h, CheckOperatorVolumePath); absolute and lexically
-  // normal. Empty: volume.create is root's.
-  std::vector<std::string> volume_paths;
-  // Whether a trusted provider may use a simulator TCTI (swtpm:, mssim:)
-  // besides TPM device nodes (keyproviders/trusted/tpm.h, CheckTcti).
-  // Only root's own config turns it on, for tests.
-  bool allow_test_tcti = false;
-};
-
-struct Caller {
-  uid_t uid = 0;
-  gid_t gid = 0;
-  pid_t pid = 0;
-  // What the caller may do (daemon/roles.h). The Server sets it from the
-  // peer's credentials; in-process callers (vcryptd itself, tests) are
-  // root.
-  Role role = Role::kRoot;
-};
-
-// Receives the progress events of an operation while it runs
-// (docs/protocol.md, "Events"), in order, on the thread running it. The
-// operation blocks while the sink runs, so a sink must not wait on the
-// caller for long. Events never carry secrets.
-using EventSink = std::function<void(const nlohmann::json& event)>;
-
-// Named locks: Lock("x") blocks while another holder has "x";
-// LockShared("x") lets any number of shared holders in together, but none
-// while an exclusive one holds "x" or waits for it (so a waiting exclusive
-// holder is not starved by a stream of shared ones).
-class NamedLocks {
- public:
-  class Guard {
-   public:
-    Guard(NamedLocks* l, std::string k, bool shared)
-        : locks_(l), key_(std::move(k)), shared_(shared) {}
-    Guard(Guard&& o) noexcept
-        : locks_(std::exchange(o.locks_, nullptr)),
-          key_(std::move(o.key_)),
-          shared_(o.shared_) {}
-    Guard(const Guard&) = delete;
-    ~Guard() {
-      if (locks_) locks_->Unlock(key_, shared_);
-    }
-
-   private:
-    NamedLocks* locks_;
-    std::string key_;
-    bool shared_;
-  };
-  Guard Lock(const std::string& key);
-  Guard LockShared(const std::string& key);
-  // Exclusive, waiting at most `timeout`; nullopt when still held then.
-  std::optional<Guard> LockFor(const std::string& key,
-                               std::chrono::milliseconds timeout);
-
- private:
-  void Unlock(const std::string& key, bool shared);
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::string, int> held_;  // -1: exclusive; n > 0: n shared
-  std::map<std::string, int> exclusive_waiting_;
-};
 
 class Controller {
  public:
@@ -206,7 +118,7 @@ class Controller {
                                 SecureBuffer* reply_secret,
                                 const EventSink& on_event = {});
 
-  KekCache& cache() { return cache_; }
+  KekCache& cache() { return state_.cache; }
 
   // One request as a handler sees it.
   struct Request {
@@ -238,6 +150,11 @@ class Controller {
   // stops. Returns the number evicted.
   size_t EvictAllOnShutdown();
 
+  // Finishes, one VM after the other, every deep rekey the inventory
+  // records as pending (a crash or restart interrupted it). vcryptd runs
+  // it in a thread at start. Returns one line per VM for the log.
+  std::vector<std::string> ResumeDeepRekeys();
+
  private:
   Controller(ControllerOptions options, StateDirLock lock, StateStore store);
   // kPermissionDenied unless `caller` may run `op` with `args`.
@@ -249,200 +166,18 @@ class Controller {
                              bool secret_channel, SecureBuffer* reply_secret,
                              const EventSink& on_event);
 
-  using Json = nlohmann::json;
-
-  // Ops that perform key operations take the request's AuditContext.
-  Result<Json> ProviderAdd(const Json& args, const SecureBuffer& secret,
-                           const AuditContext& ctx);
-  Result<Json> ProviderList();
-  Result<Json> ProviderShow(const Json& args);
-  Result<Json> ProviderRemove(const Json& args, const AuditContext& ctx);
-  Result<Json> ProviderDefault(const Json& args);
-  Result<Json> ProviderBackup(const Json& args, const SecureBuffer& password,
-                              const AuditContext& ctx);
-  Result<Json> ProviderRestore(const Json& args, const SecureBuffer& password,
-                               const AuditContext& ctx);
-  Result<Json> VmCreate(const Json& args, const AuditContext& ctx);
-  Result<Json> VmList();
-  Result<Json> VmShow(const Json& args);
-  Result<Json> VmSet(const Json& args);
-  Result<Json> VmRegister(const Json& args, const AuditContext& ctx);
-  // The DEK of a volume whose header holds `token` (LUKS UUID `uuid`,
-  // found at `device`): the KEK from the token's provider (cache first),
-  // then the unwrap. Audited as kek.fetch and dek.unwrap. kCrypto when the
-  // token does not belong to the volume.
-  struct UnwrappedDek {
-    std::shared_ptr<KeyProvider> provider;
-    SecureBuffer dek;
-  };
-  Result<UnwrappedDek> UnwrapVolumeDek(const VcryptToken& token,
-                                       const std::string& uuid,
-                                       const std::string& device,
-                                       const AuditContext& ctx);
-  // Shallow rekey / provider change (docs/rekey.md). Each disk is
-  // bracketed by disk.start and disk.done events to `on_event`, when set.
-  Result<Json> VmRekey(const Json& args, const AuditContext& ctx,
-                       const EventSink& on_event);
-  // Re-wraps the DEK of one disk under `new_kek` (a no-op when the token
-  // already carries it). Returns "rekeyed" or "already".
-  Result<std::string> RekeyDisk(const std::string& vm, const std::string& disk,
-                                const PendingRekey& to, KeyProvider& to_provider,
-                                const SecureBuffer& new_kek,
-                                const AuditContext& ctx);
-  // Deep rekey of one disk (docs/rekey.md): a new DEK, the data
-  // reencrypted under it by the helper process (disk.progress events to
-  // `on_event`), then the token rewritten under `new_kek` and the
-  // temporary keyslots removed. Picks up whatever an interrupted run left.
-  // Returns "rekeyed" or "already".
-  Result<std::string> DeepRekeyDisk(const std::string& vm, const std::string& disk,
-                                    const PendingRekey& to, KeyProvider& to_provider,
-                                    const SecureBuffer& new_kek,
-                                    const AuditContext& ctx, const EventSink& on_event);
-  // Before a deep rekey creates anything: every disk is present and has
-  // no keyslot vcrypt did not add for a deep rekey (a recovery key among
-  // them, which a new DEK would make useless).
-  Status CheckDeepRekeyPossible(const std::string& vm, const VmRecord& rec);
-  // Writes `token` re-targeted at the KEK of `to`, with `dek` wrapped
-  // under `new_kek`, into the header of `device` (LUKS UUID `uuid`), then
-  // reads it back and checks that it unwraps to `dek`. Audited as
-  // dek.wrap.
-  Status WriteRewrappedToken(const VcryptToken& token, const std::string& uuid,
-                             const std::string& device, const PendingRekey& to,
-                             KeyProvider& to_provider, const SecureBuffer& new_kek,
-                             const SecureBuffer& dek, const AuditContext& ctx);
-  // The passphrase of a deep rekey's temporary keyslots, unwrapped from
-  // the reencryption marker of the volume that holds `token`. Audited as
-  // kek.fetch and dek.unwrap.
-  Result<SecureBuffer> ReencryptPassphrase(const ReencryptState& rs,
-                                           const VcryptToken& token,
-                                           const std::string& device,
-                                           const AuditContext& ctx);
-  // Unwraps `wrapped` under the KEK named by `token` with `aad`: the
-  // common part of UnwrapVolumeDek and ReencryptPassphrase.
-  Result<UnwrappedDek> UnwrapUnderTokenKek(const VcryptToken& token,
-                                           const WrappedKey& wrapped,
-                                           const std::vector<uint8_t>& aad,
-                                           const std::string& uuid,
-                                           const std::string& device,
-                                           const std::string& what,
-                                           const AuditContext& ctx);
-  // Activates a volume in the middle of a deep rekey: with its DEK while
-  // the data is still under it, else with the reencryption passphrase.
-  Result<std::string> ActivateMidRekey(const ActivateParams& ap,
-                                       const ReencryptState& rs,
-                                       const VcryptToken& token,
-                                       const std::string& uuid,
-                                       const AuditContext& ctx);
-
- public:
-  // Finishes, one VM after the other, every deep rekey the inventory
-  // records as pending (a crash or restart interrupted it). vcryptd runs
-  // it in a thread at start. Returns one line per VM for the log.
-  std::vector<std::string> ResumeDeepRekeys();
-
- private:
-  Result<Json> VmUnregister(const Json& args, bool is_delete,
-                            const AuditContext& ctx);
-  Result<Json> VolumeCreate(const Json& args, const AuditContext& ctx);
-  Result<Json> VolumeList(const Json& args);
-  // Open with the outcome remembered per LUKS UUID (see OpenFailure).
-  Result<Json> Open(const Json& args, const AuditContext& ctx);
-  Result<Json> OpenVolume(const Json& args, const AuditContext& ctx,
-                          std::string* uuid);
-  Result<Json> OpenAll(const Json& args, const AuditContext& ctx);
-  Result<Json> Close(const Json& args);
-  Result<Json> GetStatus();
-  Result<Json> CacheEvict(const Json& args, const AuditContext& ctx);
-
-  // Where a request's target lives: from "vm"+"disk" via the inventory, or
-  // from "path" directly.
-  struct Target {
-    std::string device;
-    std::optional<std::string> vm, disk;  // as named by the caller
-    // From the inventory: for vm+disk, or a path that an inventory disk
-    // names.
-    std::optional<std::string> uuid;
-    bool is_file = false;
-  };
-  Result<Target> ResolveTarget(const Json& args);
-  // For a target named VM/DISK: the header of the volume with the
-  // inventory's LUKS UUID. When the inventory's device path is missing or
-  // holds something else, a block-device volume is looked up as
-  // by_uuid_dir/<uuid>; when found there, target->device and the
-  // inventory are updated to the device it links to.
-  Result<VolumeHeader> LocateVolume(Target* target);
-
-  // Recovery keys (docs/recovery.md). Add returns the key in *key only.
-  Result<Json> RecoveryKeyAdd(const Json& args, const AuditContext& ctx,
-                              SecureBuffer* key);
-  Result<Json> RecoveryKeyRemove(const Json& args, const AuditContext& ctx);
-  // The volume a recovery-key request names, its header and vcrypt token,
-  // checked as open checks them.
-  struct RecoveryTarget {
-    Target target;
-    VolumeHeader header;
-    VcryptToken token;
-  };
-  Result<RecoveryTarget> ResolveRecoveryTarget(const Json& args);
-  Result<RecoveryState> RecoveryStateOf(const RecoveryTarget& t);
-  // The DEK of `t` from its provider (kek.fetch, dek.unwrap audited),
-  // checked against the LUKS2 digest.
-  Result<SecureBuffer> RecoveryDek(const RecoveryTarget& t,
-                                   const AuditContext& ctx);
-
-  // A copy of VM `vm`'s record; kNotFound "no VM named ..." otherwise.
-  Result<VmRecord> FindVm(const std::string& vm);
-  std::shared_ptr<KeyProvider> FindProvider(const std::string& name);
-  // The provider able to produce the KEK of `token`.
-  Result<std::shared_ptr<KeyProvider>> ProviderForToken(const VcryptToken& t);
-  // The KEK for `ref`, from the cache or the provider (then cached under
-  // `audit.vm`), audited as kek.fetch: `audit` carries the request and
-  // what the KEK is for (vm, and disk/volume when known); op, provider,
-  // kek_id, source and result are filled in here.
-  Result<SecureBuffer> GetKek(KeyProvider& provider, const KekRef& ref,
-                              AuditRecord audit);
-  // Evicts each cached KEK that `match` selects; one kek.evict record per
-  // KEK evicted, returned for the caller to Audit (after its locks).
-  std::vector<AuditRecord> EvictKeks(
-      const AuditContext& ctx,
-      const std::function<bool(const KekCache::EntryInfo&)>& match);
-  void Audit(const AuditRecord& record) { options_.audit->Write(record); }
-  void Audit(const std::vector<AuditRecord>& records) {
-    for (const auto& r : records) Audit(r);
-  }
-  // Every dm mapping (none without device-mapper): one listing per
-  // request, looked up by LUKS UUID for each disk.
-  Result<std::vector<MappingInfo>> AllMappings();
-  Json DiskStatus(const std::string& vm, const std::string& disk,
-                  const DiskRecord& d, const std::vector<MappingInfo>& maps);
-
-  // The last failed open of a volume since its last successful one.
-  struct OpenFailure {
-    ErrorCode code;
-    std::string message;
-    std::string since;         // first failure with this code in a row
-    std::string last_attempt;  // the latest failure
-  };
-  void RecordFailure(const std::string& uuid, const Error& e);
-  void ClearFailure(const std::string& uuid);
-  std::optional<OpenFailure> FindFailure(const std::string& uuid);
-  // When status first saw a volume's device missing (for "unavailable").
-  std::string MissingSince(const std::string& uuid, bool missing);
-
-  ControllerOptions options_;
-  StateDirLock dir_lock_;  // held for the Controller's lifetime
-  std::mutex mu_;  // guards store_ and providers_
-  StateStore store_;
-  // Volumes an admin closed on this boot (<state>/held-closed/).
-  HeldClosed held_closed_;
-  std::map<std::string, std::shared_ptr<KeyProvider>> providers_;
-  KekCache cache_;
-  NamedLocks locks_;
-  std::atomic<unsigned> token_writes_{0};  // for crash_after_token_writes
-  std::mutex failures_mu_;  // guards failures_ and missing_since_
-  // Both by LUKS UUID (lower-case hex without dashes).
-  std::map<std::string, OpenFailure> failures_;
-  std::map<std::string, std::string> missing_since_;
+  // Declared in construction order: each group gets references to what
+  // it uses (its header says which), all of them to state_.
+  ControllerState state_;
+  KeyAccess keys_;
+  VolumeLocator locator_;
+  ProviderOps provider_ops_;
+  StatusOps status_ops_;
+  VmOps vm_ops_;
+  VolumeOps volume_ops_;
+  RekeyOps rekey_ops_;
+  OpenOps open_ops_;
+  RecoveryOps recovery_ops_;
 };
 
 }  // namespace vcrypt

@@ -1,12 +1,11 @@
 // Deep rekey (vm.rekey --deep; docs/rekey.md): a new DEK per disk, the
-// data reencrypted under it, and the resume of interrupted runs.
-#include <unistd.h>
-
+// data reencrypted under it, picking up where an interrupted run stopped
+// (RekeyOps in daemon/ops_rekey.h).
 #include <cstring>
 
 #include "common/aead.h"
 #include "common/random.h"
-#include "daemon/controller.h"
+#include "daemon/ops_rekey.h"
 #include "daemon/ops_util.h"
 #include "daemon/reencrypt_helper.h"
 
@@ -73,29 +72,29 @@ Result<VcryptToken> PayloadAsToken(const ReencryptState& rs,
 
 }  // namespace
 
-Result<SecureBuffer> Controller::ReencryptPassphrase(const ReencryptState& rs,
-                                                     const VcryptToken& token,
-                                                     const std::string& device,
-                                                     const AuditContext& ctx) {
+Result<SecureBuffer> RekeyOps::ReencryptPassphrase(const ReencryptState& rs,
+                                                   const VcryptToken& token,
+                                                   const std::string& device,
+                                                   const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(VcryptToken t, PayloadAsToken(rs, token, device));
   VCRYPT_ASSIGN_OR_RETURN(
       UnwrappedDek u,
-      UnwrapUnderTokenKek(t, t.dek,
-                          ReencryptAad(rs.uuid, t.kek.kek_id, t.provider_name),
-                          rs.uuid, device, "the reencryption passphrase", ctx));
+      keys_.UnwrapUnderTokenKek(
+          t, t.dek, ReencryptAad(rs.uuid, t.kek.kek_id, t.provider_name),
+          rs.uuid, device, "the reencryption passphrase", ctx));
   return std::move(u.dek);
 }
 
-Result<std::string> Controller::ActivateMidRekey(const ActivateParams& ap,
-                                                 const ReencryptState& rs,
-                                                 const VcryptToken& token,
-                                                 const std::string& uuid,
-                                                 const AuditContext& ctx) {
+Result<std::string> RekeyOps::ActivateMidRekey(const ActivateParams& ap,
+                                               const ReencryptState& rs,
+                                               const VcryptToken& token,
+                                               const std::string& uuid,
+                                               const AuditContext& ctx) {
   if (rs.phase == ReencryptPhase::kNone) {
     // Set up but not started, or finished with the token already
     // rewritten: the token's DEK is the data's key.
     VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u,
-                            UnwrapVolumeDek(token, uuid, ap.device, ctx));
+                            keys_.UnwrapVolumeDek(token, uuid, ap.device, ctx));
     auto path = Activate(ap, u.dek);
     if (path.ok() || path.error().code != ErrorCode::kCrypto) return path;
   }
@@ -104,16 +103,16 @@ Result<std::string> Controller::ActivateMidRekey(const ActivateParams& ap,
   return ActivateByPassphrase(ap, pass);
 }
 
-Status Controller::CheckDeepRekeyPossible(const std::string& vm,
-                                          const VmRecord& rec) {
-  if (options_.reencrypt_helper.empty())
+Status RekeyOps::CheckDeepRekeyPossible(const std::string& vm,
+                                        const VmRecord& rec) {
+  if (state_.options.reencrypt_helper.empty())
     return MakeError(
         ErrorCode::kInternal,
         "this vcryptd has no reencryption helper; deep rekey is unavailable");
   for (const auto& [dn, d] : rec.disks) {
-    VCRYPT_ASSIGN_OR_RETURN(Target target,
-                            ResolveTarget(Json{{"vm", vm}, {"disk", dn}}));
-    VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, LocateVolume(&target));
+    VCRYPT_ASSIGN_OR_RETURN(
+        Target target, locator_.ResolveTarget(Json{{"vm", vm}, {"disk", dn}}));
+    VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, locator_.LocateVolume(&target));
     VCRYPT_ASSIGN_OR_RETURN(ReencryptState rs,
                             ReadReencryptState(target.device));
     if (rs.has_marker()) continue;  // an interrupted deep rekey: resumable
@@ -143,14 +142,14 @@ Status Controller::CheckDeepRekeyPossible(const std::string& vm,
   return Status::Ok();
 }
 
-Result<std::string> Controller::DeepRekeyDisk(
+Result<std::string> RekeyOps::DeepRekeyDisk(
     const std::string& vm, const std::string& disk, const PendingRekey& to,
     KeyProvider& to_provider, const SecureBuffer& new_kek,
     const AuditContext& ctx, const EventSink& on_event) {
-  VCRYPT_ASSIGN_OR_RETURN(Target target,
-                          ResolveTarget(Json{{"vm", vm}, {"disk", disk}}));
-  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, LocateVolume(&target));
-  auto guard = locks_.Lock("vol:" + hdr.uuid);
+  VCRYPT_ASSIGN_OR_RETURN(
+      Target target, locator_.ResolveTarget(Json{{"vm", vm}, {"disk", disk}}));
+  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, locator_.LocateVolume(&target));
+  auto guard = state_.locks.Lock("vol:" + hdr.uuid);
   const std::string& device = target.device;
   VCRYPT_ASSIGN_OR_RETURN(hdr, ReadHeader(device));
   if (!hdr.token_json)
@@ -167,8 +166,9 @@ Result<std::string> Controller::DeepRekeyDisk(
   VCRYPT_ASSIGN_OR_RETURN(ReencryptState rs, ReadReencryptState(device));
   // 1. Set up: marker with the wrapped passphrase, the two keyslots.
   auto set_up = [&]() -> Status {
-    VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek old_dek,
-                            UnwrapVolumeDek(token, hdr.uuid, device, ctx));
+    VCRYPT_ASSIGN_OR_RETURN(
+        UnwrappedDek old_dek,
+        keys_.UnwrapVolumeDek(token, hdr.uuid, device, ctx));
     VCRYPT_RETURN_IF_ERROR(VerifyDek(device, old_dek.dek));
     VCRYPT_ASSIGN_OR_RETURN(SecureBuffer new_dek, RandomKey(kDekSize));
     VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pass,
@@ -177,7 +177,7 @@ Result<std::string> Controller::DeepRekeyDisk(
                            ReencryptAad(hdr.uuid, to.kek.kek_id, to.provider));
     AuditRecord wrap = VolumeAudit(ctx, AuditOp::kDekWrap, vm, disk, hdr.uuid,
                                    to.provider, to.kek.kek_id);
-    Audit(wrap.Outcome(wrapped));
+    state_.Audit(wrap.Outcome(wrapped));
     VCRYPT_ASSIGN_OR_RETURN(WrappedKey wp, std::move(wrapped));
     VCRYPT_RETURN_IF_ERROR(
         PrepareReencrypt(device, old_dek.dek, new_dek, pass,
@@ -210,8 +210,9 @@ Result<std::string> Controller::DeepRekeyDisk(
       // copy of the new DEK).
       if (!current.ok() && current.error().code != ErrorCode::kCrypto)
         return std::move(current).error();
-      VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek old_dek,
-                              UnwrapVolumeDek(token, hdr.uuid, device, ctx));
+      VCRYPT_ASSIGN_OR_RETURN(
+          UnwrappedDek old_dek,
+          keys_.UnwrapVolumeDek(token, hdr.uuid, device, ctx));
       const bool not_started = current.ok() && current->Equals(old_dek.dek);
       if (!current.ok() ||
           (not_started && (rs.old_keyslot < 0 || rs.new_keyslot < 0))) {
@@ -246,8 +247,8 @@ Result<std::string> Controller::DeepRekeyDisk(
                         {"done_bytes", done},
                         {"total_bytes", total}});
       };
-      VCRYPT_RETURN_IF_ERROR(
-          RunReencryptHelper(options_.reencrypt_helper, job, pass, progress));
+      VCRYPT_RETURN_IF_ERROR(RunReencryptHelper(state_.options.reencrypt_helper,
+                                                job, pass, progress));
     }
     // 3. The new DEK into the token, under the new KEK.
     VCRYPT_ASSIGN_OR_RETURN(SecureBuffer new_dek,
@@ -259,25 +260,6 @@ Result<std::string> Controller::DeepRekeyDisk(
   // 4. No keyslot remains.
   VCRYPT_RETURN_IF_ERROR(RemoveReencryptKeyslots(device, &pass));
   return std::string("rekeyed");
-}
-
-std::vector<std::string> Controller::ResumeDeepRekeys() {
-  std::vector<std::string> pending;
-  {
-    std::lock_guard lock(mu_);
-    for (const auto& [vn, rec] : store_.vms())
-      if (rec.rekey && rec.rekey->deep) pending.push_back(vn);
-  }
-  std::vector<std::string> lines;
-  for (const auto& vn : pending) {
-    auto r = Handle("vm.rekey", Json{{"vm", vn}}, SecureBuffer(),
-                    Caller{getuid(), getgid(), getpid()});
-    lines.push_back(r.ok() ? "finished the interrupted deep rekey of VM '" +
-                                 vn + "'"
-                           : "the interrupted deep rekey of VM '" + vn +
-                                 "' is still pending: " + r.error().message);
-  }
-  return lines;
 }
 
 }  // namespace vcrypt

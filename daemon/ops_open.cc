@@ -1,222 +1,31 @@
-// open, open_all and close, and what they share with the other groups:
-// finding a volume (ResolveTarget, LocateVolume) and unwrapping its DEK
-// (ProviderForToken, UnwrapVolumeDek).
+// open, open_all and close (daemon/ops_open.h).
+#include "daemon/ops_open.h"
+
 #include <sys/stat.h>
 
 #include <atomic>
 #include <cstring>
-#include <filesystem>
 #include <system_error>
 #include <thread>
 
-#include "common/aead.h"
 #include "common/names.h"
-#include "daemon/controller.h"
 #include "daemon/ops_util.h"
-#include "daemon/unavailable_provider.h"
-#include "dmtools/responsive.h"
 
 namespace vcrypt {
 namespace {
 
 using Json = nlohmann::json;
+using controller_ops::AllMappings;
 using controller_ops::BoolArg;
 using controller_ops::ErrorJson;
 using controller_ops::Exists;
-using controller_ops::GuestContent;
-using controller_ops::IsUuidText;
-using controller_ops::OptStr;
 using controller_ops::SameUuid;
-using controller_ops::StrArg;
-using controller_ops::VolumeAudit;
 
 }  // namespace
 
 // --- open / close ------------------------------------------------------------
 
-Result<Controller::Target> Controller::ResolveTarget(const Json& args) {
-  Target t;
-  if (auto path = OptStr(args, "path")) {
-    if (path->empty() || (*path)[0] != '/')
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "'" + *path + "' is not an absolute path");
-    t.device = *path;
-    // A path the inventory knows: a failure before its header is read is
-    // still that volume's.
-    std::lock_guard lock(mu_);
-    for (const auto& [vn, v] : store_.vms())
-      for (const auto& [dn, d] : v.disks)
-        if (d.device == t.device) {
-          t.uuid = d.uuid;
-          t.is_file = d.is_file;
-        }
-    return t;
-  }
-  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
-  VCRYPT_ASSIGN_OR_RETURN(std::string disk, StrArg(args, "disk"));
-  VCRYPT_RETURN_IF_ERROR(ValidateVolumeNames(vm, disk));
-  std::lock_guard lock(mu_);
-  auto it = store_.vms().find(vm);
-  if (it == store_.vms().end())
-    return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
-  auto dit = it->second.disks.find(disk);
-  if (dit == it->second.disks.end())
-    return MakeError(ErrorCode::kNotFound,
-                     "VM '" + vm + "' has no disk '" + disk + "'");
-  t.device = dit->second.device;
-  t.uuid = dit->second.uuid;
-  t.is_file = dit->second.is_file;
-  t.vm = vm;
-  t.disk = disk;
-  return t;
-}
-
-Result<VolumeHeader> Controller::LocateVolume(Target* t) {
-  const std::string& uuid = *t->uuid;
-  const std::string vol = *t->vm + "/" + *t->disk;
-  // The header at `dev` if it is this volume's, else why not.
-  auto probe = [&](const std::string& dev) -> Result<VolumeHeader> {
-    if (!Exists(dev))
-      return MakeError(ErrorCode::kNotFound, dev + " does not exist");
-    VCRYPT_ASSIGN_OR_RETURN(VolumeHeader h, ReadHeader(dev));
-    if (!SameUuid(h.uuid, uuid))
-      return MakeError(
-          ErrorCode::kNotFound,
-          dev + " now holds another volume (LUKS UUID " + h.uuid + ")");
-    return h;
-  };
-  // The recorded path is a name, and names are recycled (after a reboot,
-  // or a removal): it may now lead into a guest's disk (a guest's LV
-  // activated on the host, say), with a copy of this volume's header. Such
-  // a device is never the volume, as with the by-uuid link below. Image
-  // files are not block devices: stacked on nothing.
-  std::string guest;
-  if (!t->is_file && Exists(t->device)) guest = GuestContent(t->device);
-  Result<VolumeHeader> here =
-      MakeError(ErrorCode::kNotFound, t->device + " " + guest + ": not opened");
-  if (guest.empty()) here = probe(t->device);
-  if (here.ok()) return here;
-  // A device that is there but does not answer (CheckResponsive) is not
-  // looked for elsewhere: its by-uuid link leads to it again. (A device
-  // refused as guest content was not read.)
-  if (guest.empty()) {
-    if (Status alive = CheckResponsive(t->device); !alive.ok())
-      return alive.error();
-  }
-  if (t->is_file) {
-    // An image file has no udev link to look for.
-    if (!Exists(t->device))
-      return MakeError(
-          ErrorCode::kNotFound,
-          "image file " + t->device + " of volume " + vol + " does not exist");
-    if (here.error().code == ErrorCode::kNotFound)
-      return MakeError(ErrorCode::kInvalidVolume,
-                       "image file " + here.error().message + ", not volume " +
-                           vol + " (LUKS UUID " + uuid + ")");
-    return here;
-  }
-  // Block device names (/dev/vdb, /dev/loop3) can change between boots;
-  // udev links LUKS devices by their UUID.
-  const std::string not_found = "volume " + vol + " (LUKS UUID " + uuid +
-                                ") not found: " + here.error().message;
-  const std::string link = options_.by_uuid_dir + "/" + uuid;
-  if (!IsUuidText(uuid) || !Exists(link))
-    return MakeError(ErrorCode::kNotFound,
-                     not_found + ", and there is no " + link +
-                         "; attach its disk, or open it by path");
-  std::error_code ec;
-  std::string dev = std::filesystem::canonical(link, ec).string();
-  if (ec)
-    return MakeError(
-        ErrorCode::kNotFound,
-        not_found + ", and " + link + " cannot be resolved: " + ec.message());
-  // Never a link into a guest's disk: it can carry a copy of this
-  // volume's header.
-  if (std::string why = GuestContent(dev); !why.empty())
-    return MakeError(ErrorCode::kNotFound, not_found + ", and " + link +
-                                               " -> " + dev + " " + why +
-                                               ": not followed");
-  auto there = probe(dev);
-  if (!there.ok())
-    return MakeError(ErrorCode::kNotFound, not_found + ", and " + link +
-                                               " -> " + there.error().message);
-  // Found under its new name: the inventory follows (atomically; it is an
-  // index, so if it cannot be written the next open looks again).
-  {
-    std::lock_guard lock(mu_);
-    auto it = store_.vms().find(*t->vm);
-    if (it != store_.vms().end()) {
-      auto dit = it->second.disks.find(*t->disk);
-      if (dit != it->second.disks.end() && SameUuid(dit->second.uuid, uuid) &&
-          dit->second.device != dev) {
-        VmRecord next = it->second;
-        next.disks[*t->disk].device = dev;
-        (void)store_.PutVm(*t->vm, next);
-      }
-    }
-  }
-  t->device = dev;
-  return there;
-}
-
-Result<std::shared_ptr<KeyProvider>> Controller::ProviderForToken(
-    const VcryptToken& t) {
-  std::lock_guard lock(mu_);
-  // Prefer the provider that recognises the key material (e.g. a native
-  // provider restored under a new name), then the one named in the token.
-  for (const auto& [n, p] : providers_)
-    if (p->type() == t.provider_type && p->Recognizes(t.kek)) return p;
-  auto it = providers_.find(t.provider_name);
-  if (it != providers_.end()) {
-    // The token's provider failed to load: say why, before any dm work.
-    if (auto* u = dynamic_cast<const UnavailableProvider*>(it->second.get()))
-      return u->Unavailable();
-    if (it->second->type() == t.provider_type) return it->second;
-  }
-  return MakeError(ErrorCode::kKeyUnavailable,
-                   "the volume's key provider '" + t.provider_name + "' (" +
-                       t.provider_type +
-                       ") is not configured on this host; add it "
-                       "(for native: restore its backup) and retry");
-}
-
-Result<Controller::UnwrappedDek> Controller::UnwrapVolumeDek(
-    const VcryptToken& token, const std::string& uuid,
-    const std::string& device, const AuditContext& ctx) {
-  return UnwrapUnderTokenKek(
-      token, token.dek, DekAad(uuid, token.kek.kek_id, token.provider_name),
-      uuid, device, "the DEK", ctx);
-}
-
-Result<Controller::UnwrappedDek> Controller::UnwrapUnderTokenKek(
-    const VcryptToken& token, const WrappedKey& wrapped,
-    const std::vector<uint8_t>& aad, const std::string& uuid,
-    const std::string& device, const std::string& what,
-    const AuditContext& ctx) {
-  AuditRecord audit = VolumeAudit(ctx, AuditOp::kKekFetch, token.vm, token.disk,
-                                  uuid, token.provider_name, token.kek.kek_id);
-  auto provider = ProviderForToken(token);
-  if (!provider.ok()) {
-    Audit(audit.Outcome(provider));
-    return std::move(provider).error();
-  }
-  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek,
-                          GetKek(**provider, token.kek, audit));
-  auto dek = UnwrapKey(kek, wrapped, aad);
-  AuditRecord unwrap = audit;
-  unwrap.op = AuditOp::kDekUnwrap;
-  unwrap.provider = (*provider)->name();
-  if (!dek.ok())
-    unwrap.error = MakeError(
-        ErrorCode::kCrypto,
-        "cannot unwrap " + what + " of " + device +
-            ": the token does not belong to this volume or was altered");
-  Audit(unwrap);
-  if (!dek.ok()) return *unwrap.error;
-  return UnwrappedDek{std::move(*provider), std::move(dek).value()};
-}
-
-Result<Json> Controller::Open(const Json& args, const AuditContext& ctx) {
+Result<Json> OpenOps::Open(const Json& args, const AuditContext& ctx) {
   // The boot path's open (vcryptctl unlock) asks, in the same request,
   // whether the VM wants its volumes opened at boot: one request per
   // volume instead of a vm.show (which lists every mapping) and an open.
@@ -224,7 +33,7 @@ Result<Json> Controller::Open(const Json& args, const AuditContext& ctx) {
     auto it = args.find("vm");
     if (it == args.end() || !it->is_string())
       return controller_ops::Usage("'boot' goes with 'vm' and 'disk'");
-    auto vm = FindVm(it->get<std::string>());
+    auto vm = state_.FindVm(it->get<std::string>());
     if (!vm.ok() && vm.error().code == ErrorCode::kNotFound)
       return Json{{"vm", *it}, {"skipped", "not_registered"}};
     if (!vm.ok()) return std::move(vm).error();
@@ -235,21 +44,21 @@ Result<Json> Controller::Open(const Json& args, const AuditContext& ctx) {
   auto r = OpenVolume(args, ctx, &uuid);
   if (!uuid.empty()) {
     if (r.ok()) {
-      ClearFailure(uuid);
+      state_.failures.ClearFailure(uuid);
     } else {
-      RecordFailure(uuid, r.error());
+      state_.failures.RecordFailure(uuid, r.error());
     }
   }
   return r;
 }
 
-Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
-                                    std::string* uuid) {
-  VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(args));
+Result<Json> OpenOps::OpenVolume(const Json& args, const AuditContext& ctx,
+                                 std::string* uuid) {
+  VCRYPT_ASSIGN_OR_RETURN(Target target, locator_.ResolveTarget(args));
   if (target.uuid) *uuid = *target.uuid;
   VolumeHeader hdr;
   if (target.vm) {
-    VCRYPT_ASSIGN_OR_RETURN(hdr, LocateVolume(&target));
+    VCRYPT_ASSIGN_OR_RETURN(hdr, locator_.LocateVolume(&target));
   } else {
     if (!Exists(target.device))
       return MakeError(ErrorCode::kNotFound,
@@ -276,7 +85,7 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
   if (!DeviceMapperAvailable()) {
     // Nothing can be open without device-mapper. A missing key provider
     // would stop the open on a kernel with it too: report that first.
-    VCRYPT_RETURN_IF_ERROR(ProviderForToken(token));
+    VCRYPT_RETURN_IF_ERROR(keys_.ProviderForToken(token));
     return MakeError(
         ErrorCode::kNoDeviceMapper,
         "device-mapper not available in this kernel; cannot open volumes "
@@ -299,25 +108,25 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
   // The boot path's opens (`auto`) leave a volume an admin closed on this
   // boot closed; an explicit open ends that (daemon/held_closed.h).
   if (BoolArg(args, "auto") || BoolArg(args, "boot")) {
-    if (held_closed_.IsHeld(hdr.uuid, target.device))
+    if (state_.held_closed.IsHeld(hdr.uuid, target.device))
       return Json{{"vm", token.vm},
                   {"disk", token.disk},
                   {"device", target.device},
                   {"already_open", false},
                   {"held_closed", true}};
   } else {
-    VCRYPT_RETURN_IF_ERROR(held_closed_.Release(hdr.uuid));
+    VCRYPT_RETURN_IF_ERROR(state_.held_closed.Release(hdr.uuid));
   }
   // The VM is not unregistered or deleted while this open runs
   // (VmUnregister takes this lock exclusively), so once an unregister
   // returns no open of its VM maps a volume, caches its KEK or puts the
   // VM back into the inventory. An open that waited for the unregister
   // finds the VM gone.
-  auto life = locks_.LockShared("vm-life:" + token.vm);
+  auto life = state_.locks.LockShared("vm-life:" + token.vm);
   if (target.vm) {
-    std::lock_guard lock(mu_);
-    auto it = store_.vms().find(*target.vm);
-    if (it == store_.vms().end() || !it->second.disks.count(*target.disk))
+    std::lock_guard lock(state_.mu);
+    auto it = state_.store.vms().find(*target.vm);
+    if (it == state_.store.vms().end() || !it->second.disks.count(*target.disk))
       return MakeError(ErrorCode::kNotFound,
                        "no VM named '" + *target.vm + "' with a disk '" +
                            *target.disk + "' (unregistered meanwhile)");
@@ -325,14 +134,14 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
 
   // Never two mappings for one volume: serialise per LUKS UUID and reuse
   // an existing mapping.
-  auto guard = locks_.Lock("vol:" + hdr.uuid);
+  auto guard = state_.locks.Lock("vol:" + hdr.uuid);
   VCRYPT_ASSIGN_OR_RETURN(auto existing, FindMappingByUuid(hdr.uuid));
   if (existing) return already_open(*existing);
   ActivateParams ap;
   ap.device = target.device;
   ap.name = name;
   ap.discards = BoolArg(args, "discards");
-  ap.bypass_workqueues = options_.bypass_workqueues;
+  ap.bypass_workqueues = state_.options.bypass_workqueues;
   // Read again under the volume lock: a rekey that held it while this
   // open waited may have replaced the token, or left a deep rekey's marker.
   VCRYPT_ASSIGN_OR_RETURN(hdr, ReadHeader(target.device));
@@ -353,12 +162,13 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
     // holds the volume lock).
     VCRYPT_ASSIGN_OR_RETURN(ReencryptState rs,
                             ReadReencryptState(target.device));
-    VCRYPT_ASSIGN_OR_RETURN(path,
-                            ActivateMidRekey(ap, rs, token, hdr.uuid, ctx));
-    VCRYPT_ASSIGN_OR_RETURN(provider, ProviderForToken(token));
+    VCRYPT_ASSIGN_OR_RETURN(
+        path, rekey_ops_.ActivateMidRekey(ap, rs, token, hdr.uuid, ctx));
+    VCRYPT_ASSIGN_OR_RETURN(provider, keys_.ProviderForToken(token));
   } else {
     VCRYPT_ASSIGN_OR_RETURN(
-        UnwrappedDek u, UnwrapVolumeDek(token, hdr.uuid, target.device, ctx));
+        UnwrappedDek u,
+        keys_.UnwrapVolumeDek(token, hdr.uuid, target.device, ctx));
     provider = u.provider;
     VCRYPT_ASSIGN_OR_RETURN(path, Activate(ap, u.dek));
   }
@@ -367,11 +177,11 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
   // (the inventory is rebuilt from volumes, never the other way round),
   // and records where a known one is now.
   {
-    std::lock_guard lock(mu_);
-    auto it = store_.vms().find(token.vm);
+    std::lock_guard lock(state_.mu);
+    auto it = state_.store.vms().find(token.vm);
     VmRecord rec;
     bool changed = false;
-    if (it == store_.vms().end()) {
+    if (it == state_.store.vms().end()) {
       rec.provider = provider->name();
       rec.kek = token.kek;
       rec.created = NowRfc3339();
@@ -392,7 +202,7 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
       changed = true;
     }
     if (changed)
-      (void)store_.PutVm(token.vm, rec);  // index only; open succeeded
+      (void)state_.store.PutVm(token.vm, rec);  // index only; open succeeded
   }
   return Json{{"vm", token.vm},
               {"disk", token.disk},
@@ -401,7 +211,7 @@ Result<Json> Controller::OpenVolume(const Json& args, const AuditContext& ctx,
               {"already_open", false}};
 }
 
-Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
+Result<Json> OpenOps::OpenAll(const Json& args, const AuditContext& ctx) {
   const bool files_only = BoolArg(args, "file_backed");
   const bool automatic = BoolArg(args, "auto");
   struct Item {
@@ -409,8 +219,8 @@ Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
   };
   std::vector<Item> items;
   {
-    std::lock_guard lock(mu_);
-    for (const auto& [vn, vm] : store_.vms()) {
+    std::lock_guard lock(state_.mu);
+    for (const auto& [vn, vm] : state_.store.vms()) {
       if (!vm.auto_unlock) continue;
       for (const auto& [dn, d] : vm.disks)
         if (!files_only || d.is_file) items.push_back({vn, dn, d.uuid});
@@ -427,7 +237,7 @@ Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
       todo.push_back(i);
       continue;
     }
-    ClearFailure(items[i].uuid);
+    state_.failures.ClearFailure(items[i].uuid);
     results[i] = {{"vm", items[i].vm},
                   {"disk", items[i].disk},
                   {"ok", true},
@@ -459,7 +269,7 @@ Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
     }
   };
   std::vector<std::thread> threads;
-  const size_t n = std::min(options_.open_all_threads, todo.size());
+  const size_t n = std::min(state_.options.open_all_threads, todo.size());
   for (size_t i = 1; i < n; ++i) {
     try {
       threads.emplace_back(work);
@@ -491,9 +301,9 @@ Result<Json> Controller::OpenAll(const Json& args, const AuditContext& ctx) {
               {"failed", failed}};
 }
 
-Result<Json> Controller::Close(const Json& args) {
+Result<Json> OpenOps::Close(const Json& args) {
   const bool automatic = BoolArg(args, "auto");
-  VCRYPT_ASSIGN_OR_RETURN(Target target, ResolveTarget(args));
+  VCRYPT_ASSIGN_OR_RETURN(Target target, locator_.ResolveTarget(args));
   if (!DeviceMapperAvailable())
     return MakeError(ErrorCode::kNoDeviceMapper,
                      "device-mapper not available in this kernel");
@@ -534,7 +344,7 @@ Result<Json> Controller::Close(const Json& args) {
       // Closed already (by its unit's stop, say): the admin's close still
       // holds it closed against the boot path.
       if (!automatic)
-        VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(hdr.uuid, backing));
+        VCRYPT_RETURN_IF_ERROR(state_.held_closed.Hold(hdr.uuid, backing));
       return MakeError(ErrorCode::kNotFound,
                        "volume on " + target.device + " is not open");
     }
@@ -548,7 +358,8 @@ Result<Json> Controller::Close(const Json& args) {
             "of the volume); close it with the tool that opened it");
   // Never wait long: a deep rekey holds the volume lock for as long as
   // the reencryption runs.
-  auto guard = locks_.LockFor("vol:" + m->luks_uuid, std::chrono::seconds(5));
+  auto guard =
+      state_.locks.LockFor("vol:" + m->luks_uuid, std::chrono::seconds(5));
   if (!guard)
     return MakeError(ErrorCode::kBusy,
                      m->path +
@@ -557,7 +368,8 @@ Result<Json> Controller::Close(const Json& args) {
   // Held closed before it closes: a header write racing this close must
   // not let the boot path open it again. Not for the boot path's own close
   // (a unit's stop: `systemctl restart` must open it again).
-  if (!automatic) VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(hdr.uuid, backing));
+  if (!automatic)
+    VCRYPT_RETURN_IF_ERROR(state_.held_closed.Hold(hdr.uuid, backing));
   VCRYPT_RETURN_IF_ERROR(Deactivate(m->name));
   return Json{{"closed", m->path}};
 }

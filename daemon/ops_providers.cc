@@ -1,5 +1,7 @@
 // Provider ops: provider.add, .list, .show, .remove, .default, .backup,
-// .restore (docs/protocol.md, docs/providers.md).
+// .restore (docs/protocol.md, docs/providers.md; daemon/ops_providers.h).
+#include "daemon/ops_providers.h"
+
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -7,7 +9,6 @@
 
 #include "common/base64.h"
 #include "common/names.h"
-#include "daemon/controller.h"
 #include "daemon/ops_util.h"
 #include "daemon/unavailable_provider.h"
 #include "keyproviders/native/native_provider.h"
@@ -28,9 +29,9 @@ using controller_ops::Usage;
 
 // --- providers -------------------------------------------------------------
 
-Result<Json> Controller::ProviderAdd(const Json& args,
-                                     const SecureBuffer& secret,
-                                     const AuditContext& ctx) {
+Result<Json> ProviderOps::ProviderAdd(const Json& args,
+                                      const SecureBuffer& secret,
+                                      const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string type, StrArg(args, "type"));
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
@@ -43,14 +44,14 @@ Result<Json> Controller::ProviderAdd(const Json& args,
                      "--tpm (TPM-sealed primary key) is not supported yet; "
                      "omit it to keep the primary key in a root-only file");
   {
-    std::lock_guard lock(mu_);
-    if (providers_.count(name))
+    std::lock_guard lock(state_.mu);
+    if (state_.providers.count(name))
       return MakeError(ErrorCode::kExists,
                        "provider '" + name + "' already exists");
   }
   // Only one add per name at a time; the cluster check of a standard
   // provider runs outside the state lock (it may take a connect timeout).
-  auto guard = locks_.Lock("provider:" + name);
+  auto guard = state_.locks.Lock("provider:" + name);
   // Audited once the provider's key material is made (native) or its
   // cluster checked (standard), whatever the outcome.
   AuditRecord audit = AuditRecord::For(ctx, AuditOp::kProviderAdd);
@@ -61,14 +62,14 @@ Result<Json> Controller::ProviderAdd(const Json& args,
     Result<std::unique_ptr<NativeProvider>> p =
         MakeError(ErrorCode::kInternal, "not created");
     {
-      std::lock_guard lock(mu_);
-      if (providers_.count(name))
+      std::lock_guard lock(state_.mu);
+      if (state_.providers.count(name))
         return MakeError(ErrorCode::kExists,
                          "provider '" + name + "' already exists");
-      p = NativeProvider::Create(name, store_.ProviderDir(name));
+      p = NativeProvider::Create(name, state_.store.ProviderDir(name));
     }
     if (p.ok()) audit.primary_key_id = (*p)->primary_key_id();
-    Audit(audit.Outcome(p));
+    state_.Audit(audit.Outcome(p));
     if (!p.ok()) return std::move(p).error();
     provider = std::move(p).value();
   } else if (type == "trusted") {
@@ -82,10 +83,10 @@ Result<Json> Controller::ProviderAdd(const Json& args,
     c.host = OptStr(args, "host").value_or("");
     c.tcti = OptStr(args, "tcti").value_or("");
     TrustedProviderOptions to;
-    to.allow_test_tcti = options_.allow_test_tcti;
-    auto p = TrustedProvider::Create(name, store_.ProviderDir(name), c,
+    to.allow_test_tcti = state_.options.allow_test_tcti;
+    auto p = TrustedProvider::Create(name, state_.store.ProviderDir(name), c,
                                      std::move(to));
-    Audit(audit.Outcome(p));
+    state_.Audit(audit.Outcome(p));
     if (!p.ok()) return std::move(p).error();
     provider = std::move(p).value();
   } else {
@@ -95,45 +96,45 @@ Result<Json> Controller::ProviderAdd(const Json& args,
     if (secret.empty())
       return Usage("a standard provider needs the client key (--key)");
     VCRYPT_ASSIGN_OR_RETURN(auto servers, ParseKmsServers(kms));
-    auto p = StandardProvider::Create(name, store_.ProviderDir(name), servers,
-                                      ca, cert, secret);
-    Audit(audit.Outcome(p));
+    auto p = StandardProvider::Create(name, state_.store.ProviderDir(name),
+                                      servers, ca, cert, secret);
+    state_.Audit(audit.Outcome(p));
     if (!p.ok()) return std::move(p).error();
     provider = std::move(p).value();
   }
   desc = provider->Describe();
-  std::lock_guard lock(mu_);
-  providers_.emplace(name, provider);
+  std::lock_guard lock(state_.mu);
+  state_.providers.emplace(name, provider);
   bool made_default = false;
-  if (!store_.default_provider() ||
-      !providers_.count(*store_.default_provider())) {
-    VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(name));
+  if (!state_.store.default_provider() ||
+      !state_.providers.count(*state_.store.default_provider())) {
+    VCRYPT_RETURN_IF_ERROR(state_.store.SetDefaultProvider(name));
     made_default = true;
   }
-  desc["default"] = made_default || store_.default_provider() == name;
+  desc["default"] = made_default || state_.store.default_provider() == name;
   return desc;
 }
 
-Result<Json> Controller::ProviderList() {
-  std::lock_guard lock(mu_);
+Result<Json> ProviderOps::ProviderList() {
+  std::lock_guard lock(state_.mu);
   Json out = Json::array();
-  for (const auto& [name, p] : providers_) {
+  for (const auto& [name, p] : state_.providers) {
     Json d = p->Describe();
     d["name"] = name;
     d["type"] = std::string(p->type());
     // An UnavailableProvider describes itself as "unavailable", with reason.
     if (dynamic_cast<const UnavailableProvider*>(p.get()) == nullptr)
       d["state"] = "available";
-    d["default"] = store_.default_provider() == name;
+    d["default"] = state_.store.default_provider() == name;
     size_t vms = 0;
-    for (const auto& [vn, vm] : store_.vms()) vms += vm.provider == name;
+    for (const auto& [vn, vm] : state_.store.vms()) vms += vm.provider == name;
     d["vms"] = vms;
     out.push_back(std::move(d));
   }
   return Json{{"providers", out}};
 }
 
-Result<Json> Controller::ProviderShow(const Json& args) {
+Result<Json> ProviderOps::ProviderShow(const Json& args) {
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   VCRYPT_ASSIGN_OR_RETURN(Json all, ProviderList());
   for (auto& p : all["providers"])
@@ -142,18 +143,18 @@ Result<Json> Controller::ProviderShow(const Json& args) {
                    "no key provider named '" + name + "'");
 }
 
-Result<Json> Controller::ProviderRemove(const Json& args,
-                                        const AuditContext& ctx) {
+Result<Json> ProviderOps::ProviderRemove(const Json& args,
+                                         const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   // Records are written once the state lock is released.
   std::vector<AuditRecord> records;
   auto r = [&]() -> Result<Json> {
-    std::lock_guard lock(mu_);
-    auto it = providers_.find(name);
-    if (it == providers_.end())
+    std::lock_guard lock(state_.mu);
+    auto it = state_.providers.find(name);
+    if (it == state_.providers.end())
       return MakeError(ErrorCode::kNotFound,
                        "no key provider named '" + name + "'");
-    for (const auto& [vn, vm] : store_.vms())
+    for (const auto& [vn, vm] : state_.store.vms())
       if (vm.provider == name)
         return MakeError(ErrorCode::kBusy,
                          "provider '" + name + "' is used by VM '" + vn +
@@ -169,10 +170,10 @@ Result<Json> Controller::ProviderRemove(const Json& args,
     AuditRecord audit = AuditRecord::For(ctx, AuditOp::kProviderRemove);
     audit.provider = name;
     audit.primary_key_id = PrimaryKeyId(*it->second);
-    std::string dir = store_.ProviderDir(name);
+    std::string dir = state_.store.ProviderDir(name);
     // Move aside first so a crash never leaves a half-deleted provider that
     // fails to load; then remove the files.
-    std::string trash = store_.dir() + "/providers/.removed-" + name;
+    std::string trash = state_.store.dir() + "/providers/.removed-" + name;
     std::error_code ec;
     std::filesystem::remove_all(trash, ec);
     if (rename(dir.c_str(), trash.c_str()) != 0) {
@@ -182,36 +183,36 @@ Result<Json> Controller::ProviderRemove(const Json& args,
       return *audit.error;
     }
     std::filesystem::remove_all(trash, ec);
-    providers_.erase(it);
+    state_.providers.erase(it);
     records.push_back(audit);
-    auto evicted = EvictKeks(
+    auto evicted = keys_.EvictKeks(
         ctx, [&](const KekCache::EntryInfo& e) { return e.provider == name; });
     records.insert(records.end(), evicted.begin(), evicted.end());
-    if (store_.default_provider() == name)
-      VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(std::nullopt));
+    if (state_.store.default_provider() == name)
+      VCRYPT_RETURN_IF_ERROR(state_.store.SetDefaultProvider(std::nullopt));
     return Json{{"removed", name}, {"evicted", evicted.size()}};
   }();
-  Audit(records);
+  state_.Audit(records);
   return r;
 }
 
-Result<Json> Controller::ProviderDefault(const Json& args) {
+Result<Json> ProviderOps::ProviderDefault(const Json& args) {
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
-  std::lock_guard lock(mu_);
-  if (!providers_.count(name))
+  std::lock_guard lock(state_.mu);
+  if (!state_.providers.count(name))
     return MakeError(ErrorCode::kNotFound,
                      "no key provider named '" + name + "'");
-  VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(name));
+  VCRYPT_RETURN_IF_ERROR(state_.store.SetDefaultProvider(name));
   return Json{{"default", name}};
 }
 
-Result<Json> Controller::ProviderBackup(const Json& args,
-                                        const SecureBuffer& password,
-                                        const AuditContext& ctx) {
+Result<Json> ProviderOps::ProviderBackup(const Json& args,
+                                         const SecureBuffer& password,
+                                         const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   if (password.empty())
     return Usage("a backup needs a non-empty password (--password-file)");
-  auto p = FindProvider(name);
+  auto p = state_.FindProvider(name);
   if (!p)
     return MakeError(ErrorCode::kNotFound,
                      "no key provider named '" + name + "'");
@@ -236,13 +237,13 @@ Result<Json> Controller::ProviderBackup(const Json& args,
                             reinterpret_cast<const uint8_t*>(bytes.data()),
                             bytes.size()))}};
   }();
-  Audit(audit.Outcome(r));
+  state_.Audit(audit.Outcome(r));
   return r;
 }
 
-Result<Json> Controller::ProviderRestore(const Json& args,
-                                         const SecureBuffer& password,
-                                         const AuditContext& ctx) {
+Result<Json> ProviderOps::ProviderRestore(const Json& args,
+                                          const SecureBuffer& password,
+                                          const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
   VCRYPT_ASSIGN_OR_RETURN(std::string p12, StrArg(args, "p12"));
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
@@ -258,8 +259,8 @@ Result<Json> Controller::ProviderRestore(const Json& args,
   audit.provider = name;
   bool attempted = false;
   auto exists = [&]() -> Status {
-    std::lock_guard lock(mu_);
-    if (providers_.count(name))
+    std::lock_guard lock(state_.mu);
+    if (state_.providers.count(name))
       return MakeError(ErrorCode::kExists, "provider '" + name +
                                                "' already exists; "
                                                "restore under another --name");
@@ -270,21 +271,21 @@ Result<Json> Controller::ProviderRestore(const Json& args,
     // One add or restore per name at a time. The key derivations (seconds,
     // by design) run outside the state lock, so vcryptd keeps answering
     // meanwhile; the backup is read from memory, never a temporary file.
-    auto guard = locks_.Lock("provider:" + name);
+    auto guard = state_.locks.Lock("provider:" + name);
     VCRYPT_RETURN_IF_ERROR(exists());
     attempted = true;
     auto p = NativeProvider::RestoreBytes(
         std::string_view(reinterpret_cast<const char*>(bytes->data()),
                          bytes->size()),
-        password, name, store_.ProviderDir(name), "the backup");
+        password, name, state_.store.ProviderDir(name), "the backup");
     if (!p.ok()) return std::move(p).error();
     audit.primary_key_id = (*p)->primary_key_id();
-    std::lock_guard lock(mu_);
-    for (const auto& [n, other] : providers_) {
+    std::lock_guard lock(state_.mu);
+    for (const auto& [n, other] : state_.providers) {
       auto* o = dynamic_cast<NativeProvider*>(other.get());
       if (o != nullptr && o->primary_key_id() == (*p)->primary_key_id()) {
         std::error_code ec;
-        std::filesystem::remove_all(store_.ProviderDir(name), ec);
+        std::filesystem::remove_all(state_.store.ProviderDir(name), ec);
         return MakeError(ErrorCode::kExists,
                          "this backup's primary key is already "
                          "configured as provider '" +
@@ -292,14 +293,14 @@ Result<Json> Controller::ProviderRestore(const Json& args,
       }
     }
     Json desc = (*p)->Describe();
-    providers_.emplace(name,
-                       std::shared_ptr<KeyProvider>(std::move(p).value()));
-    if (!store_.default_provider() ||
-        !providers_.count(*store_.default_provider()))
-      VCRYPT_RETURN_IF_ERROR(store_.SetDefaultProvider(name));
+    state_.providers.emplace(
+        name, std::shared_ptr<KeyProvider>(std::move(p).value()));
+    if (!state_.store.default_provider() ||
+        !state_.providers.count(*state_.store.default_provider()))
+      VCRYPT_RETURN_IF_ERROR(state_.store.SetDefaultProvider(name));
     return desc;
   }();
-  if (attempted) Audit(audit.Outcome(r));
+  if (attempted) state_.Audit(audit.Outcome(r));
   return r;
 }
 

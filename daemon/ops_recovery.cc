@@ -1,8 +1,10 @@
-// Recovery keys: volume.recovery_key.add and .remove (docs/recovery.md).
+// Recovery keys: volume.recovery_key.add and .remove (docs/recovery.md,
+// daemon/ops_recovery.h).
+#include "daemon/ops_recovery.h"
+
 #include <cstring>
 
 #include "common/random.h"
-#include "daemon/controller.h"
 #include "daemon/ops_util.h"
 
 namespace vcrypt {
@@ -22,12 +24,12 @@ using controller_ops::SameUuid;
 // the caller once on the wire's secret channel, and is kept nowhere else:
 // not in the inventory, the audit log, vcryptd's log or an error message.
 
-Result<Controller::RecoveryTarget> Controller::ResolveRecoveryTarget(
+Result<RecoveryOps::RecoveryTarget> RecoveryOps::ResolveRecoveryTarget(
     const Json& args) {
   RecoveryTarget t;
-  VCRYPT_ASSIGN_OR_RETURN(t.target, ResolveTarget(args));
+  VCRYPT_ASSIGN_OR_RETURN(t.target, locator_.ResolveTarget(args));
   if (t.target.vm) {
-    VCRYPT_ASSIGN_OR_RETURN(t.header, LocateVolume(&t.target));
+    VCRYPT_ASSIGN_OR_RETURN(t.header, locator_.LocateVolume(&t.target));
   } else {
     if (!Exists(t.target.device))
       return MakeError(ErrorCode::kNotFound,
@@ -49,20 +51,20 @@ Result<Controller::RecoveryTarget> Controller::ResolveRecoveryTarget(
   return t;
 }
 
-Result<SecureBuffer> Controller::RecoveryDek(const RecoveryTarget& t,
-                                             const AuditContext& ctx) {
+Result<SecureBuffer> RecoveryOps::RecoveryDek(const RecoveryTarget& t,
+                                              const AuditContext& ctx) {
   // As open does it (kek.fetch, dek.unwrap), then checked against the
   // LUKS2 digest: a keyslot for a wrong key would be useless.
   VCRYPT_ASSIGN_OR_RETURN(
       UnwrappedDek u,
-      UnwrapVolumeDek(t.token, t.header.uuid, t.target.device, ctx));
+      keys_.UnwrapVolumeDek(t.token, t.header.uuid, t.target.device, ctx));
   VCRYPT_RETURN_IF_ERROR(VerifyDek(t.target.device, u.dek));
   return std::move(u.dek);
 }
 
 // The recovery keyslot of `t`'s device, read under its volume lock, and
 // still of the same volume as when `t` was resolved.
-Result<RecoveryState> Controller::RecoveryStateOf(const RecoveryTarget& t) {
+Result<RecoveryState> RecoveryOps::RecoveryStateOf(const RecoveryTarget& t) {
   VCRYPT_ASSIGN_OR_RETURN(RecoveryState state,
                           ReadRecoveryKeyslot(t.target.device));
   if (!SameUuid(state.uuid, t.header.uuid))
@@ -72,13 +74,13 @@ Result<RecoveryState> Controller::RecoveryStateOf(const RecoveryTarget& t) {
   return state;
 }
 
-Result<Json> Controller::RecoveryKeyAdd(const Json& args,
-                                        const AuditContext& ctx,
-                                        SecureBuffer* key) {
+Result<Json> RecoveryOps::RecoveryKeyAdd(const Json& args,
+                                         const AuditContext& ctx,
+                                         SecureBuffer* key) {
   VCRYPT_ASSIGN_OR_RETURN(RecoveryTarget t, ResolveRecoveryTarget(args));
   const std::string& device = t.target.device;
   const std::string volume = t.token.vm + "/" + t.token.disk;
-  auto guard = locks_.Lock("vol:" + t.header.uuid);
+  auto guard = state_.locks.Lock("vol:" + t.header.uuid);
   // An existing recovery key is refused before the provider is asked.
   VCRYPT_ASSIGN_OR_RETURN(RecoveryState state, RecoveryStateOf(t));
   if (state.slot)
@@ -100,11 +102,11 @@ Result<Json> Controller::RecoveryKeyAdd(const Json& args,
   audit.kek_id = t.token.kek.kek_id;
   auto generated = RandomRecoveryKey();
   if (!generated.ok()) {
-    Audit(audit.Outcome(generated));
+    state_.Audit(audit.Outcome(generated));
     return std::move(generated).error();
   }
   auto added = AddRecoveryKeyslot(device, dek, *generated, NowRfc3339());
-  Audit(audit.Outcome(added));
+  state_.Audit(audit.Outcome(added));
   if (!added.ok()) return std::move(added).error();
   *key = std::move(generated).value();
   return Json{{"vm", t.token.vm},
@@ -120,12 +122,12 @@ Result<Json> Controller::RecoveryKeyAdd(const Json& args,
                 {"threads", added->threads}}}};
 }
 
-Result<Json> Controller::RecoveryKeyRemove(const Json& args,
-                                           const AuditContext& ctx) {
+Result<Json> RecoveryOps::RecoveryKeyRemove(const Json& args,
+                                            const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(RecoveryTarget t, ResolveRecoveryTarget(args));
   const std::string& device = t.target.device;
   const std::string volume = t.token.vm + "/" + t.token.disk;
-  auto guard = locks_.Lock("vol:" + t.header.uuid);
+  auto guard = state_.locks.Lock("vol:" + t.header.uuid);
   VCRYPT_ASSIGN_OR_RETURN(RecoveryState state, RecoveryStateOf(t));
   if (!state.slot)
     return MakeError(ErrorCode::kNotFound,
@@ -148,12 +150,12 @@ Result<Json> Controller::RecoveryKeyRemove(const Json& args,
                                           "; without it the volume may not "
                                           "open at all; re-run with --force to "
                                           "remove it anyway");
-      Audit(audit);
+      state_.Audit(audit);
       return *audit.error;
     }
   }
   auto removed = RemoveRecoveryKeyslot(device);
-  Audit(audit.Outcome(removed));
+  state_.Audit(audit.Outcome(removed));
   if (!removed.ok()) return std::move(removed).error();
   return Json{{"vm", t.token.vm},
               {"disk", t.token.disk},

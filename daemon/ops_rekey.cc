@@ -1,11 +1,13 @@
-// Shallow rekey (vm.rekey without --deep; docs/rekey.md) and vm.register.
+// Shallow rekey (vm.rekey without --deep; docs/rekey.md; RekeyOps in
+// daemon/ops_rekey.h).
+#include "daemon/ops_rekey.h"
+
 #include <signal.h>
 
 #include <cstring>
 
 #include "common/aead.h"
 #include "common/names.h"
-#include "daemon/controller.h"
 #include "daemon/ops_util.h"
 
 namespace vcrypt {
@@ -14,12 +16,8 @@ namespace {
 using Json = nlohmann::json;
 using controller_ops::BoolArg;
 using controller_ops::ErrorJson;
-using controller_ops::Exists;
-using controller_ops::IsBlockDevice;
 using controller_ops::OptStr;
-using controller_ops::SameUuid;
 using controller_ops::StrArg;
-using controller_ops::Usage;
 using controller_ops::VolumeAudit;
 
 }  // namespace
@@ -31,7 +29,7 @@ using controller_ops::VolumeAudit;
 // update), and both KEKs stay available until every disk carries the new
 // one. See docs/rekey.md for the crash analysis.
 
-Status Controller::WriteRewrappedToken(
+Status RekeyOps::WriteRewrappedToken(
     const VcryptToken& token, const std::string& uuid,
     const std::string& device, const PendingRekey& to, KeyProvider& to_provider,
     const SecureBuffer& new_kek, const SecureBuffer& dek,
@@ -44,11 +42,11 @@ Status Controller::WriteRewrappedToken(
       WrapKey(new_kek, dek, DekAad(uuid, to.kek.kek_id, to.provider));
   AuditRecord wrap = VolumeAudit(ctx, AuditOp::kDekWrap, token.vm, token.disk,
                                  uuid, to.provider, to.kek.kek_id);
-  Audit(wrap.Outcome(wrapped));
+  state_.Audit(wrap.Outcome(wrapped));
   VCRYPT_ASSIGN_OR_RETURN(next.dek, std::move(wrapped));
   VCRYPT_RETURN_IF_ERROR(WriteToken(device, next.ToJsonString()));
-  if (options_.crash_after_token_writes > 0 &&
-      ++token_writes_ == options_.crash_after_token_writes)
+  if (state_.options.crash_after_token_writes > 0 &&
+      ++token_writes_ == state_.options.crash_after_token_writes)
     ::raise(SIGKILL);
 
   // Read back: the header now opens with the new KEK.
@@ -66,16 +64,16 @@ Status Controller::WriteRewrappedToken(
   return Status::Ok();
 }
 
-Result<std::string> Controller::RekeyDisk(const std::string& vm,
-                                          const std::string& disk,
-                                          const PendingRekey& to,
-                                          KeyProvider& to_provider,
-                                          const SecureBuffer& new_kek,
-                                          const AuditContext& ctx) {
-  VCRYPT_ASSIGN_OR_RETURN(Target target,
-                          ResolveTarget(Json{{"vm", vm}, {"disk", disk}}));
-  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, LocateVolume(&target));
-  auto guard = locks_.Lock("vol:" + hdr.uuid);
+Result<std::string> RekeyOps::RekeyDisk(const std::string& vm,
+                                        const std::string& disk,
+                                        const PendingRekey& to,
+                                        KeyProvider& to_provider,
+                                        const SecureBuffer& new_kek,
+                                        const AuditContext& ctx) {
+  VCRYPT_ASSIGN_OR_RETURN(
+      Target target, locator_.ResolveTarget(Json{{"vm", vm}, {"disk", disk}}));
+  VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, locator_.LocateVolume(&target));
+  auto guard = state_.locks.Lock("vol:" + hdr.uuid);
   // Read again under the volume lock: two rekeys of one volume must not
   // interleave.
   VCRYPT_ASSIGN_OR_RETURN(hdr, ReadHeader(target.device));
@@ -92,8 +90,9 @@ Result<std::string> Controller::RekeyDisk(const std::string& vm,
     return std::string("already");
 
   // Audited: the old KEK's fetch and unwrap, the new KEK's wrap.
-  VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u,
-                          UnwrapVolumeDek(token, hdr.uuid, target.device, ctx));
+  VCRYPT_ASSIGN_OR_RETURN(
+      UnwrappedDek u,
+      keys_.UnwrapVolumeDek(token, hdr.uuid, target.device, ctx));
   const SecureBuffer& dek = u.dek;
   // The DEK must be the volume's before it is wrapped again: a wrong one
   // written now would lose the volume.
@@ -104,14 +103,14 @@ Result<std::string> Controller::RekeyDisk(const std::string& vm,
   return std::string("rekeyed");
 }
 
-Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
-                                 const EventSink& on_event) {
+Result<Json> RekeyOps::VmRekey(const Json& args, const AuditContext& ctx,
+                               const EventSink& on_event) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
   const auto want_provider = OptStr(args, "provider");
   const bool revoke_old = BoolArg(args, "revoke_old");
   const bool want_deep = BoolArg(args, "deep");
-  auto vm_guard = locks_.Lock("vm:" + vm);
-  VCRYPT_ASSIGN_OR_RETURN(VmRecord rec, FindVm(vm));
+  auto vm_guard = state_.locks.Lock("vm:" + vm);
+  VCRYPT_ASSIGN_OR_RETURN(VmRecord rec, state_.FindVm(vm));
 
   // 1. The new KEK: the pending one after an interrupted run, else a new
   //    one, recorded before any volume is touched.
@@ -141,11 +140,11 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
                                            : "") +
               "', then run the deep one");
     // A pending deep rekey stays deep, with or without --deep now.
-    if (to.deep && options_.reencrypt_helper.empty())
+    if (to.deep && state_.options.reencrypt_helper.empty())
       return MakeError(
           ErrorCode::kInternal,
           "this vcryptd has no reencryption helper; deep rekey is unavailable");
-    to_provider = FindProvider(to.provider);
+    to_provider = state_.FindProvider(to.provider);
     if (!to_provider)
       return MakeError(ErrorCode::kKeyUnavailable,
                        "the unfinished rekey of VM '" + vm +
@@ -154,12 +153,12 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
     AuditRecord fetch = AuditRecord::For(ctx, AuditOp::kKekFetch);
     fetch.vm = vm;
     VCRYPT_ASSIGN_OR_RETURN(SecureBuffer k,
-                            GetKek(*to_provider, to.kek, fetch));
+                            keys_.GetKek(*to_provider, to.kek, fetch));
     new_kek = std::move(k);
     resumed = true;
   } else {
     to.provider = want_provider ? *want_provider : rec.provider;
-    to_provider = FindProvider(to.provider);
+    to_provider = state_.FindProvider(to.provider);
     if (!to_provider)
       return MakeError(ErrorCode::kNotFound,
                        "no key provider named '" + to.provider + "'");
@@ -171,7 +170,7 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
     create.provider = to.provider;
     auto created = to_provider->CreateKek(vm);
     if (!created.ok()) {
-      Audit(create.Outcome(created));
+      state_.Audit(create.Outcome(created));
       return std::move(created).error();
     }
     NewKek nk = std::move(created).value();
@@ -182,18 +181,18 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
     next.rekey = to;
     Status st;
     {
-      std::lock_guard lock(mu_);
-      st = store_.PutVm(vm, next);
+      std::lock_guard lock(state_.mu);
+      st = state_.store.PutVm(vm, next);
     }
-    Audit(create.Outcome(st));
+    state_.Audit(create.Outcome(st));
     if (!st.ok()) {
       AuditRecord destroy = create;  // never used: no orphan key
       destroy.op = AuditOp::kKekDestroy;
-      Audit(destroy.Outcome(to_provider->DestroyKek(nk.ref)));
+      state_.Audit(destroy.Outcome(to_provider->DestroyKek(nk.ref)));
       return std::move(st).error();
     }
     rec = next;
-    cache_.Put(to.provider, to.kek.kek_id, vm, nk.kek.Clone());
+    state_.cache.Put(to.provider, to.kek.kek_id, vm, nk.kek.Clone());
     new_kek = std::move(nk.kek);
   }
 
@@ -244,7 +243,7 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
             " of " + std::to_string(rec.disks.size()) +
             " disk(s) still carry the old KEK, which is kept (" + first_error +
             "); fix that and run 'vcryptctl vm rekey " + vm + "' again");
-    Audit(rekeyed.Outcome(Status(e)));
+    state_.Audit(rekeyed.Outcome(Status(e)));
     return e;
   }
 
@@ -257,15 +256,15 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
   done.kek = to.kek;
   done.rekey.reset();
   {
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(state_.mu);
     // Disks added meanwhile are not possible (the VM lock is held), so the
     // record is written as computed.
-    Status st = store_.PutVm(vm, done);
-    Audit(rekeyed.Outcome(st));
+    Status st = state_.store.PutVm(vm, done);
+    state_.Audit(rekeyed.Outcome(st));
     VCRYPT_RETURN_IF_ERROR(st);
   }
   if (!(old_provider_name == to.provider && old_kek.kek_id == to.kek.kek_id))
-    Audit(EvictKeks(ctx, [&](const KekCache::EntryInfo& e) {
+    state_.Audit(keys_.EvictKeks(ctx, [&](const KekCache::EntryInfo& e) {
       return e.provider == old_provider_name && e.kek_id == old_kek.kek_id;
     }));
   Json out = {{"vm", vm},
@@ -278,7 +277,7 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
               {"disks", disks},
               {"old_kek_revoked", false}};
   if (revoke_old) {
-    auto old_provider = FindProvider(old_provider_name);
+    auto old_provider = state_.FindProvider(old_provider_name);
     Status st = old_provider
                     ? old_provider->DestroyKek(old_kek)
                     : Status(MakeError(ErrorCode::kKeyUnavailable,
@@ -288,7 +287,7 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
     destroy.vm = vm;
     destroy.provider = old_provider_name;
     destroy.kek_id = old_kek.kek_id;
-    Audit(destroy.Outcome(st));
+    state_.Audit(destroy.Outcome(st));
     if (st.ok()) {
       out["old_kek_revoked"] = true;
     } else {
@@ -297,101 +296,6 @@ Result<Json> Controller::VmRekey(const Json& args, const AuditContext& ctx,
     }
   }
   return out;
-}
-
-// --- register ----------------------------------------------------------------
-
-// Rebuilds a VM's inventory entry from its volumes' headers (after
-// `vm unregister`, or on another host). Every volume must carry a token of
-// this VM and the same KEK, and that KEK must unwrap every DEK, which the
-// LUKS2 digest then confirms: nothing is registered that this host could
-// not open.
-Result<Json> Controller::VmRegister(const Json& args, const AuditContext& ctx) {
-  VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
-  VCRYPT_RETURN_IF_ERROR(ValidateVmName(vm));
-  auto from = args.find("from");
-  if (from == args.end() || !from->is_array() || from->empty())
-    return Usage("vm register needs --from PATH (one per volume)");
-  std::vector<std::string> paths;
-  for (const auto& p : *from) {
-    if (!p.is_string() || p.get<std::string>().empty() ||
-        p.get<std::string>()[0] != '/')
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "--from takes absolute paths");
-    paths.push_back(p.get<std::string>());
-  }
-  auto guard = locks_.Lock("vm:" + vm);
-  {
-    std::lock_guard lock(mu_);
-    if (store_.vms().count(vm))
-      return MakeError(ErrorCode::kExists,
-                       "VM '" + vm + "' is already registered");
-  }
-  struct Found {
-    std::string path;
-    VolumeHeader hdr;
-    VcryptToken token;
-  };
-  std::vector<Found> found;
-  for (const auto& path : paths) {
-    if (!Exists(path))
-      return MakeError(ErrorCode::kNotFound, path + " does not exist");
-    VCRYPT_ASSIGN_OR_RETURN(VolumeHeader hdr, ReadHeader(path));
-    if (!hdr.token_json)
-      return MakeError(ErrorCode::kInvalidVolume,
-                       path + " is not a vcrypt volume (no vcrypt token)");
-    VCRYPT_ASSIGN_OR_RETURN(VcryptToken t, VcryptToken::Parse(*hdr.token_json));
-    if (t.vm != vm)
-      return MakeError(ErrorCode::kInvalidVolume,
-                       path + " holds volume " + t.vm + "/" + t.disk +
-                           " of VM '" + t.vm + "', not of '" + vm + "'");
-    for (const auto& f : found) {
-      if (f.token.disk == t.disk)
-        return MakeError(
-            ErrorCode::kInvalidArgument,
-            path + " and " + f.path + " both hold disk '" + t.disk + "'");
-      if (SameUuid(f.hdr.uuid, hdr.uuid))
-        return MakeError(ErrorCode::kInvalidArgument,
-                         path + " and " + f.path + " are the same volume");
-      if (f.token.provider_name != t.provider_name ||
-          f.token.kek.kek_id != t.kek.kek_id)
-        return MakeError(
-            ErrorCode::kInvalidVolume,
-            path + " and " + f.path +
-                " are wrapped under different KEKs (an interrupted "
-                "rekey?): register the VM from the volumes of one KEK, "
-                "or finish the rekey on the host that started it");
-    }
-    found.push_back({path, std::move(hdr), std::move(t)});
-  }
-  // Proof that this host can use the KEK: every DEK unwraps and matches.
-  std::shared_ptr<KeyProvider> provider;
-  for (const auto& f : found) {
-    VCRYPT_ASSIGN_OR_RETURN(UnwrappedDek u,
-                            UnwrapVolumeDek(f.token, f.hdr.uuid, f.path, ctx));
-    VCRYPT_RETURN_IF_ERROR(VerifyDek(f.path, u.dek));
-    provider = u.provider;
-  }
-  VmRecord rec;
-  rec.provider = provider->name();
-  rec.kek = found[0].token.kek;
-  rec.created = NowRfc3339();
-  rec.auto_unlock = !BoolArg(args, "no_auto_unlock");
-  Json disks = Json::array();
-  for (const auto& f : found) {
-    rec.disks[f.token.disk] = DiskRecord{f.path, !IsBlockDevice(f.path),
-                                         f.hdr.uuid, f.hdr.sector_size};
-    disks.push_back(
-        {{"disk", f.token.disk}, {"device", f.path}, {"uuid", f.hdr.uuid}});
-  }
-  {
-    std::lock_guard lock(mu_);
-    VCRYPT_RETURN_IF_ERROR(store_.PutVm(vm, rec));
-  }
-  return Json{{"vm", vm},
-              {"provider", rec.provider},
-              {"kek_id", rec.kek.kek_id},
-              {"disks", disks}};
 }
 
 }  // namespace vcrypt

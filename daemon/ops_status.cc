@@ -1,32 +1,28 @@
 // What vcryptd knows about volumes without opening them: status, each
-// disk's state for vm.show and volume.list, the failed opens kept in
-// memory, and cache.evict.
+// disk's state for vm.show and volume.list, and cache.evict
+// (daemon/ops_status.h).
+#include "daemon/ops_status.h"
+
 #include <cstring>
 
-#include "daemon/controller.h"
 #include "daemon/ops_util.h"
 
 namespace vcrypt {
 namespace {
 
 using Json = nlohmann::json;
+using controller_ops::AllMappings;
 using controller_ops::Exists;
 using controller_ops::GuestContent;
 using controller_ops::IsUuidText;
 using controller_ops::OptStr;
 using controller_ops::SameUuid;
-using controller_ops::UuidKey;
 
 }  // namespace
 
-Result<std::vector<MappingInfo>> Controller::AllMappings() {
-  if (!DeviceMapperAvailable()) return std::vector<MappingInfo>();
-  return ListMappings("");
-}
-
-Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
-                            const DiskRecord& d,
-                            const std::vector<MappingInfo>& maps) {
+Json StatusOps::DiskStatus(const std::string& vm, const std::string& disk,
+                           const DiskRecord& d,
+                           const std::vector<MappingInfo>& maps) {
   Json j = {{"vm", vm},
             {"disk", disk},
             {"device", d.device},
@@ -53,9 +49,9 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
                 {"since", f.since},
                 {"last_attempt", f.last_attempt}};
   };
-  auto failure = FindFailure(d.uuid);
+  auto failure = state_.failures.FindFailure(d.uuid);
   // A block device may have moved: open finds it through its udev link.
-  const std::string link = options_.by_uuid_dir + "/" + d.uuid;
+  const std::string link = state_.options.by_uuid_dir + "/" + d.uuid;
   // Neither the recorded device nor a link is the volume when it is guest
   // content (LocateVolume).
   std::string here_guest, link_guest;
@@ -68,7 +64,7 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
     link_guest = GuestContent(link);
     present = link_guest.empty();
   }
-  std::string missing_since = MissingSince(d.uuid, !present);
+  std::string missing_since = state_.failures.MissingSince(d.uuid, !present);
   if (!present) {
     j["state"] = "unavailable";
     if (failure && failure->code == ErrorCode::kNotFound) {
@@ -92,51 +88,18 @@ Json Controller::DiskStatus(const std::string& vm, const std::string& disk,
 
 // --- failed opens (memory only) -------------------------------------------
 
-void Controller::RecordFailure(const std::string& uuid, const Error& e) {
-  const std::string now = NowRfc3339();
-  std::lock_guard lock(failures_mu_);
-  auto [it, added] = failures_.try_emplace(UuidKey(uuid));
-  OpenFailure& f = it->second;
-  if (added || f.code != e.code) f.since = now;
-  f.code = e.code;
-  f.message = e.message;
-  f.last_attempt = now;
-}
-
-void Controller::ClearFailure(const std::string& uuid) {
-  std::lock_guard lock(failures_mu_);
-  failures_.erase(UuidKey(uuid));
-}
-
-std::optional<Controller::OpenFailure> Controller::FindFailure(
-    const std::string& uuid) {
-  std::lock_guard lock(failures_mu_);
-  auto it = failures_.find(UuidKey(uuid));
-  if (it == failures_.end()) return std::nullopt;
-  return it->second;
-}
-
-std::string Controller::MissingSince(const std::string& uuid, bool missing) {
-  std::lock_guard lock(failures_mu_);
-  if (!missing) {
-    missing_since_.erase(UuidKey(uuid));
-    return "";
-  }
-  return missing_since_.try_emplace(UuidKey(uuid), NowRfc3339()).first->second;
-}
-
-Result<Json> Controller::GetStatus() {
+Result<Json> StatusOps::GetStatus() {
   Json st;
   st["device_mapper"] = DeviceMapperAvailable();
-  st["state_dir"] = store_.dir();
-  VCRYPT_ASSIGN_OR_RETURN(Json provs, ProviderList());
+  st["state_dir"] = state_.store.dir();
+  VCRYPT_ASSIGN_OR_RETURN(Json provs, provider_ops_.ProviderList());
   st["providers"] = provs["providers"];
   std::map<std::string, VmRecord> vms;
   {
-    std::lock_guard lock(mu_);
-    vms = store_.vms();
-    if (store_.default_provider())
-      st["default_provider"] = *store_.default_provider();
+    std::lock_guard lock(state_.mu);
+    vms = state_.store.vms();
+    if (state_.store.default_provider())
+      st["default_provider"] = *state_.store.default_provider();
   }
   VCRYPT_ASSIGN_OR_RETURN(auto maps, AllMappings());
   Json jvms = Json::array();
@@ -144,26 +107,27 @@ Result<Json> Controller::GetStatus() {
     Json disks = Json::array();
     for (const auto& [dn, d] : vm.disks)
       disks.push_back(DiskStatus(vn, dn, d, maps));
-    jvms.push_back({{"vm", vn},
-                    {"provider", vm.provider},
-                    {"kek_id", vm.kek.kek_id},
-                    {"kek_cached", cache_.Contains(vm.provider, vm.kek.kek_id)},
-                    {"disks", disks}});
+    jvms.push_back(
+        {{"vm", vn},
+         {"provider", vm.provider},
+         {"kek_id", vm.kek.kek_id},
+         {"kek_cached", state_.cache.Contains(vm.provider, vm.kek.kek_id)},
+         {"disks", disks}});
   }
   st["vms"] = jvms;
   Json cache = Json::array();
-  for (const auto& e : cache_.List())
+  for (const auto& e : state_.cache.List())
     cache.push_back(
         {{"kek_id", e.kek_id}, {"vm", e.vm}, {"provider", e.provider}});
   st["kek_cache"] = cache;
   return st;
 }
 
-Result<Json> Controller::CacheEvict(const Json& args, const AuditContext& ctx) {
+Result<Json> StatusOps::CacheEvict(const Json& args, const AuditContext& ctx) {
   auto vm = OptStr(args, "vm");
-  auto records = EvictKeks(
+  auto records = keys_.EvictKeks(
       ctx, [&](const KekCache::EntryInfo& e) { return !vm || e.vm == *vm; });
-  Audit(records);
+  state_.Audit(records);
   return Json{{"evicted", records.size()}};
 }
 

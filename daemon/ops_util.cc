@@ -91,6 +91,11 @@ std::string GuestContent(const std::string& dev) {
   return "";
 }
 
+Result<std::vector<MappingInfo>> AllMappings() {
+  if (!DeviceMapperAvailable()) return std::vector<MappingInfo>();
+  return ListMappings("");
+}
+
 // An audit record about one volume's key.
 AuditRecord VolumeAudit(const AuditContext& ctx, AuditOp op,
                         const std::string& vm, const std::string& disk,

@@ -1,6 +1,7 @@
 // Helpers shared by the Controller's op groups (daemon/controller.h,
 // daemon/ops_*.cc): typed access to request arguments, LUKS UUID
-// comparison, and the small audit and error shapes several groups build.
+// comparison, the listing of dm mappings, and the small audit and error
+// shapes several groups build.
 // Internal to vcryptd's controller; nothing outside daemon/ includes it.
 #ifndef VCRYPT_DAEMON_OPS_UTIL_H_
 #define VCRYPT_DAEMON_OPS_UTIL_H_
@@ -9,9 +10,11 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/result.h"
 #include "daemon/audit.h"
+#include "dmtools/volume.h"
 #include "keyproviders/key_provider.h"
 
 namespace vcrypt::controller_ops {
@@ -50,6 +53,10 @@ Json ErrorJson(const Error& e);
 // guest's data, whatever header it shows (docs/boot.md, "Guest content
 // stays the guest's"); a stack that cannot be read counts as one.
 std::string GuestContent(const std::string& dev);
+
+// Every dm mapping (none without device-mapper): one listing per
+// request, looked up by LUKS UUID for each disk.
+Result<std::vector<MappingInfo>> AllMappings();
 
 // An audit record about one volume's key.
 AuditRecord VolumeAudit(const AuditContext& ctx, AuditOp op,

@@ -1,4 +1,6 @@
-// Volume ops: volume.create and volume.list.
+// Volume ops: volume.create and volume.list (daemon/ops_volumes.h).
+#include "daemon/ops_volumes.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,13 +12,13 @@
 #include "common/handles.h"
 #include "common/names.h"
 #include "common/random.h"
-#include "daemon/controller.h"
 #include "daemon/ops_util.h"
 
 namespace vcrypt {
 namespace {
 
 using Json = nlohmann::json;
+using controller_ops::AllMappings;
 using controller_ops::BoolArg;
 using controller_ops::IsBlockDevice;
 using controller_ops::OptStr;
@@ -56,8 +58,8 @@ Result<UniqueFd> CreateImageFile(const std::string& path, uint64_t size) {
 }
 }  // namespace
 
-Result<Json> Controller::VolumeCreate(const Json& args,
-                                      const AuditContext& ctx) {
+Result<Json> VolumeOps::VolumeCreate(const Json& args,
+                                     const AuditContext& ctx) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
   VCRYPT_ASSIGN_OR_RETURN(std::string disk, StrArg(args, "disk"));
   VCRYPT_RETURN_IF_ERROR(ValidateVolumeNames(vm, disk));
@@ -97,14 +99,14 @@ Result<Json> Controller::VolumeCreate(const Json& args,
                        path + " is neither a block device nor a regular file");
   }
 
-  auto vm_guard = locks_.Lock("vm:" + vm);
-  auto dev_guard = locks_.Lock("dev:" + path);
+  auto vm_guard = state_.locks.Lock("vm:" + vm);
+  auto dev_guard = state_.locks.Lock("dev:" + path);
   VmRecord rec;
   std::shared_ptr<KeyProvider> provider;
   {
-    std::lock_guard lock(mu_);
-    auto it = store_.vms().find(vm);
-    if (it == store_.vms().end())
+    std::lock_guard lock(state_.mu);
+    auto it = state_.store.vms().find(vm);
+    if (it == state_.store.vms().end())
       return MakeError(ErrorCode::kNotFound,
                        "no VM named '" + vm +
                            "'; create it with 'vcryptctl vm create " + vm +
@@ -113,13 +115,13 @@ Result<Json> Controller::VolumeCreate(const Json& args,
     if (rec.disks.count(disk))
       return MakeError(ErrorCode::kExists,
                        "VM '" + vm + "' already has a disk '" + disk + "'");
-    for (const auto& [vn, v] : store_.vms())
+    for (const auto& [vn, v] : state_.store.vms())
       for (const auto& [dn, d] : v.disks)
         if (d.device == path)
           return MakeError(ErrorCode::kExists,
                            path + " already holds volume " + vn + "/" + dn);
-    auto pit = providers_.find(rec.provider);
-    if (pit != providers_.end()) provider = pit->second;
+    auto pit = state_.providers.find(rec.provider);
+    if (pit != state_.providers.end()) provider = pit->second;
   }
   // The KEK this volume's DEK is wrapped under (kek.fetch, dek.wrap).
   AuditRecord audit = AuditRecord::For(ctx, AuditOp::kKekFetch);
@@ -131,10 +133,11 @@ Result<Json> Controller::VolumeCreate(const Json& args,
     audit.error = MakeError(ErrorCode::kKeyUnavailable,
                             "VM '" + vm + "' uses provider '" + rec.provider +
                                 "', which is not configured");
-    Audit(audit);
+    state_.Audit(audit);
     return *audit.error;
   }
-  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek, GetKek(*provider, rec.kek, audit));
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek,
+                          keys_.GetKek(*provider, rec.kek, audit));
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer dek, RandomKey(kDekSize));
 
   bool created_file = false;
@@ -146,7 +149,7 @@ Result<Json> Controller::VolumeCreate(const Json& args,
   std::string held_uuid;
   auto cleanup = [&](Error e) -> Error {
     if (created_file) ::unlink(path.c_str());
-    if (!held_uuid.empty()) (void)held_closed_.Release(held_uuid);
+    if (!held_uuid.empty()) (void)state_.held_closed.Release(held_uuid);
     return e;
   };
 
@@ -171,13 +174,13 @@ Result<Json> Controller::VolumeCreate(const Json& args,
     wrap.op = AuditOp::kDekWrap;
     wrap.provider = provider_name;
     wrap.volume = uuid;
-    Audit(wrap.Outcome(wrapped));
+    state_.Audit(wrap.Outcome(wrapped));
     VCRYPT_ASSIGN_OR_RETURN(t.dek, std::move(wrapped));
     // A new volume on a block device is held closed (held_closed.h)
     // before its token is written: the change event that the write causes
     // must not have the boot path open it under its creator.
     if (!file) {
-      VCRYPT_RETURN_IF_ERROR(held_closed_.Hold(uuid, path));
+      VCRYPT_RETURN_IF_ERROR(state_.held_closed.Hold(uuid, path));
       held_uuid = uuid;
     }
     return t.ToJsonString();
@@ -191,11 +194,11 @@ Result<Json> Controller::VolumeCreate(const Json& args,
   d.uuid = *uuid;
   d.sector_size = sector;
   {
-    std::lock_guard lock(mu_);
-    auto it = store_.vms().find(vm);
-    VmRecord next = it != store_.vms().end() ? it->second : rec;
+    std::lock_guard lock(state_.mu);
+    auto it = state_.store.vms().find(vm);
+    VmRecord next = it != state_.store.vms().end() ? it->second : rec;
     next.disks[disk] = d;
-    if (auto st = store_.PutVm(vm, next); !st.ok())
+    if (auto st = state_.store.PutVm(vm, next); !st.ok())
       return cleanup(std::move(st).error());
   }
   return Json{{"vm", vm},
@@ -205,12 +208,12 @@ Result<Json> Controller::VolumeCreate(const Json& args,
               {"sector_size", sector}};
 }
 
-Result<Json> Controller::VolumeList(const Json& args) {
+Result<Json> VolumeOps::VolumeList(const Json& args) {
   auto only = OptStr(args, "vm");
   std::map<std::string, VmRecord> vms;
   {
-    std::lock_guard lock(mu_);
-    vms = store_.vms();
+    std::lock_guard lock(state_.mu);
+    vms = state_.store.vms();
   }
   if (only && !vms.count(*only))
     return MakeError(ErrorCode::kNotFound, "no VM named '" + *only + "'");
@@ -219,7 +222,7 @@ Result<Json> Controller::VolumeList(const Json& args) {
   for (const auto& [vn, vm] : vms) {
     if (only && vn != *only) continue;
     for (const auto& [dn, d] : vm.disks)
-      out.push_back(DiskStatus(vn, dn, d, maps));
+      out.push_back(status_ops_.DiskStatus(vn, dn, d, maps));
   }
   return Json{{"volumes", out}};
 }

@@ -1,0 +1,116 @@
+#include "daemon/key_access.h"
+
+#include "common/aead.h"
+#include "daemon/ops_util.h"
+#include "daemon/unavailable_provider.h"
+
+namespace vcrypt {
+namespace {
+
+using controller_ops::VolumeAudit;
+
+}  // namespace
+
+Result<SecureBuffer> KeyAccess::GetKek(KeyProvider& provider, const KekRef& ref,
+                                       AuditRecord audit) {
+  const std::string& pname = provider.name();
+  audit.op = AuditOp::kKekFetch;
+  audit.provider = pname;
+  audit.kek_id = ref.kek_id;
+  // A cache hit is a use of the KEK too: audited, as source=cache.
+  auto from_cache = [&](SecureBuffer kek) {
+    audit.source = "cache";
+    state_.Audit(audit);
+    return kek;
+  };
+  if (auto k = state_.cache.Get(pname, ref.kek_id))
+    return from_cache(std::move(*k));
+  // One fetch per KEK even when many volumes of a VM open at once.
+  auto guard = state_.locks.Lock("kek:" + pname + "/" + ref.kek_id);
+  if (auto k = state_.cache.Get(pname, ref.kek_id))
+    return from_cache(std::move(*k));
+  audit.source = "provider";
+  Result<SecureBuffer> kek = provider.GetKek(ref);
+  if (kek.ok() && kek->size() != kKekSize)
+    kek =
+        MakeError(ErrorCode::kKeyUnavailable,
+                  "provider '" + pname + "' returned a KEK of the wrong size");
+  state_.Audit(audit.Outcome(kek));
+  if (!kek.ok()) return std::move(kek).error();
+  state_.cache.Put(pname, ref.kek_id, audit.vm, kek->Clone());
+  return kek;
+}
+
+std::vector<AuditRecord> KeyAccess::EvictKeks(
+    const AuditContext& ctx,
+    const std::function<bool(const KekCache::EntryInfo&)>& match) {
+  std::vector<AuditRecord> records;
+  for (const auto& e : state_.cache.List()) {
+    if (!match(e) || state_.cache.EvictKek(e.provider, e.kek_id) == 0) continue;
+    AuditRecord r = AuditRecord::For(ctx, AuditOp::kKekEvict);
+    r.vm = e.vm;
+    r.provider = e.provider;
+    r.kek_id = e.kek_id;
+    records.push_back(std::move(r));
+  }
+  return records;
+}
+
+Result<std::shared_ptr<KeyProvider>> KeyAccess::ProviderForToken(
+    const VcryptToken& t) {
+  std::lock_guard lock(state_.mu);
+  // Prefer the provider that recognises the key material (e.g. a native
+  // provider restored under a new name), then the one named in the token.
+  for (const auto& [n, p] : state_.providers)
+    if (p->type() == t.provider_type && p->Recognizes(t.kek)) return p;
+  auto it = state_.providers.find(t.provider_name);
+  if (it != state_.providers.end()) {
+    // The token's provider failed to load: say why, before any dm work.
+    if (auto* u = dynamic_cast<const UnavailableProvider*>(it->second.get()))
+      return u->Unavailable();
+    if (it->second->type() == t.provider_type) return it->second;
+  }
+  return MakeError(ErrorCode::kKeyUnavailable,
+                   "the volume's key provider '" + t.provider_name + "' (" +
+                       t.provider_type +
+                       ") is not configured on this host; add it "
+                       "(for native: restore its backup) and retry");
+}
+
+Result<KeyAccess::UnwrappedDek> KeyAccess::UnwrapVolumeDek(
+    const VcryptToken& token, const std::string& uuid,
+    const std::string& device, const AuditContext& ctx) {
+  return UnwrapUnderTokenKek(
+      token, token.dek, DekAad(uuid, token.kek.kek_id, token.provider_name),
+      uuid, device, "the DEK", ctx);
+}
+
+Result<KeyAccess::UnwrappedDek> KeyAccess::UnwrapUnderTokenKek(
+    const VcryptToken& token, const WrappedKey& wrapped,
+    const std::vector<uint8_t>& aad, const std::string& uuid,
+    const std::string& device, const std::string& what,
+    const AuditContext& ctx) {
+  AuditRecord audit = VolumeAudit(ctx, AuditOp::kKekFetch, token.vm, token.disk,
+                                  uuid, token.provider_name, token.kek.kek_id);
+  auto provider = ProviderForToken(token);
+  if (!provider.ok()) {
+    state_.Audit(audit.Outcome(provider));
+    return std::move(provider).error();
+  }
+  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer kek,
+                          GetKek(**provider, token.kek, audit));
+  auto dek = UnwrapKey(kek, wrapped, aad);
+  AuditRecord unwrap = audit;
+  unwrap.op = AuditOp::kDekUnwrap;
+  unwrap.provider = (*provider)->name();
+  if (!dek.ok())
+    unwrap.error = MakeError(
+        ErrorCode::kCrypto,
+        "cannot unwrap " + what + " of " + device +
+            ": the token does not belong to this volume or was altered");
+  state_.Audit(unwrap);
+  if (!dek.ok()) return *unwrap.error;
+  return UnwrappedDek{std::move(*provider), std::move(dek).value()};
+}
+
+}  // namespace vcrypt
