@@ -19,6 +19,7 @@
 #include "cli/commands.h"
 #include "common/atomic_file.h"
 #include "common/handles.h"
+#include "common/sibling_program.h"
 #include "common/wire.h"
 
 namespace vcrypt {
@@ -310,31 +311,17 @@ Status Cli::Dispatch(const std::string& cmd,
 }
 
 Status Cli::ExecAttachHelper() {
-  char self[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0)
+  auto helper =
+      FindSiblingProgram("vcrypt-attach", VCRYPT_ATTACH_HELPER_RELPATH);
+  if (!helper.ok())
     return MakeError(ErrorCode::kInternal,
-                     std::string("cannot find vcryptctl's own path: ") +
-                         std::strerror(errno));
-  std::string dir(self, static_cast<size_t>(n));
-  dir.erase(dir.rfind('/') + 1);
-  std::string helper;
-  for (const char* rel : {"vcrypt-attach", VCRYPT_ATTACH_HELPER_RELPATH}) {
-    if (access((dir + rel).c_str(), X_OK) == 0) {
-      helper = dir + rel;
-      break;
-    }
-  }
-  if (helper.empty())
-    return MakeError(ErrorCode::kInternal,
-                     "attach/detach need the helper program " + dir +
-                         VCRYPT_ATTACH_HELPER_RELPATH +
-                         ", which is missing (install vcrypt completely)");
+                     "attach/detach need the helper program vcrypt-attach: " +
+                         helper.error().message);
   out_.flush();
   err_.flush();
-  execv(helper.c_str(), const_cast<char* const*>(argv_.data()));
+  execv(helper->c_str(), const_cast<char* const*>(argv_.data()));
   return MakeError(ErrorCode::kInternal,
-                   "cannot run " + helper + ": " + std::strerror(errno));
+                   "cannot run " + *helper + ": " + std::strerror(errno));
 }
 
 }  // namespace cli_internal

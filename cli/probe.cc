@@ -4,37 +4,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cctype>
 #include <cerrno>
 #include <cstring>
 
 #include "common/handles.h"
-#include "common/names.h"
-#include "dmtools/token.h"
 #include "dmtools/volume.h"
 
 namespace vcrypt {
 namespace {
-
-// What may appear in a value printed for udev: no whitespace, quotes,
-// '=', '$', '%', backslashes or control characters.
-bool SafeValue(std::string_view v) {
-  if (v.empty()) return false;
-  for (unsigned char c : v) {
-    if (!(std::isalnum(c) || c == '_' || c == '.' || c == '-')) return false;
-  }
-  return true;
-}
-
-// 8-4-4-4-12 hex digits.
-bool CanonicalUuid(std::string_view u) {
-  if (u.size() != 36) return false;
-  for (size_t i = 0; i < u.size(); ++i) {
-    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash ? u[i] != '-' : !std::isxdigit(static_cast<unsigned char>(u[i]))) return false;
-  }
-  return true;
-}
 
 Error NotVcrypt(const std::string& device, const std::string& why) {
   return MakeError(ErrorCode::kInvalidVolume, device + " is not a vcrypt volume: " + why);
@@ -64,14 +41,6 @@ Result<bool> TooSmall(const std::string& device) {
 
 }  // namespace
 
-bool ProviderNeedsNetwork(std::string_view provider_type) {
-  return provider_type == "standard" || provider_type == "trusted";
-}
-
-std::string UnlockUnitInstance(std::string_view vm, std::string_view disk) {
-  return std::string(vm) + "-" + std::string(disk);
-}
-
 Result<ProbeInfo> ProbeDevice(const std::string& device) {
   VCRYPT_ASSIGN_OR_RETURN(bool too_small, TooSmall(device));
   if (too_small)
@@ -86,47 +55,7 @@ Result<ProbeInfo> ProbeDevice(const std::string& device) {
   }
   if (!hdr->token_json)
     return NotVcrypt(device, "a LUKS2 volume without a vcrypt token");
-  VCRYPT_ASSIGN_OR_RETURN(VcryptToken token, VcryptToken::Parse(*hdr->token_json));
-
-  // Parse validated the names; check again what goes to udev, so that
-  // this function alone guarantees safe output.
-  if (!ValidateVolumeNames(token.vm, token.disk).ok() ||
-      !ValidateProviderName(token.provider_name).ok())
-    return NotVcrypt(device, "the vcrypt token holds an invalid name");
-  if (token.provider_type != "native" && !ProviderNeedsNetwork(token.provider_type))
-    return NotVcrypt(device, "unknown provider type in the vcrypt token");
-  if (!CanonicalUuid(hdr->uuid))
-    return NotVcrypt(device, "the LUKS2 UUID is malformed");
-
-  ProbeInfo info;
-  info.vm = token.vm;
-  info.disk = token.disk;
-  info.uuid = hdr->uuid;
-  info.provider = token.provider_name;
-  info.provider_type = token.provider_type;
-  info.needs_network = ProviderNeedsNetwork(token.provider_type);
-  info.unit_instance = UnlockUnitInstance(token.vm, token.disk);
-  for (const std::string* v : {&info.vm, &info.disk, &info.uuid, &info.provider,
-                               &info.provider_type, &info.unit_instance}) {
-    if (!SafeValue(*v)) return NotVcrypt(device, "unsafe characters in the vcrypt token");
-  }
-  return info;
-}
-
-std::string FormatProbe(const ProbeInfo& info) {
-  std::string out;
-  auto line = [&](std::string_view k, std::string_view v) {
-    out.append(k).append("=").append(v).append("\n");
-  };
-  line("VCRYPT_VOLUME", "1");
-  line("VCRYPT_VM", info.vm);
-  line("VCRYPT_DISK", info.disk);
-  line("VCRYPT_UUID", info.uuid);
-  line("VCRYPT_PROVIDER", info.provider);
-  line("VCRYPT_PROVIDER_TYPE", info.provider_type);
-  line("VCRYPT_NEEDS_NETWORK", info.needs_network ? "1" : "0");
-  line("VCRYPT_UNIT", info.unit_instance);
-  return out;
+  return ProbeInfoFromToken(device, hdr->uuid, *hdr->token_json);
 }
 
 }  // namespace vcrypt

@@ -48,18 +48,11 @@
 
 #include "common/result.h"
 #include "common/secure_buffer.h"
+#include "dmtools/layout.h"
 
 namespace vcrypt {
 
 inline constexpr size_t kDekSize = 64;  // aes-xts-plain64, 2 x 256 bits
-inline constexpr std::string_view kSubsystem = "vcrypt";
-// libcryptsetup's default LUKS2 header: 2 x 16 KiB metadata plus the
-// keyslots area (kept at its default size although a vcrypt volume has no
-// keyslots: a deep rekey on libcryptsetup 2.6 needs a temporary keyslot).
-// The data area starts here.
-inline constexpr uint64_t kLuks2HeaderSize = 16ull << 20;
-// Smallest device FormatVolume accepts: the header plus 1 MiB of data.
-inline constexpr uint64_t kMinVolumeSize = kLuks2HeaderSize + (1ull << 20);
 
 // True when /dev/mapper/control exists and the kernel's dm driver answers
 // a version request. dm-crypt itself is loaded on demand by the kernel at

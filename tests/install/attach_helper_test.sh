@@ -2,7 +2,9 @@
 # An installed vcryptctl finds its helper vcrypt-attach (cli/attach.h):
 # `cmake --install` of cli/ into a staging tree (DESTDIR, as a packager
 # does, so the tree is also not where the prefix says), then attach and
-# detach through the installed vcryptctl reach libvirt's test driver.
+# detach through the installed vcryptctl reach libvirt's test driver. The
+# installed udev probe vcrypt-probe (probe/probe.h) finds the installed
+# vcryptctl, its fallback, the other way round.
 # Host only (no dm, no vcryptd); about 0.5 s.
 #   attach_helper_test.sh BUILD_DIR
 set -euo pipefail
@@ -22,6 +24,17 @@ code=$?
 set -e
 [[ $code -eq 5 && $err == "vcryptctl: no libvirt domain named 'no-such-domain'"* ]] ||
   { echo "FAIL: exit $code: $err"; exit 1; }
+# vcrypt-probe has no answer for a file of zeros and hands it to the
+# installed vcryptctl probe: "not a vcrypt volume", exit 9.
+probe=$(find "$T$prefix" -name vcrypt-probe -type f)
+[[ $probe == */libexec/vcrypt/vcrypt-probe ]] || { echo "FAIL: probe at '$probe'"; exit 1; }
+truncate -s 20M "$T/zeros.img"
+set +e
+err=$("$probe" "$T/zeros.img" 2>&1 >/dev/null)
+code=$?
+set -e
+[[ $code -eq 9 && $(wc -l <<<"$err") -eq 1 && $err == "vcryptctl: "*zeros.img* ]] ||
+  { echo "FAIL: vcrypt-probe exit $code: $err"; exit 1; }
 # Without the helper: one line, exit 1.
 rm "$helper"
 set +e
@@ -30,4 +43,12 @@ code=$?
 set -e
 [[ $code -eq 1 && $(wc -l <<<"$err") -eq 1 && $err == *"need the helper program"* ]] ||
   { echo "FAIL: exit $code without the helper: $err"; exit 1; }
+# Without vcryptctl, vcrypt-probe says so in one line, exit 1.
+rm "$ctl"
+set +e
+err=$("$probe" "$T/zeros.img" 2>&1 >/dev/null)
+code=$?
+set -e
+[[ $code -eq 1 && $(wc -l <<<"$err") -eq 1 && $err == *"install vcrypt completely"* ]] ||
+  { echo "FAIL: vcrypt-probe exit $code without vcryptctl: $err"; exit 1; }
 echo "PASS"

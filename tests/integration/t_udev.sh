@@ -1,7 +1,7 @@
 # Boot-time auto-unlock pieces (docs/boot.md) against the guest's real
-# systemd-udevd: `vcryptctl probe`, the udev rule udev/90-vcrypt.rules
-# (loaded from the build tree into /run/udev/rules.d, with the build's
-# vcryptctl as the probe program), and the unlock units' helper
+# systemd-udevd: `vcrypt-probe` and `vcryptctl probe`, the udev rule
+# udev/90-vcrypt.rules (loaded from the build tree into /run/udev/rules.d,
+# with the build's vcrypt-probe as the probe program), and the unlock units' helper
 # `vcryptctl unlock`. systemd itself (PID 1) is not part of this: the
 # rule's SYSTEMD_WANTS is checked in udev's database.
 # The unlock units run `vcryptctl unlock`; its retry policy (backoff,
@@ -10,6 +10,7 @@
 
 RULE_SRC=$VCRYPT_BUILD/udev/90-vcrypt.rules
 RULE_DST=/run/udev/rules.d/90-vcrypt.rules
+VCRYPT_PROBE=$VCRYPT_BUILD/cli/vcrypt-probe
 
 # Small LUKS2 volumes without the daemon: plain (cryptsetup) and ext4.
 make_plain_luks() {
@@ -34,8 +35,8 @@ install_rule() {
 	udevadm control --ping 2>/dev/null || fail "systemd-udevd is not running in this guest"
 	trap udev_cleanup EXIT
 	mkdir -p /run/udev/rules.d
-	sed "s|\"[^\"]*/vcryptctl probe |\"$VCRYPTCTL probe |" "$RULE_SRC" >"$RULE_DST"
-	grep -q "IMPORT{program}=\"$VCRYPTCTL probe \$devnode\"" "$RULE_DST" ||
+	sed "s|\"[^\"]*/vcrypt-probe |\"$VCRYPT_PROBE |" "$RULE_SRC" >"$RULE_DST"
+	grep -q "IMPORT{program}=\"$VCRYPT_PROBE \$devnode\"" "$RULE_DST" ||
 		fail "probe program not replaced in $RULE_DST"
 	udevadm control --reload
 }
@@ -71,16 +72,21 @@ VCRYPT_PROVIDER=p1
 VCRYPT_PROVIDER_TYPE=native
 VCRYPT_NEEDS_NETWORK=0
 VCRYPT_UNIT=web-01-root" "$out" "probe output"
+	# The fast probe (its own header reader) answers the same.
+	assert_eq "$out" "$("$VCRYPT_PROBE" "$T/v.img")" "vcrypt-probe output"
 	# On a block device too.
 	local dev
 	dev=$(attach_loop "$T/v.img")
 	assert_eq "$out" "$("$VCRYPTCTL" probe "$dev")" "probe of $dev"
+	assert_eq "$out" "$("$VCRYPT_PROBE" "$dev")" "vcrypt-probe of $dev"
 	losetup -d "$dev"
 
+	# A token imported by cryptsetup: both probes agree.
 	set_provider_type "$T/v.img" standard
 	out=$("$VCRYPTCTL" probe "$T/v.img")
 	assert_contains "$out" "VCRYPT_PROVIDER_TYPE=standard"
 	assert_contains "$out" "VCRYPT_NEEDS_NETWORK=1"
+	assert_eq "$out" "$("$VCRYPT_PROBE" "$T/v.img")" "vcrypt-probe after a token import"
 
 	make_plain_luks "$T/plain.img"
 	make_ext4 "$T/ext4.img"
@@ -89,10 +95,15 @@ VCRYPT_UNIT=web-01-root" "$out" "probe output"
 	for f in plain ext4 garbage; do
 		expect_exit 9 "$VCRYPTCTL" probe "$T/$f.img"
 		[[ -z $("$VCRYPTCTL" probe "$T/$f.img" 2>/dev/null) ]] || fail "probe printed something for $f"
+		# vcrypt-probe has no answer and hands over to vcryptctl probe.
+		expect_exit 9 "$VCRYPT_PROBE" "$T/$f.img"
+		[[ -z $("$VCRYPT_PROBE" "$T/$f.img" 2>/dev/null) ]] || fail "vcrypt-probe printed something for $f"
 	done
 	expect_exit 5 "$VCRYPTCTL" probe "$T/missing.img"
 	expect_exit 5 "$VCRYPTCTL" probe /dev/vcrypt-no-such-disk
 	expect_exit 2 "$VCRYPTCTL" probe
+	expect_exit 5 "$VCRYPT_PROBE" "$T/missing.img"
+	expect_exit 2 "$VCRYPT_PROBE"
 }
 
 test_udev_rule_fires_for_vcrypt_volumes() {

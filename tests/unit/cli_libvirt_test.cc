@@ -94,38 +94,10 @@ TEST(CliLibvirt, HelpListsAttachAndDetach) {
 // errors and exit codes, without linking libvirt itself.
 CliRun RunProgram(const std::string& bin, const std::vector<std::string>& args,
                   bool trace_libraries = false) {
-  int out[2], err[2];
-  EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
-  EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
-  std::vector<const char*> argv = {"vcryptctl", "--socket",
+  std::vector<std::string> argv = {"vcryptctl", "--socket",
                                    "/nonexistent/vcrypt.sock"};
-  for (const auto& a : args) argv.push_back(a.c_str());
-  argv.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out[1], 1);
-    dup2(err[1], 2);
-    // ld.so lists the libraries it loads instead of running the program.
-    if (trace_libraries) setenv("LD_TRACE_LOADED_OBJECTS", "1", 1);
-    execv(bin.c_str(), const_cast<char* const*>(argv.data()));
-    _exit(127);
-  }
-  close(out[1]);
-  close(err[1]);
-  auto drain = [](int fd) {
-    std::string s;
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0)
-      s.append(buf, static_cast<size_t>(n));
-    close(fd);
-    return s;
-  };
-  // Small outputs, read one after the other: stderr fits a pipe's buffer.
-  std::string o = drain(out[0]), e = drain(err[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, o, e};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return testing::RunBinary(bin, argv, trace_libraries);
 }
 
 const std::string kVcryptctl =

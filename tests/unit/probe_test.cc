@@ -1,10 +1,14 @@
-// `vcryptctl probe` (cli/probe.h): what udev imports for a block device.
-// The header tests format LUKS volumes on sparse files through
-// libcryptsetup (no device-mapper needed) and so need root; without root
-// they are skipped. The rest runs anywhere.
+// `vcryptctl probe` (cli/probe.h) and the fast probe `vcrypt-probe`
+// (probe/probe.h): what udev imports for a block device. The header tests
+// format LUKS volumes on sparse files through libcryptsetup (no
+// device-mapper needed) and so need root; without root they are skipped.
+// The rest runs anywhere.
+#include "cli/probe.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <libcryptsetup.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,12 +22,12 @@
 #include <vector>
 
 #include "cli/cli.h"
-#include "cli/probe.h"
 #include "common/aead.h"
 #include "common/handles.h"
 #include "common/random.h"
 #include "dmtools/token.h"
 #include "dmtools/volume.h"
+#include "probe/probe.h"
 #include "tests/test_util.h"
 #include "tests/unit/cli_run.h"
 
@@ -341,6 +345,260 @@ TEST_F(ProbeHeaderTest, NeverWritesTheHeader) {
   ASSERT_EQ(stat(img.c_str(), &st0), 0);
   ASSERT_TRUE(ProbeDevice(img).ok());
   EXPECT_EQ(read_header(), before);
+}
+
+// --- the fast probe (probe/probe.h, vcrypt-probe)
+// -----------------------------
+
+namespace fast {
+
+constexpr uint64_t kHdr = 16 << 10;  // libcryptsetup's default header copy size
+
+std::vector<unsigned char> ReadBytes(const std::string& path, uint64_t off,
+                                     size_t n) {
+  std::vector<unsigned char> b(n);
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  EXPECT_EQ(pread(fd.get(), b.data(), n, static_cast<off_t>(off)),
+            static_cast<ssize_t>(n));
+  return b;
+}
+
+void WriteBytes(const std::string& path, uint64_t off,
+                const std::vector<unsigned char>& b) {
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  ASSERT_EQ(pwrite(fd.get(), b.data(), b.size(), static_cast<off_t>(off)),
+            static_cast<ssize_t>(b.size()));
+}
+
+// Recomputes the SHA-256 checksum of the header copy at `off`.
+void Reseal(const std::string& path, uint64_t off) {
+  auto c = ReadBytes(path, off, kHdr);
+  std::fill(c.begin() + 448, c.begin() + 512, 0);
+  unsigned int n = 0;
+  ASSERT_EQ(
+      EVP_Digest(c.data(), c.size(), c.data() + 448, &n, EVP_sha256(), nullptr),
+      1);
+  WriteBytes(path, off, c);
+}
+
+// The primary copy's JSON text.
+std::string JsonText(const std::string& path) {
+  auto a = ReadBytes(path, 4096, kHdr - 4096);
+  return std::string(reinterpret_cast<const char*>(a.data()));
+}
+
+// Writes `text` as the JSON area of both copies, with valid checksums: a
+// header whose metadata only this test chose.
+void SetJsonText(const std::string& path, const std::string& text) {
+  ASSERT_LT(text.size(), kHdr - 4096);
+  std::vector<unsigned char> area(kHdr - 4096, 0);
+  std::copy(text.begin(), text.end(), area.begin());
+  for (uint64_t off : {uint64_t{0}, kHdr}) {
+    WriteBytes(path, off + 4096, area);
+    Reseal(path, off);
+  }
+}
+
+const std::string kProbe = std::string(VCRYPT_BINARY_DIR) + "/cli/vcrypt-probe";
+const std::string kCtl = std::string(VCRYPT_BINARY_DIR) + "/cli/vcryptctl";
+
+}  // namespace fast
+
+TEST_F(ProbeHeaderTest, FastProbeAnswersAsTheFullProbeForVcryptVolumes) {
+  for (const char* type : {"native", "standard", "trusted"}) {
+    std::string img = dir_ / (std::string(type) + ".img");
+    ASSERT_FALSE(MakeVcryptVolume(img, "db", "data", "p1", type).empty());
+    auto full = ProbeDevice(img);
+    ASSERT_TRUE(full.ok()) << full.error().message;
+    std::string why;
+    auto quick = FastProbe(img, &why);
+    ASSERT_TRUE(quick.has_value()) << type << ": " << why;
+    EXPECT_EQ(*quick, *full) << type;
+  }
+}
+
+TEST_F(ProbeHeaderTest, FastProbeHasNoAnswerWhereTheFullProbeSaysNo) {
+  MakeFile(dir_ / "zeros", kFileSize);
+  MakeFile(dir_ / "garbage", kFileSize, true);
+  MakeFile(dir_ / "empty", 0);
+  MakePlainLuks(dir_ / "luks2.img", CRYPT_LUKS2);
+  MakePlainLuks(dir_ / "luks1.img", CRYPT_LUKS1);
+  for (const char* n :
+       {"zeros", "garbage", "empty", "luks2.img", "luks1.img", "missing"}) {
+    std::string why;
+    EXPECT_FALSE(FastProbe(dir_ / n, &why).has_value()) << n;
+    EXPECT_FALSE(why.empty()) << n;
+    EXPECT_FALSE(ProbeDevice(dir_ / n).ok()) << n;
+  }
+  // Tokens the full probe refuses.
+  std::string img = dir_ / "v.img";
+  ASSERT_FALSE(MakeVcryptVolume(img, "vm1", "d0").empty());
+  const nlohmann::json good = nlohmann::json::parse(RawToken(img));
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"vm", "vm1\nVCRYPT_UNIT=../../evil"},
+           {"disk", "d-0"},
+           {"vm", ""}}) {
+    nlohmann::json t = good;
+    t[key] = value;
+    SetRawToken(img, 0, t.dump());
+    std::string why;
+    EXPECT_FALSE(FastProbe(img, &why).has_value()) << key << "=" << value;
+    EXPECT_FALSE(ProbeDevice(img).ok());
+  }
+  SetRawToken(img, 0, good.dump());
+  std::string why;
+  ASSERT_TRUE(FastProbe(img, &why).has_value()) << why;
+  SetRawToken(img, 1, good.dump());  // two vcrypt tokens: ambiguous
+  EXPECT_FALSE(FastProbe(img, &why).has_value());
+  EXPECT_EQ(why, "more than one vcrypt token");
+}
+
+// A damaged or outdated header copy is left to libcryptsetup, which reads
+// the good one: the fast probe must not answer from a copy libcryptsetup
+// would not use.
+TEST_F(ProbeHeaderTest, FastProbeLeavesDamagedHeadersToLibcryptsetup) {
+  std::string img = dir_ / "v.img";
+  ASSERT_FALSE(MakeVcryptVolume(img, "web-01", "root").empty());
+  std::string why;
+  ASSERT_TRUE(FastProbe(img, &why).has_value()) << why;
+
+  // A flipped byte in the primary JSON (the VM name, still valid JSON):
+  // without the checksum the fast probe would answer "web-00".
+  auto area = fast::ReadBytes(img, 4096, fast::kHdr - 4096);
+  std::string text(area.begin(), area.end());
+  size_t at = text.find("web-01");
+  ASSERT_NE(at, std::string::npos);
+  fast::WriteBytes(img, 4096 + at + 5, {'0'});
+  EXPECT_FALSE(FastProbe(img, &why).has_value());
+  EXPECT_EQ(why, "LUKS2 header checksum mismatch");
+  auto full = ProbeDevice(img);
+  ASSERT_TRUE(full.ok()) << full.error().message;
+  EXPECT_EQ(full->vm, "web-01");
+
+  // Two intact copies with different sequence ids (an interrupted update).
+  ASSERT_FALSE(MakeVcryptVolume(img, "web-01", "root").empty());
+  auto seq = fast::ReadBytes(img, fast::kHdr + 16, 8);
+  seq[7] ^= 1;
+  fast::WriteBytes(img, fast::kHdr + 16, seq);
+  fast::Reseal(img, fast::kHdr);
+  EXPECT_FALSE(FastProbe(img, &why).has_value());
+  EXPECT_EQ(why, "the two LUKS2 header copies differ");
+
+  // No secondary copy where the primary says.
+  ASSERT_FALSE(MakeVcryptVolume(img, "web-01", "root").empty());
+  fast::WriteBytes(img, fast::kHdr, {'X'});
+  EXPECT_FALSE(FastProbe(img, &why).has_value());
+  EXPECT_EQ(why, "no secondary LUKS2 header where the primary says");
+}
+
+// Metadata that only a crafted header holds, with valid checksums.
+TEST_F(ProbeHeaderTest, FastProbeOnCraftedMetadata) {
+  std::string img = dir_ / "v.img";
+  ASSERT_FALSE(MakeVcryptVolume(img, "vm1", "d0").empty());
+  const std::string text = fast::JsonText(img);
+  std::string why;
+  // Control: the same metadata rewritten by this test is answered.
+  fast::SetJsonText(img, nlohmann::json::parse(text).dump());
+  ASSERT_TRUE(FastProbe(img, &why).has_value()) << why;
+
+  // A duplicated member: parsers may disagree on which copy counts.
+  fast::SetJsonText(
+      img, R"({"tokens":{},)" + nlohmann::json::parse(text).dump().substr(1));
+  EXPECT_FALSE(FastProbe(img, &why).has_value());
+  EXPECT_EQ(why, "the LUKS2 JSON area has a duplicated member");
+
+  // Deep nesting within the 12 KiB area: no recursion to overflow.
+  nlohmann::json j = nlohmann::json::parse(text);
+  std::string deep = std::string(4000, '[') + std::string(4000, ']');
+  std::string dumped = j.dump();
+  fast::SetJsonText(img, R"({"x":)" + deep + "," + dumped.substr(1));
+  auto r = FastProbe(img, &why);
+  ASSERT_TRUE(r.has_value()) << why;
+  EXPECT_EQ(r->vm, "vm1");
+  fast::SetJsonText(img, R"({"x":)" + std::string(11000, '[') + "}");
+  EXPECT_FALSE(FastProbe(img, &why).has_value());
+
+  // Not NUL-terminated, not an object, a token that is no object.
+  std::vector<unsigned char> full(fast::kHdr - 4096, 'a');
+  fast::WriteBytes(img, 4096, full);
+  fast::Reseal(img, 0);
+  EXPECT_FALSE(FastProbe(img, &why).has_value());
+  EXPECT_EQ(why, "the LUKS2 JSON area is not terminated");
+  fast::SetJsonText(img, "[1,2]");
+  EXPECT_FALSE(FastProbe(img, &why).has_value());
+  fast::SetJsonText(img,
+                    R"({"tokens":{"0":"vcrypt","1":[{"type":"vcrypt"}]}})");
+  EXPECT_FALSE(FastProbe(img, &why).has_value());
+  EXPECT_EQ(why, "no vcrypt token");
+}
+
+// The program: the fast answer where it has one, vcryptctl probe's answer
+// and exit code otherwise.
+TEST_F(ProbeHeaderTest, VcryptProbeProgramAnswersAsVcryptctlProbe) {
+  std::string img = dir_ / "v.img";
+  ASSERT_FALSE(MakeVcryptVolume(img, "vm1", "d0").empty());
+  MakePlainLuks(dir_ / "luks2.img", CRYPT_LUKS2);
+  for (const std::string& dev :
+       {img, std::string(dir_ / "luks2.img"), std::string(dir_ / "missing")}) {
+    testing::CliRun a = testing::RunBinary(fast::kProbe, {"vcrypt-probe", dev});
+    testing::CliRun b =
+        testing::RunBinary(fast::kCtl, {"vcryptctl", "probe", dev});
+    EXPECT_EQ(a.code, b.code) << dev;
+    EXPECT_EQ(a.out, b.out) << dev;
+    EXPECT_EQ(a.err, b.err) << dev;
+  }
+  testing::CliRun a = testing::RunBinary(fast::kProbe, {"vcrypt-probe", img});
+  EXPECT_EQ(a.code, 0);
+  EXPECT_NE(a.out.find("VCRYPT_UNIT=vm1-d0\n"), std::string::npos) << a.out;
+  testing::CliRun p =
+      testing::RunBinary(fast::kProbe, {"vcrypt-probe", dir_ / "luks2.img"});
+  EXPECT_EQ(p.code, 9);
+  EXPECT_EQ(Lines(p.err), 1) << p.err;
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"vcrypt-probe"},
+                                             {"vcrypt-probe", "a", "b"},
+                                             {"vcrypt-probe", "--help"}}) {
+    testing::CliRun u = testing::RunBinary(fast::kProbe, args);
+    EXPECT_EQ(u.code, 2);
+    EXPECT_EQ(u.out, "");
+    EXPECT_EQ(Lines(u.err), 1) << u.err;
+  }
+}
+
+// Without vcryptctl beside it (and none installed where it looks), the
+// program still answers for vcrypt volumes; anything else is one line,
+// exit 1.
+TEST_F(ProbeHeaderTest, VcryptProbeWithoutVcryptctl) {
+  std::string img = dir_ / "v.img";
+  ASSERT_FALSE(MakeVcryptVolume(img, "vm1", "d0").empty());
+  MakePlainLuks(dir_ / "luks2.img", CRYPT_LUKS2);
+  const std::string copy = dir_ / "vcrypt-probe";
+  fs::copy_file(fast::kProbe, copy);
+  ASSERT_EQ(chmod(copy.c_str(), 0755), 0);
+  testing::CliRun a = testing::RunBinary(copy, {"vcrypt-probe", img});
+  EXPECT_EQ(a.code, 0) << a.err;
+  EXPECT_NE(a.out.find("VCRYPT_VOLUME=1\n"), std::string::npos);
+  testing::CliRun p =
+      testing::RunBinary(copy, {"vcrypt-probe", dir_ / "luks2.img"});
+  EXPECT_EQ(p.code, 1);
+  EXPECT_EQ(p.out, "");
+  EXPECT_EQ(Lines(p.err), 1) << p.err;
+  EXPECT_NE(p.err.find("install vcrypt completely"), std::string::npos)
+      << p.err;
+}
+
+// What makes it fast: it loads neither libcryptsetup nor libdevmapper (nor
+// what they pull in), unlike vcryptctl.
+TEST(ProbeTest, VcryptProbeLoadsNoLibcryptsetup) {
+  testing::CliRun p =
+      testing::RunBinary(fast::kProbe, {"vcrypt-probe", "/x"}, true);
+  ASSERT_EQ(p.code, 0) << p.err;
+  for (const char* lib :
+       {"libcryptsetup", "libdevmapper", "libjson-c", "libboost", "libblkid"})
+    EXPECT_EQ(p.out.find(lib), std::string::npos) << lib << " in:\n" << p.out;
+  testing::CliRun c = testing::RunBinary(fast::kCtl, {"vcryptctl"}, true);
+  EXPECT_NE(c.out.find("libcryptsetup"), std::string::npos) << c.out;
 }
 
 }  // namespace
