@@ -1,5 +1,7 @@
 #include "common/names.h"
 
+#include <cctype>
+
 namespace vcrypt {
 namespace {
 
@@ -59,6 +61,16 @@ std::string VolumeLabel(std::string_view vm, std::string_view disk) {
 std::string MappingName(std::string_view vm, std::string_view disk) {
   return std::string(kMappingPrefix) + std::string(vm) + "-" +
          std::string(disk);
+}
+
+bool IsUuidText(std::string_view u) {
+  if (u.size() != 36) return false;
+  for (size_t i = 0; i < u.size(); ++i) {
+    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? u[i] != '-' : !std::isxdigit(static_cast<unsigned char>(u[i])))
+      return false;
+  }
+  return true;
 }
 
 }  // namespace vcrypt

@@ -30,6 +30,10 @@ std::string VolumeLabel(std::string_view vm, std::string_view disk);
 inline constexpr std::string_view kMappingPrefix = "vcrypt-";
 std::string MappingName(std::string_view vm, std::string_view disk);
 
+// A UUID as 8-4-4-4-12 hex digits (LUKS2 UUIDs as libcryptsetup writes
+// them): safe to put into a path or print for udev.
+bool IsUuidText(std::string_view u);
+
 }  // namespace vcrypt
 
 #endif  // VCRYPT_COMMON_NAMES_H_

@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "common/names.h"
 #include "daemon/ops_util.h"
 
 namespace vcrypt {
@@ -14,7 +15,6 @@ using Json = nlohmann::json;
 using controller_ops::AllMappings;
 using controller_ops::Exists;
 using controller_ops::GuestContent;
-using controller_ops::IsUuidText;
 using controller_ops::OptStr;
 using controller_ops::SameUuid;
 

@@ -53,17 +53,6 @@ bool SameUuid(std::string_view a, std::string_view b) {
   return !a.empty() && CompactUuid(a) == CompactUuid(b);
 }
 
-// 8-4-4-4-12 hex digits: safe to put into a path.
-bool IsUuidText(std::string_view u) {
-  if (u.size() != 36) return false;
-  for (size_t i = 0; i < u.size(); ++i) {
-    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash ? u[i] != '-' : !std::isxdigit(static_cast<unsigned char>(u[i])))
-      return false;
-  }
-  return true;
-}
-
 std::string UuidKey(std::string_view uuid) { return CompactUuid(uuid); }
 
 // The primary key ID of a native provider ("" for others): what an audit

@@ -36,8 +36,6 @@ bool Exists(const std::string& path);
 std::string CompactUuid(std::string_view uuid);
 // Both name the same UUID (`a` not empty), whatever case and dashes.
 bool SameUuid(std::string_view a, std::string_view b);
-// 8-4-4-4-12 hex digits: safe to put into a path.
-bool IsUuidText(std::string_view u);
 // The key of a volume in the Controller's per-UUID maps.
 std::string UuidKey(std::string_view uuid);
 

@@ -13,7 +13,6 @@ namespace {
 using Json = nlohmann::json;
 using controller_ops::Exists;
 using controller_ops::GuestContent;
-using controller_ops::IsUuidText;
 using controller_ops::OptStr;
 using controller_ops::SameUuid;
 using controller_ops::StrArg;

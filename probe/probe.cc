@@ -27,17 +27,6 @@ bool SafeValue(std::string_view v) {
   return true;
 }
 
-// 8-4-4-4-12 hex digits.
-bool CanonicalUuid(std::string_view u) {
-  if (u.size() != 36) return false;
-  for (size_t i = 0; i < u.size(); ++i) {
-    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash ? u[i] != '-' : !std::isxdigit(static_cast<unsigned char>(u[i])))
-      return false;
-  }
-  return true;
-}
-
 Error NotVcrypt(const std::string& device, const std::string& why) {
   return MakeError(ErrorCode::kInvalidVolume,
                    device + " is not a vcrypt volume: " + why);
@@ -65,7 +54,7 @@ Result<ProbeInfo> ProbeInfoFromToken(const std::string& device,
   if (token.provider_type != "native" &&
       !ProviderNeedsNetwork(token.provider_type))
     return NotVcrypt(device, "unknown provider type in the vcrypt token");
-  if (!CanonicalUuid(uuid))
+  if (!IsUuidText(uuid))
     return NotVcrypt(device, "the LUKS2 UUID is malformed");
 
   ProbeInfo info;

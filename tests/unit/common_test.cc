@@ -117,6 +117,18 @@ TEST(Base64Test, RoundTripAndStrictness) {
   EXPECT_FALSE(Base64Decode("a===").ok());
 }
 
+// What may be put into a path or printed for udev as a UUID.
+TEST(NamesTest, UuidText) {
+  EXPECT_TRUE(IsUuidText("0b6f0d6e-6b8e-4a43-9a7e-3f2b1c0d9e8f"));
+  EXPECT_TRUE(IsUuidText("0B6F0D6E-6B8E-4A43-9A7E-3F2B1C0D9E8F"));
+  for (const char* bad : {"", "0b6f0d6e6b8e4a439a7e3f2b1c0d9e8f",
+                          "0b6f0d6e-6b8e-4a43-9a7e-3f2b1c0d9e8",
+                          "0b6f0d6e-6b8e-4a43-9a7e-3f2b1c0d9e8g",
+                          "0b6f0d6e-6b8e-4a43-9a7e_3f2b1c0d9e8f",
+                          "../../../../../../../../etc/passwd\n"})
+    EXPECT_FALSE(IsUuidText(bad)) << bad;
+}
+
 TEST(NamesTest, AcceptsAndRejects) {
   EXPECT_TRUE(ValidateVolumeNames("web-01", "disk0").ok());
   EXPECT_TRUE(ValidateVolumeNames("a.b_c", "root.img").ok());
@@ -127,7 +139,7 @@ TEST(NamesTest, AcceptsAndRejects) {
   }
   EXPECT_FALSE(ValidateDiskName("d-1").ok());  // keeps dm names unambiguous
   std::string vm(30, 'v'), disk(16, 'd');
-  EXPECT_TRUE(ValidateVolumeNames(vm, disk).ok());       // 47 bytes
+  EXPECT_TRUE(ValidateVolumeNames(vm, disk).ok());         // 47 bytes
   EXPECT_FALSE(ValidateVolumeNames(vm, disk + "x").ok());  // 48 bytes
   auto st = ValidateVmName("a/b");
   EXPECT_EQ(st.error().code, ErrorCode::kInvalidArgument);
