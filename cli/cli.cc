@@ -41,8 +41,8 @@ Key providers:
                                        (as registered there) default the
                                        host name
   provider list | show NAME | remove NAME [--force] | default NAME
-  provider backup NAME --out FILE.p12 --password-file FILE
-  provider restore FILE.p12 --name NAME --password-file FILE
+  provider backup NAME --out FILE.p12|- --password-file FILE
+  provider restore FILE.p12|- --name NAME --password-file FILE
 VMs:
   vm create VM [--provider NAME] [--no-auto-unlock]
   vm list | show VM | unregister VM | delete VM [--erase] [--destroy-key]
@@ -157,6 +157,27 @@ Result<SecureBuffer> ReadSecretFile(const std::string& path,
     return MakeError(ErrorCode::kInvalidArgument,
                      what + " " + path + " is empty");
   return buf;
+}
+
+Result<std::string> ReadStdin(size_t max, const std::string& what) {
+  std::string data;
+  char buf[4096];
+  for (;;) {
+    ssize_t r = read(STDIN_FILENO, buf, sizeof(buf));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0)
+      return MakeError(ErrorCode::kIo, "cannot read " + what + " from stdin: " +
+                                           std::strerror(errno));
+    if (r == 0) break;
+    if (data.size() + static_cast<size_t>(r) > max)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       what + " on stdin is larger than " +
+                           std::to_string(max >> 10) + " KiB");
+    data.append(buf, static_cast<size_t>(r));
+  }
+  if (data.empty())
+    return MakeError(ErrorCode::kInvalidArgument, what + " on stdin is empty");
+  return data;
 }
 
 Result<SecureBuffer> ReadPasswordFile(const std::string& path) {

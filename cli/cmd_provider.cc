@@ -1,5 +1,6 @@
 // vcryptctl provider ...: add, list, show, remove, default, backup, restore.
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -102,7 +103,10 @@ Status Cli::Provider(const std::vector<std::string>& a) {
                   {"type", "TYPE"},
                   {"default", "DEFAULT"},
                   {"vms", "VMS"},
-                  {"state", "STATE"}});
+                  {"state", "STATE"},
+                  // Native only: hosts that share a provider (restored
+                  // from one backup) show the same ID.
+                  {"primary_key_id", "PRIMARY KEY"}});
     });
     return Status::Ok();
   }
@@ -138,9 +142,22 @@ Status Cli::Provider(const std::vector<std::string>& a) {
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "provider backup"));
     if (outp.empty() || pwf.empty())
       return UsageError(
-          "provider backup needs --out FILE and --password-file FILE");
+          "provider backup needs --out FILE|- and --password-file FILE");
+    // "--out -": the PKCS#12 bytes on stdout, for a pipe to another host
+    // (`... | ssh host2 vcryptctl provider restore - ...`); the one line of
+    // confirmation then goes to stderr, and --json, which would share
+    // stdout, is refused.
+    const bool to_stdout = outp == "-";
+    if (to_stdout && json_)
+      return UsageError(
+          "provider backup --out - writes the backup itself to "
+          "stdout; it takes no --json");
+    if (to_stdout && out_.rdbuf() == std::cout.rdbuf() && isatty(STDOUT_FILENO))
+      return UsageError(
+          "provider backup --out - refuses to write to a "
+          "terminal; pipe it or give a file");
     struct stat st;
-    if (stat(outp.c_str(), &st) == 0)
+    if (!to_stdout && stat(outp.c_str(), &st) == 0)
       return MakeError(ErrorCode::kExists,
                        outp + " already exists; choose another --out");
     VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pw, ReadPasswordFile(pwf));
@@ -149,11 +166,21 @@ Status Cli::Provider(const std::vector<std::string>& a) {
     auto bytes = Base64Decode(r.value("p12", ""));
     if (!bytes.ok() || bytes->empty())
       return MakeError(ErrorCode::kInternal, "vcryptd returned no backup data");
+    const std::string key_id = r.value("primary_key_id", "");
+    if (to_stdout) {
+      out_.write(reinterpret_cast<const char*>(bytes->data()),
+                 static_cast<std::streamsize>(bytes->size()));
+      out_.flush();
+      if (!out_)
+        return MakeError(ErrorCode::kIo, "cannot write the backup to stdout");
+      err_ << "backed up provider '" << s.words[0] << "' (primary key "
+           << key_id << ") to stdout\n";
+      return Status::Ok();
+    }
     // Checked above already; a file made since is still never replaced.
     VCRYPT_RETURN_IF_ERROR(WriteNewFile(outp, *bytes, 0600));
-    Json shown = {{"name", s.words[0]},
-                  {"out", outp},
-                  {"primary_key_id", r.value("primary_key_id", "")}};
+    Json shown = {
+        {"name", s.words[0]}, {"out", outp}, {"primary_key_id", key_id}};
     Print(shown, [&](const Json&) {
       out_ << "backed up provider '" << s.words[0] << "' to " << outp << "\n";
     });
@@ -167,7 +194,15 @@ Status Cli::Provider(const std::vector<std::string>& a) {
     if (name.empty() || pwf.empty())
       return UsageError(
           "provider restore needs --name NAME and --password-file FILE");
-    auto p12 = ReadFile(s.words[0]);
+    // FILE "-": the backup from stdin (the other end of `provider backup
+    // --out -`); the password must then come from a file of its own.
+    const bool from_stdin = s.words[0] == "-";
+    if (from_stdin && (pwf == "-" || pwf == "/dev/stdin"))
+      return UsageError(
+          "provider restore - reads the backup from stdin; give the password "
+          "in a file of its own");
+    auto p12 = from_stdin ? ReadStdin(kMaxBackupSize, "the backup")
+                          : ReadFile(s.words[0]);
     if (!p12.ok()) return std::move(p12).error();
     VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pw, ReadPasswordFile(pwf));
     std::span<const uint8_t> bytes(

@@ -49,6 +49,12 @@ Result<Sub> ParseSub(const std::vector<std::string>& args,
 
 // A secret file (password, private key) read straight into locked memory;
 // with strip_newline one trailing newline goes, so `echo pw > file` works.
+// The largest provider backup (PKCS#12) `provider restore -` reads from
+// stdin; a native provider's is about 3 KiB.
+inline constexpr size_t kMaxBackupSize = 64 << 10;
+// All of stdin, at most `max` bytes: kInvalidArgument naming `what` when
+// it is larger or empty, kIo when it cannot be read.
+Result<std::string> ReadStdin(size_t max, const std::string& what);
 Result<SecureBuffer> ReadSecretFile(const std::string& path,
                                     const std::string& what,
                                     bool strip_newline);

@@ -39,24 +39,36 @@ inline CliRun RunCtl(const std::vector<std::string>& args) {
 
 // Runs program `bin` with `argv` (argv[0] included) and collects its exit
 // code and output. With `trace_libraries`, ld.so lists the shared
-// libraries the program loads instead of running it.
+// libraries the program loads instead of running it. `input` (at most
+// 1 MiB, what a pipe's buffer can be raised to) is its stdin.
 inline CliRun RunBinary(const std::string& bin,
                         const std::vector<std::string>& argv,
-                        bool trace_libraries = false) {
-  int out[2], err[2];
+                        bool trace_libraries = false,
+                        const std::string& input = "") {
+  int out[2], err[2], in[2];
   EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
   EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
+  EXPECT_EQ(pipe2(in, O_CLOEXEC), 0);
+  EXPECT_LE(input.size(), 1u << 20);
+  if (input.size() > 65536) {
+    EXPECT_GE(fcntl(in[1], F_SETPIPE_SZ, 1 << 20), 0);
+  }
+  EXPECT_EQ(write(in[1], input.data(), input.size()),
+            static_cast<ssize_t>(input.size()));
+  close(in[1]);
   std::vector<const char*> args;
   for (const auto& a : argv) args.push_back(a.c_str());
   args.push_back(nullptr);
   pid_t pid = fork();
   if (pid == 0) {
+    dup2(in[0], 0);
     dup2(out[1], 1);
     dup2(err[1], 2);
     if (trace_libraries) setenv("LD_TRACE_LOADED_OBJECTS", "1", 1);
     execv(bin.c_str(), const_cast<char* const*>(args.data()));
     _exit(127);
   }
+  close(in[0]);
   close(out[1]);
   close(err[1]);
   auto drain = [](int fd) {
