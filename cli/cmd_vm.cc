@@ -115,17 +115,28 @@ Status Cli::Vm(const std::vector<std::string>& a) {
     return Status::Ok();
   }
   if (sub == "set") {
-    std::string auto_unlock;
+    std::string auto_unlock, away;
     po::options_description o;
-    o.add_options()("auto-unlock", po::value(&auto_unlock));
+    o.add_options()("auto-unlock", po::value(&auto_unlock))("away",
+                                                            po::value(&away));
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "vm set"));
-    if (auto_unlock != "on" && auto_unlock != "off")
-      return UsageError("vm set needs --auto-unlock on|off");
-    VCRYPT_ASSIGN_OR_RETURN(
-        Json r, Call("vm.set", {{"vm", s.words[0]},
-                                {"auto_unlock", auto_unlock == "on"}}));
-    Print(r, [&](const Json&) {
-      out_ << "VM '" << s.words[0] << "': auto-unlock " << auto_unlock << "\n";
+    auto on_off = [](const std::string& v) {
+      return v.empty() || v == "on" || v == "off";
+    };
+    if ((auto_unlock.empty() && away.empty()) || !on_off(auto_unlock) ||
+        !on_off(away))
+      return UsageError(
+          "vm set needs --auto-unlock on|off and/or --away on|off");
+    Json req = {{"vm", s.words[0]}};
+    if (!auto_unlock.empty()) req["auto_unlock"] = auto_unlock == "on";
+    if (!away.empty()) req["away"] = away == "on";
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("vm.set", req));
+    Print(r, [&](const Json& j) {
+      out_ << "VM '" << s.words[0] << "': auto-unlock "
+           << (j.value("auto_unlock", true) ? "on" : "off") << ", "
+           << (j.value("away", false) ? "away (runs on another host)"
+                                      : "runs here")
+           << "\n";
     });
     return Status::Ok();
   }

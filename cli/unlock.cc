@@ -186,6 +186,13 @@ Status UnlockVolume(const std::string& vm, const std::string& disk,
     io.log(vol + ": auto-unlock is off for VM '" + vm + "'; not unlocking it");
     return Status::Ok();
   }
+  if (skipped == "away") {
+    io.log(vol + ": VM '" + vm +
+           "' migrated to another host; not unlocking it here ('vcryptctl "
+           "vm set " +
+           vm + " --away off' if it runs here again)");
+    return Status::Ok();
+  }
   if (!skipped.empty())
     return MakeError(
         ErrorCode::kInternal,

@@ -86,6 +86,7 @@ std::vector<std::pair<std::string, std::string>> AuditFields(const AuditRecord& 
   add("kek_id", r.kek_id);
   add("primary_key_id", r.primary_key_id);
   add("source", r.source);
+  add("reason", r.reason);
   f.emplace_back("result",
                  r.error ? std::string(ErrorCodeName(r.error->code)) : "ok");
   if (r.error) add("error", r.error->message);

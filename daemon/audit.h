@@ -79,6 +79,7 @@ struct AuditRecord {
   std::string kek_id;
   std::string primary_key_id;  // provider.* ops of native providers
   std::string source;          // kek.fetch: "cache" or "provider"
+  std::string reason;          // kek.evict by vm.depart: "migrated", "saved"
   std::optional<Error> error;  // nullopt: result=ok
 
   // A record of `op` for the request in `ctx`.
@@ -103,7 +104,8 @@ struct AuditRecord {
 
 // The fields of `r` as (name, raw value) pairs, in line order, without
 // the empty ones: "uid", "op", "request", "vm", "disk", "volume",
-// "provider", "kek_id", "primary_key_id", "source", "result", "error".
+// "provider", "kek_id", "primary_key_id", "source", "reason", "result",
+// "error".
 // "result" is "ok" or the error code name (ErrorCodeName); "error" is the
 // error message.
 std::vector<std::pair<std::string, std::string>> AuditFields(const AuditRecord& r);

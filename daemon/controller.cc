@@ -82,7 +82,8 @@ Controller::Controller(ControllerOptions options, StateDirLock lock,
       volume_ops_(state_, keys_, status_ops_),
       rekey_ops_(state_, keys_, locator_),
       open_ops_(state_, keys_, locator_, rekey_ops_),
-      recovery_ops_(state_, keys_, locator_) {}
+      recovery_ops_(state_, keys_, locator_),
+      migration_ops_(state_, keys_, locator_) {}
 
 Result<std::unique_ptr<Controller>> Controller::Create(
     ControllerOptions options) {
@@ -245,6 +246,12 @@ const std::vector<Controller::Op>& Controller::Ops() {
        [](C c, Q q) { return c.vm_ops_.VmRegister(q.args, q.ctx); }},
       {"vm.unregister", Role::kOperator,
        [](C c, Q q) { return c.vm_ops_.VmUnregister(q.args, false, q.ctx); }},
+      // The libvirt hook's, on each side of a live migration
+      // (docs/cluster.md).
+      {"vm.incoming", Role::kOperator,
+       [](C c, Q q) { return c.migration_ops_.VmIncoming(q.args, q.ctx); }},
+      {"vm.depart", Role::kOperator,
+       [](C c, Q q) { return c.migration_ops_.VmDepart(q.args, q.ctx); }},
       // Reports progress (docs/protocol.md, "Events") to whoever listens.
       {"vm.rekey", Role::kOperator,
        [](C c, Q q) {

@@ -40,6 +40,7 @@
 //                        deep (ops_deep_rekey.cc)
 //   ops_recovery.h       RecoveryOps: volume.recovery_key.*
 //   ops_status.h         StatusOps: status, cache.evict, DiskStatus
+//   ops_migration.h      MigrationOps: vm.incoming, vm.depart
 //   ops_util.h           argument, UUID, mapping and audit helpers
 // Calls between groups, all one way: StatusOps -> ProviderOps (status
 // lists providers), VmOps and VolumeOps -> StatusOps (DiskStatus), OpenOps
@@ -71,6 +72,7 @@
 #include "daemon/kek_cache.h"
 #include "daemon/key_access.h"
 #include "daemon/named_locks.h"
+#include "daemon/ops_migration.h"
 #include "daemon/ops_open.h"
 #include "daemon/ops_providers.h"
 #include "daemon/ops_recovery.h"
@@ -178,6 +180,7 @@ class Controller {
   RekeyOps rekey_ops_;
   OpenOps open_ops_;
   RecoveryOps recovery_ops_;
+  MigrationOps migration_ops_;
 };
 
 }  // namespace vcrypt

@@ -1,6 +1,7 @@
 #include "daemon/key_access.h"
 
 #include "common/aead.h"
+#include "common/names.h"
 #include "daemon/ops_util.h"
 #include "daemon/unavailable_provider.h"
 
@@ -70,11 +71,25 @@ Result<std::shared_ptr<KeyProvider>> KeyAccess::ProviderForToken(
       return u->Unavailable();
     if (it->second->type() == t.provider_type) return it->second;
   }
+  // A native key is that primary key's, whatever the provider's name: say
+  // which one a host needs (docs/cluster.md).
+  if (t.provider_type == "native" && t.kek.data.is_object() &&
+      t.kek.data.contains("primary_key_id") &&
+      t.kek.data["primary_key_id"].is_string()) {
+    std::string id = t.kek.data["primary_key_id"].get<std::string>();
+    if (!IsUuidText(id)) id = "(invalid)";
+    return MakeError(ErrorCode::kKeyUnavailable,
+                     "native provider '" + t.provider_name +
+                         "' with primary key " + id +
+                         " is not configured on this host; restore its "
+                         "backup here ('vcryptctl provider restore') and "
+                         "retry");
+  }
   return MakeError(ErrorCode::kKeyUnavailable,
                    "the volume's key provider '" + t.provider_name + "' (" +
                        t.provider_type +
                        ") is not configured on this host; add it "
-                       "(for native: restore its backup) and retry");
+                       "and retry");
 }
 
 Result<KeyAccess::UnwrappedDek> KeyAccess::UnwrapVolumeDek(

@@ -39,6 +39,9 @@ Result<Json> OpenOps::Open(const Json& args, const AuditContext& ctx) {
     if (!vm.ok()) return std::move(vm).error();
     if (!vm->auto_unlock)
       return Json{{"vm", *it}, {"skipped", "auto_unlock_off"}};
+    // It runs on another host now (docs/cluster.md): neither its volumes
+    // nor its KEK are this host's business until it comes back.
+    if (!vm->away_since.empty()) return Json{{"vm", *it}, {"skipped", "away"}};
   }
   std::string uuid;
   auto r = OpenVolume(args, ctx, &uuid);
@@ -221,7 +224,8 @@ Result<Json> OpenOps::OpenAll(const Json& args, const AuditContext& ctx) {
   {
     std::lock_guard lock(state_.mu);
     for (const auto& [vn, vm] : state_.store.vms()) {
-      if (!vm.auto_unlock) continue;
+      // A VM that migrated away is opened where it runs, not here.
+      if (!vm.auto_unlock || !vm.away_since.empty()) continue;
       for (const auto& [dn, d] : vm.disks)
         if (!files_only || d.is_file) items.push_back({vn, dn, d.uuid});
     }

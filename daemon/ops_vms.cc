@@ -95,6 +95,7 @@ Result<Json> VmOps::VmList() {
          {"auto_unlock", vm.auto_unlock},
          {"disks", vm.disks.size()},
          {"created", vm.created}});
+    if (!vm.away_since.empty()) out.back()["away_since"] = vm.away_since;
   }
   return Json{{"vms", out}};
 }
@@ -106,32 +107,48 @@ Result<Json> VmOps::VmShow(const Json& args) {
   Json disks = Json::array();
   for (const auto& [dn, d] : rec.disks)
     disks.push_back(status_ops_.DiskStatus(vm, dn, d, maps));
-  return Json{
-      {"vm", vm},
-      {"provider", rec.provider},
-      {"kek_id", rec.kek.kek_id},
-      {"kek_cached", state_.cache.Contains(rec.provider, rec.kek.kek_id)},
-      {"auto_unlock", rec.auto_unlock},
-      {"created", rec.created},
-      {"disks", disks}};
+  Json out{{"vm", vm},
+           {"provider", rec.provider},
+           {"kek_id", rec.kek.kek_id},
+           {"kek_cached", state_.cache.Contains(rec.provider, rec.kek.kek_id)},
+           {"auto_unlock", rec.auto_unlock},
+           {"created", rec.created},
+           {"disks", disks}};
+  if (!rec.away_since.empty()) out["away_since"] = rec.away_since;
+  return out;
 }
 
-// Settings of a registered VM; today only auto_unlock (read by the boot
-// units through vm.show, and by open_all).
+// Settings of a registered VM, read by the boot path (vm.show, open with
+// `boot`, open_all with `auto`): auto_unlock, and away (the VM runs on
+// another host: docs/cluster.md). Either or both.
 Result<Json> VmOps::VmSet(const Json& args) {
   VCRYPT_ASSIGN_OR_RETURN(std::string vm, StrArg(args, "vm"));
-  auto it_arg = args.find("auto_unlock");
-  if (it_arg == args.end() || !it_arg->is_boolean())
-    return Usage("vm set needs --auto-unlock on|off");
+  auto auto_arg = args.find("auto_unlock");
+  auto away_arg = args.find("away");
+  const bool has_auto = auto_arg != args.end();
+  const bool has_away = away_arg != args.end();
+  if ((!has_auto && !has_away) || (has_auto && !auto_arg->is_boolean()) ||
+      (has_away && !away_arg->is_boolean()))
+    return Usage("vm set needs --auto-unlock on|off and/or --away on|off");
   auto guard = state_.locks.Lock("vm:" + vm);
   std::lock_guard lock(state_.mu);
   auto it = state_.store.vms().find(vm);
   if (it == state_.store.vms().end())
     return MakeError(ErrorCode::kNotFound, "no VM named '" + vm + "'");
   VmRecord rec = it->second;
-  rec.auto_unlock = it_arg->get<bool>();
+  if (has_auto) rec.auto_unlock = auto_arg->get<bool>();
+  if (has_away) {
+    const bool away = away_arg->get<bool>();
+    // Keeps the first departure's time when set again.
+    if (!away)
+      rec.away_since.clear();
+    else if (rec.away_since.empty())
+      rec.away_since = NowRfc3339();
+  }
   VCRYPT_RETURN_IF_ERROR(state_.store.PutVm(vm, rec));
-  return Json{{"vm", vm}, {"auto_unlock", rec.auto_unlock}};
+  return Json{{"vm", vm},
+              {"auto_unlock", rec.auto_unlock},
+              {"away", !rec.away_since.empty()}};
 }
 
 Result<Json> VmOps::VmUnregister(const Json& args, bool is_delete,

@@ -36,6 +36,7 @@ json VmToJson(const VmRecord& vm) {
                   {"kek", {{"id", vm.rekey->kek.kek_id}, {"data", vm.rekey->kek.data}}},
                   {"started", vm.rekey->started}};
   if (vm.rekey && vm.rekey->deep) j["rekey"]["deep"] = true;
+  if (!vm.away_since.empty()) j["away_since"] = vm.away_since;
   return j;
 }
 
@@ -54,6 +55,7 @@ Result<VmRecord> VmFromJson(const std::string& name, const json& j) {
     if (!vm.kek.data.is_object()) return bad("kek.data");
     vm.auto_unlock = j.value("auto_unlock", true);
     vm.created = j.value("created", "");
+    vm.away_since = j.value("away_since", "");
     if (j.contains("rekey")) {
       const json& r = j.at("rekey");
       PendingRekey p;

@@ -56,6 +56,11 @@ struct VmRecord {
   std::string created;   // RFC 3339 UTC
   std::map<std::string, DiskRecord> disks;
   std::optional<PendingRekey> rekey;
+  // Set (RFC 3339 UTC) when the VM left this host by live migration
+  // (docs/cluster.md): the boot path then neither opens its volumes nor
+  // fetches its KEK. Cleared when the VM comes back (a migration in, a
+  // start through the libvirt hook) or by `vm set --away off`.
+  std::string away_since;
 };
 
 // One vcryptd per state directory: an exclusive open file description

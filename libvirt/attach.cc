@@ -41,6 +41,40 @@ std::optional<DomainDisk> Find(const std::optional<DomainXml>& d,
 // QEMU refuses a second device_del while the guest has not acknowledged
 // the first one; libvirt passes that on as an internal error with this
 // text. For detach it means "already requested": keep waiting.
+// `entries` with `m` in place of any entry of the same volume (appended
+// when there is none), or without it when `m` is null.
+std::vector<VolumeMeta> WithEntry(std::vector<VolumeMeta> entries,
+                                  const VolumeRef& v, const VolumeMeta* m) {
+  std::vector<VolumeMeta> out;
+  for (auto& e : entries)
+    if (!(e.volume() == v)) out.push_back(std::move(e));
+  if (m != nullptr) out.push_back(*m);
+  return out;
+}
+
+// Writes the vcrypt metadata of the live domain and/or its persistent
+// configuration (each from its own current entries) with `v` set to `m`,
+// or removed when `m` is null. Unchanged when it already says so.
+Status UpdateMetadata(LibvirtDomain& dom, const DomainState& st,
+                      const VolumeRef& v, const VolumeMeta* m) {
+  struct Side {
+    const std::optional<DomainXml>& xml;
+    unsigned int flag;
+  };
+  for (const Side& side : {Side{st.live, VIR_DOMAIN_AFFECT_LIVE},
+                           Side{st.config, VIR_DOMAIN_AFFECT_CONFIG}}) {
+    if (!side.xml) continue;
+    std::vector<VolumeMeta> next = WithEntry(side.xml->vcrypt_volumes, v, m);
+    if (next == side.xml->vcrypt_volumes) continue;
+    std::string xml;
+    if (!next.empty()) {
+      VCRYPT_ASSIGN_OR_RETURN(xml, BuildVolumesMetadata(next));
+    }
+    VCRYPT_RETURN_IF_ERROR(dom.SetVcryptMetadata(xml, side.flag));
+  }
+  return Status::Ok();
+}
+
 bool UnplugAlreadyRequested(const Error& e) {
   return e.message.find("already in the process of unplug") !=
          std::string::npos;
@@ -90,11 +124,20 @@ Result<AttachOutcome> AttachVolume(Libvirt& lv, VolumeControl& vols,
     // The hook opens it when the domain starts; nothing to map now.
     VCRYPT_RETURN_IF_ERROR(vols.CheckKnown(v));
   }
-  unsigned int flags = (st.active ? VIR_DOMAIN_AFFECT_LIVE : 0) |
-                       (st.persistent ? VIR_DOMAIN_AFFECT_CONFIG : 0);
-  Status a = dom.AttachDevice(xml, flags);
+  // What another host needs to open it travels in the domain XML
+  // (docs/cluster.md), recorded before the disk so that a domain never
+  // has a vcrypt disk that it cannot migrate with.
+  Status a = [&]() -> Status {
+    VCRYPT_ASSIGN_OR_RETURN(VolumeMeta meta, vols.Describe(v));
+    VCRYPT_RETURN_IF_ERROR(UpdateMetadata(dom, st, v, &meta));
+    unsigned int flags = (st.active ? VIR_DOMAIN_AFFECT_LIVE : 0) |
+                         (st.persistent ? VIR_DOMAIN_AFFECT_CONFIG : 0);
+    return dom.AttachDevice(xml, flags);
+  }();
   if (!a.ok()) {
     Error e = std::move(a).error();
+    if (auto now = ReadState(dom); now.ok())
+      (void)UpdateMetadata(dom, *now, v, nullptr);
     if (out.opened) {
       Status c = vols.Close(v);
       if (c.ok())
@@ -162,6 +205,11 @@ Result<DetachOutcome> DetachVolume(Libvirt& lv, VolumeControl& vols,
     }
     out.persistent = true;
   }
+  // The entry goes with the disk; one left behind is harmless (the hook
+  // only acts on entries of disks the domain has), so a failure here
+  // does not fail the detach.
+  if (auto now = ReadState(dom); now.ok())
+    (void)UpdateMetadata(dom, *now, v, nullptr);
 
   Status c = vols.Close(v);
   if (c.ok()) {

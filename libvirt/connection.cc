@@ -111,4 +111,23 @@ Status LibvirtDomain::DetachDevice(const std::string& xml, unsigned int flags) {
   return Status::Ok();
 }
 
+Status LibvirtDomain::SetVcryptMetadata(const std::string& xml,
+                                        unsigned int flags) {
+  if (virDomainSetMetadata(dom_.get(), VIR_DOMAIN_METADATA_ELEMENT,
+                           xml.empty() ? nullptr : xml.c_str(),
+                           xml.empty() ? nullptr : kVcryptMetadataPrefix,
+                           kVcryptMetadataUri, flags) != 0)
+    return LastLibvirtError(
+        "libvirt refused to record vcrypt's metadata in domain '" + name_ +
+        "'");
+  return Status::Ok();
+}
+
+Result<LibvirtDomain::State> LibvirtDomain::GetState() const {
+  State st;
+  if (virDomainGetState(dom_.get(), &st.state, &st.reason, 0) != 0)
+    return LastLibvirtError("domain '" + name_ + "'");
+  return st;
+}
+
 }  // namespace vcrypt

@@ -32,6 +32,16 @@ class LibvirtDomain {
   // (VIR_DOMAIN_AFFECT_LIVE and/or VIR_DOMAIN_AFFECT_CONFIG).
   Status AttachDevice(const std::string& xml, unsigned int flags);
   Status DetachDevice(const std::string& xml, unsigned int flags);
+  // virDomainSetMetadata of the vcrypt element (kVcryptMetadataUri,
+  // prefix "vcrypt") with `flags`; an empty `xml` removes it.
+  Status SetVcryptMetadata(const std::string& xml, unsigned int flags);
+  // virDomainGetState: the state (VIR_DOMAIN_*) and its reason
+  // (VIR_DOMAIN_SHUTOFF_MIGRATED, ...).
+  struct State {
+    int state = 0;
+    int reason = 0;
+  };
+  Result<State> GetState() const;
 
  private:
   friend class Libvirt;

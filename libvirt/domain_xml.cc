@@ -36,6 +36,39 @@ std::string Content(const xmlNode* n) {
   return v ? reinterpret_cast<const char*>(v.get()) : "";
 }
 
+bool InVcryptNs(const xmlNode* n, const char* name) {
+  return IsElement(n, name) && n->ns != nullptr && n->ns->href != nullptr &&
+         xmlStrcmp(n->ns->href, X(kVcryptMetadataUri)) == 0;
+}
+
+// The entries of a <volumes> element in the vcrypt namespace.
+Result<std::vector<VolumeMeta>> ReadVolumes(const xmlNode* volumes) {
+  std::vector<VolumeMeta> out;
+  for (const xmlNode* c = volumes->children; c != nullptr; c = c->next) {
+    if (!InVcryptNs(c, "volume")) continue;
+    if (out.size() == kMaxMetadataVolumes)
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the vcrypt metadata lists more than " +
+                           std::to_string(kMaxMetadataVolumes) + " volumes");
+    VolumeMeta m{Prop(c, "vm"),
+                 Prop(c, "disk"),
+                 Prop(c, "uuid"),
+                 Prop(c, "provider"),
+                 Prop(c, "provider-type"),
+                 Prop(c, "kek-id"),
+                 Prop(c, "primary-key-id"),
+                 Prop(c, "image")};
+    VCRYPT_RETURN_IF_ERROR(ValidateVolumeMeta(m));
+    for (const auto& o : out)
+      if (o.volume() == m.volume())
+        return MakeError(
+            ErrorCode::kInvalidArgument,
+            "the vcrypt metadata lists " + m.volume().Label() + " twice");
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
 Result<std::string> Serialise(xmlDoc* doc, xmlNode* node) {
   XmlBufferHandle buf(xmlBufferCreate());
   if (!buf || xmlNodeDump(buf.get(), doc, node, 0, 0) < 0)
@@ -102,6 +135,13 @@ Result<DomainXml> ParseDomainXml(std::string_view xml) {
                      "not <domain>)");
   DomainXml out;
   out.name = Content(FirstChild(root, "name"));
+  if (const xmlNode* md = FirstChild(root, "metadata")) {
+    for (const xmlNode* c = md->children; c != nullptr; c = c->next) {
+      if (!InVcryptNs(c, "volumes")) continue;
+      VCRYPT_ASSIGN_OR_RETURN(out.vcrypt_volumes, ReadVolumes(c));
+      break;
+    }
+  }
   const xmlNode* devices = FirstChild(root, "devices");
   if (devices == nullptr) return out;
   for (xmlNode* d = devices->children; d != nullptr; d = d->next) {
@@ -115,6 +155,7 @@ Result<DomainXml> ParseDomainXml(std::string_view xml) {
     const xmlNode* target = FirstChild(d, "target");
     disk.target = Prop(target, "dev");
     disk.bus = Prop(target, "bus");
+    disk.cache = Prop(FirstChild(d, "driver"), "cache");
     VCRYPT_ASSIGN_OR_RETURN(disk.xml, Serialise(doc.get(), d));
     out.disks.push_back(std::move(disk));
   }
@@ -174,6 +215,95 @@ Result<std::string> BuildDiskXml(std::string_view source,
             xmlNewProp(tgt_node, X("bus"), X("virtio"));
   if (!ok) return MakeError(ErrorCode::kInternal, "cannot allocate XML");
   return Serialise(doc.get(), disk);
+}
+
+Status ValidateVolumeMeta(const VolumeMeta& m) {
+  auto bad = [&](const std::string& why) {
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "vcrypt metadata entry " + m.vm + "/" + m.disk + ": " + why);
+  };
+  if (Status s = ValidateVolumeNames(m.vm, m.disk); !s.ok())
+    return bad(s.error().message);
+  if (!IsUuidText(m.uuid)) return bad("'uuid' is not a UUID");
+  if (Status s = ValidateProviderName(m.provider); !s.ok())
+    return bad(s.error().message);
+  if (m.provider_type != "native" && m.provider_type != "standard" &&
+      m.provider_type != "trusted")
+    return bad("'provider-type' is not native, standard or trusted");
+  auto printable_id = [](const std::string& id, bool may_be_empty) {
+    if (id.empty()) return may_be_empty;
+    if (id.size() > 128) return false;
+    for (char c : id)
+      if (c <= ' ' || c > '~') return false;
+    return true;
+  };
+  if (!printable_id(m.kek_id, false)) return bad("bad 'kek-id'");
+  if (!printable_id(m.primary_key_id, true)) return bad("bad 'primary-key-id'");
+  if (!m.image.empty() &&
+      (m.image[0] != '/' || m.image.size() > 4096 ||
+       m.image.find("/../") != std::string::npos ||
+       m.image.find('\0') != std::string::npos ||
+       (m.image.size() >= 3 && m.image.substr(m.image.size() - 3) == "/..")))
+    return bad("'image' must be an absolute path without '..'");
+  return Status::Ok();
+}
+
+Result<std::string> BuildVolumesMetadata(const std::vector<VolumeMeta>& vols) {
+  if (vols.size() > kMaxMetadataVolumes)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "more than " + std::to_string(kMaxMetadataVolumes) +
+                         " vcrypt volumes in one domain");
+  XmlDocHandle doc(xmlNewDoc(X("1.0")));
+  if (!doc) return MakeError(ErrorCode::kInternal, "cannot allocate XML");
+  xmlNode* root = xmlNewDocNode(doc.get(), nullptr, X("volumes"), nullptr);
+  if (root == nullptr)
+    return MakeError(ErrorCode::kInternal, "cannot allocate XML");
+  xmlDocSetRootElement(doc.get(), root);
+  xmlNs* ns = xmlNewNs(root, X(kVcryptMetadataUri), nullptr);
+  if (ns == nullptr)
+    return MakeError(ErrorCode::kInternal, "cannot allocate XML");
+  xmlSetNs(root, ns);
+  for (const auto& m : vols) {
+    VCRYPT_RETURN_IF_ERROR(ValidateVolumeMeta(m));
+    xmlNode* v = xmlNewChild(root, ns, X("volume"), nullptr);
+    if (v == nullptr)
+      return MakeError(ErrorCode::kInternal, "cannot allocate XML");
+    bool ok = xmlNewProp(v, X("vm"), X(m.vm.c_str())) &&
+              xmlNewProp(v, X("disk"), X(m.disk.c_str())) &&
+              xmlNewProp(v, X("uuid"), X(m.uuid.c_str())) &&
+              xmlNewProp(v, X("provider"), X(m.provider.c_str())) &&
+              xmlNewProp(v, X("provider-type"), X(m.provider_type.c_str())) &&
+              xmlNewProp(v, X("kek-id"), X(m.kek_id.c_str()));
+    if (ok && !m.primary_key_id.empty())
+      ok = xmlNewProp(v, X("primary-key-id"), X(m.primary_key_id.c_str()));
+    if (ok && !m.image.empty())
+      ok = xmlNewProp(v, X("image"), X(m.image.c_str()));
+    if (!ok) return MakeError(ErrorCode::kInternal, "cannot allocate XML");
+  }
+  return Serialise(doc.get(), root);
+}
+
+Result<std::vector<VolumeMeta>> ParseVolumesMetadata(std::string_view xml) {
+  if (xml.empty()) return std::vector<VolumeMeta>();
+  if (xml.size() > (1u << 20))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "vcrypt metadata is too large");
+  XmlParserCtxtHandle ctxt(xmlNewParserCtxt());
+  if (!ctxt)
+    return MakeError(ErrorCode::kInternal, "cannot allocate an XML parser");
+  XmlDocHandle doc(xmlCtxtReadMemory(
+      ctxt.get(), xml.data(), static_cast<int>(xml.size()), "metadata.xml",
+      nullptr, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING));
+  if (!doc)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "vcrypt metadata is not well-formed XML");
+  const xmlNode* root = xmlDocGetRootElement(doc.get());
+  if (root == nullptr || !InVcryptNs(root, "volumes"))
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "vcrypt metadata is not a <volumes> element in " +
+                         std::string(kVcryptMetadataUri));
+  return ReadVolumes(root);
 }
 
 Status ValidateTargetName(std::string_view target) {

@@ -39,18 +39,52 @@ struct DomainDisk {
   std::string source;  // source@dev, else source@file; "" if neither
   std::string target;  // target@dev ("" if missing)
   std::string bus;     // target@bus
+  std::string cache;   // driver@cache ("" if missing)
   std::string xml;     // the <disk> element itself, serialised
+};
+
+// What the domain XML records of one vcrypt volume, under <metadata> in
+// the vcrypt namespace (docs/cluster.md): everything a host needs to find
+// the volume and its key without a prior registration. Written by
+// `vcryptctl attach`; it travels with every migration. The volume's own
+// header stays the authority: the destination checks it.
+//   <metadata>
+//     <vcrypt:volumes xmlns:vcrypt="urn:vcrypt:libvirt:volumes:1">
+//       <vcrypt:volume vm=".." disk=".." uuid=".." provider=".."
+//                      provider-type="native|standard|trusted"
+//                      kek-id=".." [primary-key-id=".."] [image="/.."]/>
+//     </vcrypt:volumes>
+//   </metadata>
+inline constexpr const char* kVcryptMetadataUri =
+    "urn:vcrypt:libvirt:volumes:1";
+inline constexpr const char* kVcryptMetadataPrefix = "vcrypt";
+// A domain with more vcrypt volumes than this in its metadata is refused.
+inline constexpr size_t kMaxMetadataVolumes = 64;
+
+struct VolumeMeta {
+  std::string vm, disk;
+  std::string uuid;           // LUKS2 UUID
+  std::string provider;       // provider name on the attaching host
+  std::string provider_type;  // native, standard or trusted
+  std::string kek_id;
+  std::string primary_key_id;  // native only
+  std::string image;           // image file path; "" for a block device
+  VolumeRef volume() const { return {vm, disk}; }
+  bool operator==(const VolumeMeta&) const = default;
 };
 
 struct DomainXml {
   std::string name;
   std::vector<DomainDisk> disks;  // document order
+  // The vcrypt metadata's entries, in document order (none without it).
+  std::vector<VolumeMeta> vcrypt_volumes;
 };
 
 // Parses a domain XML document (virDomainGetXMLDesc output, or what
 // libvirt hands a hook on stdin). No network, no DTD, no entity
-// expansion. kInvalidArgument when it is not well-formed or its root is
-// not <domain>.
+// expansion. kInvalidArgument when it is not well-formed, its root is
+// not <domain>, or its vcrypt metadata is invalid (as
+// ParseVolumesMetadata).
 Result<DomainXml> ParseDomainXml(std::string_view xml);
 
 struct VcryptDisk {
@@ -78,6 +112,19 @@ std::optional<DomainDisk> FindDiskBySource(const DomainXml& domain,
 // is not a valid target name.
 Result<std::string> BuildDiskXml(std::string_view source,
                                  std::string_view target);
+
+// The element vcryptctl hands virDomainSetMetadata (and parses back from
+// virDomainGetMetadata): <volumes xmlns="urn:vcrypt:libvirt:volumes:1">
+// with one <volume/> per entry, in order. kInvalidArgument when an entry
+// fails ValidateVolumeMeta or there are more than kMaxMetadataVolumes.
+Result<std::string> BuildVolumesMetadata(const std::vector<VolumeMeta>& vols);
+// The entries of such an element ("" gives none). Every entry is checked
+// (ValidateVolumeMeta); a VM/DISK listed twice is kInvalidArgument.
+Result<std::vector<VolumeMeta>> ParseVolumesMetadata(std::string_view xml);
+// Names pass the VM/disk rules, the UUID is a UUID, the provider name and
+// type are valid, IDs are printable and short, an image path is absolute
+// without "..". The domain XML is anybody-with-libvirt-access's input.
+Status ValidateVolumeMeta(const VolumeMeta& m);
 
 // Target device names vcrypt uses: ^vd[a-z]{1,2}$. kInvalidArgument
 // otherwise.

@@ -1,5 +1,10 @@
 #include "libvirt/hook.h"
 
+#include <libvirt/libvirt.h>
+
+#include <map>
+#include <thread>
+
 #include "libvirt/domain_xml.h"
 
 namespace vcrypt {
@@ -14,6 +19,73 @@ Error HookUsage(const std::string& why) {
 
 HookOutcome Fail(const Error& e, std::string line) {
   return HookOutcome{static_cast<int>(e.code), {std::move(line)}};
+}
+
+// The vcrypt disks of the domain, by VM, each with the metadata entry
+// that describes it (if any). Entries of volumes that are not disks of
+// the domain are ignored: a detach may leave one behind.
+struct VmDisks {
+  std::vector<VcryptDisk> disks;
+  std::vector<VolumeMeta> metas;
+  std::vector<VolumeRef> without_meta;
+};
+std::map<std::string, VmDisks> ByVm(const DomainXml& dom,
+                                    const std::vector<VcryptDisk>& disks) {
+  std::map<std::string, VmDisks> out;
+  for (const auto& d : disks) {
+    VmDisks& g = out[d.volume.vm];
+    g.disks.push_back(d);
+    const VolumeMeta* meta = nullptr;
+    for (const auto& m : dom.vcrypt_volumes)
+      if (m.volume() == d.volume) meta = &m;
+    if (meta)
+      g.metas.push_back(*meta);
+    else
+      g.without_meta.push_back(d.volume);
+  }
+  return out;
+}
+
+// Whether this host can take every vcrypt disk (migrate/restore begin),
+// or, with `register_vm`, records the VMs here (prepare begin).
+HookOutcome CheckIncoming(const HookArgs& args, const DomainXml& dom,
+                          const std::vector<VcryptDisk>& disks,
+                          VolumeControl& vols, bool register_vm) {
+  const std::string prefix = "vcrypt: cannot take domain " + args.domain + ": ";
+  if (!register_vm && args.operation == "migrate") {
+    // Both hosts have the volume open during the migration: only
+    // O_DIRECT caching keeps the destination from reading stale pages.
+    for (const auto& d : disks) {
+      auto disk = FindDiskBySource(dom, d.source);
+      const std::string cache = disk ? disk->cache : "";
+      if (cache != "none" && cache != "directsync")
+        return Fail(MakeError(ErrorCode::kInvalidArgument, ""),
+                    prefix + d.volume.Label() + ": its disk uses cache='" +
+                        (cache.empty() ? "default" : cache) +
+                        "'; a live migration needs cache='none' on shared "
+                        "storage (docs/cluster.md)");
+    }
+  }
+  for (const auto& [vm, g] : ByVm(dom, disks)) {
+    // Disks attached before vcrypt recorded metadata: only a host that
+    // knows them can take them.
+    // (At prepare begin the opens that follow say why they fail.)
+    for (const auto& v : g.without_meta) {
+      if (register_vm) break;
+      Status k = vols.CheckKnown(v);
+      if (!k.ok())
+        return Fail(k.error(),
+                    prefix + v.Label() +
+                        ": the domain XML has no vcrypt metadata for it and "
+                        "this host does not know it (run 'vcryptctl attach' "
+                        "for it again on the host it runs on, or 'vcryptctl "
+                        "vm register' here)");
+    }
+    if (g.metas.empty()) continue;
+    Status s = vols.Incoming(g.metas, register_vm);
+    if (!s.ok()) return Fail(s.error(), prefix + s.error().message);
+  }
+  return {};
 }
 
 HookOutcome Prepare(const HookArgs& args, const std::vector<VcryptDisk>& disks,
@@ -87,6 +159,9 @@ Result<HookArgs> ParseHookArgs(const std::vector<std::string>& args) {
 
 HookAction HookActionFor(std::string_view operation,
                          std::string_view sub_operation) {
+  if ((operation == "migrate" || operation == "restore") &&
+      sub_operation == "begin")
+    return HookAction::kCheck;
   if (operation == "prepare" && sub_operation == "begin")
     return HookAction::kOpen;
   if (operation == "release" && sub_operation == "end")
@@ -104,13 +179,89 @@ HookOutcome RunHook(const HookArgs& args, std::string_view domain_xml,
                : Result<std::vector<VcryptDisk>>(std::move(dom).error());
   if (!disks.ok()) {
     const Error& e = disks.error();
-    return Fail(
-        e, "vcrypt: cannot " +
-               std::string(action == HookAction::kOpen ? "start" : "release") +
-               " domain " + args.domain + ": " + e.message);
+    const char* what = action == HookAction::kOpen    ? "start"
+                       : action == HookAction::kCheck ? "take"
+                                                      : "release";
+    return Fail(e, "vcrypt: cannot " + std::string(what) + " domain " +
+                       args.domain + ": " + e.message);
   }
-  if (action == HookAction::kOpen) return Prepare(args, *disks, vols);
-  return Release(args, *disks, vols);
+  switch (action) {
+    case HookAction::kCheck:
+      return CheckIncoming(args, *dom, *disks, vols, false);
+    case HookAction::kOpen: {
+      HookOutcome in = CheckIncoming(args, *dom, *disks, vols, true);
+      if (in.exit_code != 0) return in;
+      return Prepare(args, *disks, vols);
+    }
+    default:
+      break;
+  }
+  HookOutcome out = Release(args, *disks, vols);
+  std::vector<std::string> vms;
+  for (const auto& [vm, g] : ByVm(*dom, *disks)) vms.push_back(vm);
+  if (args.extra == "migrated") {
+    for (const auto& vm : vms) {
+      auto d = vols.Depart(vm, "migrated");
+      if (!d.ok() && d.error().code != ErrorCode::kNotFound)
+        out.messages.push_back("vcrypt: VM " + vm + " of domain " +
+                               args.domain +
+                               " migrated away, but: " + d.error().message);
+    }
+  } else if (args.extra == "-") {
+    out.watch_vms = std::move(vms);
+  }
+  return out;
+}
+
+bool MigratedAway(bool exists, int state, int reason) {
+  return exists && state == VIR_DOMAIN_SHUTOFF &&
+         reason == VIR_DOMAIN_SHUTOFF_MIGRATED;
+}
+
+std::vector<std::string> RunReleaseWatch(
+    const std::string& domain, const std::vector<std::string>& vms,
+    const std::function<Result<std::optional<DomainStateNow>>()>& state,
+    VolumeControl& vols, std::chrono::milliseconds timeout) {
+  std::vector<std::string> log;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto st = state();
+    if (!st.ok()) {
+      log.push_back("domain " + domain + ": " + st.error().message);
+      return log;
+    }
+    if (!*st) return log;  // gone (transient): nothing to say
+    const int s = (*st)->state;
+    if (s == VIR_DOMAIN_SHUTOFF || s == VIR_DOMAIN_CRASHED) {
+      if (!MigratedAway(true, s, (*st)->reason)) return log;
+      break;
+    }
+    // Still active: libvirtd has not finished the stop yet, or the domain
+    // was started again (then it runs here, and stays).
+    if (std::chrono::steady_clock::now() >= deadline) {
+      log.push_back("domain " + domain +
+                    " is still active here; not treating it as migrated");
+      return log;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  for (const auto& vm : vms) {
+    auto d = vols.Depart(vm, "migrated");
+    if (!d.ok()) {
+      if (d.error().code != ErrorCode::kNotFound)
+        log.push_back("VM " + vm + " of domain " + domain +
+                      " migrated away, but: " + d.error().message);
+    } else if (*d) {
+      log.push_back("VM " + vm + " of domain " + domain +
+                    " migrated away: its KEK left this host's cache and it "
+                    "is marked away");
+    } else {
+      log.push_back("VM " + vm + " of domain " + domain +
+                    " migrated away, but a volume of it is still open here; "
+                    "its KEK stays cached");
+    }
+  }
+  return log;
 }
 
 }  // namespace vcrypt

@@ -43,4 +43,63 @@ Status DaemonVolumes::CheckKnown(const VolumeRef& v) {
                        "' (see 'vcryptctl volume list " + v.vm + "')");
 }
 
+Result<VolumeMeta> DaemonVolumes::Describe(const VolumeRef& v) {
+  VCRYPT_ASSIGN_OR_RETURN(Json vm, Call("vm.show", {{"vm", v.vm}}));
+  VolumeMeta m;
+  m.vm = v.vm;
+  m.disk = v.disk;
+  m.provider = vm.value("provider", "");
+  m.kek_id = vm.value("kek_id", "");
+  bool found = false;
+  if (vm.contains("disks") && vm["disks"].is_array())
+    for (const auto& d : vm["disks"])
+      if (d.is_object() && d.value("disk", "") == v.disk) {
+        found = true;
+        m.uuid = d.value("uuid", "");
+        if (d.value("is_file", false)) m.image = d.value("device", "");
+      }
+  if (!found)
+    return MakeError(ErrorCode::kNotFound,
+                     "VM '" + v.vm + "' has no disk '" + v.disk +
+                         "' (see 'vcryptctl volume list " + v.vm + "')");
+  VCRYPT_ASSIGN_OR_RETURN(Json pl, Call("provider.list", Json::object()));
+  if (pl.contains("providers") && pl["providers"].is_array())
+    for (const auto& p : pl["providers"])
+      if (p.is_object() && p.value("name", "") == m.provider) {
+        m.provider_type = p.value("type", "");
+        m.primary_key_id = p.value("primary_key_id", "");
+      }
+  if (m.provider_type != "native") m.primary_key_id.clear();
+  if (Status s = ValidateVolumeMeta(m); !s.ok())
+    return MakeError(
+        ErrorCode::kInternal,
+        "vcryptd's description of " + v.Label() +
+            " does not fit the domain metadata: " + s.error().message);
+  return m;
+}
+
+Status DaemonVolumes::Incoming(const std::vector<VolumeMeta>& vols,
+                               bool register_vm) {
+  if (vols.empty()) return Status::Ok();
+  Json list = Json::array();
+  for (const auto& m : vols) {
+    Json e = {{"disk", m.disk}, {"uuid", m.uuid}};
+    if (!m.image.empty()) e["image"] = m.image;
+    list.push_back(std::move(e));
+  }
+  VCRYPT_ASSIGN_OR_RETURN(
+      Json r,
+      Call("vm.incoming",
+           {{"vm", vols[0].vm}, {"volumes", list}, {"register", register_vm}}));
+  (void)r;
+  return Status::Ok();
+}
+
+Result<bool> DaemonVolumes::Depart(const std::string& vm,
+                                   const std::string& reason) {
+  VCRYPT_ASSIGN_OR_RETURN(Json r,
+                          Call("vm.depart", {{"vm", vm}, {"reason", reason}}));
+  return r.value("departed", false);
+}
+
 }  // namespace vcrypt

@@ -140,6 +140,21 @@ test_libvirt_attach_and_detach() {
 	xml=$(lv dumpxml lvat)
 	assert_contains "$xml" "<driver name='qemu' type='raw' cache='none' io='native'/>"
 	assert_contains "$xml" "<target dev='vda' bus='virtio'/>"
+	# What another host needs travels in the domain's vcrypt metadata
+	# (docs/libvirt.md), live and persistent, and survives a define of the
+	# dumped XML.
+	local uuid md
+	uuid=$(vc --json volume list vm1 | python3 -c 'import json,sys; print([v["uuid"] for v in json.load(sys.stdin)["volumes"] if v["disk"]=="d0"][0])')
+	md=$(lv metadata lvat urn:vcrypt:libvirt:volumes:1)
+	assert_contains "$md" "vm=\"vm1\" disk=\"d0\" uuid=\"$uuid\""
+	assert_contains "$md" "provider-type=\"native\""
+	assert_contains "$md" "image=\"$T/d0.img\""
+	md=$(lv metadata lvat urn:vcrypt:libvirt:volumes:1 --config)
+	assert_contains "$md" "uuid=\"$uuid\""
+	lv dumpxml --inactive lvat >"$T/lvat-dump.xml"
+	lv define "$T/lvat-dump.xml" >/dev/null || fail "define of the dumped XML"
+	md=$(lv metadata lvat urn:vcrypt:libvirt:volumes:1 --config)
+	assert_contains "$md" "uuid=\"$uuid\""
 
 	# Once only; a taken target is refused; nothing changes.
 	expect_exit 6 vc attach vm1/d0 --domain lvat
@@ -164,6 +179,10 @@ vdc /dev/mapper/vcrypt-vm1-d1" "$(blklist lvat)"
 	vc detach vm1/d1 --domain lvat >/dev/null
 	assert_eq "" "$(blklist lvat)"
 	assert_eq "" "$(vcrypt_mappings)"
+	# The entries went with the disks.
+	if lv metadata lvat urn:vcrypt:libvirt:volumes:1 >/dev/null 2>&1; then
+		fail "detach left the vcrypt metadata behind"
+	fi
 
 	# Errors: unknown domain, unknown volume (nothing attached, nothing open).
 	expect_exit 5 vc attach vm1/d0 --domain no-such-domain

@@ -39,11 +39,42 @@ class FakeVolumes : public VolumeControl {
     return Status::Ok();
   }
 
-  std::vector<std::string> calls;  // "open VM/DISK", "close ...", "known ..."
+  Result<VolumeMeta> Describe(const VolumeRef& v) override {
+    calls.push_back("describe " + v.Label());
+    if (unknown) return MakeError(ErrorCode::kNotFound, "no such volume");
+    VolumeMeta m{v.vm,    v.disk,   "5a0f4b1e-93a7-4c2e-8f55-0d1c2b3a4f00",
+                 "local", "native", "kek-" + v.vm,
+                 "pk-1",  ""};
+    return m;
+  }
+  Status Incoming(const std::vector<VolumeMeta>& vols,
+                  bool register_vm) override {
+    std::string c = register_vm ? "register" : "check";
+    for (const auto& m : vols) c += " " + m.volume().Label();
+    calls.push_back(c);
+    if (!vols.empty())
+      if (auto it = incoming_errors.find(vols[0].vm);
+          it != incoming_errors.end())
+        return it->second;
+    return Status::Ok();
+  }
+  Result<bool> Depart(const std::string& vm,
+                      const std::string& reason) override {
+    calls.push_back("depart " + vm + " " + reason);
+    if (auto it = depart_errors.find(vm); it != depart_errors.end())
+      return it->second;
+    return !still_open.count(vm);
+  }
+
+  // "open VM/DISK", "close ...", "known ...", "describe ...",
+  // "check|register VM/DISK...", "depart VM REASON"
+  std::vector<std::string> calls;
   std::set<std::string> already_open;  // Open says already_open
   std::set<std::string> wrong_path;    // Open answers another mapping path
   std::map<std::string, Error> open_errors, close_errors;  // by VM/DISK
-  bool unknown = false;  // CheckKnown fails for every volume
+  bool unknown = false;  // CheckKnown and Describe fail for every volume
+  std::map<std::string, Error> incoming_errors, depart_errors;  // by VM
+  std::set<std::string> still_open;  // Depart answers false for these VMs
 };
 
 }  // namespace vcrypt::testing

@@ -144,7 +144,12 @@ TEST_F(LibvirtAttachTest, FailedAttachClosesWhatItOpened) {
             std::string::npos)
       << r.error().message;
   EXPECT_EQ(vols_.calls,
-            (std::vector<std::string>{"open vm1/d0", "close vm1/d0"}));
+            (std::vector<std::string>{"open vm1/d0", "describe vm1/d0",
+                                      "close vm1/d0"}));
+  // The metadata written before the attach is gone again with it.
+  auto x = lv_->LookupDomain(dom)->XmlDesc(false);
+  ASSERT_TRUE(x.ok());
+  EXPECT_EQ(x->find(kVcryptMetadataUri), std::string::npos) << *x;
 
   // When closing fails too, the message says so.
   vols_.calls.clear();
@@ -161,7 +166,8 @@ TEST_F(LibvirtAttachTest, FailedAttachLeavesAnAlreadyOpenVolumeOpen) {
   vols_.already_open.insert("vm1/d0");
   auto r = AttachVolume(*lv_, vols_, {{"vm1", "d0"}, dom, {}});
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(vols_.calls, (std::vector<std::string>{"open vm1/d0"}));
+  EXPECT_EQ(vols_.calls,
+            (std::vector<std::string>{"open vm1/d0", "describe vm1/d0"}));
 }
 
 TEST_F(LibvirtAttachTest, VolumeThatCannotBeOpenedIsNotAttached) {
@@ -190,7 +196,8 @@ TEST_F(LibvirtAttachTest, ShutOffDomainOnlyChecksTheVolume) {
   r = AttachVolume(*lv_, vols_, {{"vm1", "d0"}, dom, {}});
   ASSERT_FALSE(r.ok());  // the test driver cannot attach
   EXPECT_NE(r.error().message.find("libvirt refused"), std::string::npos);
-  EXPECT_EQ(vols_.calls, (std::vector<std::string>{"known vm1/d0"}));
+  EXPECT_EQ(vols_.calls,
+            (std::vector<std::string>{"known vm1/d0", "describe vm1/d0"}));
 }
 
 TEST_F(LibvirtAttachTest, DetachOfAVolumeNotAttachedIsNotFound) {

@@ -71,6 +71,8 @@ TEST(LibvirtHookArgs, FourArgumentsAndAnOptionalSocket) {
 }
 
 TEST(LibvirtHookArgs, OnlyPrepareBeginAndReleaseEndDoAnything) {
+  EXPECT_EQ(HookActionFor("migrate", "begin"), HookAction::kCheck);
+  EXPECT_EQ(HookActionFor("restore", "begin"), HookAction::kCheck);
   EXPECT_EQ(HookActionFor("prepare", "begin"), HookAction::kOpen);
   EXPECT_EQ(HookActionFor("release", "end"), HookAction::kClose);
   for (auto [op, sub] :
@@ -79,8 +81,7 @@ TEST(LibvirtHookArgs, OnlyPrepareBeginAndReleaseEndDoAnything) {
                                                         {"stopped", "end"},
                                                         {"prepare", "end"},
                                                         {"release", "begin"},
-                                                        {"migrate", "begin"},
-                                                        {"restore", "begin"},
+                                                        {"migrate", "end"},
                                                         {"reconnect", "begin"},
                                                         {"attach", "begin"},
                                                         {"PREPARE", "begin"}})
@@ -104,7 +105,7 @@ TEST(LibvirtHook, OtherOperationsDoNothing) {
                                                         {"started", "begin"},
                                                         {"stopped", "end"},
                                                         {"reconnect", "begin"},
-                                                        {"migrate", "begin"}}) {
+                                                        {"migrate", "end"}}) {
     HookOutcome o = RunHook(Args(op, sub), "not even xml", v);
     EXPECT_EQ(o.exit_code, 0);
     EXPECT_TRUE(o.messages.empty());

@@ -31,9 +31,9 @@ TEST(RolesTest, KeyOperationsAreRootsAndReadsAreEveryones) {
         "provider.restore", "provider.default", "vm.delete",
         "volume.recovery_key.add", "volume.recovery_key.remove", "cache.evict"})
     EXPECT_EQ(RequiredRole(op, Json::object()), Role::kRoot) << op;
-  for (const char* op :
-       {"open", "open_all", "close", "vm.create", "vm.unregister",
-        "vm.register", "vm.set", "vm.rekey", "volume.create"})
+  for (const char* op : {"open", "open_all", "close", "vm.create",
+                         "vm.unregister", "vm.register", "vm.set", "vm.rekey",
+                         "volume.create", "vm.incoming", "vm.depart"})
     EXPECT_EQ(RequiredRole(op, Json::object()), Role::kOperator) << op;
   for (const char* op : {"status", "provider.list", "provider.show", "vm.list",
                          "vm.show", "volume.list", "ping"})
@@ -42,7 +42,7 @@ TEST(RolesTest, KeyOperationsAreRootsAndReadsAreEveryones) {
   EXPECT_EQ(RequiredRole("vm.rekey", {{"revoke_old", false}}), Role::kRoot);
   EXPECT_EQ(RequiredRole("vm.rekey", {{"deep", true}}), Role::kOperator);
   EXPECT_EQ(RequiredRole("no.such.op", Json::object()), std::nullopt);
-  EXPECT_EQ(KnownOps().size(), 25u);
+  EXPECT_EQ(KnownOps().size(), 27u);
 }
 
 TEST(RolesTest, OperatorVolumePaths) {
