@@ -3,9 +3,9 @@
 # Debian's stock kernel (device-mapper, dm-crypt, loop, ...) over this host's
 # root filesystem (read-only 9p + tmpfs overlay). See tests/vm/README.md.
 #
-# usage: run.sh [--mem MB] [--timeout SECONDS] [--disk FILE]... [--outdir DIR]
+# usage: run.sh [--mem MB] [--smp N] [--timeout SECONDS] [--disk FILE]... [--outdir DIR]
 #               [--env NAME]... [--no-udev] [--systemd [--setup FILE]]
-#               -- COMMAND [ARGS...]
+#               [--qemu-arg ARG]... -- COMMAND [ARGS...]
 #
 # Exit status: COMMAND's; 124 if the timeout expired; 125 if the guest died
 # (or qemu failed) without reporting a status; 2 for usage errors.
@@ -22,6 +22,7 @@ usage() {
 	Runs COMMAND (as root, in the caller's working directory) inside a QEMU guest
 	with a real device-mapper/dm-crypt kernel; exits with COMMAND's status.
 	  --mem MB          guest memory (default $VCRYPT_VM_MEM or 2048)
+	  --smp N           virtual CPUs (default 2)
 	  --timeout SEC     kill the guest after SEC seconds, exit 124
 	                    (default $VCRYPT_VM_TIMEOUT or 1200)
 	  --disk FILE       attach FILE as a raw virtio disk (/dev/vda, /dev/vdb, ...)
@@ -35,6 +36,8 @@ usage() {
 	  --setup FILE      with --systemd: run FILE (bash, as root, in the
 	                    overlay root, same environment as COMMAND) before
 	                    systemd starts, e.g. to install units or enable them
+	  --qemu-arg ARG    append ARG to qemu's command line (repeatable; e.g.
+	                    -netdev/-device pairs; tests/vm/pair.sh uses it)
 	Passed to COMMAND: PATH HOME LANG LANGUAGE LC_* TZ USER LOGNAME CI
 	VCRYPT_* and the names in $VCRYPT_VM_PASSENV (space separated).
 	EOF
@@ -43,6 +46,7 @@ usage() {
 debug=0
 [[ ${VCRYPT_VM_DEBUG:-0} == 0 ]] || debug=1
 mem=${VCRYPT_VM_MEM:-2048}
+smp=2
 timeout=${VCRYPT_VM_TIMEOUT:-1200}
 disks=()
 outdir=
@@ -50,10 +54,13 @@ extra_env=()
 udev=1
 systemd=0
 setup=
+qemu_args=()
 while (($#)); do
 	case $1 in
 		--mem) (($# >= 2)) || usage_die "--mem needs a value"; mem=$2; shift 2 ;;
 		--mem=*) mem=${1#*=}; shift ;;
+		--smp) (($# >= 2)) || usage_die "--smp needs a value"; smp=$2; shift 2 ;;
+		--smp=*) smp=${1#*=}; shift ;;
 		--timeout) (($# >= 2)) || usage_die "--timeout needs a value"; timeout=$2; shift 2 ;;
 		--timeout=*) timeout=${1#*=}; shift ;;
 		--disk) (($# >= 2)) || usage_die "--disk needs a value"; disks+=("$2"); shift 2 ;;
@@ -66,6 +73,8 @@ while (($#)); do
 		--systemd) systemd=1; shift ;;
 		--setup) (($# >= 2)) || usage_die "--setup needs a value"; setup=$2; shift 2 ;;
 		--setup=*) setup=${1#*=}; shift ;;
+		--qemu-arg) (($# >= 2)) || usage_die "--qemu-arg needs a value"; qemu_args+=("$2"); shift 2 ;;
+		--qemu-arg=*) qemu_args+=("${1#*=}"); shift ;;
 		-h|--help) usage; exit 0 ;;
 		--) shift; break ;;
 		-*) usage_die "unknown option: $1" ;;
@@ -74,6 +83,7 @@ while (($#)); do
 done
 (($#)) || usage_die "no COMMAND given"
 [[ $mem =~ ^[0-9]+$ ]] || usage_die "--mem: not a number: $mem"
+[[ $smp =~ ^[1-9][0-9]?$ ]] || usage_die "--smp: not a number from 1 to 99: $smp"
 [[ $timeout =~ ^[0-9]+$ && $timeout -gt 0 ]] || usage_die "--timeout: not a positive number: $timeout"
 for d in ${disks[@]+"${disks[@]}"}; do
 	[[ -e $d ]] || usage_die "--disk: no such file: $d"
@@ -197,7 +207,7 @@ fi
 ((systemd)) && cmdline+=" systemd.show_status=0 systemd.log_target=journal"
 
 qemu=(
-	qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$mem"
+	qemu-system-x86_64 -accel tcg -cpu max -smp "$smp" -m "$mem"
 	-nographic -no-reboot -nodefaults -vga none -nic none -bios qboot.rom
 	-serial stdio -monitor none
 	-kernel "$kernel" -initrd "$kdir/initrd.img"
@@ -210,6 +220,8 @@ qemu=(
 for d in ${disks[@]+"${disks[@]}"}; do
 	qemu+=(-drive "file=$(qemu_escape "$(realpath -- "$d")"),format=raw,if=virtio,cache=unsafe")
 done
+# Verbatim: the caller escapes commas in values (qemu_escape) itself.
+qemu+=(${qemu_args[@]+"${qemu_args[@]}"})
 
 start=$(date +%s.%N)
 "${qemu[@]}" </dev/null &
