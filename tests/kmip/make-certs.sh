@@ -4,7 +4,9 @@
 #   ca.pem                        CA "vcrypt-test-ca": the trust anchor of
 #                                 both the client and the KMS server
 #   server.pem, server-key.pem    server cert from ca.pem,
-#                                 subjectAltName=IP:127.0.0.1,DNS:localhost,
+#                                 subjectAltName=IP:127.0.0.1,DNS:localhost
+#                                 (and $MAKE_CERTS_EXTRA_SAN, e.g.
+#                                 "IP:10.77.0.1", if set),
 #                                 EKU serverAuth
 #   client.pem, client-key.pem    client cert from ca.pem, CN=vcrypt-host,
 #                                 EKU clientAuth (PyKMIP requires it and uses
@@ -70,7 +72,7 @@ server_ext=(
   "basicConstraints=critical,CA:FALSE"
   "keyUsage=critical,digitalSignature,keyAgreement"
   "extendedKeyUsage=serverAuth"
-  "subjectAltName=IP:127.0.0.1,DNS:localhost"
+  "subjectAltName=IP:127.0.0.1,DNS:localhost${MAKE_CERTS_EXTRA_SAN:+,$MAKE_CERTS_EXTRA_SAN}"
 )
 client_ext=(
   "basicConstraints=critical,CA:FALSE"

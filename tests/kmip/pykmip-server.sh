@@ -24,7 +24,8 @@
 # certs/other-ca.pem: a server no vcrypt test client trusts, and which
 # rejects the default client certificate).
 #
-# The server listens on 127.0.0.1:PORT, TLS 1.2, client certificates
+# The server listens on 127.0.0.1:PORT (PYKMIP_ADDRESS overrides the
+# address: the two-host VM test serves the other host), TLS 1.2, client certificates
 # required. start returns once the log says "Starting connection service..."
 # (bounded by PYKMIP_START_TIMEOUT seconds, default 90; ~12 s in a TCG guest).
 # stop sends SIGTERM and waits (PyKMIP needs 10-20 s), then SIGKILLs the
@@ -128,7 +129,7 @@ cmd_start() {
   rm -f "$dir/server.log"* "$dir/server.out" "$dir/server.pid"
   cat >"$dir/server.conf" <<EOF
 [server]
-hostname=127.0.0.1
+hostname=${PYKMIP_ADDRESS:-127.0.0.1}
 port=$port
 certificate_path=$dir/certs/$cert.pem
 key_path=$dir/certs/$key.pem
@@ -163,7 +164,7 @@ $(log_tail "$dir")"
       grep -q "^Traceback" "$dir/server.out" 2>/dev/null; then
       kill -KILL -- "-$pid" 2>/dev/null || true
       rm -f "$dir/server.pid"
-      die "pykmip-server failed to start on 127.0.0.1:$port (port in use?)
+      die "pykmip-server failed to start on ${PYKMIP_ADDRESS:-127.0.0.1}:$port (port in use?)
 $(log_tail "$dir")"
     fi
     if ((waited >= timeout * 10)); then

@@ -5,13 +5,16 @@
 # "Two hosts".
 #
 # usage: pair.sh [--mem MB] [--smp N] [--timeout SEC] [--outdir DIR] [--disk-size MIB]
-#                [--setup FILE] [--env NAME]... [--no-libvirt] [--keep-disk]
+#                [--disks N] [--setup FILE] [--env NAME]... [--no-libvirt] [--keep-disk]
 #                -- COMMAND [ARGS...]
 #
 # Both guests get:
 #   - the same raw image DIR/shared.img (sparse, created afresh) as a
 #     virtio disk with serial vcrypt-shared: /dev/disk/by-id/virtio-vcrypt-shared
 #     in both (cache=none, share-rw=on, file.locking=off: shared storage);
+#     with --disks N, N such disks: DIR/shared.img, DIR/shared2.img, ...,
+#     serials vcrypt-shared, vcrypt-shared2, ... (VCRYPT_PAIR_DISKS lists
+#     their paths, space-separated);
 #   - a private network between the two only (a QEMU stream netdev over a
 #     unix socket): pair0 = 10.77.0.1 (A, vcrypt-a), 10.77.0.2 (B, vcrypt-b);
 #   - DIR as their output share (/vmout), the channel of pair_lib.sh's on_b;
@@ -43,7 +46,8 @@ usage() {
 	  --outdir DIR      output and shared directory (/vmout in both guests);
 	                    default: a temporary directory, deleted afterwards
 	  --disk-size MIB   size of the shared disk DIR/shared.img (default 256)
-	  --keep-disk       keep DIR/shared.img (deleted at exit by default)
+	  --disks N         N shared disks of --disk-size each (default 1)
+	  --keep-disk       keep DIR/shared*.img (deleted at exit by default)
 	  --setup FILE      also run FILE as each guest's run.sh --setup file,
 	                    after the harness's own (VCRYPT_PAIR_NAME tells a/b)
 	  --env NAME        pass the variable NAME into both guests (repeatable)
@@ -57,6 +61,7 @@ smp=1
 timeout=${VCRYPT_VM_TIMEOUT:-1200}
 outdir=
 disk_size=256
+ndisks=1
 keep_disk=0
 setup=
 envs=()
@@ -69,6 +74,7 @@ while (($#)); do
 		--outdir) (($# >= 2)) || usage_die "--outdir needs a value"; outdir=$2; shift 2 ;;
 		--disk-size) (($# >= 2)) || usage_die "--disk-size needs a value"; disk_size=$2; shift 2 ;;
 		--keep-disk) keep_disk=1; shift ;;
+		--disks) (($# >= 2)) || usage_die "--disks needs a value"; ndisks=$2; shift 2 ;;
 		--setup) (($# >= 2)) || usage_die "--setup needs a value"; setup=$2; shift 2 ;;
 		--env) (($# >= 2)) || usage_die "--env needs a value"; envs+=(--env "$2"); shift 2 ;;
 		--no-libvirt) libvirt=0; shift ;;
@@ -83,6 +89,7 @@ done
 [[ $smp =~ ^[1-9][0-9]?$ ]] || usage_die "--smp: not a number from 1 to 99: $smp"
 [[ $timeout =~ ^[0-9]+$ && $timeout -gt 0 ]] || usage_die "--timeout: not a positive number: $timeout"
 [[ $disk_size =~ ^[0-9]+$ && $disk_size -gt 0 ]] || usage_die "--disk-size: not a positive number: $disk_size"
+[[ $ndisks =~ ^[1-8]$ ]] || usage_die "--disks: 1 to 8: $ndisks"
 if [[ -n $setup ]]; then
 	[[ -r $setup ]] || usage_die "--setup: cannot read $setup"
 	setup=$(realpath -- "$setup")
@@ -103,7 +110,7 @@ cleanup() {
 	if ((own_outdir)); then
 		rm -rf -- "$outdir"
 	elif ((!keep_disk)) && [[ -n $outdir ]]; then
-		rm -f -- "$outdir/shared.img"
+		rm -f -- "$outdir"/shared*.img
 	fi
 	exit "$rc"
 }
@@ -119,11 +126,22 @@ fi
 mkdir -p -- "$outdir" || die "cannot create --outdir $outdir" 2
 outdir=$(cd -- "$outdir" && pwd -P)
 # Stale channel files of an earlier run would confuse the agent and on_b.
-rm -rf -- "$outdir/rpc" "$outdir/shared.img" "$outdir/a.log" "$outdir/b.log"
+rm -rf -- "$outdir/rpc" "$outdir"/shared*.img "$outdir/a.log" "$outdir/b.log"
 mkdir -p "$outdir/rpc"
 
-img=$outdir/shared.img
-truncate -s "${disk_size}M" "$img" || die "cannot create $img"
+disk_args=()
+guest_disks=
+for ((i = 1; i <= ndisks; i++)); do
+	sfx=$([[ $i == 1 ]] || echo "$i")
+	img=$outdir/shared$sfx.img
+	truncate -s "${disk_size}M" "$img" || die "cannot create $img"
+	disk_args+=(
+		--qemu-arg -drive
+		--qemu-arg "file=$(printf '%s' "${img//,/,,}"),format=raw,if=none,id=pairdisk$i,cache=none,file.locking=off"
+		--qemu-arg -device --qemu-arg "virtio-blk-pci,drive=pairdisk$i,share-rw=on,serial=vcrypt-shared$sfx"
+	)
+	guest_disks+="${guest_disks:+ }/dev/disk/by-id/virtio-vcrypt-shared$sfx"
+done
 sock=$tmp/net.sock  # short: a unix socket path has at most 107 bytes
 
 # The harness's setup, then the caller's.
@@ -145,13 +163,12 @@ guest() {
 		--qemu-arg -uuid --qemu-arg "$uuid"
 		--qemu-arg -netdev --qemu-arg "stream,id=pairnet,$netdev,addr.type=unix,addr.path=$(qe "$sock")"
 		--qemu-arg -device --qemu-arg "virtio-net-pci,netdev=pairnet,mac=$mac"
-		--qemu-arg -drive
-		--qemu-arg "file=$(qe "$img"),format=raw,if=none,id=pairdisk,cache=none,file.locking=off"
-		--qemu-arg -device --qemu-arg "virtio-blk-pci,drive=pairdisk,share-rw=on,serial=vcrypt-shared"
+		"${disk_args[@]}"
 	)
 	VCRYPT_PAIR_NAME=$name VCRYPT_PAIR_SELF_IP=$ip VCRYPT_PAIR_PEER_IP=$peer \
 		VCRYPT_PAIR_MAC=$mac VCRYPT_PAIR_UUID=$uuid VCRYPT_PAIR_LIBVIRT=$libvirt \
 		VCRYPT_PAIR_DIR=/vmout VCRYPT_PAIR_DISK=/dev/disk/by-id/virtio-vcrypt-shared \
+		VCRYPT_PAIR_DISKS=$guest_disks \
 		"$SCRIPT_DIR/run.sh" "${args[@]}" -- "$@" &
 	guest_pid=$!
 }

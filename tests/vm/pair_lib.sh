@@ -21,7 +21,8 @@
 #
 # Variables (set by pair.sh in both guests): VCRYPT_PAIR_NAME (a|b),
 # VCRYPT_PAIR_SELF_IP, VCRYPT_PAIR_PEER_IP, VCRYPT_PAIR_DIR (the share both
-# guests see; /vmout), VCRYPT_PAIR_DISK (the shared disk, same path in both).
+# guests see; /vmout), VCRYPT_PAIR_DISK (the shared disk, same path in both),
+# VCRYPT_PAIR_DISKS (all shared disks with pair.sh --disks N, space-separated).
 
 PAIR_DIR=${VCRYPT_PAIR_DIR:-/vmout}
 PAIR_RPC=$PAIR_DIR/rpc
