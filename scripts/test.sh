@@ -8,6 +8,8 @@
 #   4. tests that need systemd as PID 1 in the VM: the boot test
 #      (tests/systemd/boot_test.sh), libvirt (real libvirtd + QEMU) and the
 #      Trust Authority's units (t_ta_units.sh)
+#   5. two hosts (two systemd guests, shared disks, a private network):
+#      live migration of a domain with vcrypt disks (tests/vm/pair_migration.sh)
 # Ends with one line "all: N passed, M failed"; exits non-zero on any failure.
 #   VCRYPT_TEST_SKIP_ASAN=1   skip step 2 (quicker local runs)
 #   VCRYPT_TEST_FILTER=word   only integration tests whose name contains word
@@ -94,6 +96,13 @@ if [[ -z ${VCRYPT_TEST_FILTER:-} || ${VCRYPT_TEST_FILTER:-} == libvirt ]]; then
       true" 2>&1 | tee "$LOG/libvirt.log"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
   if [[ -f $LOG/libvirt/it.log ]]; then count_integration "$LOG/libvirt/it.log"; else failed=$((failed + 1)); fi
+fi
+
+if [[ -z ${VCRYPT_TEST_FILTER:-} || ${VCRYPT_TEST_FILTER:-} == migration ]]; then
+  section "VM harness, two hosts: live migration (docs/cluster.md)"
+  tests/vm/pair_migration.sh "$ROOT/build" --outdir "$LOG/migration" 2>&1 | tee "$LOG/migration.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  count_summary "$LOG/migration.log" migration
 fi
 
 [[ $failed -eq 0 ]] || status=1

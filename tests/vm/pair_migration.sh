@@ -60,6 +60,8 @@ if ((f > 0)); then
 	done
 elif ((own)); then
 	rm -rf -- "$outdir"
+else
+	rm -rf -- "$outdir/stage"
 fi
 echo "migration: $p passed, $f failed"
 ((f == 0))
