@@ -11,6 +11,8 @@
 #include <libvirt/libvirt.h>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -361,6 +363,110 @@ TEST(MigrationHook, FailedMigrationSequence) {
   ASSERT_NE(o.exit_code, 0);
   // libvirt stops there: no prepare, no release on the destination.
   EXPECT_EQ(dest.calls, (Calls{"check web01/data web01/logs"}));
+}
+
+// --- libvirt's own sequences ------------------------------------------------
+// tests/unit/testdata/libvirt_hooks/: what libvirtd 9.0 passed to its qemu
+// hook on each host of a real migration (recorded by tests/vm/pair_smoke.sh;
+// format in the directory's README.md). The recorded domain has a plain
+// disk; each call is replayed with the argument list libvirt used and the
+// vcrypt domain above, and the recorded XML is parsed as it came.
+struct RecordedCall {
+  std::vector<std::string> argv;  // DOMAIN OP SUBOP EXTRA
+  std::string xml;                // "" unless recorded whole
+};
+
+std::vector<RecordedCall> ReadRecorded(const std::string& name) {
+  std::ifstream in(std::string(VCRYPT_SOURCE_DIR) +
+                   "/tests/unit/testdata/libvirt_hooks/" + name);
+  EXPECT_TRUE(in.good()) << name;
+  std::vector<RecordedCall> calls;
+  std::string line;
+  bool in_xml = false, full = false;
+  while (std::getline(in, line)) {
+    if (in_xml) {
+      if (line == "end") {
+        in_xml = false;
+      } else if (full) {
+        calls.back().xml += line + "\n";
+      }
+      continue;
+    }
+    if (line.rfind("argv ", 0) == 0) {
+      RecordedCall c;
+      std::istringstream words(line.substr(5));
+      for (std::string w; words >> w;) c.argv.push_back(w);
+      calls.push_back(std::move(c));
+    } else if (line.rfind("stdin ", 0) == 0) {
+      in_xml = true;
+      full = line.size() >= 5 && line.substr(line.size() - 5) == " full";
+    }
+  }
+  return calls;
+}
+
+// Replays `file` on one host: each call with its recorded argument list
+// (the domain renamed to web01) and kBoth on stdin.
+std::vector<HookOutcome> Replay(const std::string& file, FakeVolumes& v) {
+  std::vector<HookOutcome> out;
+  for (const auto& c : ReadRecorded(file)) {
+    EXPECT_EQ(c.argv.size(), 4u);
+    if (c.argv.size() != 4) continue;
+    auto args = ParseHookArgs({"web01", c.argv[1], c.argv[2], c.argv[3]});
+    EXPECT_TRUE(args.ok());
+    out.push_back(RunHook(*args, kBoth, v));
+  }
+  return out;
+}
+
+TEST(RecordedMigration, DestinationChecksRegistersAndOpens) {
+  for (const char* file : {"migrate_ok_dest.txt", "migrate_back_dest.txt"}) {
+    FakeVolumes v;
+    auto outcomes = Replay(file, v);
+    ASSERT_EQ(outcomes.size(), 4u) << file;  // migrate, prepare, start, started
+    for (const auto& o : outcomes) EXPECT_EQ(o.exit_code, 0) << file;
+    EXPECT_EQ(v.calls, (Calls{"check web01/data web01/logs",
+                              "register web01/data web01/logs",
+                              "open web01/data", "open web01/logs"}))
+        << file;
+  }
+  // The XML libvirt really sent at migrate begin parses, disks and all.
+  auto calls = ReadRecorded("migrate_ok_dest.txt");
+  ASSERT_FALSE(calls.empty());
+  ASSERT_EQ(calls[0].argv[1], "migrate");
+  ASSERT_FALSE(calls[0].xml.empty());
+  auto dom = ParseDomainXml(calls[0].xml);
+  ASSERT_TRUE(dom.ok()) << dom.error().message;
+  EXPECT_EQ(dom->name, calls[0].argv[0]);
+  ASSERT_EQ(dom->disks.size(), 1u);
+  EXPECT_EQ(dom->disks[0].cache, "none");
+}
+
+TEST(RecordedMigration, SourceClosesAndLeavesTheVerdictToTheWatcher) {
+  for (const char* file :
+       {"migrate_ok_source.txt", "migrate_back_source.txt"}) {
+    FakeVolumes v;
+    auto outcomes = Replay(file, v);
+    ASSERT_EQ(outcomes.size(), 2u) << file;  // stopped end, release end
+    EXPECT_EQ(v.calls, (Calls{"close web01/data", "close web01/logs"}))
+        << file;
+    // libvirt 9.0 says "-": the watcher decides.
+    EXPECT_EQ(outcomes[1].watch_vms, (std::vector<std::string>{"web01"}));
+  }
+}
+
+TEST(RecordedMigration, RefusedMigrationTouchesNothing) {
+  FakeVolumes dest;
+  dest.incoming_errors["web01"] =
+      MakeError(ErrorCode::kKeyUnavailable, "web01/data: no provider");
+  auto outcomes = Replay("migrate_refused_dest.txt", dest);
+  ASSERT_EQ(outcomes.size(), 1u);
+  EXPECT_EQ(outcomes[0].exit_code,
+            static_cast<int>(ErrorCode::kKeyUnavailable));
+  EXPECT_EQ(dest.calls, (Calls{"check web01/data web01/logs"}));
+  FakeVolumes source;
+  EXPECT_TRUE(Replay("migrate_refused_source.txt", source).empty());
+  EXPECT_TRUE(source.calls.empty());
 }
 
 }  // namespace
