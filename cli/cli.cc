@@ -30,7 +30,11 @@ constexpr const char* kUsage =
     R"(Usage: vcryptctl [--socket PATH] [--json] COMMAND ...
 
 Key providers:
-  provider add native NAME [--tpm]
+  provider add native NAME [--tpm [--tcti TCTI] [--pcrs 0,7]]
+                                       --tpm: primary key sealed to this
+                                       host's TPM (TCTI default
+                                       device:/dev/tpmrm0), bound to the
+                                       PCRs' current values (SHA-256 bank)
   provider add standard NAME --kms HOST:PORT[,HOST:PORT...] --ca FILE
                              --cert FILE --key FILE
   provider add trusted NAME --attestation URL --kps URL --ca FILE
@@ -43,6 +47,7 @@ Key providers:
   provider list | show NAME | remove NAME [--force] | default NAME
   provider backup NAME --out FILE.p12|- --password-file FILE
   provider restore FILE.p12|- --name NAME --password-file FILE
+                   [--tpm [--tcti TCTI] [--pcrs 0,7]]
 VMs:
   vm create VM [--provider NAME] [--no-auto-unlock]
   vm list | show VM | unregister VM | delete VM [--erase] [--destroy-key]

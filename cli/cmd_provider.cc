@@ -2,6 +2,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <iostream>
@@ -13,6 +14,78 @@
 #include "common/handles.h"
 
 namespace vcrypt::cli_internal {
+namespace {
+
+// "--pcrs 0,7": PCR numbers 0..23, as a JSON list in ascending order
+// without repeats (the order they are given in does not matter).
+Result<Json> ParsePcrs(const std::string& text) {
+  auto bad = [&] {
+    return UsageError(
+        "--pcrs takes PCR numbers 0 to 23 separated by commas, "
+        "e.g. --pcrs 0,7");
+  };
+  std::vector<int> pcrs;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma - start);
+    if (item.empty() || item.size() > 2 ||
+        item.find_first_not_of("0123456789") != std::string::npos)
+      return bad();
+    const int n = std::stoi(item);
+    if (n > 23) return bad();
+    pcrs.push_back(n);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  std::sort(pcrs.begin(), pcrs.end());
+  pcrs.erase(std::unique(pcrs.begin(), pcrs.end()), pcrs.end());
+  return Json(pcrs);
+}
+
+// --tpm [--tcti TCTI] [--pcrs LIST] into a provider.add/.restore request.
+Status AddKeyStorage(const Sub& s, const std::string& tcti,
+                     const std::string& pcrs, const std::string& what,
+                     Json& req) {
+  const bool tpm = s.vm.count("tpm") > 0;
+  if (!tpm && (!tcti.empty() || !pcrs.empty()))
+    return UsageError(what + ": --tcti and --pcrs go with --tpm");
+  req["tpm"] = tpm;
+  if (!tcti.empty()) req["tcti"] = tcti;
+  if (!pcrs.empty()) {
+    VCRYPT_ASSIGN_OR_RETURN(req["pcrs"], ParsePcrs(pcrs));
+  }
+  return Status::Ok();
+}
+
+// A provider description's "pcrs" as "0,7" ("" for none).
+std::string PcrText(const Json& provider) {
+  auto it = provider.find("pcrs");
+  if (it == provider.end() || !it->is_array()) return "";
+  std::string text;
+  for (const auto& n : *it) text += (text.empty() ? "" : ",") + n.dump();
+  return text;
+}
+
+// The PCRS column of `provider list`: a TPM-sealed key's PCRs, "-" for
+// none.
+void AddPcrColumn(Json& providers) {
+  for (auto& p : providers) {
+    if (p.value("key_storage", "") != "tpm") continue;
+    const std::string text = PcrText(p);
+    p["pcr_list"] = text.empty() ? "-" : text;
+  }
+}
+
+// One line under "created"/"restored" saying where a sealed key lives.
+void PrintSealed(std::ostream& out, const Json& provider) {
+  if (provider.value("key_storage", "") != "tpm") return;
+  const std::string pcrs = PcrText(provider);
+  out << "  primary key sealed to the TPM at " << Str(provider["tcti"])
+      << (pcrs.empty() ? " (no PCR policy)" : " (PCRs " + pcrs + ")") << "\n";
+}
+
+}  // namespace
 
 Status Cli::Provider(const std::vector<std::string>& a) {
   if (a.empty()) return UsageError("provider: missing subcommand");
@@ -20,12 +93,13 @@ Status Cli::Provider(const std::vector<std::string>& a) {
   std::vector<std::string> args(a.begin() + 1, a.end());
   po::options_description none;
   if (sub == "add") {
-    std::string kms, ca, cert, key, attestation, kps, tcti, host;
+    std::string kms, ca, cert, key, attestation, kps, tcti, host, pcrs;
     po::options_description o;
     o.add_options()("tpm", "")("kms", po::value(&kms))("ca", po::value(&ca))(
         "cert", po::value(&cert))("key", po::value(&key))(
         "attestation", po::value(&attestation))("kps", po::value(&kps))(
-        "tcti", po::value(&tcti))("host", po::value(&host));
+        "tcti", po::value(&tcti))("host", po::value(&host))("pcrs",
+                                                            po::value(&pcrs));
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 2, 2, "provider add"));
     const std::string& type = s.words[0];
     Json req = {
@@ -35,18 +109,20 @@ Status Cli::Provider(const std::vector<std::string>& a) {
         !attestation.empty() || !kps.empty() || !tcti.empty() || !host.empty();
     if (type == "native") {
       if (!kms.empty() || !ca.empty() || !cert.empty() || !key.empty() ||
-          trusted_opts)
+          !attestation.empty() || !kps.empty() || !host.empty())
         return UsageError(
             "provider add native takes no "
-            "--kms/--ca/--cert/--key/--attestation/--kps/"
-            "--tcti/--host");
+            "--kms/--ca/--cert/--key/--attestation/--kps/--host");
+      VCRYPT_RETURN_IF_ERROR(
+          AddKeyStorage(s, tcti, pcrs, "provider add native", req));
     } else if (type == "trusted") {
       if (attestation.empty() || kps.empty() || ca.empty())
         return UsageError(
             "provider add trusted needs --attestation URL --kps URL --ca FILE");
-      if (!kms.empty() || !cert.empty() || !key.empty() || s.vm.count("tpm"))
+      if (!kms.empty() || !cert.empty() || !key.empty() || s.vm.count("tpm") ||
+          !pcrs.empty())
         return UsageError(
-            "provider add trusted takes no --kms/--cert/--key/--tpm");
+            "provider add trusted takes no --kms/--cert/--key/--tpm/--pcrs");
       auto ca_pem = ReadFile(ca);
       if (!ca_pem.ok()) return std::move(ca_pem).error();
       req["attestation"] = attestation;
@@ -55,9 +131,10 @@ Status Cli::Provider(const std::vector<std::string>& a) {
       if (!tcti.empty()) req["tcti"] = tcti;
       if (!host.empty()) req["host"] = host;
     } else if (type == "standard") {
-      if (trusted_opts)
+      if (trusted_opts || s.vm.count("tpm") || !pcrs.empty())
         return UsageError(
-            "provider add standard takes no --attestation/--kps/--tcti/--host");
+            "provider add standard takes no "
+            "--attestation/--kps/--tcti/--host/--tpm/--pcrs");
       if (kms.empty() || ca.empty() || cert.empty() || key.empty())
         return UsageError(
             "provider add standard needs --kms HOST:PORT[,...] --ca FILE "
@@ -81,6 +158,7 @@ Status Cli::Provider(const std::vector<std::string>& a) {
     Print(r, [&](const Json& j) {
       out_ << "created " << type << " provider '" << s.words[1] << "'"
            << (j.value("default", false) ? " (default)" : "") << "\n";
+      PrintSealed(out_, j);
       if (j.contains("host") && j.contains("token_expires"))
         out_ << "  attested as host '" << Str(j["host"])
              << "', token valid until " << Str(j["token_expires"]) << "\n";
@@ -98,7 +176,9 @@ Status Cli::Provider(const std::vector<std::string>& a) {
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, none, 0, 0, "provider list"));
     VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider.list", Json::object()));
     Print(r, [&](const Json& j) {
-      PrintTable(out_, j["providers"],
+      Json rows = j["providers"];
+      AddPcrColumn(rows);
+      PrintTable(out_, rows,
                  {{"name", "NAME"},
                   {"type", "TYPE"},
                   {"default", "DEFAULT"},
@@ -106,7 +186,11 @@ Status Cli::Provider(const std::vector<std::string>& a) {
                   {"state", "STATE"},
                   // Native only: hosts that share a provider (restored
                   // from one backup) show the same ID.
-                  {"primary_key_id", "PRIMARY KEY"}});
+                  {"primary_key_id", "PRIMARY KEY"},
+                  // Native only: "file" or "tpm", and the PCRs a
+                  // TPM-sealed key is bound to.
+                  {"key_storage", "KEY STORAGE"},
+                  {"pcr_list", "PCRS"}});
     });
     return Status::Ok();
   }
@@ -187,13 +271,17 @@ Status Cli::Provider(const std::vector<std::string>& a) {
     return Status::Ok();
   }
   if (sub == "restore") {
-    std::string name, pwf;
+    std::string name, pwf, tcti, pcrs;
     po::options_description o;
-    o.add_options()("name", po::value(&name))("password-file", po::value(&pwf));
+    o.add_options()("name", po::value(&name))("password-file", po::value(&pwf))(
+        "tpm", "")("tcti", po::value(&tcti))("pcrs", po::value(&pcrs));
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "provider restore"));
     if (name.empty() || pwf.empty())
       return UsageError(
           "provider restore needs --name NAME and --password-file FILE");
+    Json req = {{"name", name}};
+    VCRYPT_RETURN_IF_ERROR(
+        AddKeyStorage(s, tcti, pcrs, "provider restore", req));
     // FILE "-": the backup from stdin (the other end of `provider backup
     // --out -`); the password must then come from a file of its own.
     const bool from_stdin = s.words[0] == "-";
@@ -207,11 +295,12 @@ Status Cli::Provider(const std::vector<std::string>& a) {
     VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pw, ReadPasswordFile(pwf));
     std::span<const uint8_t> bytes(
         reinterpret_cast<const uint8_t*>(p12->data()), p12->size());
-    VCRYPT_ASSIGN_OR_RETURN(
-        Json r, Call("provider.restore",
-                     {{"name", name}, {"p12", Base64Encode(bytes)}}, &pw));
-    Print(r,
-          [&](const Json&) { out_ << "restored provider '" << name << "'\n"; });
+    req["p12"] = Base64Encode(bytes);
+    VCRYPT_ASSIGN_OR_RETURN(Json r, Call("provider.restore", req, &pw));
+    Print(r, [&](const Json& j) {
+      out_ << "restored provider '" << name << "'\n";
+      PrintSealed(out_, j);
+    });
     return Status::Ok();
   }
   return UsageError("unknown provider subcommand '" + sub + "'");

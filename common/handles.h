@@ -97,7 +97,7 @@ struct DmTaskDeleter {
 };
 using DmTaskPtr = std::unique_ptr<dm_task, DmTaskDeleter>;
 
-// tpm2-tss (deleters defined in keyproviders/trusted/tpm_handles.cc).
+// tpm2-tss (deleters defined in keyproviders/tpm/tpm_handles.cc).
 struct EsysContextDeleter {
   void operator()(ESYS_CONTEXT* ctx) const;  // Esys_Finalize
 };

@@ -35,7 +35,9 @@ Result<std::shared_ptr<KeyProvider>> LoadProvider(
                      "provider config " + dir + "/config.json is malformed");
   std::string type = cfg["type"].get<std::string>();
   if (type == "native") {
-    VCRYPT_ASSIGN_OR_RETURN(auto p, NativeProvider::Load(name, dir));
+    NativeProviderOptions no;
+    no.allow_test_tcti = options.allow_test_tcti;
+    VCRYPT_ASSIGN_OR_RETURN(auto p, NativeProvider::Load(name, dir, no));
     return std::shared_ptr<KeyProvider>(std::move(p));
   }
   if (type == "standard") {

@@ -47,8 +47,9 @@ struct ControllerOptions {
   // (daemon/roles.h, CheckOperatorVolumePath); absolute and lexically
   // normal. Empty: volume.create is root's.
   std::vector<std::string> volume_paths;
-  // Whether a trusted provider may use a simulator TCTI (swtpm:, mssim:)
-  // besides TPM device nodes (keyproviders/trusted/tpm.h, CheckTcti).
+  // Whether a trusted provider, or a native provider's TPM-sealed primary
+  // key, may use a simulator TCTI (swtpm:, mssim:) besides TPM device
+  // nodes (keyproviders/tpm/tpm_context.h, CheckTcti).
   // Only root's own config turns it on, for tests.
   bool allow_test_tcti = false;
 };

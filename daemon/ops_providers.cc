@@ -25,6 +25,28 @@ using controller_ops::PrimaryKeyId;
 using controller_ops::StrArg;
 using controller_ops::Usage;
 
+// How provider.add / provider.restore ask a native provider to keep its
+// primary key: `tpm`, with an optional `tcti` and `pcrs` (PCR numbers).
+// Only the shape is checked here; NativeProvider checks the values (the
+// TCTI allowlist, the PCR list) before anything is made.
+Result<NativeKeyStorage> StorageArg(const Json& args) {
+  NativeKeyStorage s;
+  s.tpm = BoolArg(args, "tpm");
+  s.tcti = OptStr(args, "tcti").value_or("");
+  auto it = args.find("pcrs");
+  if (it != args.end() && !it->is_null()) {
+    if (!it->is_array() || it->size() > 24)
+      return Usage("'pcrs' must be a list of at most 24 PCR numbers");
+    for (const auto& p : *it) {
+      if (!p.is_number_integer() || p.get<int64_t>() < 0 ||
+          p.get<int64_t>() > 23)
+        return Usage("'pcrs' must hold PCR numbers 0 to 23");
+      s.pcrs.push_back(p.get<int>());
+    }
+  }
+  return s;
+}
+
 }  // namespace
 
 // --- providers -------------------------------------------------------------
@@ -39,10 +61,10 @@ Result<Json> ProviderOps::ProviderAdd(const Json& args,
     return MakeError(
         ErrorCode::kInvalidArgument,
         "provider type '" + type + "' is not supported by this vcryptd");
-  if (BoolArg(args, "tpm"))
+  if (type != "native" && (BoolArg(args, "tpm") || args.contains("pcrs")))
     return MakeError(ErrorCode::kInvalidArgument,
-                     "--tpm (TPM-sealed primary key) is not supported yet; "
-                     "omit it to keep the primary key in a root-only file");
+                     "--tpm and --pcrs (a TPM-sealed primary key) are for "
+                     "native providers only");
   {
     std::lock_guard lock(state_.mu);
     if (state_.providers.count(name))
@@ -59,15 +81,20 @@ Result<Json> ProviderOps::ProviderAdd(const Json& args,
   std::shared_ptr<KeyProvider> provider;
   Json desc;
   if (type == "native") {
-    Result<std::unique_ptr<NativeProvider>> p =
-        MakeError(ErrorCode::kInternal, "not created");
+    VCRYPT_ASSIGN_OR_RETURN(NativeKeyStorage storage, StorageArg(args));
+    NativeProviderOptions no;
+    no.allow_test_tcti = state_.options.allow_test_tcti;
     {
       std::lock_guard lock(state_.mu);
       if (state_.providers.count(name))
         return MakeError(ErrorCode::kExists,
                          "provider '" + name + "' already exists");
-      p = NativeProvider::Create(name, state_.store.ProviderDir(name));
     }
+    // Outside the state lock: sealing to a TPM is a few TPM commands, one
+    // of them a primary key creation (slow on some TPMs). The name's lock
+    // keeps another add or restore of this name out meanwhile.
+    auto p = NativeProvider::Create(name, state_.store.ProviderDir(name),
+                                    storage, no);
     if (p.ok()) audit.primary_key_id = (*p)->primary_key_id();
     state_.Audit(audit.Outcome(p));
     if (!p.ok()) return std::move(p).error();
@@ -249,6 +276,9 @@ Result<Json> ProviderOps::ProviderRestore(const Json& args,
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
   if (password.empty())
     return Usage("a restore needs the backup's password (--password-file)");
+  VCRYPT_ASSIGN_OR_RETURN(NativeKeyStorage storage, StorageArg(args));
+  NativeProviderOptions no;
+  no.allow_test_tcti = state_.options.allow_test_tcti;
   auto bytes = Base64Decode(p12);
   if (!bytes.ok())
     return MakeError(ErrorCode::kInvalidArgument,
@@ -277,7 +307,8 @@ Result<Json> ProviderOps::ProviderRestore(const Json& args,
     auto p = NativeProvider::RestoreBytes(
         std::string_view(reinterpret_cast<const char*>(bytes->data()),
                          bytes->size()),
-        password, name, state_.store.ProviderDir(name), "the backup");
+        password, name, state_.store.ProviderDir(name), "the backup", storage,
+        no);
     if (!p.ok()) return std::move(p).error();
     audit.primary_key_id = (*p)->primary_key_id();
     std::lock_guard lock(state_.mu);

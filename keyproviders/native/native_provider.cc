@@ -24,286 +24,26 @@
 #include "common/handles.h"
 #include "common/names.h"
 #include "common/random.h"
+#include "keyproviders/native/provider_dir.h"
 
 namespace vcrypt {
 namespace {
 
-constexpr size_t kPrimaryKeySize = 32;
-constexpr int kConfigVersion = 1;
-constexpr const char* kConfigFile = "config.json";
-constexpr const char* kKeyFile = "primary.key";
+using native_internal::IsUuid;
+using native_internal::kPrimaryKeySize;
+
 constexpr std::string_view kKekAadLabel = "vcrypt-native-kek-v1";
-constexpr std::string_view kKeyStorageFile = "file";
 // Salt length for PBKDF2 and the MAC KDF: 128 bits (NIST SP 800-132 asks
 // for at least that; OpenSSL 3.0 would default to 64).
 constexpr int kSaltSize = 16;
-
-std::string Join(const std::string& dir, const char* file) {
-  if (!dir.empty() && dir.back() == '/') return dir + file;
-  return dir + "/" + file;
-}
-
-std::string ParentDir(const std::string& path) {
-  std::string p = path;
-  while (p.size() > 1 && p.back() == '/') p.pop_back();
-  auto pos = p.rfind('/');
-  if (pos == std::string::npos) return ".";
-  if (pos == 0) return "/";
-  return p.substr(0, pos);
-}
 
 Error ErrnoError(ErrorCode code, const std::string& what, int err) {
   return MakeError(code, what + ": " + std::strerror(err));
 }
 
-// Canonical lower-case RFC 4122 text form, as RandomUuid() makes it.
-bool IsUuid(std::string_view s) {
-  if (s.size() != 36) return false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (i == 8 || i == 13 || i == 18 || i == 23) {
-      if (c != '-') return false;
-    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 std::vector<uint8_t> KekAad(std::string_view primary_key_id,
                             std::string_view kek_id) {
   return BuildAad(kKekAadLabel, {primary_key_id, kek_id});
-}
-
-// ---- provider directory ----------------------------------------------------
-
-// OK when `dir` does not exist or is an empty directory; kExists otherwise.
-Status CheckDirUnused(const std::string& dir) {
-  struct stat st;
-  if (lstat(dir.c_str(), &st) != 0) {
-    if (errno == ENOENT) return Status::Ok();
-    return ErrnoError(ErrorCode::kIo, "cannot inspect " + dir, errno);
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    return MakeError(ErrorCode::kExists,
-                     dir + " already exists and is not a directory");
-  }
-  DIR* d = opendir(dir.c_str());
-  if (d == nullptr)
-    return ErrnoError(ErrorCode::kIo, "cannot read " + dir, errno);
-  bool empty = true;
-  while (dirent* e = readdir(d)) {
-    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) {
-      empty = false;
-      break;
-    }
-  }
-  closedir(d);
-  if (!empty) {
-    return MakeError(ErrorCode::kExists,
-                     dir +
-                         " is not empty; a provider needs a directory of "
-                         "its own");
-  }
-  return Status::Ok();
-}
-
-// Removes what WriteProviderFiles wrote unless dismissed, so a failure
-// leaves nothing behind.
-class DirCleanup {
- public:
-  DirCleanup(std::string dir, bool remove_dir)
-      : dir_(std::move(dir)), remove_dir_(remove_dir) {}
-  DirCleanup(const DirCleanup&) = delete;
-  DirCleanup& operator=(const DirCleanup&) = delete;
-  ~DirCleanup() {
-    if (dismissed_) return;
-    ::unlink(Join(dir_, kConfigFile).c_str());
-    ::unlink(Join(dir_, kKeyFile).c_str());
-    if (remove_dir_) ::rmdir(dir_.c_str());
-  }
-  void Dismiss() { dismissed_ = true; }
-
- private:
-  std::string dir_;
-  bool remove_dir_;
-  bool dismissed_ = false;
-};
-
-nlohmann::json ConfigJson(const std::string& name, const std::string& id,
-                          const std::string& created) {
-  return nlohmann::json{{"version", kConfigVersion},
-                        {"type", "native"},
-                        {"name", name},
-                        {"primary_key_id", id},
-                        {"created", created},
-                        {"key_storage", kKeyStorageFile}};
-}
-
-// Creates `dir` (or takes over an existing empty one) and writes
-// primary.key, then config.json. Nothing is left behind on failure.
-Status WriteProviderFiles(const std::string& name, const std::string& dir,
-                          const std::string& id, const std::string& created,
-                          const SecureBuffer& key) {
-  VCRYPT_RETURN_IF_ERROR(CheckDirUnused(dir));
-  const std::string parent = ParentDir(dir);
-  VCRYPT_RETURN_IF_ERROR(MakeDirs(parent, 0700));
-  bool created_dir = false;
-  if (mkdir(dir.c_str(), 0700) == 0) {
-    created_dir = true;
-    // Make the new directory entry durable like the files in it.
-    UniqueFd pfd(open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!pfd.valid() || fsync(pfd.get()) != 0) {
-      int err = errno;
-      ::rmdir(dir.c_str());
-      return ErrnoError(ErrorCode::kIo, "cannot fsync directory " + parent,
-                        err);
-    }
-  } else if (errno == EEXIST) {
-    // Someone may have created it since CheckDirUnused: check again.
-    VCRYPT_RETURN_IF_ERROR(CheckDirUnused(dir));
-    if (chmod(dir.c_str(), 0700) != 0)
-      return ErrnoError(ErrorCode::kIo, "cannot chmod 0700 " + dir, errno);
-  } else {
-    return ErrnoError(ErrorCode::kIo, "cannot create directory " + dir, errno);
-  }
-  DirCleanup cleanup(dir, created_dir);
-  AtomicWriteOptions opts;
-  opts.mode = 0600;
-  VCRYPT_RETURN_IF_ERROR(
-      WriteFileAtomic(Join(dir, kKeyFile), key.span(), opts));
-  VCRYPT_RETURN_IF_ERROR(
-      WriteFileAtomic(Join(dir, kConfigFile),
-                      ConfigJson(name, id, created).dump(2) + "\n", opts));
-  cleanup.Dismiss();
-  return Status::Ok();
-}
-
-// Refuses a directory others could write into (they could swap the key).
-Status CheckDirSecure(const std::string& dir) {
-  struct stat st;
-  if (stat(dir.c_str(), &st) != 0) {
-    int err = errno;
-    return ErrnoError(err == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
-                      "cannot open native provider directory " + dir, err);
-  }
-  if (!S_ISDIR(st.st_mode))
-    return MakeError(ErrorCode::kInvalidArgument, dir + " is not a directory");
-  if (st.st_uid != geteuid() || (st.st_mode & 022) != 0) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "refusing native provider directory " + dir +
-                         ": it must be owned by uid " +
-                         std::to_string(geteuid()) +
-                         " and not writable by group or others (chmod 700)");
-  }
-  return Status::Ok();
-}
-
-// Reads primary.key straight into locked memory after checking that only
-// its owner can read it.
-Result<SecureBuffer> ReadPrimaryKey(const std::string& path) {
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC));
-  if (!fd.valid()) {
-    int err = errno;
-    if (err == ELOOP) {
-      return MakeError(ErrorCode::kInvalidArgument,
-                       "refusing " + path + ": it is a symbolic link");
-    }
-    return ErrnoError(err == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIo,
-                      "cannot open " + path, err);
-  }
-  struct stat st;
-  if (fstat(fd.get(), &st) != 0)
-    return ErrnoError(ErrorCode::kIo, "cannot stat " + path, errno);
-  if (!S_ISREG(st.st_mode)) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "refusing " + path + ": not a regular file");
-  }
-  if (st.st_uid != geteuid()) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "refusing " + path + ": owned by uid " +
-                         std::to_string(st.st_uid) + ", must be uid " +
-                         std::to_string(geteuid()));
-  }
-  if ((st.st_mode & 07777) != 0600) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o",
-                  static_cast<unsigned>(st.st_mode & 07777));
-    return MakeError(ErrorCode::kInvalidArgument,
-                     "refusing " + path + ": mode " + mode +
-                         ", must be 0600 (chmod 600 " + path + ")");
-  }
-  // One spare byte tells "exactly 32" from "longer".
-  SecureBuffer key(kPrimaryKeySize + 1);
-  size_t got = 0;
-  while (got < key.size()) {
-    ssize_t r = ::read(fd.get(), key.data() + got, key.size() - got);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError(ErrorCode::kIo, "cannot read " + path, errno);
-    }
-    if (r == 0) break;
-    got += static_cast<size_t>(r);
-  }
-  if (got != kPrimaryKeySize) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     path +
-                         " is damaged: a primary key is exactly 32 bytes; "
-                         "restore the provider from its backup");
-  }
-  key.Truncate(kPrimaryKeySize);
-  return key;
-}
-
-struct Config {
-  std::string primary_key_id;
-  std::string created;
-};
-
-Result<Config> ReadConfig(const std::string& path, const std::string& name) {
-  VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
-  auto bad = [&](const std::string& why) {
-    return MakeError(ErrorCode::kInvalidArgument, path + " is damaged: " + why);
-  };
-  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
-  auto str = [&](const char* m) -> const std::string* {
-    auto it = j.find(m);
-    if (it == j.end() || !it->is_string()) return nullptr;
-    return &it->get_ref<const std::string&>();
-  };
-  auto version = j.find("version");
-  if (version == j.end() || !version->is_number_integer())
-    return bad("\"version\" is missing");
-  if (version->get<int64_t>() != kConfigVersion) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     path + " has version " + version->dump() +
-                         ", which this vcrypt does not support; upgrade it");
-  }
-  const std::string* type = str("type");
-  if (type == nullptr || *type != "native")
-    return bad("\"type\" is not \"native\"");
-  const std::string* storage = str("key_storage");
-  if (storage == nullptr) return bad("\"key_storage\" is missing");
-  if (*storage != kKeyStorageFile) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     path + ": primary key storage \"" +
-                         storage->substr(0, 16) +
-                         "\" is not supported by this vcrypt");
-  }
-  const std::string* cfg_name = str("name");
-  if (cfg_name == nullptr) return bad("\"name\" is missing");
-  if (*cfg_name != name) {
-    return MakeError(ErrorCode::kInvalidArgument,
-                     path + " belongs to provider '" + cfg_name->substr(0, 64) +
-                         "', not '" + name + "'");
-  }
-  const std::string* id = str("primary_key_id");
-  if (id == nullptr || !IsUuid(*id))
-    return bad("\"primary_key_id\" is missing or not a UUID");
-  const std::string* created = str("created");
-  if (created == nullptr) return bad("\"created\" is missing");
-  return Config{*id, *created};
 }
 
 // ---- PKCS#12 ---------------------------------------------------------------
@@ -460,34 +200,41 @@ void StripPasswordFileNewline(SecureBuffer& password) {
 
 NativeProvider::NativeProvider(std::string name, std::string dir,
                                std::string primary_key_id, std::string created,
+                               NativeKeyStorage storage,
                                SecureBuffer primary_key)
     : name_(std::move(name)),
       dir_(std::move(dir)),
       primary_key_id_(std::move(primary_key_id)),
       created_(std::move(created)),
+      storage_(std::move(storage)),
       primary_key_(std::move(primary_key)) {}
 
 Result<std::unique_ptr<NativeProvider>> NativeProvider::Create(
-    const std::string& name, const std::string& dir) {
+    const std::string& name, const std::string& dir,
+    const NativeKeyStorage& storage, const NativeProviderOptions& options) {
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
+  native_internal::ProviderConfig c;
+  VCRYPT_ASSIGN_OR_RETURN(c.storage,
+                          native_internal::CanonicalStorage(storage, options));
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer key, RandomKey(kPrimaryKeySize));
-  VCRYPT_ASSIGN_OR_RETURN(std::string id, RandomUuid());
-  std::string created = NowRfc3339();
-  VCRYPT_RETURN_IF_ERROR(WriteProviderFiles(name, dir, id, created, key));
+  VCRYPT_ASSIGN_OR_RETURN(c.primary_key_id, RandomUuid());
+  c.created = NowRfc3339();
+  VCRYPT_RETURN_IF_ERROR(native_internal::WriteProviderDir(name, dir, c, key));
   return std::unique_ptr<NativeProvider>(new NativeProvider(
-      name, dir, std::move(id), std::move(created), std::move(key)));
+      name, dir, std::move(c.primary_key_id), std::move(c.created),
+      std::move(c.storage), std::move(key)));
 }
 
 Result<std::unique_ptr<NativeProvider>> NativeProvider::Load(
-    const std::string& name, const std::string& dir) {
+    const std::string& name, const std::string& dir,
+    const NativeProviderOptions& options) {
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
-  VCRYPT_RETURN_IF_ERROR(CheckDirSecure(dir));
-  VCRYPT_ASSIGN_OR_RETURN(Config cfg, ReadConfig(Join(dir, kConfigFile), name));
-  VCRYPT_ASSIGN_OR_RETURN(SecureBuffer key,
-                          ReadPrimaryKey(Join(dir, kKeyFile)));
+  VCRYPT_ASSIGN_OR_RETURN(native_internal::LoadedProviderDir d,
+                          native_internal::ReadProviderDir(name, dir, options));
   return std::unique_ptr<NativeProvider>(
-      new NativeProvider(name, dir, std::move(cfg.primary_key_id),
-                         std::move(cfg.created), std::move(key)));
+      new NativeProvider(name, dir, std::move(d.config.primary_key_id),
+                         std::move(d.config.created),
+                         std::move(d.config.storage), std::move(d.key)));
 }
 
 Status NativeProvider::Backup(const std::string& out_path,
@@ -566,11 +313,13 @@ Result<std::string> NativeProvider::BackupBytes(const SecureBuffer& password,
 
 Result<std::unique_ptr<NativeProvider>> NativeProvider::Restore(
     const std::string& p12_path, const SecureBuffer& password,
-    const std::string& name, const std::string& dir) {
+    const std::string& name, const std::string& dir,
+    const NativeKeyStorage& storage, const NativeProviderOptions& options) {
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
   VCRYPT_RETURN_IF_ERROR(CheckPassword(password));
   // Fail fast, before the deliberately slow key derivation.
-  VCRYPT_RETURN_IF_ERROR(CheckDirUnused(dir));
+  VCRYPT_RETURN_IF_ERROR(native_internal::CheckDirUnused(dir));
+  VCRYPT_RETURN_IF_ERROR(native_internal::CanonicalStorage(storage, options));
 
   struct stat st;
   if (stat(p12_path.c_str(), &st) != 0) {
@@ -587,15 +336,20 @@ Result<std::unique_ptr<NativeProvider>> NativeProvider::Restore(
   }
   // The file is encrypted: reading it into a std::string is fine.
   VCRYPT_ASSIGN_OR_RETURN(std::string file, ReadFile(p12_path));
-  return RestoreBytes(file, password, name, dir, "backup " + p12_path);
+  return RestoreBytes(file, password, name, dir, "backup " + p12_path, storage,
+                      options);
 }
 
 Result<std::unique_ptr<NativeProvider>> NativeProvider::RestoreBytes(
     std::string_view der, const SecureBuffer& password, const std::string& name,
-    const std::string& dir, const std::string& what) {
+    const std::string& dir, const std::string& what,
+    const NativeKeyStorage& storage, const NativeProviderOptions& options) {
   VCRYPT_RETURN_IF_ERROR(ValidateProviderName(name));
   VCRYPT_RETURN_IF_ERROR(CheckPassword(password));
-  VCRYPT_RETURN_IF_ERROR(CheckDirUnused(dir));
+  VCRYPT_RETURN_IF_ERROR(native_internal::CheckDirUnused(dir));
+  native_internal::ProviderConfig c;
+  VCRYPT_ASSIGN_OR_RETURN(c.storage,
+                          native_internal::CanonicalStorage(storage, options));
   if (der.size() > kMaxBackupFileSize) {
     return MakeError(ErrorCode::kInvalidArgument,
                      what + " is not a vcrypt backup (too large)");
@@ -655,10 +409,12 @@ Result<std::unique_ptr<NativeProvider>> NativeProvider::RestoreBytes(
       ASN1_STRING_get0_data(value->value.octet_string), kPrimaryKeySize));
   bags.reset();
 
-  std::string created = NowRfc3339();
-  VCRYPT_RETURN_IF_ERROR(WriteProviderFiles(name, dir, id, created, key));
+  c.primary_key_id = std::move(id);
+  c.created = NowRfc3339();
+  VCRYPT_RETURN_IF_ERROR(native_internal::WriteProviderDir(name, dir, c, key));
   return std::unique_ptr<NativeProvider>(new NativeProvider(
-      name, dir, std::move(id), std::move(created), std::move(key)));
+      name, dir, std::move(c.primary_key_id), std::move(c.created),
+      std::move(c.storage), std::move(key)));
 }
 
 Result<NewKek> NativeProvider::CreateKek(std::string_view /*vm*/) {
@@ -720,11 +476,16 @@ bool NativeProvider::Recognizes(const KekRef& ref) const {
 }
 
 nlohmann::json NativeProvider::Describe() const {
-  return nlohmann::json{{"name", name_},
-                        {"type", "native"},
-                        {"primary_key_id", primary_key_id_},
-                        {"created", created_},
-                        {"key_storage", kKeyStorageFile}};
+  nlohmann::json j{{"name", name_},
+                   {"type", "native"},
+                   {"primary_key_id", primary_key_id_},
+                   {"created", created_},
+                   {"key_storage", storage_.tpm ? "tpm" : "file"}};
+  if (storage_.tpm) {
+    j["tcti"] = storage_.tcti;
+    j["pcrs"] = storage_.pcrs;
+  }
+  return j;
 }
 
 }  // namespace vcrypt

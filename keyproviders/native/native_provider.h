@@ -15,18 +15,31 @@
 // On-disk layout under `dir` (created 0700, files 0600, atomic writes):
 //   config.json   {"version":1,"type":"native","name":..,
 //                  "primary_key_id":..,"created":"YYYY-MM-DDTHH:MM:SSZ",
-//                  "key_storage":"file"}
-//   primary.key   the 32 raw primary-key bytes
-// primary.key is written before config.json, so a config.json means a
+//                  "key_storage":"file"|"tpm"}
+//                 with "tpm" also "tcti":.., "pcrs":[..] (SHA-256 bank,
+//                 ascending; [] for none) and "key_check": 64 hex digits,
+//                 HMAC-SHA256(primary key, "vcrypt-native-key-check-v1" 0x00
+//                 primary_key_id), which tells an unsealed key that is not
+//                 this provider's (a primary.sealed copied over from
+//                 another provider) before it wraps anything.
+//   primary.key     "file": the 32 raw primary-key bytes
+//   primary.sealed  "tpm": the primary key sealed to this host's TPM
+//                 (keyproviders/tpm/seal.h: a TPM2B_PUBLIC and a
+//                 TPM2B_PRIVATE; only this TPM, and only while the PCRs
+//                 hold the values they had at sealing, unseals it). The
+//                 key is never written in clear: it is unsealed into
+//                 locked memory at every Load.
+// The key file is written before config.json, so a config.json means a
 // complete provider. Unknown config.json members are ignored; an unknown
 // "version" or "key_storage" is refused.
 // The primary key ID is a random UUID made at creation; it travels with the
 // key in backups so a restored provider recognises its volumes whatever
 // name it is restored under.
 //
-// Future work: a TPM 2.0-sealed primary key (`provider add native --tpm`)
-// will store a sealed blob instead of primary.key and say
-// "key_storage":"tpm"; this version refuses such a directory.
+// A TPM-sealed provider is backed up like any other (the backup holds the
+// key itself, under the backup's password): that is how the key reaches the
+// other hosts of a cluster, each of which seals it to its own TPM
+// (`provider restore --tpm`), and how it survives the loss of the TPM.
 //
 // KekRef for native: kek_id = a random UUID,
 //   data = {"primary_key_id": <uuid>, "wrapped_kek": WrappedKey JSON}
@@ -39,6 +52,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/secure_buffer.h"
 #include "keyproviders/key_provider.h"
@@ -63,24 +77,58 @@ inline constexpr size_t kMaxBackupFileSize = 64 * 1024;
 // removes one trailing "\n" (or "\r\n"), and nothing else.
 void StripPasswordFileNewline(SecureBuffer& password);
 
+// Where a provider keeps its primary key (see the layout above).
+struct NativeKeyStorage {
+  // false: primary.key, a root-only file. true: primary.sealed, sealed to
+  // the TPM at `tcti`.
+  bool tpm = false;
+  // The TPM's TCTI; empty: "device:/dev/tpmrm0" (the kernel's resource
+  // manager). Only with `tpm`.
+  std::string tcti;
+  // SHA-256 PCRs whose current values the key is sealed to (PolicyPCR;
+  // ascending, 0..23); empty: no PCR policy. Only with `tpm`.
+  std::vector<int> pcrs;
+};
+
+struct NativeProviderOptions {
+  // Whether a TPM-sealed key's TCTI may be a simulator's (swtpm:, mssim:;
+  // CheckTcti in keyproviders/tpm/tpm_context.h); otherwise only TPM
+  // device nodes. vcryptd's config allow_test_tcti.
+  bool allow_test_tcti = false;
+};
+
 class NativeProvider : public KeyProvider {
  public:
   // Generates a new primary key and writes the provider's files into `dir`
   // (which must not exist, or be an empty directory; parents are created
-  // 0700). kInvalidArgument for a bad name (ValidateProviderName), kExists
-  // if `dir` is not empty, kIo on write errors. Nothing is left behind on
-  // failure (a directory that existed before is left, empty).
-  static Result<std::unique_ptr<NativeProvider>> Create(const std::string& name,
-                                                        const std::string& dir);
+  // 0700), keeping the key as `storage` says. With storage.tpm the key is
+  // sealed, and unsealed again to check, before anything is written.
+  // kInvalidArgument for a bad name (ValidateProviderName) or storage (a
+  // TCTI that `options` does not allow, a bad PCR list, a TCTI or PCRs
+  // without tpm); kExists if `dir` is not empty; kIo on write errors or
+  // when the TPM cannot be reached or refuses (named, with tpm2-tss's
+  // reason). Nothing is left behind on failure (a directory that existed
+  // before is left, empty).
+  static Result<std::unique_ptr<NativeProvider>> Create(
+      const std::string& name, const std::string& dir,
+      const NativeKeyStorage& storage = {},
+      const NativeProviderOptions& options = {});
   // Loads a provider created by Create or Restore. kNotFound when config.json
-  // or primary.key is missing; kIo on read errors; kInvalidArgument when a
+  // or the key file is missing; kIo on read errors; kInvalidArgument when a
   // file is damaged or inconsistent (config.json not valid or naming another
-  // provider than `name`, primary.key not exactly 32 bytes) or insecure:
-  // primary.key must be a regular file (not a symlink) of mode 0600 owned
+  // provider than `name`, primary.key not exactly 32 bytes, primary.sealed
+  // not a sealed object made for config.json's PCRs, an unsealed key whose
+  // key_check differs, a TCTI that `options` does not allow) or insecure:
+  // the key file must be a regular file (not a symlink) of mode 0600 owned
   // by the effective user, and `dir` must be owned by the effective user
   // and not writable by group or others. The message says how to fix it.
-  static Result<std::unique_ptr<NativeProvider>> Load(const std::string& name,
-                                                      const std::string& dir);
+  // A TPM-sealed key the TPM refuses to give back is kKeyUnavailable,
+  // "provider 'NAME': the primary key is sealed to another TPM or its PCR
+  // policy no longer matches (PCRs 0,7): <why>"; a TPM that cannot be
+  // reached is kIo.
+  static Result<std::unique_ptr<NativeProvider>> Load(
+      const std::string& name, const std::string& dir,
+      const NativeProviderOptions& options = {});
 
   // Writes a PKCS#12 (RFC 7292) file holding the primary key, so the key can
   // be restored on this or another host:
@@ -110,8 +158,10 @@ class NativeProvider : public KeyProvider {
   Result<std::string> BackupBytes(const SecureBuffer& password,
                                   int iterations = kBackupIterations) const;
   // Reads such a file and creates a provider named `name` in `dir` with the
-  // same primary key and primary key ID (Create's rules for `name`/`dir`;
-  // kExists if `dir` is in use, checked before the slow key derivation).
+  // same primary key and primary key ID, kept as `storage` says (Create's
+  // rules for `name`, `dir`, `storage` and `options`; kExists if `dir` is
+  // in use and kInvalidArgument for a bad `storage`, both checked before
+  // the slow key derivation).
   // Errors, all one line:
   //  - kNotFound / kIo: `p12_path` missing or unreadable;
   //  - kInvalidArgument: bad name or password (see Backup); not a PKCS#12
@@ -130,12 +180,16 @@ class NativeProvider : public KeyProvider {
   // Nothing is left in `dir` on failure.
   static Result<std::unique_ptr<NativeProvider>> Restore(
       const std::string& p12_path, const SecureBuffer& password,
-      const std::string& name, const std::string& dir);
+      const std::string& name, const std::string& dir,
+      const NativeKeyStorage& storage = {},
+      const NativeProviderOptions& options = {});
   // The same from the file's bytes (`der`, at most kMaxBackupFileSize).
   // Messages name the backup as `what` ("backup FILE" for Restore).
   static Result<std::unique_ptr<NativeProvider>> RestoreBytes(
       std::string_view der, const SecureBuffer& password,
-      const std::string& name, const std::string& dir, const std::string& what);
+      const std::string& name, const std::string& dir, const std::string& what,
+      const NativeKeyStorage& storage = {},
+      const NativeProviderOptions& options = {});
 
   const std::string& name() const override { return name_; }
   std::string_view type() const override { return "native"; }
@@ -150,19 +204,23 @@ class NativeProvider : public KeyProvider {
   // True when ref.data.primary_key_id is this provider's primary key ID.
   bool Recognizes(const KekRef& ref) const override;
   // {"name","type":"native","primary_key_id","created","key_storage":"file"}
+  // or, sealed to the TPM, {...,"key_storage":"tpm","tcti","pcrs":[..]}.
   nlohmann::json Describe() const override;
 
   const std::string& primary_key_id() const { return primary_key_id_; }
   const std::string& dir() const { return dir_; }
+  const NativeKeyStorage& key_storage() const { return storage_; }
 
  private:
   NativeProvider(std::string name, std::string dir, std::string primary_key_id,
-                 std::string created, SecureBuffer primary_key);
+                 std::string created, NativeKeyStorage storage,
+                 SecureBuffer primary_key);
 
   std::string name_;
   std::string dir_;
   std::string primary_key_id_;
   std::string created_;
+  NativeKeyStorage storage_;
   SecureBuffer primary_key_;
 };
 

@@ -11,9 +11,8 @@
 //    fixedTPM|fixedParent|sensitiveDataOrigin, empty auth, a `unique` value
 //    of its own so it is not any other tool's primary.
 // A Tpm object keeps both loaded while it lives and flushes them at the
-// end. Not thread-safe: one caller at a time. Open sets TSS2_LOG to
-// "all+NONE" unless the environment sets it (tpm2-tss would print its
-// errors on stderr; here they come back as values).
+// end. Not thread-safe: one caller at a time. Open sets TSS2_LOG as
+// OpenTpmContext does.
 #ifndef VCRYPT_KEYPROVIDERS_TRUSTED_TPM_H_
 #define VCRYPT_KEYPROVIDERS_TRUSTED_TPM_H_
 
@@ -26,6 +25,7 @@
 #include "common/handles.h"
 #include "common/result.h"
 #include "common/secure_buffer.h"
+#include "keyproviders/tpm/tpm_context.h"
 
 namespace vcrypt {
 
@@ -36,23 +36,15 @@ inline constexpr uint16_t kTpmAlgSha256 = 0x000B;
 // AK above; its `unique` is the template's, not a key's point).
 std::vector<uint8_t> AkTemplatePublic();
 
-// Whether `tcti` may be handed to tpm2-tss. Its loader dlopen()s the
-// module part of "module:conf" (a name with '/' as a path, else
-// libtss2-tcti-<module>.so), so the string decides which code runs inside
-// vcryptd: it must never come unchecked from a caller or a file.
-// Allowed: "device:/dev/tpmrmN" and "device:/dev/tpmN" (N digits); with
-// `allow_test` also "swtpm" and "mssim" with an optional conf of
-// "key=value" options made of [A-Za-z0-9._-] (host=...,port=...).
-// kInvalidArgument, one line saying what is allowed, otherwise.
-Status CheckTcti(const std::string& tcti, bool allow_test);
+// CheckTcti, the TCTI allowlist, is in keyproviders/tpm/tpm_context.h.
 
 class Tpm {
  public:
   // `tcti` is a tpm2-tss TCTI configuration: "device:/dev/tpmrm0" (the
   // kernel's resource manager), "swtpm:host=127.0.0.1,port=2321", ...
-  // It must pass CheckTcti(tcti, /*allow_test=*/true) (nothing is loaded
-  // otherwise); callers apply their own, stricter policy first.
-  // kIo when the TCTI cannot be loaded or the TPM does not answer.
+  // As OpenTpmContext: it must pass CheckTcti(tcti, /*allow_test=*/true)
+  // (nothing is loaded otherwise); callers apply their own, stricter policy
+  // first. kIo when the TCTI cannot be loaded or the TPM does not answer.
   static Result<Tpm> Open(const std::string& tcti);
 
   Tpm(Tpm&&) noexcept;

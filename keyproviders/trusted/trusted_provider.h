@@ -49,11 +49,10 @@
 #include <string>
 
 #include "keyproviders/key_provider.h"
+#include "keyproviders/tpm/tpm_context.h"  // kDefaultTcti
 #include "keyproviders/trusted/ta_client.h"
 
 namespace vcrypt {
-
-inline constexpr const char* kDefaultTcti = "device:/dev/tpmrm0";
 
 struct TrustedProviderConfig {
   std::string attestation_url;

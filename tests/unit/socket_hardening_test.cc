@@ -616,7 +616,14 @@ TEST_F(SocketHardeningTest, TctiIsAnAllowlistAndNothingIsLoaded) {
       EXPECT_EQ(r["error"]["message"].get<std::string>().find('\n'),
                 std::string::npos);
     }
+    // The same for a native provider's TPM-sealed primary key.
+    Json n =
+        Call("provider.add",
+             {{"type", "native"}, {"name", "n"}, {"tpm", true}, {"tcti", tcti}},
+             Peer::Root());
+    EXPECT_EQ(ErrorCodeOf(n), "invalid_argument") << tcti << ": " << n.dump();
   }
+  EXPECT_FALSE(fs::exists(dir_ / "state/providers/n"));
   EXPECT_FALSE(fs::exists(canary)) << "vcryptd loaded " << so;
   // The dynamic loader's own record: it never opened the canary.
   std::string ld;
