@@ -54,6 +54,8 @@ VMs:
   vm register VM --from PATH [PATH...] [--no-auto-unlock]
                                        rebuild a VM's entry from its volumes
   vm set VM --auto-unlock on|off       open its volumes at boot (or not)
+  vm set VM --away on|off              it runs on another host (set by the
+                                       libvirt hook when it migrates away)
   vm rekey VM [--provider NAME] [--revoke-old] [--deep]
                                        new KEK (from NAME: provider change),
                                        every disk's DEK re-wrapped; --deep:
