@@ -28,6 +28,7 @@
 #include "dmtools/volume.h"
 #include "keyproviders/native/native_provider.h"
 #include "tests/unit/daemon_fixture.h"
+#include "tests/unit/recording_audit.h"
 
 namespace vcrypt {
 namespace {
@@ -498,30 +499,7 @@ TEST_F(DaemonTest, UnauthorisedUidIsRefused) {
 namespace vcrypt {
 namespace {
 
-// Keeps every record; Write comes from the server's connection threads.
-class RecordingAuditSink : public AuditSink {
- public:
-  void Write(const AuditRecord& r) override {
-    std::lock_guard lock(mu_);
-    records_.push_back(r);
-  }
-  std::vector<AuditRecord> records() const {
-    std::lock_guard lock(mu_);
-    return records_;
-  }
-  // The records written since the last Take.
-  std::vector<AuditRecord> Take() {
-    std::lock_guard lock(mu_);
-    std::vector<AuditRecord> out(records_.begin() + taken_, records_.end());
-    taken_ = records_.size();
-    return out;
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::vector<AuditRecord> records_;
-  size_t taken_ = 0;
-};
+using testing::RecordingAuditSink;
 
 // "op result" of each record, e.g. "kek.fetch ok", in order.
 std::vector<std::string> OpsOf(const std::vector<AuditRecord>& rs) {

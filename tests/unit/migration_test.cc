@@ -22,6 +22,7 @@
 #include "common/atomic_file.h"
 #include "daemon/controller.h"
 #include "daemon/server.h"
+#include "tests/unit/recording_audit.h"
 
 namespace vcrypt {
 namespace {
@@ -29,21 +30,7 @@ namespace {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
-class Recording : public AuditSink {
- public:
-  void Write(const AuditRecord& r) override {
-    std::lock_guard lock(mu_);
-    records_.push_back(r);
-  }
-  std::vector<AuditRecord> Take() {
-    std::lock_guard lock(mu_);
-    return std::exchange(records_, {});
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<AuditRecord> records_;
-};
+using Recording = testing::RecordingAuditSink;
 
 // One host: vcryptd on <dir>/<name>/{state,sock}.
 class Host {

@@ -17,27 +17,14 @@
 #include "daemon/ops_providers.h"
 #include "daemon/volume_locator.h"
 #include "tests/test_util.h"
+#include "tests/unit/recording_audit.h"
 
 namespace vcrypt {
 namespace {
 
 using Json = nlohmann::json;
 
-class Recording : public AuditSink {
- public:
-  void Write(const AuditRecord& r) override {
-    std::lock_guard lock(mu_);
-    records_.push_back(r);
-  }
-  std::vector<AuditRecord> Take() {
-    std::lock_guard lock(mu_);
-    return std::exchange(records_, {});
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<AuditRecord> records_;
-};
+using Recording = testing::RecordingAuditSink;
 
 class OpGroupsTest : public ::testing::Test {
  protected:
