@@ -27,6 +27,11 @@ struct crypt_device;
 struct dm_task;
 struct ESYS_CONTEXT;
 struct TSS2_TCTI_OPAQUE_CONTEXT_BLOB;
+struct sqlite3;
+struct sqlite3_stmt;
+struct pg_conn;    // libpq's PGconn
+struct pg_result;  // libpq's PGresult
+struct _PQconninfoOption;
 
 namespace vcrypt {
 
@@ -112,6 +117,33 @@ struct EsysFreeDeleter {
 };
 template <typename T>
 using EsysPtr = std::unique_ptr<T, EsysFreeDeleter>;
+
+// SQLite and libpq, the Trust Authority's stores (deleters defined in
+// trustauthority/db_handles.cc; trustauthority/store.h).
+struct SqliteDeleter {
+  void operator()(sqlite3* db) const;  // sqlite3_close_v2
+};
+using SqlitePtr = std::unique_ptr<sqlite3, SqliteDeleter>;
+struct SqliteStmtDeleter {
+  void operator()(sqlite3_stmt* s) const;  // sqlite3_finalize
+};
+using SqliteStmtPtr = std::unique_ptr<sqlite3_stmt, SqliteStmtDeleter>;
+struct PgConnDeleter {
+  void operator()(pg_conn* c) const;  // PQfinish
+};
+using PgConnPtr = std::unique_ptr<pg_conn, PgConnDeleter>;
+struct PgResultDeleter {
+  void operator()(pg_result* r) const;  // PQclear
+};
+using PgResultPtr = std::unique_ptr<pg_result, PgResultDeleter>;
+struct PgConninfoDeleter {
+  void operator()(_PQconninfoOption* o) const;  // PQconninfoFree
+};
+using PgConninfoPtr = std::unique_ptr<_PQconninfoOption, PgConninfoDeleter>;
+struct PgFreememDeleter {
+  void operator()(char* p) const;  // PQfreemem
+};
+using PgCharPtr = std::unique_ptr<char, PgFreememDeleter>;
 
 // A file descriptor, closed on destruction.
 class UniqueFd {

@@ -10,8 +10,9 @@ PACKAGES=(
   libboost-program-options-dev nlohmann-json3-dev libsystemd-dev
   libgtest-dev libgmock-dev googletest
   libvirt-dev libxml2-dev
-  # trusted key provider and Trust Authority (docs/trusted.md)
-  libtss2-dev libcpp-httplib-dev
+  # trusted key provider and Trust Authority (docs/trusted.md); its store:
+  # SQLite embedded, PostgreSQL for replicas (the server for the tests)
+  libtss2-dev libcpp-httplib-dev libsqlite3-dev libpq-dev postgresql
   # runtime tools used by tests and the demo
   cryptsetup-bin dmsetup e2fsprogs util-linux openssl kmod iproute2 procps
   python3-pykmip

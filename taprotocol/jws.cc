@@ -1,5 +1,5 @@
 // JWS ES256 tokens: keys, signing, and verification with a pinned
-// algorithm. (The replay guard, server state, is trustauthority/replay_guard.)
+// algorithm. (Single use of ids, server state, is trustauthority/store.h.)
 #include "taprotocol/jws.h"
 
 #include <openssl/core_names.h>

@@ -156,7 +156,7 @@ struct AttestationClaims {
   std::string iss;
   std::string sub;       // the host
   std::string aud;       // the policy's audience
-  std::string jti;       // unique; the caller must consume it (ReplayGuard)
+  std::string jti;       // unique; the caller must consume it (single use)
   std::string baseline;  // the baseline the quote matched
   int64_t iat = 0;       // seconds since the epoch
   int64_t exp = 0;
@@ -185,10 +185,10 @@ struct AttestationClaims {
 //     exp - iat <= max_lifetime; `nbf`, if present, an integer
 //     <= now + leeway; `cnf`, if present, exactly {"jwk": {"kty":"EC",
 //     "crv":"P-256","x","y"}} with a valid point. Other claims are ignored.
-// It does not consume `jti`: after this succeeds the caller calls
-// ReplayGuard::ConsumeOnce(claims.jti, claims.exp) (the Trust Authority's,
-// trustauthority/replay_guard.h) on a guard whose grace is at least
-// policy.leeway, and refuses the token unless that is true.
+// It does not consume `jti`: after this succeeds the caller records it as
+// used (the Trust Authority's TaStore::ConsumeOnce,
+// trustauthority/store.h, kept past exp for at least policy.leeway) and
+// refuses the token unless it was the first use.
 Result<AttestationClaims> VerifyToken(
     std::string_view token, const EcVerifyKey& key, const TokenPolicy& policy,
     std::chrono::system_clock::time_point now);

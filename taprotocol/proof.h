@@ -14,7 +14,7 @@
 //      claim (RFC 7800).
 //   3. Each KPS request carries a proof: a JWS (ES256, typ kProofType)
 //      signed by the session key, with claims
-//        jti  random, single use (the KPS's ReplayGuard, shared by replicas)
+//        jti  random, single use (the KPS's store, shared by replicas)
 //        iat  now (the KPS accepts kProofMaxAge either way)
 //        htu  the request path ("/v1/kek", "/v1/kek/unwrap")
 //        ath  base64url(SHA-256(token))
@@ -62,7 +62,7 @@ struct ProofClaims {
 // Checks `proof` for this request: signed by `session` (the token's cnf
 // key), typ kProofType, htu == `path`, ath/tk/ch matching the request,
 // |now - iat| <= kProofMaxAge. It does not consume the jti: the caller
-// does (ReplayGuard) and refuses the request unless it is fresh.
+// does (TaStore::ConsumeOnce) and refuses the request unless it is fresh.
 // kInvalidArgument (malformed), kCrypto (signature, key, algorithm),
 // kPermissionDenied (bound to another request or too old).
 Result<ProofClaims> VerifyRequestProof(

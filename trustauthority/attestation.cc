@@ -1,22 +1,15 @@
 #include "trustauthority/attestation.h"
 
-#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509_vfy.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "common/atomic_file.h"
 #include "common/base64.h"
 #include "common/handles.h"
 #include "common/hex.h"
@@ -27,7 +20,6 @@
 namespace vcrypt {
 namespace {
 
-namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
 int64_t Now() {
@@ -42,17 +34,18 @@ std::vector<uint8_t> Sha256(std::span<const uint8_t> b) {
   return h;
 }
 
-Result<Json> ReadJson(const std::string& path) {
-  VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+// A JSON object the store holds (a pending enrollment, a baseline).
+Result<Json> ParseObject(const std::string& text, const std::string& what) {
   Json j = Json::parse(text, nullptr, false);
   if (!j.is_object())
     return MakeError(ErrorCode::kIo,
-                     path + " is not a JSON object (damaged state)");
+                     what + " is not a JSON object (damaged state)");
   return j;
 }
 
 Status CheckName(const std::string& what, const std::string& name) {
-  // Host and baseline names become file names.
+  // Host and baseline names (once file names; the rule stays: they appear
+  // in logs, tokens and admin output).
   if (name.empty() || name.size() > 64 ||
       name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW"
                              "XYZ0123456789._-") != std::string::npos ||
@@ -64,11 +57,11 @@ Status CheckName(const std::string& what, const std::string& name) {
   return Status::Ok();
 }
 
-// Verifies that `cert` chains to one of the PEM CA certificates in `dir`.
+// Verifies that `cert` chains to one of the PEM CA certificates `cas_pem`.
 // EK certificates carry TPM-specific critical extensions (the subject
 // alternative name with the TPM's manufacturer and model) that OpenSSL
 // does not interpret; that error alone is tolerated.
-Status VerifyEkChain(X509* cert, const std::string& dir) {
+Status VerifyEkChain(X509* cert, const std::vector<TpmCaRow>& cas_pem) {
   using StorePtr =
       std::unique_ptr<X509_STORE, FnDeleter<X509_STORE, X509_STORE_free>>;
   using StoreCtxPtr =
@@ -76,11 +69,9 @@ Status VerifyEkChain(X509* cert, const std::string& dir) {
                       FnDeleter<X509_STORE_CTX, X509_STORE_CTX_free>>;
   StorePtr store(X509_STORE_new());
   size_t cas = 0;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    auto pem = ReadFile(e.path().string());
-    if (!pem.ok()) continue;
-    BioPtr bio(BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size())));
+  for (const auto& row : cas_pem) {
+    const std::string& pem = row.pem;
+    BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
     X509Ptr ca(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
     if (ca && X509_STORE_add_cert(store.get(), ca.get()) == 1) ++cas;
   }
@@ -123,105 +114,18 @@ std::optional<ClockInfo> ClockFrom(const Json& j) {
   return c;
 }
 
-// Trust on first use for a host registered by TPM CA alone: the EK it is
-// pinned to (recorded when its first enrollment finished; for records
-// written before pinning existed, the EK it enrolled with), if any.
-// `file_pin` is the content of the registration's pin file (PinPath), the
-// record that replicas agree on.
-std::optional<std::string> PinnedEk(
-    const Json& rec, const std::optional<std::string>& file_pin) {
-  if (file_pin) return file_pin;
-  if (rec.contains("pinned_ek") && rec["pinned_ek"].is_string())
-    return rec["pinned_ek"].get<std::string>();
-  if (rec.contains("enrolled") && rec["enrolled"].is_object() &&
-      rec["enrolled"].contains("ek") && rec["enrolled"]["ek"].is_string())
-    return rec["enrolled"]["ek"].get<std::string>();
-  return std::nullopt;
-}
-
-// The registration a host record belongs to: a random id AddHost writes,
-// so that a pin file of an earlier registration of the same name (removed
-// and added again) is never taken for this one's. "0" for records written
-// before registrations had ids.
-std::string RegistrationOf(const Json& rec) {
-  if (rec.contains("registration") && rec["registration"].is_string()) {
-    std::string r = rec["registration"].get<std::string>();
-    if (r.size() == 32 &&
-        r.find_first_not_of("0123456789abcdef") == std::string::npos)
-      return r;
-  }
-  return "0";
-}
-
-std::string PinPathIn(const std::string& hosts_dir, const std::string& host,
-                      const Json& rec) {
-  return hosts_dir + "/" + host + "." + RegistrationOf(rec) + ".pin";
-}
-
-bool IsPinFileOf(const std::string& file, const std::string& host) {
-  if (!file.starts_with(host + ".") || !file.ends_with(".pin")) return false;
-  const std::string reg =
-      file.substr(host.size() + 1, file.size() - host.size() - 1 - 4);
-  return reg == "0" ||
-         (reg.size() == 32 &&
-          reg.find_first_not_of("0123456789abcdef") == std::string::npos);
-}
-
-// The pin file's content; nullopt when there is none.
-Result<std::optional<std::string>> ReadPin(const std::string& path) {
-  auto text = ReadFile(path);
-  if (!text.ok()) {
-    if (text.error().code == ErrorCode::kNotFound)
-      return std::optional<std::string>();
-    return std::move(text).error();
-  }
-  return std::optional<std::string>(*text);
-}
-
-// Pins to `ek_b64` unless a pin exists already; returns the EK pinned (the
-// one that won). The pin is published with link(2), which fails for all
-// but the first, whichever replica: two TPMs finishing at once on two
-// replicas cannot both be pinned.
-Result<std::string> PinOnce(const std::string& path,
-                            const std::string& ek_b64) {
-  Status st = CreateFileOnce(
-      path,
-      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(ek_b64.data()),
-                               ek_b64.size()));
-  if (st.ok()) return ek_b64;
-  if (st.error().code != ErrorCode::kExists) return std::move(st).error();
-  VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> winner, ReadPin(path));
-  if (!winner) return MakeError(ErrorCode::kIo, path + " vanished");
-  return *winner;
-}
-
-Status CheckPinnedEk(const std::string& host, const Json& rec,
-                     const std::optional<std::string>& file_pin,
+// Trust on first use for a host registered by TPM CA alone: refused
+// unless `ek_b64` is the EK the host is pinned to, if any.
+Status CheckPinnedEk(const std::string& host,
+                     const std::optional<std::string>& pinned,
                      const std::string& ek_b64) {
-  auto pinned = PinnedEk(rec, file_pin);
   if (!pinned || *pinned == ek_b64) return Status::Ok();
   return MakeError(ErrorCode::kPermissionDenied,
                    "host '" + host +
                        "' is pinned to the EK of the TPM that first enrolled "
                        "as it; another TPM is refused until an admin runs "
-                       "'vcrypt-ta admin --state DIR host remove " +
+                       "'vcrypt-ta admin host remove " +
                        host + "' and adds the host again");
-}
-
-// The expiry times of a directory's unexpired nonces or challenges.
-std::multiset<int64_t> UnexpiredIn(const std::string& dir) {
-  std::multiset<int64_t> out;
-  const int64_t now = Now();
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (e.path().extension() != ".json") continue;
-    auto j = ReadJson(e.path().string());
-    if (j.ok() && j->contains("expires") &&
-        (*j)["expires"].is_number_integer() &&
-        (*j)["expires"].get<int64_t>() >= now)
-      out.insert((*j)["expires"].get<int64_t>());
-  }
-  return out;
 }
 
 // Forgets the expired ones; how many are left.
@@ -250,7 +154,7 @@ Error TooMany(const std::string& what, size_t cap) {
 // so issuing one writes nothing and takes no lock: an unauthenticated
 // flood of /v1/nonce costs the service a random draw and a MAC each, and
 // cannot use up anything a real host needs (issue 13). Single use is
-// recorded when one is redeemed (used-nonces/, a ReplayGuard), which only
+// recorded when one is redeemed (the store's used ids), which only
 // a quote by an enrolled AK reaches.
 constexpr size_t kNonceSize = 32;
 constexpr size_t kNonceMacOffset = 16;
@@ -277,63 +181,22 @@ int64_t NonceExpiry(std::span<const uint8_t> nonce) {
   return static_cast<int64_t>(v);
 }
 
-// The nonce key: <state>/nonce.key, 32 random bytes, owner-only. Made by
-// the first service (or admin command) that finds none, published with
-// link(2) so that replicas sharing the directory all end up with the one
-// that won; root making it in a directory it does not own gives it to the
-// directory's owner (the services' user).
-Result<SecureBuffer> LoadOrCreateNonceKey(const std::string& dir) {
-  const std::string path = dir + "/nonce.key";
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    UniqueFd fd(open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-    if (fd.valid()) {
-      struct stat st;
-      if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
-          st.st_size != static_cast<off_t>(kNonceKeySize) ||
-          (st.st_mode & 077) != 0)
-        return MakeError(ErrorCode::kIo,
-                         path + " is not a " + std::to_string(kNonceKeySize) +
-                             "-byte owner-only file (damaged state)");
-      SecureBuffer key(kNonceKeySize);
-      if (read(fd.get(), key.data(), key.size()) !=
-          static_cast<ssize_t>(key.size()))
-        return MakeError(ErrorCode::kIo, "cannot read " + path);
-      return key;
-    }
-    if (errno != ENOENT)
-      return MakeError(ErrorCode::kIo,
-                       "cannot open " + path + ": " + std::strerror(errno));
-    VCRYPT_ASSIGN_OR_RETURN(SecureBuffer key, RandomKey(kNonceKeySize));
-    std::optional<std::pair<uid_t, gid_t>> owner;
-    struct stat dst;
-    if (geteuid() == 0 && stat(dir.c_str(), &dst) == 0 && dst.st_uid != 0)
-      owner.emplace(dst.st_uid, dst.st_gid);
-    Status st = CreateFileOnce(
-        path, std::span<const uint8_t>(key.data(), key.size()), 0600, owner);
-    if (st.ok()) return key;
-    if (st.error().code != ErrorCode::kExists) return std::move(st).error();
-    // Another replica published its key first: use that one.
-  }
-  return MakeError(ErrorCode::kIo, "cannot read " + path);
-}
-
 }  // namespace
 
 Result<AttestationService> AttestationService::Open(AttestationConfig config,
                                                     EcSigningKey key) {
-  for (const char* d : {"tpm-cas", "hosts", "baselines", "enrollments"})
-    VCRYPT_RETURN_IF_ERROR(MakeDirs(config.state_dir + "/" + d));
+  if (!config.store)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the attestation service needs a store");
   if (config.selection.pcrs.empty())
     return MakeError(ErrorCode::kInvalidArgument, "the PCR selection is empty");
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer nonce_key,
-                          LoadOrCreateNonceKey(config.state_dir));
-  // Kept past their expiry for as long as a replica's clock may lag.
-  VCRYPT_ASSIGN_OR_RETURN(ReplayGuard used_nonces,
-                          ReplayGuard::Open(config.state_dir + "/used-nonces",
-                                            std::chrono::seconds(60)));
+                          config.store->NonceKey(kNonceKeySize));
+  VCRYPT_ASSIGN_OR_RETURN(std::vector<int64_t> pending,
+                          config.store->EnrollmentExpiries(Now()));
   AttestationService svc(std::move(config), std::move(key),
-                         std::move(nonce_key), std::move(used_nonces));
-  svc.enrollment_expiries_ = UnexpiredIn(svc.Path("enrollments"));
+                         std::move(nonce_key));
+  svc.enrollment_expiries_.insert(pending.begin(), pending.end());
   return svc;
 }
 
@@ -343,37 +206,36 @@ Status AttestationService::AddTpmCa(const std::string& pem) {
   if (!ca)
     return MakeError(ErrorCode::kInvalidArgument, "not a PEM certificate");
   std::vector<uint8_t> bytes(pem.begin(), pem.end());
-  return WriteFileAtomic(Path("tpm-cas/" + HexEncode(Sha256(bytes)) + ".pem"),
-                         pem, AtomicWriteOptions{0644, {}});
+  return store().AddTpmCa({HexEncode(Sha256(bytes)), pem}, Now());
 }
 
 Status AttestationService::AddHost(const std::string& host,
                                    std::optional<std::vector<uint8_t>> ek) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer reg, RandomKey(16));
-  Json j = {{"registration",
-             HexEncode(std::span<const uint8_t>(reg.data(), reg.size()))}};
+  HostRow row;
+  row.name = host;
+  // A new registration id per registration: what a challenge or a pin of
+  // an earlier registration of the name (removed and added again) is
+  // checked against.
+  row.registration =
+      HexEncode(std::span<const uint8_t>(reg.data(), reg.size()));
   if (ek) {
     VCRYPT_ASSIGN_OR_RETURN(TpmPublic k, ParseTpm2bPublic(*ek));
     if (!IsEndorsementKeyShape(k))
       return MakeError(ErrorCode::kInvalidArgument,
                        "the key is not an endorsement key");
-    j["ek"] = Base64Encode(*ek);
+    row.ek = Base64Encode(*ek);
   }
-  return WriteFileAtomic(Path("hosts/" + host + ".json"), j.dump(),
-                         AtomicWriteOptions{0600, {}});
+  return store().AddHost(row);
 }
 
 Status AttestationService::RemoveHost(const std::string& host) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
-  if (unlink(Path("hosts/" + host + ".json").c_str()) != 0)
+  // Its pin and enrolled AK go with the row.
+  VCRYPT_ASSIGN_OR_RETURN(bool removed, store().RemoveHost(host));
+  if (!removed)
     return MakeError(ErrorCode::kNotFound, "no host named '" + host + "'");
-  // Its pins (only ever looked up by the registration they belong to:
-  // one left by a crash here is garbage, not a pin of the next one).
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(Path("hosts"), ec))
-    if (IsPinFileOf(e.path().filename().string(), host))
-      fs::remove(e.path(), ec);
   return Status::Ok();
 }
 
@@ -393,14 +255,15 @@ Status AttestationService::AddBaseline(
                        "a SHA-256 PCR value has 32 bytes");
     vals.push_back(HexEncode(v));
   }
-  return WriteFileAtomic(Path("baselines/" + name + ".json"),
-                         Json{{"values", vals}}.dump(),
-                         AtomicWriteOptions{0600, {}});
+  const int64_t now = Now();
+  return store().PutBaseline({name, Json{{"values", vals}}.dump(), now, {}},
+                             /*replace=*/false, now);
 }
 
 Status AttestationService::RemoveBaseline(const std::string& name) {
   VCRYPT_RETURN_IF_ERROR(CheckName("baseline", name));
-  if (unlink(Path("baselines/" + name + ".json").c_str()) != 0)
+  VCRYPT_ASSIGN_OR_RETURN(bool removed, store().RemoveBaseline(name));
+  if (!removed)
     return MakeError(ErrorCode::kNotFound, "no baseline named '" + name + "'");
   return Status::Ok();
 }
@@ -416,8 +279,8 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
     if (Outstanding(enrollment_expiries_) >= config_.max_outstanding)
       return TooMany("enrollment challenges", config_.max_outstanding);
   }
-  auto rec = ReadJson(Path("hosts/" + host + ".json"));
-  if (!rec.ok())
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<HostRow> rec, store().GetHost(host));
+  if (!rec)
     return MakeError(ErrorCode::kNotFound,
                      "host '" + host + "' is not registered");
   VCRYPT_ASSIGN_OR_RETURN(TpmPublic ek, ParseTpm2bPublic(ek_wire));
@@ -428,9 +291,9 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
   if (!IsRestrictedSigningKey(ak))
     return MakeError(ErrorCode::kInvalidArgument,
                      "the AK is not a restricted signing key");
-  if (rec->contains("ek")) {
+  if (rec->ek) {
     VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> allowed,
-                            Base64Decode((*rec)["ek"].get<std::string>()));
+                            Base64Decode(*rec->ek));
     if (allowed != ek.wire)
       return MakeError(
           ErrorCode::kPermissionDenied,
@@ -445,14 +308,13 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
     if (!cert || p != ek_cert->data() + ek_cert->size())
       return MakeError(ErrorCode::kInvalidArgument,
                        "the EK certificate is not one DER certificate");
-    VCRYPT_RETURN_IF_ERROR(VerifyEkChain(cert.get(), Path("tpm-cas")));
+    VCRYPT_ASSIGN_OR_RETURN(std::vector<TpmCaRow> cas, store().ListTpmCas());
+    VCRYPT_RETURN_IF_ERROR(VerifyEkChain(cert.get(), cas));
     VCRYPT_RETURN_IF_ERROR(CheckCertificateKey(ek, cert.get()));
     // Checked again when the enrollment finishes (another TPM may finish
     // first); refused here already so that it learns early.
-    VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> file_pin,
-                            ReadPin(PinPathIn(Path("hosts"), host, *rec)));
     VCRYPT_RETURN_IF_ERROR(
-        CheckPinnedEk(host, *rec, file_pin, Base64Encode(ek.wire)));
+        CheckPinnedEk(host, rec->pinned_ek, Base64Encode(ek.wire)));
   }
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer secret, RandomKey(32));
   VCRYPT_ASSIGN_OR_RETURN(MadeCredential cred,
@@ -462,6 +324,7 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
       HexEncode(std::span<const uint8_t>(idb.data(), idb.size()));
   const int64_t expires = Now() + config_.enrollment_lifetime.count();
   Json pending = {{"host", host},
+                  {"registration", rec->registration},
                   {"ek", Base64Encode(ek.wire)},
                   {"ak", Base64Encode(ak.wire)},
                   {"secret_sha256", HexEncode(Sha256(std::span<const uint8_t>(
@@ -476,9 +339,7 @@ Result<EnrollmentChallenge> AttestationService::StartEnrollment(
     enrollment_expiries_.insert(expires);
   }
   MaybePurge();
-  if (auto st = WriteFileAtomic(Path("enrollments/" + id + ".json"),
-                                pending.dump(), AtomicWriteOptions{0600, {}});
-      !st.ok()) {
+  if (auto st = store().PutEnrollment(id, pending.dump(), expires); !st.ok()) {
     std::lock_guard lock(locks_->counters);
     Forget(enrollment_expiries_, expires);
     return std::move(st).error();
@@ -497,11 +358,12 @@ Status AttestationService::FinishEnrollment(const std::string& id,
   if (id.size() != 32 ||
       id.find_first_not_of("0123456789abcdef") != std::string::npos)
     return denied();
-  const std::string path = Path("enrollments/" + id + ".json");
-  auto pending = ReadJson(path);
+  // Single use: only one DELETE finds the row, whichever replica.
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> body,
+                          store().TakeEnrollment(id));
+  if (!body) return denied();
+  auto pending = ParseObject(*body, "enrollment " + id);
   if (!pending.ok()) return denied();
-  // Single use: only one unlink succeeds, whichever replica.
-  if (unlink(path.c_str()) != 0) return denied();
   const int64_t expires = (*pending).value("expires", int64_t{0});
   {
     std::lock_guard lock(locks_->counters);
@@ -513,34 +375,33 @@ Status AttestationService::FinishEnrollment(const std::string& id,
   if (!want.ok() || want->size() != got.size() ||
       CRYPTO_memcmp(want->data(), got.data(), got.size()) != 0)
     return denied();
-  const std::string host = (*pending)["host"].get<std::string>();
-  // Read, pin and write as one step within this instance: two TPMs
-  // finishing at once must not both find the host unpinned.
-  std::lock_guard hosts_lock(locks_->hosts);
-  VCRYPT_ASSIGN_OR_RETURN(Json rec, ReadJson(Path("hosts/" + host + ".json")));
-  if (!rec.contains("ek")) {
+  const std::string host = (*pending).value("host", std::string());
+  const std::string ek = (*pending).value("ek", std::string());
+  const std::string ak = (*pending).value("ak", std::string());
+  const std::string registration =
+      (*pending).value("registration", std::string());
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<HostRow> rec, store().GetHost(host));
+  // Removed (or removed and added again) since the challenge was issued:
+  // the challenge belonged to a registration that is gone.
+  if (!rec || rec->registration != registration)
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "enrollment refused: host '" + host +
+                         "' was removed or registered again meanwhile");
+  if (!rec->ek) {
     // Registered by TPM CA: the first EK to get here, on any replica, is
-    // the host's from now on (its pin file; the record repeats it for
-    // `list`).
-    const std::string ek = (*pending)["ek"].get<std::string>();
-    const std::string pin_path = PinPathIn(Path("hosts"), host, rec);
-    VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> file_pin,
-                            ReadPin(pin_path));
-    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, rec, file_pin, ek));
-    if (!PinnedEk(rec, file_pin)) {
-      VCRYPT_ASSIGN_OR_RETURN(std::string winner, PinOnce(pin_path, ek));
-      VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, rec, winner, ek));
-    }
-    if (!rec.contains("pinned_ek")) {
-      rec["pinned_ek"] = ek;
-      rec["pinned_at"] = Now();
-    }
+    // the host's from now on (a conditional update in the store).
+    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, rec->pinned_ek, ek));
+    VCRYPT_ASSIGN_OR_RETURN(std::string winner,
+                            store().PinEk(host, registration, ek, Now()));
+    VCRYPT_RETURN_IF_ERROR(CheckPinnedEk(host, winner, ek));
   }
-  rec["enrolled"] = {
-      {"ek", (*pending)["ek"]}, {"ak", (*pending)["ak"]}, {"at", Now()}};
-  rec.erase("last_clock");
-  return WriteFileAtomic(Path("hosts/" + host + ".json"), rec.dump(),
-                         AtomicWriteOptions{0600, {}});
+  VCRYPT_ASSIGN_OR_RETURN(
+      bool enrolled, store().SetEnrolled(host, registration, ek, ak, Now()));
+  if (!enrolled)
+    return MakeError(
+        ErrorCode::kPermissionDenied,
+        "enrollment refused: host '" + host + "' was removed meanwhile");
+  return Status::Ok();
 }
 
 void AttestationService::MaybePurge() {
@@ -550,27 +411,14 @@ void AttestationService::MaybePurge() {
     last_purge_ = Now();
   }
   // A minute of grace past expiry: a replica whose clock is behind may
-  // still be checking one. Files it cannot parse are left alone. nonces/
-  // holds the files of an older version's nonces (before they were made
-  // without state), expired for good a minute after the upgrade.
-  const int64_t cutoff = Now() - 60;
-  for (const char* dir : {"nonces", "enrollments"}) {
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(Path(dir), ec)) {
-      if (e.path().extension() != ".json") continue;
-      auto j = ReadJson(e.path().string());
-      if (j.ok() && j->is_object() && j->contains("expires") &&
-          (*j)["expires"].is_number_integer() &&
-          (*j)["expires"].get<int64_t>() < cutoff)
-        fs::remove(e.path(), ec);
-    }
-  }
-  (void)used_nonces_.Purge(std::chrono::system_clock::now());  // best effort
+  // still be checking one.
+  (void)store().Purge(Now(), 60);  // best effort: a failure only delays it
 }
 
 Result<NonceGrant> AttestationService::IssueNonce(const std::string& host) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
-  if (!fs::exists(Path("hosts/" + host + ".json")))
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<HostRow> rec, store().GetHost(host));
+  if (!rec)
     return MakeError(ErrorCode::kNotFound,
                      "host '" + host + "' is not registered");
   NonceGrant g;
@@ -623,17 +471,15 @@ Result<std::string> AttestationService::Attest(
     return MakeError(ErrorCode::kInvalidArgument,
                      "the session key is not a P-256 point");
 
-  const std::string hpath = Path("hosts/" + host + ".json");
-  auto rec = ReadJson(hpath);
-  if (!rec.ok())
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<HostRow> rec, store().GetHost(host));
+  if (!rec)
     return MakeError(ErrorCode::kPermissionDenied,
                      "host '" + host + "' is not registered");
-  if (!rec->contains("enrolled"))
+  if (!rec->enrolled_ak)
     return MakeError(ErrorCode::kPermissionDenied,
                      "host '" + host + "' has no enrolled AK");
-  VCRYPT_ASSIGN_OR_RETURN(
-      std::vector<uint8_t> ak_wire,
-      Base64Decode((*rec)["enrolled"]["ak"].get<std::string>()));
+  VCRYPT_ASSIGN_OR_RETURN(std::vector<uint8_t> ak_wire,
+                          Base64Decode(*rec->enrolled_ak));
   QuoteCheck check;
   VCRYPT_ASSIGN_OR_RETURN(check.ak, ParseTpm2bPublic(ak_wire));
   // The TPM quoted the nonce together with the session key: the quote
@@ -641,51 +487,44 @@ Result<std::string> AttestationService::Attest(
   check.nonce = QuoteQualifyingData(nonce, session_point);
   check.expected = config_.selection;
   check.pcr_values = pcr_values;
-  if (rec->contains("last_clock"))
-    check.last_clock = ClockFrom((*rec)["last_clock"]);
+  if (rec->last_clock)
+    check.last_clock = ClockFrom(Json::parse(*rec->last_clock, nullptr, false));
   VCRYPT_ASSIGN_OR_RETURN(ParsedQuote q, VerifyQuote(attest, signature, check));
   // Single use, across threads and replicas: the first redemption of the
   // nonce records it. After the quote, so that only an enrolled AK's
   // quote makes the service write; a replay of the same evidence gets
   // here too and is refused.
   VCRYPT_ASSIGN_OR_RETURN(
-      bool first, used_nonces_.ConsumeOnce(HexEncode(nonce), nonce_expires));
+      bool first,
+      store().ConsumeOnce("nonce", HexEncode(nonce), nonce_expires));
   if (!first)
     return MakeError(ErrorCode::kPermissionDenied, "already used nonce");
   MaybePurge();
 
   // The values are the TPM's: now they must be an approved baseline's.
   std::string matched;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(Path("baselines"), ec)) {
-    if (e.path().extension() != ".json") continue;
-    auto b = ReadJson(e.path().string());
-    if (!b.ok() || !(*b)["values"].is_array()) continue;
-    const Json& vals = (*b)["values"];
+  VCRYPT_ASSIGN_OR_RETURN(std::vector<BaselineRow> baselines,
+                          store().ListBaselines(Now()));
+  for (const auto& b : baselines) {
+    // Documents of other kinds (no "values") are not PCR baselines.
+    Json doc = Json::parse(b.body, nullptr, false);
+    if (!doc.is_object() || !doc.contains("values") ||
+        !doc["values"].is_array())
+      continue;
+    const Json& vals = doc["values"];
     bool equal = vals.size() == pcr_values.size();
     for (size_t i = 0; equal && i < vals.size(); ++i)
       equal = vals[i].is_string() &&
               vals[i].get<std::string>() == HexEncode(pcr_values[i]);
     if (equal) {
-      matched = e.path().stem().string();
+      matched = b.name;
       break;
     }
   }
-  {
-    // The record as it is now (an enrollment may have finished meanwhile:
-    // its write must not be lost), and only while the AK is the one that
-    // made this quote.
-    std::lock_guard hosts_lock(locks_->hosts);
-    auto now_rec = ReadJson(hpath);
-    if (now_rec.ok() && now_rec->contains("enrolled") &&
-        (*now_rec)["enrolled"].is_object() &&
-        (*now_rec)["enrolled"].value("ak", std::string()) ==
-            (*rec)["enrolled"]["ak"].get<std::string>()) {
-      (*now_rec)["last_clock"] = ClockJson(q.clock);
-      VCRYPT_RETURN_IF_ERROR(WriteFileAtomic(hpath, now_rec->dump(),
-                                             AtomicWriteOptions{0600, {}}));
-    }
-  }
+  // Only while the AK is the one that made this quote (an enrollment may
+  // have finished meanwhile: its record must not be overwritten).
+  VCRYPT_RETURN_IF_ERROR(
+      store().SetLastClock(host, *rec->enrolled_ak, ClockJson(q.clock).dump()));
   if (matched.empty())
     return MakeError(
         ErrorCode::kPermissionDenied,

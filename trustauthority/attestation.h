@@ -2,31 +2,20 @@
 // "Attestation"): registrations and baselines, AK enrollment by credential
 // activation, nonces, quote verification, attestation tokens.
 //
-// State lives in one directory (so several replicas can share it):
-//   tpm-cas/<sha256>.pem        TPM CA certificates
-//   hosts/<host>.json           {"registration": random id,
-//                                "ek": b64 TPM2B_PUBLIC or absent,
-//                                "pinned_ek": b64, "pinned_at" (no "ek":
-//                                the first EK that enrolled, TOFU),
-//                                "enrolled": {"ek","ak": b64, "at"},
-//                                "last_clock": {...}}
-//   hosts/<host>.<reg>.pin      the EK (b64) a host registered by TPM CA
-//                               is pinned to; made once by link(2), so
-//                               replicas agree on the first
-//   baselines/<name>.json       {"values": [hex...]} over the service's
-//                               PCR selection
-//   enrollments/<id>.json       pending AK enrollments (single use)
-//   nonce.key                   32 bytes: the MAC key of the nonces
-//   used-nonces/                redeemed nonces (a ReplayGuard, jws.h)
+// State lives in a TaStore (trustauthority/store.h: SQLite on one node,
+// PostgreSQL shared by replicas): TPM CAs, hosts (registered EK, the EK
+// pinned on first use, the enrolled AK, the last clock), baselines
+// (documents {"values": [hex...]} over the service's PCR selection),
+// pending enrollments (single use: one DELETE finds the row), the nonce
+// MAC key and the used nonces (single use: the used_ids primary key).
 // A nonce carries its expiry and a MAC over it and the host's name
 // (attestation.cc), so issuing one writes nothing; the first redemption
-// records it. Unused challenges and used-nonce records are removed a
-// minute after they expire (at most once a minute, on the enrollment and
-// attestation paths). Each instance caps the challenges that it issued
-// and that are neither finished nor expired
-// (AttestationConfig::max_outstanding; counted in memory).
-// Files are written atomically (common/atomic_file.h). A host's last clock
-// is last-writer-wins between replicas.
+// records it. Expired challenges and used-nonce records are purged a
+// minute after they expire (at most once a minute per instance, on the
+// enrollment and attestation paths). Each instance caps the challenges
+// that it issued and that are neither finished nor expired
+// (AttestationConfig::max_outstanding; counted in memory). A host's last
+// clock is last-writer-wins between replicas.
 #ifndef VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
 #define VCRYPT_TRUSTAUTHORITY_ATTESTATION_H_
 
@@ -44,12 +33,13 @@
 #include "taprotocol/jws.h"
 #include "trustauthority/credential.h"
 #include "trustauthority/quote.h"
-#include "trustauthority/replay_guard.h"
+#include "trustauthority/store.h"
 
 namespace vcrypt {
 
 struct AttestationConfig {
-  std::string state_dir;
+  // Required: the shared state (replicas share one store).
+  std::shared_ptr<TaStore> store;
   std::string issuer = "vcrypt-attestation";
   std::string audience = "vcrypt-kps";  // the key provider service
   // The one PCR selection every host quotes and every baseline covers.
@@ -59,7 +49,7 @@ struct AttestationConfig {
   std::chrono::seconds token_lifetime{300};
   // Unfinished, unexpired enrollment challenges this service instance has
   // issued, at most this many: beyond, StartEnrollment fails with kBusy
-  // (HTTP 503) and writes nothing. Bounds the files an unauthenticated
+  // (HTTP 503) and writes nothing. Bounds the rows an unauthenticated
   // client can make the service write. (Nonces need no cap: they are
   // made without state.)
   size_t max_outstanding = 10000;
@@ -77,13 +67,13 @@ struct NonceGrant {
 };
 
 // Thread-safe: the HTTP server calls it from several threads at once,
-// with no lock around the whole call. Its files are safe between threads
-// the way they are between replicas (single use by unlink(2) or an O_EXCL
-// create, atomic writes); the in-memory counters and a host record's
-// read-modify-write take their own short locks.
+// with no lock around the whole call. Its state is safe between threads
+// the way it is between replicas (the store's single-use inserts and
+// deletes, conditional updates); the in-memory counters take their own
+// short lock.
 class AttestationService {
  public:
-  // Creates the state directories when missing.
+  // Reads (making it on first use) the store's nonce key.
   static Result<AttestationService> Open(AttestationConfig config,
                                          EcSigningKey key);
 
@@ -91,16 +81,15 @@ class AttestationService {
   // A TPM manufacturer's CA certificate (PEM); EK certificates must chain
   // to one of them unless the host's EK is registered explicitly.
   Status AddTpmCa(const std::string& pem);
-  // Registers a host; with `ek`, only that EK (TPM2B_PUBLIC) is accepted
-  // for it, else an EK certificate chaining to a registered TPM CA, and
-  // then only the EK of the first TPM that finishes enrolling as it
-  // (trust on first use, recorded in the host's record) until the host
-  // is removed.
+  // Registers a host (kExists if it is); with `ek`, only that EK (TPM2B_PUBLIC)
+  // is accepted for it, else an EK certificate chaining to a registered TPM CA,
+  // and then only the EK of the first TPM that finishes enrolling as it (trust
+  // on first use, recorded in the host's record) until the host is removed.
   Status AddHost(const std::string& host,
                  std::optional<std::vector<uint8_t>> ek);
   Status RemoveHost(const std::string& host);
   // An approved baseline: the values of the service's selection, in its
-  // order.
+  // order (kExists if one has the name).
   Status AddBaseline(const std::string& name,
                      const std::vector<std::vector<uint8_t>>& values);
   Status RemoveBaseline(const std::string& name);
@@ -130,7 +119,7 @@ class AttestationService {
   // Verifies the quote (trustauthority/quote.h VerifyQuote, with the
   // host's enrolled AK and last clock; its extraData must be
   // QuoteQualifyingData(nonce, session_point), taprotocol/proof.h),
-  // that the nonce is one this service (or a replica sharing its state)
+  // that the nonce is one this service (or a replica sharing its store)
   // issued to `host` and unexpired, records it as used (single use,
   // across replicas; only once the quote verified),
   // compares the PCR values with every baseline and returns a signed token
@@ -148,33 +137,26 @@ class AttestationService {
 
  private:
   AttestationService(AttestationConfig config, EcSigningKey key,
-                     SecureBuffer nonce_key, ReplayGuard used_nonces)
+                     SecureBuffer nonce_key)
       : config_(std::move(config)),
         key_(std::move(key)),
-        nonce_key_(std::move(nonce_key)),
-        used_nonces_(std::move(used_nonces)) {}
-  std::string Path(const std::string& rel) const {
-    return config_.state_dir + "/" + rel;
-  }
+        nonce_key_(std::move(nonce_key)) {}
+  TaStore& store() const { return *config_.store; }
 
-  // At most once a minute per instance: removes enrollment challenges
-  // (and an older version's nonce files) expired for over a minute, and
-  // used-nonce records past their grace.
+  // At most once a minute per instance: removes enrollment challenges and
+  // used-nonce records expired for over a minute (store.h, Purge).
   void MaybePurge();
 
   AttestationConfig config_;
   EcSigningKey key_;
-  SecureBuffer nonce_key_;   // nonce.key: MACs the nonces
-  ReplayGuard used_nonces_;  // used-nonces/: redeemed nonces
+  SecureBuffer nonce_key_;  // MACs the nonces (the store's)
   // Expiry times of the unfinished challenges this instance issued (those
-  // on disk when it opened included): the cap's count, without reading
-  // the directory per request.
+  // in the store when it opened included): the cap's count, without
+  // querying the store per request.
   std::multiset<int64_t> enrollment_expiries_;
   // counters: last_purge_ and the expiry set (never held across I/O).
-  // hosts: a host record's read-modify-write (FinishEnrollment's pin,
-  // Attest's last clock) within this instance.
   struct Locks {
-    std::mutex counters, hosts;
+    std::mutex counters;
   };
   std::unique_ptr<Locks> locks_ = std::make_unique<Locks>();
   int64_t last_purge_ = 0;  // unix seconds of the last MaybePurge

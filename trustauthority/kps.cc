@@ -1,10 +1,8 @@
 #include "trustauthority/kps.h"
 
-#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "common/aead.h"
-#include "common/atomic_file.h"
 #include "common/random.h"
 #include "taprotocol/proof.h"
 
@@ -28,11 +26,11 @@ Result<KeyProviderService> KeyProviderService::Open(KpsConfig config,
                      "the primary key must be 256 bits");
   if (config.provider_id.empty())
     return MakeError(ErrorCode::kInvalidArgument, "the provider needs an ID");
-  VCRYPT_RETURN_IF_ERROR(MakeDirs(config.state_dir + "/baselines"));
-  VCRYPT_ASSIGN_OR_RETURN(ReplayGuard g,
-                          ReplayGuard::Open(config.state_dir + "/jti"));
+  if (!config.store)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the key provider service needs a store");
   return KeyProviderService(std::move(config), std::move(attestation_key),
-                            std::move(primary_key), std::move(g));
+                            std::move(primary_key));
 }
 
 Result<AttestationClaims> KeyProviderService::Admit(
@@ -50,26 +48,38 @@ Result<AttestationClaims> KeyProviderService::Admit(
       ProofClaims p,
       VerifyRequestProof(req.proof, session, req.token, path,
                          req.transport_key, req.ciphertext, now));
-  // The baseline may have been withdrawn since the token was issued. Its
-  // name was checked by the attestation service and is signed; still,
-  // only plain names are looked up.
-  if (c.baseline.find('/') != std::string::npos || c.baseline[0] == '.' ||
-      !std::filesystem::exists(config_.state_dir + "/baselines/" + c.baseline +
-                               ".json"))
+  // The baseline may have been withdrawn (or have expired) since the
+  // token was issued. Its name was checked by the attestation service and
+  // is signed; it is only ever a bound parameter.
+  const int64_t now_s =
+      std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch())
+          .count();
+  if (c.baseline.empty())
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "the token's baseline is no longer approved");
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<BaselineRow> baseline,
+                          config_.store->GetBaseline(c.baseline, now_s));
+  if (!baseline)
     return MakeError(ErrorCode::kPermissionDenied,
                      "the token's baseline is no longer approved");
   // Single use of the request: the proof's jti, scoped by the token's (a
   // proof names its token through `ath`, so one host cannot use up
   // another's ids). Kept until the proof could no longer pass the age check.
-  // Entries outlive their proofs by the guard's grace; sweep them now and
-  // then (at most once a minute per replica) so the directory stays small.
-  if (now - last_purge_ >= std::chrono::minutes(1)) {
-    last_purge_ = now;
-    (void)jti_.Purge(now);  // best effort: a failure only delays it
+  // Entries outlive their proofs by a minute's grace (clock differences
+  // between replicas); sweep them now and then (at most once a minute
+  // per replica) so the table stays small.
+  bool purge = false;
+  {
+    std::lock_guard lock(*purge_mu_);
+    if (now - last_purge_ >= std::chrono::minutes(1)) {
+      last_purge_ = now;
+      purge = true;
+    }
   }
+  if (purge) (void)config_.store->Purge(now_s, 60);  // best effort
   VCRYPT_ASSIGN_OR_RETURN(
-      bool fresh,
-      jti_.ConsumeOnce(c.jti + "/" + p.jti, p.iat + kProofMaxAge.count()));
+      bool fresh, config_.store->ConsumeOnce("kps-request", c.jti + "/" + p.jti,
+                                             p.iat + kProofMaxAge.count()));
   if (!fresh)
     return MakeError(ErrorCode::kPermissionDenied,
                      "replayed request (the proof's jti was already used)");
@@ -118,6 +128,25 @@ Result<SealedKey> KeyProviderService::UnwrapKek(const KpsRequest& req) {
   auto kek = UnwrapKey(primary_, *w, KekAad(config_.provider_id, kek_id));
   if (!kek.ok()) return refused();
   return SealTo(req.transport_key, *kek, kek_id);
+}
+
+Result<EcVerifyKey> AttestationTokenKey(TaStore& store) {
+  VCRYPT_ASSIGN_OR_RETURN(std::vector<SigningKeyInfo> keys,
+                          store.SigningKeys());
+  // The newest active key (one until rotation exists).
+  const SigningKeyInfo* active = nullptr;
+  for (const auto& k : keys)
+    if (k.state == "active") active = &k;
+  if (active == nullptr)
+    return MakeError(ErrorCode::kNotFound,
+                     "the database " + store.url() +
+                         " holds no active token signing key (run "
+                         "'vcrypt-ta admin init')");
+  auto key = EcVerifyKey::FromPublicPem(active->public_pem);
+  if (!key.ok())
+    return MakeError(key.error().code, "token signing key " + active->kid +
+                                           ": " + key.error().message);
+  return key;
 }
 
 }  // namespace vcrypt

@@ -14,14 +14,17 @@
 // audience, expiry, lifetime); the token is bound to a session key (`cnf`)
 // and the request's proof verifies under it for this very request
 // (taprotocol/proof.h); the baseline the token names is still approved
-// (its file exists in the shared state's baselines/); the request was
-// never seen before (token jti + proof jti, ReplayGuard in the shared
-// state's jti/). A token is thus reusable until it expires, by the host
-// that holds its session key, one fresh proof per request.
+// (an unexpired row in the shared store's baselines); the request was
+// never seen before (token jti + proof jti: a row in the store's used
+// ids, single use across replicas by its primary key). A token is thus reusable
+// until it expires, by the host that holds its session key, one fresh proof per
+// request.
 #ifndef VCRYPT_TRUSTAUTHORITY_KPS_H_
 #define VCRYPT_TRUSTAUTHORITY_KPS_H_
 
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -31,12 +34,12 @@
 #include "common/secure_buffer.h"
 #include "taprotocol/jws.h"
 #include "taprotocol/transport.h"
-#include "trustauthority/replay_guard.h"
+#include "trustauthority/store.h"
 
 namespace vcrypt {
 
 struct KpsConfig {
-  std::string state_dir;    // the Trust Authority's shared state
+  std::shared_ptr<TaStore> store;  // the Trust Authority's shared state
   std::string provider_id;  // this provider's name in every ciphertext
   TokenPolicy policy{"vcrypt-attestation", "vcrypt-kps"};
 };
@@ -60,7 +63,8 @@ struct KekGrant {
 
 class KeyProviderService {
  public:
-  // `attestation_key` is the attestation service's public token key;
+  // `attestation_key` is the attestation service's public token key
+  // (AttestationTokenKey reads it from the store);
   // `primary_key` is kAeadKeySize bytes.
   static Result<KeyProviderService> Open(KpsConfig config,
                                          EcVerifyKey attestation_key,
@@ -78,18 +82,21 @@ class KeyProviderService {
   Result<AttestationClaims> Admit(const KpsRequest& req, std::string_view path);
 
  private:
-  KeyProviderService(KpsConfig c, EcVerifyKey k, SecureBuffer p, ReplayGuard g)
-      : config_(std::move(c)),
-        key_(std::move(k)),
-        primary_(std::move(p)),
-        jti_(std::move(g)) {}
+  KeyProviderService(KpsConfig c, EcVerifyKey k, SecureBuffer p)
+      : config_(std::move(c)), key_(std::move(k)), primary_(std::move(p)) {}
 
   KpsConfig config_;
   EcVerifyKey key_;
   SecureBuffer primary_;
-  ReplayGuard jti_;
+  std::unique_ptr<std::mutex> purge_mu_ = std::make_unique<std::mutex>();
   std::chrono::system_clock::time_point last_purge_{};
 };
+
+// The public key of the store's active token signing key (the one the
+// attestation service signs with). kNotFound when the store has none (not
+// initialised). With several keys (rotation) this becomes a set chosen by
+// the token's kid.
+Result<EcVerifyKey> AttestationTokenKey(TaStore& store);
 
 }  // namespace vcrypt
 

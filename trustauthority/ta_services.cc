@@ -148,7 +148,7 @@ std::unique_ptr<httplib::SSLServer> MakeTlsServer(const TlsFiles& files,
 }
 
 struct ServiceArgs {
-  std::string state;
+  std::string db;  // the store's URL
   std::string listen_text;
   ListenAddress listen;
   TlsFiles tls;
@@ -159,7 +159,7 @@ Result<ServiceArgs> NeedServiceArgs(const Parsed& p, const std::string& what) {
   if (!p.words.empty())
     return UsageError(what + ": unexpected argument '" + p.words[0] + "'");
   ServiceArgs a;
-  VCRYPT_ASSIGN_OR_RETURN(a.state, Need(p, "state", what));
+  VCRYPT_ASSIGN_OR_RETURN(a.db, StoreUrlOf(p, what));
   VCRYPT_ASSIGN_OR_RETURN(a.listen_text, Need(p, "listen", what));
   VCRYPT_ASSIGN_OR_RETURN(a.tls.cert, Need(p, "tls-cert", what));
   VCRYPT_ASSIGN_OR_RETURN(a.tls.key, Need(p, "tls-key", what));
@@ -173,7 +173,8 @@ Result<ServiceArgs> NeedServiceArgs(const Parsed& p, const std::string& what) {
 
 void AddServiceOptions(po::options_description& d) {
   d.add_options()("state", po::value<std::string>())(
-      "listen", po::value<std::string>())("tls-cert", po::value<std::string>())(
+      "db", po::value<std::string>())("listen", po::value<std::string>())(
+      "tls-cert", po::value<std::string>())(
       "tls-key", po::value<std::string>())("max-client-connections",
                                            po::value<std::string>())(
       "max-connection-seconds", po::value<std::string>());
@@ -235,9 +236,10 @@ Status AttestationServiceCmd(const std::vector<std::string>& args,
                           NumberOption(p, "rate-limit", 50, 0, 1e6, what));
   VCRYPT_ASSIGN_OR_RETURN(limit.burst,
                           NumberOption(p, "rate-burst", 100, 1, 1e6, what));
+  VCRYPT_ASSIGN_OR_RETURN(auto store, OpenExistingStore(a.db));
   VCRYPT_ASSIGN_OR_RETURN(
       AttestationService svc,
-      OpenAttestation(a.state, static_cast<size_t>(max_outstanding)));
+      OpenAttestation(store, static_cast<size_t>(max_outstanding)));
   // Declared before the server: it must outlive the server's connections.
   ConnectionGuard guard(a.connections);
   std::string tls_error;
@@ -278,13 +280,10 @@ Status KeyProviderServiceCmd(const std::vector<std::string>& args,
 
   // Everything local first (cheap, and a typo should not cost a KMS
   // round trip); the primary key last.
-  VCRYPT_ASSIGN_OR_RETURN(AttestationConfig config, LoadConfig(a.state));
-  const std::string token_key_path = a.state + "/" + kTokenKeyFile;
-  VCRYPT_ASSIGN_OR_RETURN(std::string token_pem, ReadFile(token_key_path));
-  auto token_key = EcVerifyKey::FromPublicPem(token_pem);
-  if (!token_key.ok())
-    return MakeError(token_key.error().code,
-                     token_key_path + ": " + token_key.error().message);
+  VCRYPT_ASSIGN_OR_RETURN(auto store, OpenExistingStore(a.db));
+  VCRYPT_ASSIGN_OR_RETURN(AttestationConfig config, LoadConfig(store));
+  // The attestation service's public key, from the store it signs from.
+  VCRYPT_ASSIGN_OR_RETURN(EcVerifyKey token_key, AttestationTokenKey(*store));
   // Declared before the server: it must outlive the server's connections.
   ConnectionGuard guard(a.connections);
   std::string tls_error;
@@ -313,13 +312,13 @@ Status KeyProviderServiceCmd(const std::vector<std::string>& args,
                      "cannot lock the primary key in memory (raise "
                      "RLIMIT_MEMLOCK, e.g. LimitMEMLOCK= in the unit)");
   KpsConfig kc;
-  kc.state_dir = a.state;
+  kc.store = store;
   kc.provider_id = provider_id;
   kc.policy.issuer = config.issuer;
   kc.policy.audience = config.audience;
   VCRYPT_ASSIGN_OR_RETURN(
       KeyProviderService kps,
-      KeyProviderService::Open(std::move(kc), std::move(token_key).value(),
+      KeyProviderService::Open(std::move(kc), std::move(token_key),
                                std::move(primary)));
   std::mutex mu;
   AddKpsRoutes(*server, kps, mu);

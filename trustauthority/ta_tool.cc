@@ -41,22 +41,25 @@ namespace {
 constexpr const char* kUsage =
     R"(Usage: vcrypt-ta COMMAND ...   (docs/trusted-admin.md)
 
-State directory administration:
-  admin --state DIR init [--pcrs sha256:0,1,2,3,4,5,6,7]
-  admin --state DIR tpm-ca add FILE
-  admin --state DIR host add NAME [--ek-pub FILE]
-  admin --state DIR host remove NAME
-  admin --state DIR baseline add NAME --values FILE
-  admin --state DIR baseline remove NAME
-  admin --state DIR list [--json]
+Administration (DB: --state DIR, the SQLite database DIR/ta.db, or
+--db URL: sqlite:PATH, postgresql://HOST/DB or a libpq key=value string,
+never with a password: use ~/.pgpass, PGPASSFILE or a service file):
+  admin DB init [--pcrs sha256:0,1,2,3,4,5,6,7]
+  admin DB tpm-ca add FILE
+  admin DB host add NAME [--ek-pub FILE]
+  admin DB host remove NAME
+  admin DB baseline add NAME --values FILE
+  admin DB baseline remove NAME
+  admin DB list [--json]
+  admin --state OLD_DIR --db URL import-files
   admin primary-key create --kms HOST:PORT[,...] --kms-ca FILE
                            --kms-cert FILE --kms-key FILE [--name NAME]
 Services (foreground; stop with SIGTERM or SIGINT):
-  attestation-service --state DIR --listen HOST:PORT --tls-cert FILE
+  attestation-service DB --listen HOST:PORT --tls-cert FILE
                       --tls-key FILE [--max-outstanding N (10000)]
                       [--rate-limit PER_SECOND (50; 0: off)]
                       [--rate-burst N (100)]
-  key-provider-service --state DIR --listen HOST:PORT --tls-cert FILE
+  key-provider-service DB --listen HOST:PORT --tls-cert FILE
                        --tls-key FILE --provider-id ID
                        (--primary-key UID --kms HOST:PORT[,...] --kms-ca FILE
                         --kms-cert FILE --kms-key FILE
@@ -142,62 +145,91 @@ std::string OpensslError() {
   return buf;
 }
 
-// --- the state directory ---------------------------------------------------
+// --- the database ------------------------------------------------------------
 
-Result<AttestationConfig> LoadConfig(const std::string& dir) {
-  auto text = ReadFile(dir + "/" + kConfigFile);
-  if (!text.ok()) {
-    if (text.error().code == ErrorCode::kNotFound)
-      return MakeError(ErrorCode::kNotFound,
-                       dir +
-                           " is not an initialised Trust Authority state "
-                           "directory (run 'vcrypt-ta admin --state " +
-                           dir + " init')");
-    return std::move(text).error();
+Result<std::string> StoreUrlOf(const Parsed& p, const std::string& what) {
+  // --db wins: with it, the state directory holds nothing of the Trust
+  // Authority's (the systemd units pass --state; replicas on PostgreSQL
+  // add --db to their options).
+  if (p.has("db")) {
+    const std::string url = p.get("db");
+    auto st = CheckStoreUrl(url);
+    if (!st.ok()) return UsageError(what + ": --db: " + st.error().message);
+    return url;
   }
-  const std::string path = dir + "/" + kConfigFile;
-  Json j = Json::parse(*text, nullptr, false);
+  if (!p.has("state") || p.get("state").empty())
+    return UsageError(what + ": --state DIR or --db URL is required");
+  return DefaultStoreUrl(p.get("state"));
+}
+
+Result<std::shared_ptr<TaStore>> OpenExistingStore(const std::string& url) {
+  if (!IsPostgresUrl(url)) {
+    const std::string path = url.substr(std::string_view("sqlite:").size());
+    if (!Exists(path))
+      return MakeError(ErrorCode::kNotFound,
+                       path +
+                           " does not exist: not an initialised Trust "
+                           "Authority (run 'vcrypt-ta admin ... init')");
+  }
+  return OpenTaStore(url);
+}
+
+Result<AttestationConfig> LoadConfig(std::shared_ptr<TaStore> store) {
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> pcrs,
+                          store->GetSetting("pcrs"));
+  if (!pcrs)
+    return MakeError(ErrorCode::kNotFound,
+                     "the database " + store->url() +
+                         " is not an initialised Trust Authority (run "
+                         "'vcrypt-ta admin ... init')");
   auto bad = [&](const std::string& why) {
-    return MakeError(ErrorCode::kInvalidArgument, path + ": " + why);
+    return MakeError(ErrorCode::kInvalidArgument,
+                     "the database " + store->url() + ": " + why);
   };
-  if (!j.is_object()) return bad("not a JSON object");
-  if (!j.contains("version") || !j["version"].is_number_integer() ||
-      j["version"].get<int>() != kConfigVersion)
-    return bad("unknown version (this program reads version " +
-               std::to_string(kConfigVersion) + ")");
-  if (!j.contains("pcrs") || !j["pcrs"].is_string()) return bad("no 'pcrs'");
-  auto sel = ParsePcrSelection(j["pcrs"].get<std::string>());
+  auto sel = ParsePcrSelection(*pcrs);
   if (!sel.ok()) return bad(sel.error().message);
   AttestationConfig c;
-  c.state_dir = dir;
   c.selection = std::move(sel).value();
-  if (j.contains("issuer")) {
-    if (!j["issuer"].is_string()) return bad("'issuer' is not a string");
-    c.issuer = j["issuer"].get<std::string>();
-  }
-  if (j.contains("audience")) {
-    if (!j["audience"].is_string()) return bad("'audience' is not a string");
-    c.audience = j["audience"].get<std::string>();
-  }
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> issuer,
+                          store->GetSetting("issuer"));
+  if (issuer) c.issuer = *issuer;
+  VCRYPT_ASSIGN_OR_RETURN(std::optional<std::string> audience,
+                          store->GetSetting("audience"));
+  if (audience) c.audience = *audience;
+  c.store = std::move(store);
   return c;
 }
 
-Result<EcSigningKey> LoadSigningKey(const std::string& dir) {
+Result<EcSigningKey> LoadSigningKey(TaStore& store) {
+  VCRYPT_ASSIGN_OR_RETURN(std::vector<SigningKeyInfo> keys,
+                          store.SigningKeys());
+  // The newest active key signs (one until rotation exists).
+  const SigningKeyInfo* active = nullptr;
+  for (const auto& k : keys)
+    if (k.state == "active") active = &k;
+  if (active == nullptr)
+    return MakeError(
+        ErrorCode::kNotFound,
+        "the database " + store.url() + " holds no active token signing key");
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer pem,
-                          ReadOwnerOnlyFile(dir + "/" + kSigningKeyFile,
-                                            "token signing key", 16 * 1024));
+                          store.SigningKeyPrivate(active->kid));
   auto key = EcSigningKey::FromPrivatePem(pem);
   if (!key.ok())
-    return MakeError(key.error().code,
-                     dir + "/" + kSigningKeyFile + ": " + key.error().message);
+    return MakeError(key.error().code, "token signing key " + active->kid +
+                                           ": " + key.error().message);
+  if (key->Thumbprint() != active->kid)
+    return MakeError(ErrorCode::kIo, "token signing key " + active->kid +
+                                         ": the key does not match its kid "
+                                         "(damaged state)");
   return key;
 }
 
-Result<AttestationService> OpenAttestation(const std::string& dir,
+Result<AttestationService> OpenAttestation(std::shared_ptr<TaStore> store,
                                            size_t max_outstanding) {
-  VCRYPT_ASSIGN_OR_RETURN(AttestationConfig config, LoadConfig(dir));
+  VCRYPT_ASSIGN_OR_RETURN(EcSigningKey key, LoadSigningKey(*store));
+  VCRYPT_ASSIGN_OR_RETURN(AttestationConfig config,
+                          LoadConfig(std::move(store)));
   config.max_outstanding = max_outstanding;
-  VCRYPT_ASSIGN_OR_RETURN(EcSigningKey key, LoadSigningKey(dir));
   return AttestationService::Open(std::move(config), std::move(key));
 }
 

@@ -1,7 +1,7 @@
 // vcrypt-ta's command line, for the files that implement it (not an
 // interface for anything else):
 //   ta_tool.cc      dispatch, the helpers below, and ta_tool.h's parsers
-//   ta_admin.cc     `vcrypt-ta admin ...`: the state directory
+//   ta_admin.cc     `vcrypt-ta admin ...`: the database
 //   ta_services.cc  the two services' start-up: options, TLS, serving
 #ifndef VCRYPT_TRUSTAUTHORITY_TA_TOOL_INTERNAL_H_
 #define VCRYPT_TRUSTAUTHORITY_TA_TOOL_INTERNAL_H_
@@ -19,6 +19,7 @@
 #include "keyproviders/standard/standard_provider.h"
 #include "taprotocol/jws.h"
 #include "trustauthority/attestation.h"
+#include "trustauthority/store.h"
 #include "trustauthority/ta_tool.h"
 
 namespace vcrypt::ta_tool_internal {
@@ -27,11 +28,12 @@ namespace po = boost::program_options;
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
-// Files of the state directory this program owns (the services own the
-// subdirectories, trustauthority/attestation.h).
+// The state directory's database (sqlite:DIR/ta.db), and the files of the
+// file store that `admin import-files` reads (versions before the
+// database).
+inline constexpr const char* kDatabaseFile = "ta.db";
 inline constexpr const char* kConfigFile = "config.json";
 inline constexpr const char* kSigningKeyFile = "signing-key.pem";
-inline constexpr const char* kTokenKeyFile = "token-key.pub.pem";
 inline constexpr int kConfigVersion = 1;
 inline constexpr const char* kDefaultPcrs = "sha256:0,1,2,3,4,5,6,7";
 inline constexpr const char* kDefaultPrimaryKeyName = "vcrypt-ta-primary";
@@ -69,11 +71,17 @@ bool Exists(const std::string& path);
 // The OpenSSL error queue as one line (and cleared).
 std::string OpensslError();
 
-// The state directory's config.json, signing key, and the attestation
-// service over them.
-Result<AttestationConfig> LoadConfig(const std::string& dir);
-Result<EcSigningKey> LoadSigningKey(const std::string& dir);
-Result<AttestationService> OpenAttestation(const std::string& dir,
+// The database a command works on: --db URL if given, else sqlite:DIR/ta.db
+// for --state DIR; kUsage without either or for a bad URL.
+Result<std::string> StoreUrlOf(const Parsed& p, const std::string& what);
+// Opens an initialised store: a SQLite file that does not exist is
+// kNotFound (and is not made).
+Result<std::shared_ptr<TaStore>> OpenExistingStore(const std::string& url);
+// The store's settings (PCR selection, issuer, audience), its active
+// signing key, and the attestation service over them.
+Result<AttestationConfig> LoadConfig(std::shared_ptr<TaStore> store);
+Result<EcSigningKey> LoadSigningKey(TaStore& store);
+Result<AttestationService> OpenAttestation(std::shared_ptr<TaStore> store,
                                            size_t max_outstanding = 10000);
 
 struct KmsOptions {

@@ -17,6 +17,8 @@
 #include "keyproviders/trusted/tpm.h"
 #include "taprotocol/proof.h"
 #include "tests/unit/swtpm.h"
+#include "tests/unit/ta_test_util.h"
+#include "trustauthority/sql.h"
 
 namespace vcrypt {
 namespace {
@@ -31,7 +33,8 @@ class AttestationTest : public ::testing::Test {
     std::string why;
     if (!tpm_a_.Start(&why) || !tpm_b_.Start(&why)) GTEST_SKIP() << why;
     AttestationConfig c;
-    c.state_dir = dir_.path();
+    c.store = testing::OpenTestStore(dir_.path());
+    ASSERT_TRUE(c.store);
     c.selection = {TPM2_ALG_SHA256, {0, 1, 2, 3, 7}};
     auto key = EcSigningKey::Generate();
     ASSERT_TRUE(key.ok());
@@ -43,6 +46,16 @@ class AttestationTest : public ::testing::Test {
     ASSERT_TRUE(a.ok() && b.ok());
     a_.emplace(std::move(a).value());
     b_.emplace(std::move(b).value());
+  }
+
+  // The configuration of a replica: the same database through a store of
+  // its own (its own connections), as another process would have.
+  AttestationConfig ReplicaConfig() {
+    AttestationConfig c = svc_->config();
+    auto s = OpenTaStore(c.store->url());
+    EXPECT_TRUE(s.ok()) << s.error().message;
+    if (s.ok()) c.store = std::move(s).value();
+    return c;
   }
 
   // Registers `host` with `tpm`'s EK and enrolls its AK.
@@ -192,7 +205,9 @@ TEST_F(AttestationTest, AkOfAnotherTpmIsDenied) {
   EXPECT_EQ(svc_->FinishEnrollment(ch->id, guess).error().code,
             ErrorCode::kPermissionDenied);
 
-  // h1 properly enrolled with A; a quote signed by B's AK is refused.
+  // h1 properly enrolled with A (registered again: adding a registered
+  // host is refused); a quote signed by B's AK is refused.
+  ASSERT_TRUE(svc_->RemoveHost("h1").ok());
   Enroll("h1", *a_);
   ASSERT_TRUE(
       svc_->AddBaseline("golden", Quote("h1", *a_).quote.pcr_values).ok());
@@ -369,7 +384,7 @@ TEST_F(AttestationTest, AHostRegisteredByTpmCaIsPinnedToItsFirstEk) {
   // used to be the host record's read-then-write, serialised only within
   // one instance.)
   auto replica = AttestationService::Open(
-      svc_->config(), std::move(EcSigningKey::Generate()).value());
+      ReplicaConfig(), std::move(EcSigningKey::Generate()).value());
   ASSERT_TRUE(replica.ok()) << replica.error().message;
   for (int round = 0; round < 20; ++round) {
     const std::string host = "h-replicas-" + std::to_string(round);
@@ -403,24 +418,25 @@ TEST_F(AttestationTest, AHostRegisteredByTpmCaIsPinnedToItsFirstEk) {
   }
 }
 
-// Expired unused enrollment challenges, and an older version's nonce
-// files, do not pile up in the shared state: swept (at most once a
-// minute) on the enrollment path.
-TEST_F(AttestationTest, ExpiredChallengesAndOldNonceFilesAreSwept) {
+// Expired unused enrollment challenges and used-nonce records do not pile
+// up in the shared state: swept (at most once a minute) on the enrollment
+// path, a minute after they expired.
+TEST_F(AttestationTest, ExpiredChallengesAndUsedNoncesAreSwept) {
   const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count();
-  std::filesystem::create_directory(dir_.path() + "/nonces");
-  const std::string old_nonce = dir_.path() + "/nonces/00aa.json";
-  const std::string old_enroll = dir_.path() + "/enrollments/x.json";
-  const std::string recent = dir_.path() + "/enrollments/y.json";
-  std::ofstream(old_nonce) << "{\"host\":\"h1\",\"expires\":" << now - 120 << "}";
-  std::ofstream(old_enroll) << "{\"expires\":" << now - 120 << "}";
-  std::ofstream(recent) << "{\"expires\":" << now - 5 << "}";
+  TaStore& store = *svc_->config().store;
+  ASSERT_TRUE(store.PutEnrollment("x", "{}", now - 120).ok());
+  ASSERT_TRUE(store.PutEnrollment("y", "{}", now - 5).ok());
+  ASSERT_TRUE(*store.ConsumeOnce("nonce", "old", now - 120));
+  ASSERT_TRUE(*store.ConsumeOnce("nonce", "recent", now - 5));
   Enroll("h1", *a_);
-  EXPECT_FALSE(std::filesystem::exists(old_nonce));
-  EXPECT_FALSE(std::filesystem::exists(old_enroll));
-  EXPECT_TRUE(std::filesystem::exists(recent)) << "swept inside the grace";
+  EXPECT_FALSE(store.TakeEnrollment("x")->has_value());
+  EXPECT_TRUE(store.TakeEnrollment("y")->has_value())
+      << "swept inside the grace";
+  EXPECT_TRUE(*store.ConsumeOnce("nonce", "old", now + 60)) << "not swept";
+  EXPECT_FALSE(*store.ConsumeOnce("nonce", "recent", now + 60))
+      << "swept inside the grace";
 }
 
 // Number of entries under the state directory, recursively.
@@ -476,7 +492,7 @@ TEST_F(AttestationTest, ANonceIsBoundToItsHostAndCannotBeForged) {
   // nonce key).
   testing::TempDir other_dir{"ta-other"};
   AttestationConfig c = svc_->config();
-  c.state_dir = other_dir.path();
+  c.store = testing::OpenTestStore(other_dir.path());
   auto other =
       AttestationService::Open(c, std::move(EcSigningKey::Generate()).value());
   ASSERT_TRUE(other.ok()) << other.error().message;
@@ -491,7 +507,7 @@ TEST_F(AttestationTest, ReplicasRedeemEachOthersNoncesOnce) {
   ASSERT_TRUE(
       svc_->AddBaseline("golden", Quote("h1", *a_).quote.pcr_values).ok());
   auto replica = AttestationService::Open(
-      svc_->config(), std::move(EcSigningKey::Generate()).value());
+      ReplicaConfig(), std::move(EcSigningKey::Generate()).value());
   ASSERT_TRUE(replica.ok()) << replica.error().message;
   Evidence e = Quote("h1", *a_);  // issued by svc_
   auto on_replica =
@@ -503,19 +519,28 @@ TEST_F(AttestationTest, ReplicasRedeemEachOthersNoncesOnce) {
   EXPECT_EQ(again.error().code, ErrorCode::kPermissionDenied);
 }
 
-// The nonce key is made once, owner-only, and a damaged one is an error,
-// not a silently new key.
+// The nonce key is made once, in an owner-only database, and a damaged one
+// is an error, not a silently new key.
 TEST_F(AttestationTest, TheNonceKeyIsOwnerOnlyAndCheckedWhenOpened) {
-  const std::string key = dir_.path() + "/nonce.key";
+  const std::string db = dir_.path() + "/ta.db";
   struct stat st;
-  ASSERT_EQ(stat(key.c_str(), &st), 0);
+  ASSERT_EQ(stat(db.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
-  EXPECT_EQ(st.st_size, 32);
-  ASSERT_EQ(chmod(key.c_str(), 0644), 0);
+  auto key = svc_->config().store->NonceKey(32);
+  ASSERT_TRUE(key.ok()) << key.error().message;
+  EXPECT_EQ(key->size(), 32u);
+  auto conn = store_internal::OpenSqlite(db);
+  ASSERT_TRUE(conn.ok()) << conn.error().message;
+  const uint8_t short_key[3] = {1, 2, 3};
+  ASSERT_TRUE((*conn)
+                  ->Exec("UPDATE secrets SET value = $1 "
+                         "WHERE name = 'nonce_key'",
+                         {std::span<const uint8_t>(short_key)})
+                  .ok());
   auto reopened = AttestationService::Open(
-      svc_->config(), std::move(EcSigningKey::Generate()).value());
+      ReplicaConfig(), std::move(EcSigningKey::Generate()).value());
   ASSERT_FALSE(reopened.ok());
-  EXPECT_NE(reopened.error().message.find("nonce.key"), std::string::npos)
+  EXPECT_NE(reopened.error().message.find("nonce key"), std::string::npos)
       << reopened.error().message;
 }
 

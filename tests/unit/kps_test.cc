@@ -15,6 +15,7 @@
 #include "common/random.h"
 #include "taprotocol/proof.h"
 #include "tests/test_util.h"
+#include "tests/unit/ta_test_util.h"
 
 namespace vcrypt {
 namespace {
@@ -27,8 +28,9 @@ class KpsTest : public ::testing::Test {
     auto k = EcSigningKey::Generate();
     ASSERT_TRUE(k.ok());
     signer_.emplace(std::move(k).value());
-    std::filesystem::create_directories(dir_.path() + "/baselines");
-    std::ofstream(dir_.path() + "/baselines/golden.json") << "{}";
+    store_ = testing::OpenTestStore(dir_.path());
+    ASSERT_TRUE(store_);
+    ASSERT_TRUE(store_->PutBaseline({"golden", "{}", 0, {}}, false, 0).ok());
     kps_.emplace(Make("kps-a"));
     auto t = TransportKey::Generate();
     ASSERT_TRUE(t.ok());
@@ -44,7 +46,7 @@ class KpsTest : public ::testing::Test {
   KeyProviderService Make(const std::string& id) {
     auto pub = EcVerifyKey::FromPublicPem(*signer_->ToPublicPem());
     auto primary = RandomKey(32);
-    auto s = KeyProviderService::Open({dir_.path(), id}, std::move(pub).value(),
+    auto s = KeyProviderService::Open({store_, id}, std::move(pub).value(),
                                       std::move(primary).value());
     EXPECT_TRUE(s.ok()) << s.error().message;
     return std::move(s).value();
@@ -107,6 +109,7 @@ class KpsTest : public ::testing::Test {
 
   EcSigningKey session_ = std::move(EcSigningKey::Generate()).value();
   testing::TempDir dir_{"kps"};
+  std::shared_ptr<TaStore> store_;
   std::optional<EcSigningKey> signer_;
   std::optional<KeyProviderService> kps_;
   std::optional<TransportKey> host_;
@@ -233,7 +236,7 @@ TEST_F(KpsTest, ProofMustComeFromTheTokensSessionKeyForThisRequest) {
 
 TEST_F(KpsTest, BaselineWithdrawnAfterIssueIsRefused) {
   const std::string t = Token();
-  std::filesystem::remove(dir_.path() + "/baselines/golden.json");
+  ASSERT_TRUE(*store_->RemoveBaseline("golden"));
   auto r = Create(t);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kPermissionDenied);

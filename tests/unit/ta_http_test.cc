@@ -19,6 +19,7 @@
 #include "tests/unit/swtpm.h"
 #include "tests/unit/ta_test_util.h"
 #include "trustauthority/http.h"
+#include "trustauthority/sql.h"
 
 namespace vcrypt {
 namespace {
@@ -59,13 +60,11 @@ class TaHttpTest : public ::testing::Test {
     return *Base64Decode(j.get<std::string>());
   }
 
-  // Files in a state subdirectory.
-  size_t Files(const std::string& sub) {
-    size_t n = 0;
-    for (const auto& e :
-         std::filesystem::directory_iterator(dir_.path() + "/" + sub))
-      n += e.path().extension() == ".json";
-    return n;
+  // Pending enrollments in the store.
+  size_t Enrollments() {
+    auto e = att_->config().store->EnrollmentExpiries(0);
+    EXPECT_TRUE(e.ok());
+    return e.ok() ? e->size() : 0;
   }
 
   size_t max_outstanding_ = 10000;  // set before SetUp
@@ -175,23 +174,26 @@ TEST_F(TaHttpTest, MalformedRequestsGetOneClearError) {
   EXPECT_EQ(st2 / 100, 4) << b2.dump();
 }
 
-// A request stuck in I/O does not hold up the others: the host record of
-// "stuck" is a FIFO with no writer, so the enrollment's open(2) of it
-// blocks (as on a hung file system) while another client gets a nonce.
-TEST_F(TaHttpTest, ARequestStuckInIoDoesNotBlockTheOthers) {
+// A request stuck on the database does not hold up the others: another
+// connection holds SQLite's write lock (as an admin command or a stuck
+// replica might), so the enrollment's write waits, while another client
+// gets a nonce (a read).
+TEST_F(TaHttpTest, ARequestStuckOnTheDatabaseDoesNotBlockTheOthers) {
   auto ek = host_->EkPublic();
   auto ak = host_->AkPublic();
   ASSERT_TRUE(ek.ok() && ak.ok());
   ASSERT_TRUE(att_->AddHost("h1", *ek).ok());
-  const std::string fifo = dir_.path() + "/hosts/stuck.json";
-  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_TRUE(att_->AddHost("stuck", *ek).ok());
+  auto locker = store_internal::OpenSqlite(dir_.path() + "/ta.db");
+  ASSERT_TRUE(locker.ok()) << locker.error().message;
+  ASSERT_TRUE((*locker)->Begin().ok());
   std::thread stuck([&] {
     Post("/v1/enroll", {{"host", "stuck"},
                         {"ek", Base64Encode(*ek)},
                         {"ak", Base64Encode(*ak)}});
   });
-  // Let the enrollment reach the FIFO (its open blocks; nothing else
-  // makes it return before the writer below).
+  // Let the enrollment reach its write (it waits for the lock, up to the
+  // busy timeout).
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   httplib::Client cli("127.0.0.1", port_);
   cli.set_read_timeout(3, 0);
@@ -199,9 +201,8 @@ TEST_F(TaHttpTest, ARequestStuckInIoDoesNotBlockTheOthers) {
   auto res =
       cli.Post("/v1/nonce", Json{{"host", "h1"}}.dump(), "application/json");
   const auto took = std::chrono::steady_clock::now() - t0;
-  // Release the stuck request: open the FIFO for writing and close it.
-  int w = open(fifo.c_str(), O_WRONLY);
-  if (w >= 0) close(w);
+  // Release the stuck request.
+  (*locker)->Rollback();
   stuck.join();
   ASSERT_TRUE(res) << "no answer while another request was stuck";
   EXPECT_EQ(res->status, 200);
@@ -240,7 +241,7 @@ TEST_F(TaHttpCapTest, OutstandingNoncesAndChallengesAreCapped) {
   auto [st2, busy2] = Post("/v1/enroll", enroll);
   EXPECT_EQ(st2, 503) << busy2.dump();
   EXPECT_EQ(busy2["error"]["code"], "busy") << busy2.dump();
-  EXPECT_EQ(Files("enrollments"), 4u);
+  EXPECT_EQ(Enrollments(), 4u);
 
   // Finishing a challenge frees its slot.
   auto secret = host_->ActivateCredential(B(first["credential_blob"]),

@@ -31,6 +31,7 @@
 #include "taprotocol/jws.h"
 #include "tests/test_util.h"
 #include "tests/unit/swtpm.h"
+#include "trustauthority/store.h"
 
 namespace vcrypt {
 namespace {
@@ -141,6 +142,12 @@ class TaAdminTest : public ::testing::Test {
     auto r = Ta({"admin", "--state", state_, "init", "--pcrs", "sha256:0-2"});
     ASSERT_EQ(r.code, 0) << r.err;
   }
+  // The state directory's database (opened while the test looks).
+  std::shared_ptr<TaStore> Store() {
+    auto s = OpenTaStore(DefaultStoreUrl(state_));
+    EXPECT_TRUE(s.ok()) << s.error().message;
+    return s.ok() ? std::move(s).value() : nullptr;
+  }
   TempDir dir_{"ta-admin"};
   std::string state_ = dir_ / "state";
 };
@@ -149,20 +156,25 @@ TEST_F(TaAdminTest, InitWritesKeysAndConfig) {
   struct stat st;
   ASSERT_EQ(stat(state_.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0700u);
-  ASSERT_EQ(stat((state_ + "/signing-key.pem").c_str(), &st), 0);
+  ASSERT_EQ(stat((state_ + "/ta.db").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0600u);
-  // The private and public key files are a pair.
-  auto priv = ReadOwnerOnlyFile(state_ + "/signing-key.pem", "key", 16384);
+  // One active signing key; its private and public halves are a pair,
+  // named by the thumbprint (the JWS kid).
+  auto store = Store();
+  ASSERT_TRUE(store);
+  auto keys = store->SigningKeys();
+  ASSERT_TRUE(keys.ok()) << keys.error().message;
+  ASSERT_EQ(keys->size(), 1u);
+  EXPECT_EQ((*keys)[0].state, "active");
+  auto priv = store->SigningKeyPrivate((*keys)[0].kid);
   ASSERT_TRUE(priv.ok()) << priv.error().message;
   auto key = EcSigningKey::FromPrivatePem(*priv);
   ASSERT_TRUE(key.ok());
-  auto pub =
-      EcVerifyKey::FromPublicPem(*ReadFile(state_ + "/token-key.pub.pem"));
+  auto pub = EcVerifyKey::FromPublicPem((*keys)[0].public_pem);
   ASSERT_TRUE(pub.ok());
   EXPECT_EQ(pub->Thumbprint(), key->Thumbprint());
-  Json cfg = Json::parse(*ReadFile(state_ + "/config.json"));
-  EXPECT_EQ(cfg["pcrs"], "sha256:0,1,2");
-  EXPECT_EQ(cfg["version"], 1);
+  EXPECT_EQ(pub->Thumbprint(), (*keys)[0].kid);
+  EXPECT_EQ(*store->GetSetting("pcrs"), "sha256:0,1,2");
 }
 
 TEST_F(TaAdminTest, InitRefusesAnInitialisedOrNonEmptyDirectory) {
@@ -214,7 +226,7 @@ TEST_F(TaAdminTest, BaselineAddValidatesAndWritesNothingOnBadInput) {
   r = Ta(
       {"admin", "--state", state_, "baseline", "add", "b1", "--values", vals});
   ASSERT_EQ(r.code, 0) << r.err;
-  Json b = Json::parse(*ReadFile(state_ + "/baselines/b1.json"));
+  Json b = Json::parse((*Store()->GetBaseline("b1", 0))->body);
   EXPECT_EQ(b["values"].size(), 3u);
   r = Ta(
       {"admin", "--state", state_, "baseline", "add", "b1", "--values", vals});
@@ -224,7 +236,7 @@ TEST_F(TaAdminTest, BaselineAddValidatesAndWritesNothingOnBadInput) {
   EXPECT_EQ(Json::parse(r.out)["baselines"], Json::array({"b1"}));
   EXPECT_EQ(Ta({"admin", "--state", state_, "baseline", "remove", "b1"}).code,
             0);
-  EXPECT_FALSE(fs::exists(state_ + "/baselines/b1.json"));
+  EXPECT_FALSE(Store()->GetBaseline("b1", 0)->has_value());
   EXPECT_EQ(Ta({"admin", "--state", state_, "baseline", "remove", "b1"}).code,
             5);
 }
@@ -235,7 +247,7 @@ TEST_F(TaAdminTest, HostsAndTpmCas) {
   auto r =
       Ta({"admin", "--state", state_, "host", "add", "h1", "--ek-pub", junk});
   EXPECT_EQ(r.code, 12) << r.err;
-  EXPECT_FALSE(fs::exists(state_ + "/hosts/h1.json"));
+  EXPECT_FALSE(Store()->GetHost("h1")->has_value());
   EXPECT_EQ(Ta({"admin", "--state", state_, "host", "add", "h1"}).code, 0);
   r = Ta({"admin", "--state", state_, "host", "add", "h1"});
   EXPECT_EQ(r.code, 6) << r.err;
@@ -276,9 +288,11 @@ TEST_F(TaAdminTest, HostWithRealEkInBothFileFormats) {
   ASSERT_EQ(r.code, 0) << r.err;
   r = Ta({"admin", "--state", state_, "host", "add", "h2", "--ek-pub", tpmt});
   ASSERT_EQ(r.code, 0) << r.err;
-  Json h1 = Json::parse(*ReadFile(state_ + "/hosts/h1.json"));
-  Json h2 = Json::parse(*ReadFile(state_ + "/hosts/h2.json"));
-  EXPECT_EQ(h1["ek"], h2["ek"]);
+  auto h1 = Store()->GetHost("h1");
+  auto h2 = Store()->GetHost("h2");
+  ASSERT_TRUE(h1.ok() && h2.ok() && h1->has_value() && h2->has_value());
+  ASSERT_TRUE((*h1)->ek.has_value());
+  EXPECT_EQ((*h1)->ek, (*h2)->ek);
   r = Ta({"admin", "--state", state_, "list", "--json"});
   EXPECT_EQ(Json::parse(r.out)["hosts"][0]["ek"], "pinned");
 }
