@@ -315,8 +315,9 @@ class SqlTaStore final : public TaStore {
                         {std::string_view(k), std::string_view(v)});
         if (!s.ok()) return std::move(s).error();
       }
-      auto n = c.Exec("INSERT INTO secrets (name, value) VALUES ('nonce_key', $1)",
-                      {nonce_key});
+      auto n =
+          c.Exec("INSERT INTO secrets (name, value) VALUES ('nonce_key', $1)",
+                 {nonce_key});
       if (!n.ok()) return std::move(n).error();
       return InsertSigningKey(c, key, private_pem);
     });

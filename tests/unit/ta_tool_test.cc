@@ -30,6 +30,7 @@
 #include "keyproviders/trusted/tpm.h"
 #include "taprotocol/jws.h"
 #include "tests/test_util.h"
+#include "tests/unit/pg_server.h"
 #include "tests/unit/swtpm.h"
 #include "trustauthority/store.h"
 
@@ -681,6 +682,163 @@ TEST_F(TaServiceTest, BinaryStopsCleanlyOnSigterm) {
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status)) << status;
   EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// --- the database: --db, PostgreSQL, import-files ---------------------------
+
+// A password never reaches argv: refused with one line that says where it
+// goes instead, without echoing it.
+TEST(TaToolDb, APasswordInTheDatabaseUrlIsRefused) {
+  for (const std::string url :
+       {"postgresql://ta:s3cret@db.example/ta", "host=db password=s3cret"}) {
+    for (std::vector<std::string> args :
+         {std::vector<std::string>{"admin", "--db", url, "list"},
+          {"attestation-service", "--db", url, "--listen", "127.0.0.1:0",
+           "--tls-cert", "/x", "--tls-key", "/y"}}) {
+      auto r = Ta(args);
+      EXPECT_EQ(r.code, 2) << url;
+      EXPECT_EQ(Lines(r.err), 1) << r.err;
+      EXPECT_NE(r.err.find(".pgpass"), std::string::npos) << r.err;
+      EXPECT_EQ(r.err.find("s3cret"), std::string::npos) << r.err;
+    }
+  }
+  auto r = Ta({"admin", "--db", "mysql://h/db", "list"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(Ta({"admin", "--db", "sqlite:/nonexistent/ta.db", "list"}).code, 5);
+}
+
+// Admin commands and both services on a PostgreSQL database, with no
+// state directory at all.
+class TaDbServiceTest : public TaServiceTest {
+ protected:
+  void SetUp() override {
+    TaServiceTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    ASSERT_NO_FATAL_FAILURE(testing::NeedPostgres(&db_));
+  }
+  std::string db_;
+};
+
+TEST_F(TaDbServiceTest, AdminAndServicesOnPostgres) {
+  auto r = Ta({"admin", "--db", db_, "init", "--pcrs", "sha256:0-2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = Ta({"admin", "--db", db_, "init"});
+  EXPECT_EQ(r.code, 6) << r.err;
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  ASSERT_EQ(Ta({"admin", "--db", db_, "host", "add", "h1"}).code, 0);
+  EXPECT_EQ(Ta({"admin", "--db", db_, "host", "add", "h1"}).code, 6);
+  const std::string vals = dir_ / "values";
+  WriteText(vals, Digests(3));
+  ASSERT_EQ(
+      Ta({"admin", "--db", db_, "baseline", "add", "b1", "--values", vals})
+          .code,
+      0);
+  r = Ta({"admin", "--db", db_, "list", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  Json j = Json::parse(r.out);
+  EXPECT_EQ(j["pcrs"], "sha256:0,1,2");
+  EXPECT_EQ(j["hosts"][0]["name"], "h1");
+  EXPECT_EQ(j["baselines"], Json::array({"b1"}));
+  ASSERT_EQ(j["signing_keys"].size(), 1u);
+  EXPECT_EQ(j["signing_keys"][0]["state"], "active");
+
+  // The attestation service serves the database's hosts and selection.
+  std::vector<std::string> as = {"attestation-service", "--db", db_, "--listen",
+                                 "127.0.0.1:0"};
+  for (auto& t : Tls()) as.push_back(t);
+  RunningService svc(as);
+  std::string addr = svc.WaitListening();
+  ASSERT_FALSE(addr.empty()) << svc.Finish().err;
+  auto [st, grant] =
+      Post(PortOf(addr), Certs() + "/ca.pem", "/v1/nonce", {{"host", "h1"}});
+  EXPECT_EQ(st, 200) << grant.dump();
+  EXPECT_EQ(grant["pcrs"], Json::array({0, 1, 2}));
+  EXPECT_EQ(svc.Stop().code, 0);
+
+  // The key provider service finds the attestation service's public key in
+  // the database (no file to pin).
+  const std::string primary = dir_ / "primary.key";
+  WriteText(primary, std::string(32, 'k'), 0600);
+  std::vector<std::string> kps = {"key-provider-service",
+                                  "--db",
+                                  db_,
+                                  "--listen",
+                                  "127.0.0.1:0",
+                                  "--provider-id",
+                                  "kps1",
+                                  "--primary-key-file",
+                                  primary};
+  for (auto& t : Tls()) kps.push_back(t);
+  RunningService k(kps);
+  ASSERT_FALSE(k.WaitListening().empty()) << k.Finish().err;
+  EXPECT_EQ(k.Stop().code, 0);
+}
+
+// An installation of the file store moves into a database, SQLite or
+// PostgreSQL: settings, signing key (same kid), nonce key, TPM CAs, hosts
+// with their pins and enrolled AKs, baselines.
+TEST_F(TaDbServiceTest, ImportFilesMovesAFileStoreIntoADatabase) {
+  const std::string old = dir_ / "old";
+  for (const char* d : {"", "/hosts", "/baselines", "/tpm-cas"})
+    ASSERT_TRUE(MakeDirs(old + d, 0700).ok());
+  WriteText(old + "/config.json",
+            R"({"version":1,"pcrs":"sha256:0,1,2","issuer":"iss-x"})");
+  auto key = EcSigningKey::Generate();
+  ASSERT_TRUE(key.ok());
+  auto pem = key->ToPrivatePem();
+  ASSERT_TRUE(pem.ok());
+  WriteText(old + "/signing-key.pem", std::string(pem->chars(), pem->size()),
+            0600);
+  const std::string nonce_key(32, 'n');
+  WriteText(old + "/nonce.key", nonce_key, 0600);
+  const std::string reg(32, 'a');
+  WriteText(old + "/hosts/h1.json",
+            R"({"registration":")" + reg + R"(","pinned_ek":"OLD"})");
+  WriteText(old + "/hosts/h1." + reg + ".pin", "PINNED");
+  WriteText(old + "/hosts/h2.json",
+            R"({"registration":")" + reg +
+                R"(","ek":"EK2","enrolled":{"ek":"EK2","ak":"AK2","at":5},)"
+                R"("last_clock":{"clock":7}})");
+  WriteText(old + "/baselines/b1.json", R"({"values":["00"]})");
+  WriteText(old + "/tpm-cas/x.pem", *ReadFile(Certs() + "/ca.pem"));
+  for (const std::string& url :
+       {std::string("sqlite:") + (dir_ / "imported.db"), db_}) {
+    auto r = Ta({"admin", "--state", old, "--db", url, "import-files"});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("2 hosts, 1 baselines, 1 TPM CAs"), std::string::npos)
+        << r.out;
+    auto store = OpenTaStore(url);
+    ASSERT_TRUE(store.ok()) << store.error().message;
+    EXPECT_EQ(*(*store)->GetSetting("issuer"), "iss-x");
+    auto keys = (*store)->SigningKeys();
+    ASSERT_TRUE(keys.ok() && keys->size() == 1);
+    EXPECT_EQ((*keys)[0].kid, key->Thumbprint());
+    auto nk = (*store)->NonceKey(32);
+    ASSERT_TRUE(nk.ok());
+    EXPECT_EQ(std::string(nk->chars(), nk->size()), nonce_key);
+    auto h1 = (*store)->GetHost("h1");
+    ASSERT_TRUE(h1.ok() && h1->has_value());
+    EXPECT_EQ((*h1)->registration, reg);
+    EXPECT_EQ((*h1)->pinned_ek, "PINNED");  // the pin file wins
+    auto h2 = (*store)->GetHost("h2");
+    ASSERT_TRUE(h2.ok() && h2->has_value());
+    EXPECT_EQ((*h2)->ek, "EK2");
+    EXPECT_FALSE((*h2)->pinned_ek.has_value());
+    EXPECT_EQ((*h2)->enrolled_ak, "AK2");
+    EXPECT_EQ((*h2)->last_clock, R"({"clock":7})");
+    EXPECT_EQ((*(*store)->GetBaseline("b1", 0))->body, R"({"values":["00"]})");
+    EXPECT_EQ((*store)->ListTpmCas()->size(), 1u);
+    // Into an initialised database: refused.
+    r = Ta({"admin", "--state", old, "--db", url, "import-files"});
+    EXPECT_EQ(r.code, 6) << r.err;
+    EXPECT_EQ(Lines(r.err), 1) << r.err;
+  }
+  // A damaged file store is refused before the database is touched.
+  WriteText(old + "/hosts/h3.json", "not json");
+  const std::string fresh = std::string("sqlite:") + (dir_ / "fresh.db");
+  auto r = Ta({"admin", "--state", old, "--db", fresh, "import-files"});
+  EXPECT_EQ(r.code, 12) << r.err;
+  EXPECT_FALSE(fs::exists(dir_ / "fresh.db"));
 }
 
 }  // namespace
