@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -133,10 +134,30 @@ class SqliteConn final : public SqlConn {
 
 Result<std::unique_ptr<SqlConn>> OpenSqlite(const std::string& path) {
   // Made owner-only before SQLite sees it: SQLite would create it (and its
-  // -wal and -shm files, which copy the database's mode) with 0644.
+  // -wal and -shm files, which copy the database's mode and, for root, its
+  // owner) with 0644. Root making it in a directory it does not own (an
+  // admin command run as root) gives it to the directory's owner, the
+  // services' user, as it did with the state files before.
   {
-    UniqueFd fd(
-        open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    UniqueFd fd(open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    if (!fd.valid() && errno == ENOENT) {
+      fd.reset(open(path.c_str(),
+                    O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+      const int create_errno = fd.valid() ? 0 : errno;
+      const std::string dir =
+          path.find('/') == std::string::npos
+              ? "."
+              : path.substr(0, std::max<size_t>(path.rfind('/'), 1));
+      struct stat dst;
+      if (fd.valid() && geteuid() == 0 && stat(dir.c_str(), &dst) == 0 &&
+          dst.st_uid != 0 && fchown(fd.get(), dst.st_uid, dst.st_gid) != 0)
+        return MakeError(ErrorCode::kIo, "cannot give the database " + path +
+                                             " to its directory's owner: " +
+                                             std::strerror(errno));
+      // Another process made it between the two opens.
+      if (create_errno == EEXIST)
+        fd.reset(open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    }
     if (!fd.valid())
       return MakeError(
           errno == ENOENT   ? ErrorCode::kNotFound

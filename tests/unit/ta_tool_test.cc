@@ -686,6 +686,22 @@ TEST_F(TaServiceTest, BinaryStopsCleanlyOnSigterm) {
 
 // --- the database: --db, PostgreSQL, import-files ---------------------------
 
+// Root initialising the services' directory (owned by their user) leaves a
+// database the services can open: it belongs to the directory's owner.
+TEST(TaToolDb, ADatabaseRootMakesBelongsToTheDirectorysOwner) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root";
+  TempDir dir("ta-owner");
+  const std::string state = dir / "state";
+  ASSERT_EQ(mkdir(state.c_str(), 0700), 0);
+  ASSERT_EQ(chown(state.c_str(), 65534, 65534), 0);
+  auto r = Ta({"admin", "--state", state, "init"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  struct stat st;
+  ASSERT_EQ(stat((state + "/ta.db").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
 // A password never reaches argv: refused with one line that says where it
 // goes instead, without echoing it.
 TEST(TaToolDb, APasswordInTheDatabaseUrlIsRefused) {
