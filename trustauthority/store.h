@@ -13,7 +13,10 @@
 // (nonces, request proofs). Two replicas with one database behave as one
 // service. Whoever can read the database can mint attestation tokens (it
 // holds the signing key and the nonce key): guard it as the state
-// directory was guarded.
+// directory was guarded. The keys come back in SecureBuffer; on their way
+// they pass through the database library's own buffers and the database's
+// files and memory, which this program cannot lock or wipe (SQLite's
+// secure_delete overwrites deleted rows in the file).
 //
 // Single use is a uniqueness constraint: an id, a pin or an enrollment
 // can be inserted (or deleted) by exactly one of any number of concurrent

@@ -333,6 +333,24 @@ TEST_P(TaStoreTest, MigrationsAreVersionedAndANewerDatabaseIsRefused) {
   EXPECT_EQ(newer.error().message.find('\n'), std::string::npos);
 }
 
+// PostgreSQL: a connection the server dropped (a restart, a fail-over, an
+// administrator) is re-established once and the statement sent again.
+TEST_P(TaStoreTest, ABrokenConnectionIsReestablished) {
+  if (GetParam() != "postgres") GTEST_SKIP() << "PostgreSQL only";
+  ASSERT_TRUE(*store_->ConsumeOnce("jti", "before", 2000));
+  auto admin = Raw();
+  ASSERT_TRUE(admin);
+  auto killed = admin->Exec(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+      "WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  ASSERT_TRUE(killed.ok()) << killed.error().message;
+  ASSERT_GE(killed->rows.size(), 1u);
+  auto after = store_->ConsumeOnce("jti", "after", 2000);
+  ASSERT_TRUE(after.ok()) << after.error().message;
+  EXPECT_TRUE(*after);
+  EXPECT_FALSE(*store_->ConsumeOnce("jti", "before", 2000));
+}
+
 // Replicas starting at once on an empty database: every one opens, each
 // migration is applied once.
 TEST_P(TaStoreTest, ReplicasStartingTogetherMigrateOnce) {
