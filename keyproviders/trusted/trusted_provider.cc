@@ -500,6 +500,14 @@ Json TrustedProvider::Describe() const {
   if (cached) d["token_expires"] = Rfc3339(session_->exp);
   d["attestations"] = attestations_;
   if (last_failure_) d["last_error"] = last_failure_->message;
+  // Connection reuse (keep-alive, TLS resumption; ta_client.h).
+  for (const auto& [key, c] :
+       {std::pair{"attestation_service", &attestation_}, {"kps", &kps_}}) {
+    const TaClientStats st = c->stats();
+    d["connections"][key] = {{"requests", st.requests},
+                             {"tls_connections_made", st.connections_made},
+                             {"tls_sessions_resumed", st.sessions_resumed}};
+  }
   return d;
 }
 

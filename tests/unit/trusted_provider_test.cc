@@ -104,7 +104,11 @@ int DeadPort() {
 // An HTTPS server on 127.0.0.1 running on its own thread.
 class TestServer {
  public:
-  TestServer(X509* cert, EVP_PKEY* key) : server_(cert, key) {}
+  // An idle keep-alive connection holds a worker until this timeout, and
+  // Stop() waits for the workers: 1 s, below vcrypt-ta's 2 s.
+  TestServer(X509* cert, EVP_PKEY* key) : server_(cert, key) {
+    server_.set_keep_alive_timeout(1);
+  }
   ~TestServer() { Stop(); }
   httplib::SSLServer& server() { return server_; }
   bool Start() {
@@ -277,6 +281,37 @@ TEST_F(TrustedProviderTest, CreateKekThenGetKekReusingTheCachedToken) {
   ASSERT_TRUE(k3.ok()) << k3.error().message;
   EXPECT_TRUE(k3->Equals(nk->kek));
   EXPECT_EQ(attest_calls_, 2);
+}
+
+// Keep-alive and TLS session resumption (ta_client.h): KEK fetches with
+// the cached token share one connection; after the idle timeout a new
+// connection resumes the TLS session the server issued.
+TEST_F(TrustedProviderTest, KekFetchesReuseTheConnectionAndResumeTls) {
+  auto p = MustCreate();
+  ASSERT_TRUE(p);
+  auto nk = p->CreateKek("vm1");
+  ASSERT_TRUE(nk.ok()) << nk.error().message;
+  auto kps = [&] { return p->Describe()["connections"]["kps"]; };
+  const Json before = kps();
+  for (int i = 0; i < 3; ++i) {
+    auto k = p->GetKek(nk->ref);
+    ASSERT_TRUE(k.ok()) << k.error().message;
+  }
+  Json after = kps();
+  EXPECT_EQ(after["requests"].get<int>() - before["requests"].get<int>(), 3);
+  EXPECT_EQ(after["tls_connections_made"], before["tls_connections_made"])
+      << "the 3 fetches should have used the connection CreateKek left open";
+  // Past the idle timeout (1 s) the connection is not reused: a new one,
+  // resuming the session.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  auto k = p->GetKek(nk->ref);
+  ASSERT_TRUE(k.ok()) << k.error().message;
+  after = kps();
+  EXPECT_EQ(after["tls_connections_made"].get<int>(),
+            before["tls_connections_made"].get<int>() + 1);
+  EXPECT_EQ(after["tls_sessions_resumed"].get<int>(),
+            before["tls_sessions_resumed"].get<int>() + 1);
+  EXPECT_TRUE(k->Equals(nk->kek));
 }
 
 TEST_F(TrustedProviderTest, AnExpiredCacheAttestsAgain) {
