@@ -1,7 +1,7 @@
 // Event-log baselines end to end against a real software TPM (swtpm): the
 // TPM's PCRs are extended with the digests of a log built in the test
 // (tests/unit/eventlog_builder.h), the host's AK quotes them, and
-// AttestationService::Attest gets the quote and the log. ~1.5 s (two TPM
+// AttestationService::Attest gets the quote and the log. ~1 s (two TPM
 // resets, a handful of quotes).
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
