@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -23,6 +24,7 @@
 #include "common/names.h"
 #include "common/random.h"
 #include "taprotocol/proof.h"
+#include "trustauthority/eventlog_policy.h"
 
 namespace vcrypt {
 namespace {
@@ -604,8 +606,10 @@ Json CnfJwk(std::span<const uint8_t> point) {
 
 Result<std::string> AttestationService::Attest(
     const std::string& host, std::span<const uint8_t> nonce,
-    std::span<const uint8_t> session_point, std::span<const uint8_t> attest, std::span<const uint8_t> signature,
-    const std::vector<std::vector<uint8_t>>& pcr_values) {
+    std::span<const uint8_t> session_point, std::span<const uint8_t> attest,
+    std::span<const uint8_t> signature,
+    const std::vector<std::vector<uint8_t>>& pcr_values,
+    const std::optional<std::vector<uint8_t>>& event_log) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
   // The nonce first (no I/O): one this service made for this host, and
   // unexpired. Its single use is recorded once the quote verifies, below.
@@ -654,23 +658,25 @@ Result<std::string> AttestationService::Attest(
     return MakeError(ErrorCode::kPermissionDenied, "already used nonce");
   MaybePurge();
 
-  // The values are the TPM's: now they must be an approved baseline's.
-  std::string matched;
+  // The values are the TPM's: now they must be an approved baseline's
+  // (raw values, or a policy over the event log: eventlog_policy.h).
+  std::vector<BaselineDocument> baselines;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(Path("baselines"), ec)) {
     if (e.path().extension() != ".json") continue;
-    auto b = ReadJson(e.path().string());
-    if (!b.ok() || !(*b)["values"].is_array()) continue;
-    const Json& vals = (*b)["values"];
-    bool equal = vals.size() == pcr_values.size();
-    for (size_t i = 0; equal && i < vals.size(); ++i)
-      equal = vals[i].is_string() &&
-              vals[i].get<std::string>() == HexEncode(pcr_values[i]);
-    if (equal) {
-      matched = e.path().stem().string();
-      break;
-    }
+    auto body = ReadFile(e.path().string());
+    if (!body.ok()) continue;
+    baselines.push_back(
+        {e.path().stem().string(), std::move(body).value(), {}});
   }
+  // In name order, so the baseline a token names does not depend on the
+  // directory's.
+  std::sort(baselines.begin(), baselines.end(),
+            [](const auto& a, const auto& b) { return a.name < b.name; });
+  std::optional<std::span<const uint8_t>> log;
+  if (event_log) log = std::span<const uint8_t>(*event_log);
+  auto matched =
+      MatchBaseline(baselines, config_.selection, pcr_values, log, Now());
   {
     // The record as it is now (an enrollment may have finished meanwhile:
     // its write must not be lost), and only while the AK is the one that
@@ -686,11 +692,10 @@ Result<std::string> AttestationService::Attest(
                                              AtomicWriteOptions{0600, {}}));
     }
   }
-  if (matched.empty())
-    return MakeError(
-        ErrorCode::kPermissionDenied,
-        "host '" + host +
-            "' booted a configuration no approved baseline matches");
+  if (!matched.ok())
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "host '" + host + "' booted a configuration " +
+                         matched.error().message);
 
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer j, RandomKey(16));
   const int64_t now = Now();
@@ -701,7 +706,7 @@ Result<std::string> AttestationService::Attest(
       {"iat", now},
       {"exp", now + config_.token_lifetime.count()},
       {"jti", HexEncode(std::span<const uint8_t>(j.data(), j.size()))},
-      {"baseline", matched},
+      {"baseline", *matched},
       {"cnf", CnfJwk(session_point)}};
   return SignToken(key_, claims);
 }

@@ -540,7 +540,8 @@ Result<std::string> TaClient::Attest(
     const std::string& host, std::span<const uint8_t> nonce,
     std::span<const uint8_t> attest, std::span<const uint8_t> signature,
     const std::vector<std::vector<uint8_t>>& pcr_values,
-    std::span<const uint8_t> session_point) const {
+    std::span<const uint8_t> session_point,
+    const std::optional<std::vector<uint8_t>>& event_log) const {
   Json vals = Json::array();
   for (const auto& v : pcr_values) vals.push_back(Base64Encode(v));
   Json body = {{"host", host},
@@ -549,6 +550,7 @@ Result<std::string> TaClient::Attest(
                {"signature", Base64Encode(signature)},
                {"pcr_values", vals},
                {"session_key", Base64Encode(session_point)}};
+  if (event_log) body["event_log"] = Base64Encode(*event_log);
   VCRYPT_ASSIGN_OR_RETURN(Json a, Post("/v1/attest", body));
   return Str(*this, a, "token");
 }

@@ -133,12 +133,15 @@ class TaClient {
   Result<TaNonce> Nonce(const std::string& host) const;
   // POST /v1/attest: the quote (made over QuoteQualifyingData(nonce,
   // session_point), taprotocol/proof.h) and the session key's point
-  // the token is to be bound to. Returns the token.
+  // the token is to be bound to, with the host's binary firmware event
+  // log if given (`event_log`, sent base64). Returns the token.
   Result<std::string> Attest(
       const std::string& host, std::span<const uint8_t> nonce,
       std::span<const uint8_t> attest, std::span<const uint8_t> signature,
       const std::vector<std::vector<uint8_t>>& pcr_values,
-      std::span<const uint8_t> session_point) const;
+      std::span<const uint8_t> session_point,
+      const std::optional<std::vector<uint8_t>>& event_log =
+          std::nullopt) const;
 
   // --- key provider service ---
   // POST /v1/kek: a new KEK sealed to `transport_point`.
