@@ -45,6 +45,11 @@ Key providers:
                                        (as registered there) default the
                                        host name
   provider list | show NAME | remove NAME [--force] | default NAME
+  provider set NAME --kek-cache-max-age DURATION|unlimited|default
+                                       how long KEKs are used from the
+                                       cache (e.g. 15m, 1h; also an option
+                                       of provider add); defaults: native
+                                       unlimited, standard 1h, trusted 15m
   provider backup NAME --out FILE.p12|- --password-file FILE
   provider restore FILE.p12|- --name NAME --password-file FILE
                    [--tpm [--tcti TCTI] [--pcrs 0,7]]

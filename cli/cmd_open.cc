@@ -172,6 +172,11 @@ Status Cli::StatusCmd(const std::vector<std::string>& a) {
       out_ << " (default " << Str(j["default_provider"]) << ")";
     out_ << "\n";
     out_ << "cached KEKs: " << j["kek_cache"].size() << "\n";
+    for (const auto& k : j["kek_cache"])
+      out_ << "  VM " << Str(k["vm"]) << ": KEK " << Str(k["kek_id"])
+           << " of provider " << Str(k["provider"]) << ", fetched "
+           << k.value("age_seconds", int64_t{0}) << "s ago (max age "
+           << Str(k.value("max_age", Json("?"))) << ")\n";
     Json rows = Json::array();
     for (const auto& vm : j["vms"]) {
       for (const auto& d : vm["disks"]) {

@@ -1,4 +1,5 @@
-// vcryptctl provider ...: add, list, show, remove, default, backup, restore.
+// vcryptctl provider ...: add, list, show, remove, default, set, backup,
+// restore.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -93,17 +94,18 @@ Status Cli::Provider(const std::vector<std::string>& a) {
   std::vector<std::string> args(a.begin() + 1, a.end());
   po::options_description none;
   if (sub == "add") {
-    std::string kms, ca, cert, key, attestation, kps, tcti, host, pcrs;
+    std::string kms, ca, cert, key, attestation, kps, tcti, host, pcrs, max_age;
     po::options_description o;
-    o.add_options()("tpm", "")("kms", po::value(&kms))("ca", po::value(&ca))(
-        "cert", po::value(&cert))("key", po::value(&key))(
-        "attestation", po::value(&attestation))("kps", po::value(&kps))(
-        "tcti", po::value(&tcti))("host", po::value(&host))("pcrs",
-                                                            po::value(&pcrs));
+    o.add_options()("kek-cache-max-age", po::value(&max_age))("tpm", "")(
+        "kms", po::value(&kms))("ca", po::value(&ca))("cert", po::value(&cert))(
+        "key", po::value(&key))("attestation", po::value(&attestation))(
+        "kps", po::value(&kps))("tcti", po::value(&tcti))(
+        "host", po::value(&host))("pcrs", po::value(&pcrs));
     VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 2, 2, "provider add"));
     const std::string& type = s.words[0];
     Json req = {
         {"type", type}, {"name", s.words[1]}, {"tpm", s.vm.count("tpm") > 0}};
+    if (!max_age.empty()) req["kek_cache_max_age"] = max_age;
     SecureBuffer key_pem;
     const bool trusted_opts =
         !attestation.empty() || !kps.empty() || !tcti.empty() || !host.empty();
@@ -184,6 +186,8 @@ Status Cli::Provider(const std::vector<std::string>& a) {
                   {"default", "DEFAULT"},
                   {"vms", "VMS"},
                   {"state", "STATE"},
+                  // How long a KEK is used from vcryptd's cache.
+                  {"kek_cache_max_age", "KEK CACHE"},
                   // Native only: hosts that share a provider (restored
                   // from one backup) show the same ID.
                   {"primary_key_id", "PRIMARY KEY"},
@@ -204,6 +208,27 @@ Status Cli::Provider(const std::vector<std::string>& a) {
         PrintObject(out_, j);
       else
         out_ << "default provider: " << s.words[0] << "\n";
+    });
+    return Status::Ok();
+  }
+  if (sub == "set") {
+    std::string max_age;
+    po::options_description o;
+    o.add_options()("kek-cache-max-age", po::value(&max_age));
+    VCRYPT_ASSIGN_OR_RETURN(Sub s, ParseSub(args, o, 1, 1, "provider set"));
+    if (max_age.empty())
+      return UsageError(
+          "provider set needs --kek-cache-max-age DURATION|unlimited|default");
+    VCRYPT_ASSIGN_OR_RETURN(
+        Json r, Call("provider.set",
+                     {{"name", s.words[0]}, {"kek_cache_max_age", max_age}}));
+    Print(r, [&](const Json& j) {
+      out_ << "provider '" << s.words[0] << "': KEKs stay cached for "
+           << Str(j["kek_cache_max_age"])
+           << (j.value("kek_cache_max_age_source", "") == "default"
+                   ? " (the default)"
+                   : "")
+           << "\n";
     });
     return Status::Ok();
   }

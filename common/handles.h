@@ -58,6 +58,8 @@ using X509Ptr = std::unique_ptr<X509, FnDeleter<X509, X509_free>>;
 using Pkcs12Ptr = std::unique_ptr<PKCS12, FnDeleter<PKCS12, PKCS12_free>>;
 using SslCtxPtr = std::unique_ptr<SSL_CTX, FnDeleter<SSL_CTX, SSL_CTX_free>>;
 using SslPtr = std::unique_ptr<SSL, FnDeleter<SSL, SSL_free>>;
+using SslSessionPtr =
+    std::unique_ptr<SSL_SESSION, FnDeleter<SSL_SESSION, SSL_SESSION_free>>;
 using Pkcs7Ptr = std::unique_ptr<PKCS7, FnDeleter<PKCS7, PKCS7_free>>;
 using X509AlgorPtr =
     std::unique_ptr<X509_ALGOR, FnDeleter<X509_ALGOR, X509_ALGOR_free>>;

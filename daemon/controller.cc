@@ -193,6 +193,12 @@ size_t Controller::EvictAllOnShutdown() {
          state_.cache.Clear();  // none left unless one raced in
 }
 
+size_t Controller::EvictExpiredKeks() {
+  auto records = keys_.EvictExpired(AuditContext{geteuid(), "housekeeping"});
+  state_.Audit(records);
+  return records.size();
+}
+
 std::vector<std::string> Controller::ResumeDeepRekeys() {
   std::vector<std::string> pending;
   {
@@ -270,6 +276,8 @@ const std::vector<Controller::Op>& Controller::Ops() {
        [](C c, Q q) { return c.provider_ops_.ProviderRemove(q.args, q.ctx); }},
       {"provider.default", Role::kRoot,
        [](C c, Q q) { return c.provider_ops_.ProviderDefault(q.args); }},
+      {"provider.set", Role::kRoot,
+       [](C c, Q q) { return c.provider_ops_.ProviderSet(q.args, q.ctx); }},
       {"provider.backup", Role::kRoot,
        [](C c, Q q) {
          return c.provider_ops_.ProviderBackup(q.args, q.secret, q.ctx);

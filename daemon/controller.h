@@ -151,6 +151,10 @@ class Controller {
   // request "shutdown" by vcryptd's own uid. vcryptd calls it when it
   // stops. Returns the number evicted.
   size_t EvictAllOnShutdown();
+  // Evicts (audited, request=housekeeping) each cached KEK older than its
+  // provider's maximum age; vcryptd calls it periodically so an expired
+  // KEK does not stay in memory until its next use. Returns how many.
+  size_t EvictExpiredKeks();
 
   // Finishes, one VM after the other, every deep rekey the inventory
   // records as pending (a crash or restart interrupted it). vcryptd runs

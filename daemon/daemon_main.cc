@@ -10,6 +10,7 @@
 #include <atomic>
 #include <boost/program_options.hpp>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -49,6 +50,38 @@ int Fail(const Error& e) {
   Log("error: " + e.message);
   return static_cast<int>(e.code);
 }
+
+// Evicts the KEKs past their provider's maximum age every 30 s, so an
+// expired KEK leaves memory even when nothing uses it again (a use finds
+// it expired anyway). Stopped and joined before the Controller goes.
+class CacheSweeper {
+ public:
+  explicit CacheSweeper(Controller* c) : thread_([this, c] { Run(c); }) {}
+  ~CacheSweeper() { Stop(); }
+  void Stop() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Run(Controller* c) {
+    std::unique_lock lock(mu_);
+    while (!cv_.wait_for(lock, std::chrono::seconds(30),
+                         [this] { return stop_; })) {
+      lock.unlock();
+      c->EvictExpiredKeks();
+      lock.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once the rest is initialised
+};
 
 }  // namespace
 
@@ -239,7 +272,9 @@ int DaemonMain(int argc, char** argv) {
     for (const auto& line : c->ResumeDeepRekeys()) Log(line);
     *resuming = false;
   }).detach();
+  CacheSweeper sweeper(controller->get());
   auto st = server.Run();
+  sweeper.Stop();
   g_server = nullptr;
   sd_notify(0, "STOPPING=1");
   (*controller)->EvictAllOnShutdown();

@@ -1,5 +1,7 @@
 #include "daemon/key_access.h"
 
+#include <map>
+
 #include "common/aead.h"
 #include "common/names.h"
 #include "daemon/ops_util.h"
@@ -24,12 +26,27 @@ Result<SecureBuffer> KeyAccess::GetKek(KeyProvider& provider, const KekRef& ref,
     state_.Audit(audit);
     return kek;
   };
-  if (auto k = state_.cache.Get(pname, ref.kek_id))
-    return from_cache(std::move(*k));
+  // Past the provider's maximum age the cached KEK is evicted (audited)
+  // and this use goes to the provider: a key revoked there since stops
+  // here (docs/providers.md, "How long a KEK stays cached").
+  const KekMaxAge max_age = MaxAgeFor(pname);
+  auto cached = [&]() -> std::optional<SecureBuffer> {
+    KekCache::EntryInfo expired;
+    auto k = state_.cache.Get(pname, ref.kek_id, max_age, &expired);
+    if (!k && !expired.kek_id.empty()) {
+      AuditRecord ev = audit;
+      ev.op = AuditOp::kKekEvict;
+      ev.vm = expired.vm;
+      ev.source.clear();
+      ev.reason = "max-age";
+      state_.Audit(ev);
+    }
+    return k;
+  };
+  if (auto k = cached()) return from_cache(std::move(*k));
   // One fetch per KEK even when many volumes of a VM open at once.
   auto guard = state_.locks.Lock("kek:" + pname + "/" + ref.kek_id);
-  if (auto k = state_.cache.Get(pname, ref.kek_id))
-    return from_cache(std::move(*k));
+  if (auto k = cached()) return from_cache(std::move(*k));
   audit.source = "provider";
   Result<SecureBuffer> kek = provider.GetKek(ref);
   if (kek.ok() && kek->size() != kKekSize)
@@ -40,6 +57,39 @@ Result<SecureBuffer> KeyAccess::GetKek(KeyProvider& provider, const KekRef& ref,
   if (!kek.ok()) return std::move(kek).error();
   state_.cache.Put(pname, ref.kek_id, audit.vm, kek->Clone());
   return kek;
+}
+
+KekMaxAge KeyAccess::MaxAgeFor(const std::string& provider) {
+  std::lock_guard lock(state_.mu);
+  const auto& overrides = state_.store.kek_max_ages();
+  if (auto it = overrides.find(provider); it != overrides.end())
+    return it->second;
+  auto p = state_.providers.find(provider);
+  return p == state_.providers.end() ? KekMaxAge{}
+                                     : DefaultKekMaxAge(p->second->type());
+}
+
+std::vector<AuditRecord> KeyAccess::EvictExpired(const AuditContext& ctx) {
+  std::map<std::string, KekMaxAge> ages;
+  {
+    std::lock_guard lock(state_.mu);
+    for (const auto& [name, p] : state_.providers) {
+      auto it = state_.store.kek_max_ages().find(name);
+      ages[name] = it != state_.store.kek_max_ages().end()
+                       ? it->second
+                       : DefaultKekMaxAge(p->type());
+    }
+  }
+  std::vector<AuditRecord> records;
+  for (const auto& e : state_.cache.EvictExpired(ages)) {
+    AuditRecord r = AuditRecord::For(ctx, AuditOp::kKekEvict);
+    r.vm = e.vm;
+    r.provider = e.provider;
+    r.kek_id = e.kek_id;
+    r.reason = "max-age";
+    records.push_back(std::move(r));
+  }
+  return records;
 }
 
 std::vector<AuditRecord> KeyAccess::EvictKeks(

@@ -41,6 +41,14 @@ class KeyAccess {
   // kek_id, source and result are filled in here.
   Result<SecureBuffer> GetKek(KeyProvider& provider, const KekRef& ref,
                               AuditRecord audit);
+  // How long `provider`'s KEKs may be used from the cache: its override in
+  // the state store, else its type's default (unlimited for a provider
+  // that is not configured). Takes `mu`.
+  KekMaxAge MaxAgeFor(const std::string& provider);
+  // Evicts every cached KEK older than its provider's maximum age; one
+  // kek.evict record (reason=max-age) per KEK, returned for the caller to
+  // Audit. Takes `mu`, then the cache's lock (never both at once).
+  std::vector<AuditRecord> EvictExpired(const AuditContext& ctx);
   // Evicts each cached KEK that `match` selects; one kek.evict record per
   // KEK evicted, returned for the caller to Audit (after its locks).
   std::vector<AuditRecord> EvictKeks(

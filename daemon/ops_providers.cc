@@ -61,6 +61,10 @@ Result<Json> ProviderOps::ProviderAdd(const Json& args,
     return MakeError(
         ErrorCode::kInvalidArgument,
         "provider type '" + type + "' is not supported by this vcryptd");
+  std::optional<KekMaxAge> max_age;
+  if (auto a = OptStr(args, "kek_cache_max_age")) {
+    VCRYPT_ASSIGN_OR_RETURN(max_age, ParseKekMaxAge(*a));
+  }
   if (type != "native" && (BoolArg(args, "tpm") || args.contains("pcrs")))
     return MakeError(ErrorCode::kInvalidArgument,
                      "--tpm and --pcrs (a TPM-sealed primary key) are for "
@@ -131,6 +135,10 @@ Result<Json> ProviderOps::ProviderAdd(const Json& args,
   }
   desc = provider->Describe();
   std::lock_guard lock(state_.mu);
+  // Before the provider is in use: a stale setting of an earlier provider
+  // of this name goes, and this one's is recorded.
+  if (max_age || state_.store.kek_max_ages().count(name))
+    VCRYPT_RETURN_IF_ERROR(state_.store.SetKekMaxAge(name, max_age));
   state_.providers.emplace(name, provider);
   bool made_default = false;
   if (!state_.store.default_provider() ||
@@ -153,6 +161,11 @@ Result<Json> ProviderOps::ProviderList() {
     if (dynamic_cast<const UnavailableProvider*>(p.get()) == nullptr)
       d["state"] = "available";
     d["default"] = state_.store.default_provider() == name;
+    auto age = state_.store.kek_max_ages().find(name);
+    const bool set = age != state_.store.kek_max_ages().end();
+    d["kek_cache_max_age"] =
+        FormatKekMaxAge(set ? age->second : DefaultKekMaxAge(p->type()));
+    d["kek_cache_max_age_source"] = set ? "set" : "default";
     size_t vms = 0;
     for (const auto& [vn, vm] : state_.store.vms()) vms += vm.provider == name;
     d["vms"] = vms;
@@ -217,6 +230,8 @@ Result<Json> ProviderOps::ProviderRemove(const Json& args,
     records.insert(records.end(), evicted.begin(), evicted.end());
     if (state_.store.default_provider() == name)
       VCRYPT_RETURN_IF_ERROR(state_.store.SetDefaultProvider(std::nullopt));
+    if (state_.store.kek_max_ages().count(name))
+      VCRYPT_RETURN_IF_ERROR(state_.store.SetKekMaxAge(name, std::nullopt));
     return Json{{"removed", name}, {"evicted", evicted.size()}};
   }();
   state_.Audit(records);
@@ -231,6 +246,33 @@ Result<Json> ProviderOps::ProviderDefault(const Json& args) {
                      "no key provider named '" + name + "'");
   VCRYPT_RETURN_IF_ERROR(state_.store.SetDefaultProvider(name));
   return Json{{"default", name}};
+}
+
+Result<Json> ProviderOps::ProviderSet(const Json& args,
+                                      const AuditContext& ctx) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string name, StrArg(args, "name"));
+  auto text = OptStr(args, "kek_cache_max_age");
+  if (!text) return Usage("provider set needs --kek-cache-max-age");
+  std::optional<KekMaxAge> age;
+  if (*text != "default") {
+    VCRYPT_ASSIGN_OR_RETURN(age, ParseKekMaxAge(*text));
+  }
+  std::string effective;
+  {
+    std::lock_guard lock(state_.mu);
+    auto it = state_.providers.find(name);
+    if (it == state_.providers.end())
+      return MakeError(ErrorCode::kNotFound,
+                       "no key provider named '" + name + "'");
+    VCRYPT_RETURN_IF_ERROR(state_.store.SetKekMaxAge(name, age));
+    effective =
+        FormatKekMaxAge(age ? *age : DefaultKekMaxAge(it->second->type()));
+  }
+  // A shorter maximum applies to the KEKs already cached, now.
+  state_.Audit(keys_.EvictExpired(ctx));
+  return Json{{"name", name},
+              {"kek_cache_max_age", effective},
+              {"kek_cache_max_age_source", age ? "set" : "default"}};
 }
 
 Result<Json> ProviderOps::ProviderBackup(const Json& args,

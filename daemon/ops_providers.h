@@ -1,4 +1,4 @@
-// Provider ops: provider.add, .list, .show, .remove, .default, .backup,
+// Provider ops: provider.add, .list, .show, .remove, .default, .set, .backup,
 // .restore (docs/protocol.md, docs/providers.md).
 //
 // Touches, of the ControllerState: `providers` and `store` (its default
@@ -34,6 +34,11 @@ class ProviderOps {
   Result<Json> ProviderShow(const Json& args);
   Result<Json> ProviderRemove(const Json& args, const AuditContext& ctx);
   Result<Json> ProviderDefault(const Json& args);
+  // {"name", "kek_cache_max_age": "15m" | "unlimited" | "default"}: how
+  // long the provider's KEKs stay usable from the cache; "default" goes
+  // back to the type's (docs/providers.md). Applies at once, to the KEKs
+  // already cached too.
+  Result<Json> ProviderSet(const Json& args, const AuditContext& ctx);
   Result<Json> ProviderBackup(const Json& args, const SecureBuffer& password,
                               const AuditContext& ctx);
   Result<Json> ProviderRestore(const Json& args, const SecureBuffer& password,

@@ -116,9 +116,15 @@ Result<Json> StatusOps::GetStatus() {
   }
   st["vms"] = jvms;
   Json cache = Json::array();
+  // Each KEK's age since its provider produced it, and the provider's
+  // maximum age (a use past it goes back to the provider).
   for (const auto& e : state_.cache.List())
     cache.push_back(
-        {{"kek_id", e.kek_id}, {"vm", e.vm}, {"provider", e.provider}});
+        {{"kek_id", e.kek_id},
+         {"vm", e.vm},
+         {"provider", e.provider},
+         {"age_seconds", e.age.count()},
+         {"max_age", FormatKekMaxAge(keys_.MaxAgeFor(e.provider))}});
   st["kek_cache"] = cache;
   return st;
 }

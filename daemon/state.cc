@@ -139,6 +139,24 @@ Result<StateStore> StateStore::Open(const std::string& dir) {
                        dir + "/state.json is malformed or of an unknown version");
     if (j.contains("default_provider") && j["default_provider"].is_string())
       s.default_provider_ = j["default_provider"].get<std::string>();
+    if (j.contains("kek_cache_max_age")) {
+      const json& m = j["kek_cache_max_age"];
+      if (!m.is_object())
+        return MakeError(
+            ErrorCode::kInvalidArgument,
+            dir + "/state.json: 'kek_cache_max_age' is not an object");
+      for (const auto& [name, v] : m.items()) {
+        if (!v.is_string())
+          return MakeError(
+              ErrorCode::kInvalidArgument,
+              dir + "/state.json: a 'kek_cache_max_age' is not a string");
+        auto age = ParseKekMaxAge(v.get<std::string>());
+        if (!age.ok())
+          return MakeError(ErrorCode::kInvalidArgument,
+                           dir + "/state.json: " + age.error().message);
+        s.kek_max_ages_.emplace(name, *age);
+      }
+    }
   } else if (state.error().code != ErrorCode::kNotFound) {
     return std::move(state).error();
   }
@@ -171,9 +189,16 @@ Status StateStore::SaveInventory(const std::map<std::string, VmRecord>& vms) con
   return WriteFileAtomic(dir_ + "/inventory.json", j.dump(2) + "\n");
 }
 
-Status StateStore::SaveState(const std::optional<std::string>& def) const {
+Status StateStore::SaveState(
+    const std::optional<std::string>& def,
+    const std::map<std::string, KekMaxAge>& ages) const {
   json j = {{"version", kStateVersion}};
   if (def) j["default_provider"] = *def;
+  if (!ages.empty()) {
+    j["kek_cache_max_age"] = json::object();
+    for (const auto& [name, age] : ages)
+      j["kek_cache_max_age"][name] = FormatKekMaxAge(age);
+  }
   return WriteFileAtomic(dir_ + "/state.json", j.dump(2) + "\n");
 }
 
@@ -194,8 +219,20 @@ Status StateStore::RemoveVm(const std::string& name) {
 }
 
 Status StateStore::SetDefaultProvider(std::optional<std::string> name) {
-  VCRYPT_RETURN_IF_ERROR(SaveState(name));
+  VCRYPT_RETURN_IF_ERROR(SaveState(name, kek_max_ages_));
   default_provider_ = std::move(name);
+  return Status::Ok();
+}
+
+Status StateStore::SetKekMaxAge(const std::string& provider,
+                                std::optional<KekMaxAge> age) {
+  auto next = kek_max_ages_;
+  if (age)
+    next[provider] = *age;
+  else
+    next.erase(provider);
+  VCRYPT_RETURN_IF_ERROR(SaveState(default_provider_, next));
+  kek_max_ages_ = std::move(next);
   return Status::Ok();
 }
 

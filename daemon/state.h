@@ -1,7 +1,8 @@
 // vcryptd's persistent state: the daemon config, provider configs and the
 // VM inventory, under one state directory (default /var/lib/vcrypt):
 //
-//   state.json              {"version":1,"default_provider":"..."}
+//   state.json              {"version":1,"default_provider":"...",
+//                            "kek_cache_max_age":{"<provider>":"15m",...}}
 //   inventory.json          {"version":1,"vms":{...}} (see VmRecord)
 //   providers/<name>/       one directory per provider, owned by it
 //   vcryptd.lock            held by the one vcryptd using the directory
@@ -24,6 +25,7 @@
 #include "common/clock.h"
 #include "common/handles.h"
 #include "common/result.h"
+#include "daemon/kek_cache.h"
 #include "keyproviders/key_provider.h"
 
 namespace vcrypt {
@@ -106,21 +108,32 @@ class StateStore {
   const std::optional<std::string>& default_provider() const {
     return default_provider_;
   }
+  // Providers whose KEK cache max age was set (`provider set`,
+  // `provider add --kek-cache-max-age`); the others use their type's
+  // DefaultKekMaxAge.
+  const std::map<std::string, KekMaxAge>& kek_max_ages() const {
+    return kek_max_ages_;
+  }
 
   // Each mutation is persisted before it returns; on failure the in-memory
   // state is unchanged.
   Status PutVm(const std::string& name, const VmRecord& vm);
   Status RemoveVm(const std::string& name);
   Status SetDefaultProvider(std::optional<std::string> name);
+  // nullopt: back to the type's default.
+  Status SetKekMaxAge(const std::string& provider,
+                      std::optional<KekMaxAge> age);
 
  private:
   StateStore() = default;
   Status SaveInventory(const std::map<std::string, VmRecord>& vms) const;
-  Status SaveState(const std::optional<std::string>& def) const;
+  Status SaveState(const std::optional<std::string>& def,
+                   const std::map<std::string, KekMaxAge>& ages) const;
 
   std::string dir_;
   std::map<std::string, VmRecord> vms_;
   std::optional<std::string> default_provider_;
+  std::map<std::string, KekMaxAge> kek_max_ages_;
 };
 
 }  // namespace vcrypt

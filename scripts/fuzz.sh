@@ -8,7 +8,9 @@
 #   TARGET   ttlv   TTLV decoder + KMIP response parsing (fuzz/ttlv_fuzz.cc)
 #            jws    attestation token verification (fuzz/jws_fuzz.cc)
 #            quote  TPM quote / public area / credential (fuzz/quote_fuzz.cc)
-#            default: all three, one after the other
+#            eventlog  firmware event log and baseline policies
+#                   (fuzz/eventlog_fuzz.cc)
+#            default: all four, one after the other
 #
 #   scripts/fuzz.sh 60            # every target, 60 s each
 #   scripts/fuzz.sh 300 quote     # one target, 5 minutes
@@ -31,6 +33,9 @@
 #   jws    fuzz/seeds/jws/: tokens signed with the harness key ('0' + token)
 #          and header/payload pairs the harness signs ('1' + header 0xff
 #          payload), valid and not, at the harness's fixed time
+#   eventlog  fuzz/seeds/eventlog/: small boot logs ('\0' + log: one and
+#          two banks, with and without StartupLocality) and baseline
+#          documents ('\1' + JSON: each rule kind, a raw one)
 #
 # A crash, leak, UB report, timeout or broken invariant stops that target;
 # libFuzzer writes the input to <dir>/artifacts/<target>/ and the next
@@ -40,9 +45,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ALL_TARGETS=(ttlv jws quote)
+ALL_TARGETS=(ttlv jws quote eventlog)
 usage() {
-  echo "usage: $0 [SECONDS] [ttlv|jws|quote ...]   (default: 60 s, all)" >&2
+  echo "usage: $0 [SECONDS] [ttlv|jws|quote|eventlog ...]   (default: 60 s, all)" >&2
   exit 2
 }
 
@@ -51,7 +56,7 @@ targets=()
 for arg in "$@"; do
   case $arg in
     -h | --help) usage ;;
-    ttlv | jws | quote) targets+=("$arg") ;;
+    ttlv | jws | quote | eventlog) targets+=("$arg") ;;
     *)
       [[ $arg =~ ^[0-9]+$ && $arg -gt 0 ]] || usage
       secs=$arg
@@ -149,6 +154,8 @@ target_flags() {
     # Past kMaxTokenSize (8 KiB), so the size limit is exercised too.
     jws) echo "-max_len=9000" ;;
     quote) echo "-max_len=4096" ;;
+    # Logs of a few events; the 1 MiB limit is a unit test's job.
+    eventlog) echo "-max_len=16384" ;;
   esac
 }
 

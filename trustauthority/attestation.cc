@@ -7,6 +7,7 @@
 #include <openssl/sha.h>
 #include <openssl/x509_vfy.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -16,6 +17,7 @@
 #include "common/names.h"
 #include "common/random.h"
 #include "taprotocol/proof.h"
+#include "trustauthority/eventlog_policy.h"
 
 namespace vcrypt {
 namespace {
@@ -452,8 +454,10 @@ Json CnfJwk(std::span<const uint8_t> point) {
 
 Result<std::string> AttestationService::Attest(
     const std::string& host, std::span<const uint8_t> nonce,
-    std::span<const uint8_t> session_point, std::span<const uint8_t> attest, std::span<const uint8_t> signature,
-    const std::vector<std::vector<uint8_t>>& pcr_values) {
+    std::span<const uint8_t> session_point, std::span<const uint8_t> attest,
+    std::span<const uint8_t> signature,
+    const std::vector<std::vector<uint8_t>>& pcr_values,
+    const std::optional<std::vector<uint8_t>>& event_log) {
   VCRYPT_RETURN_IF_ERROR(CheckName("host", host));
   // The nonce first (no I/O): one this service made for this host, and
   // unexpired. Its single use is recorded once the quote verifies, below.
@@ -501,35 +505,28 @@ Result<std::string> AttestationService::Attest(
     return MakeError(ErrorCode::kPermissionDenied, "already used nonce");
   MaybePurge();
 
-  // The values are the TPM's: now they must be an approved baseline's.
-  std::string matched;
-  VCRYPT_ASSIGN_OR_RETURN(std::vector<BaselineRow> baselines,
+  // The values are the TPM's: now they must be an approved baseline's
+  // (raw values, or a policy over the event log: eventlog_policy.h). The
+  // store gives the unexpired ones in name order, so the baseline a token
+  // names does not depend on the database's.
+  VCRYPT_ASSIGN_OR_RETURN(std::vector<BaselineRow> rows,
                           store().ListBaselines(Now()));
-  for (const auto& b : baselines) {
-    // Documents of other kinds (no "values") are not PCR baselines.
-    Json doc = Json::parse(b.body, nullptr, false);
-    if (!doc.is_object() || !doc.contains("values") ||
-        !doc["values"].is_array())
-      continue;
-    const Json& vals = doc["values"];
-    bool equal = vals.size() == pcr_values.size();
-    for (size_t i = 0; equal && i < vals.size(); ++i)
-      equal = vals[i].is_string() &&
-              vals[i].get<std::string>() == HexEncode(pcr_values[i]);
-    if (equal) {
-      matched = b.name;
-      break;
-    }
-  }
+  std::vector<BaselineDocument> baselines;
+  baselines.reserve(rows.size());
+  for (auto& r : rows)
+    baselines.push_back({std::move(r.name), std::move(r.body), r.expires_at});
+  std::optional<std::span<const uint8_t>> log;
+  if (event_log) log = std::span<const uint8_t>(*event_log);
+  auto matched =
+      MatchBaseline(baselines, config_.selection, pcr_values, log, Now());
   // Only while the AK is the one that made this quote (an enrollment may
   // have finished meanwhile: its record must not be overwritten).
   VCRYPT_RETURN_IF_ERROR(
       store().SetLastClock(host, *rec->enrolled_ak, ClockJson(q.clock).dump()));
-  if (matched.empty())
-    return MakeError(
-        ErrorCode::kPermissionDenied,
-        "host '" + host +
-            "' booted a configuration no approved baseline matches");
+  if (!matched.ok())
+    return MakeError(ErrorCode::kPermissionDenied,
+                     "host '" + host + "' booted a configuration " +
+                         matched.error().message);
 
   VCRYPT_ASSIGN_OR_RETURN(SecureBuffer j, RandomKey(16));
   const int64_t now = Now();
@@ -540,7 +537,7 @@ Result<std::string> AttestationService::Attest(
       {"iat", now},
       {"exp", now + config_.token_lifetime.count()},
       {"jti", HexEncode(std::span<const uint8_t>(j.data(), j.size()))},
-      {"baseline", matched},
+      {"baseline", *matched},
       {"cnf", CnfJwk(session_point)}};
   return SignToken(key_, claims);
 }

@@ -5,7 +5,9 @@
 // State lives in a TaStore (trustauthority/store.h: SQLite on one node,
 // PostgreSQL shared by replicas): TPM CAs, hosts (registered EK, the EK
 // pinned on first use, the enrolled AK, the last clock), baselines
-// (documents {"values": [hex...]} over the service's PCR selection),
+// (documents {"values": [hex...]} over the service's PCR selection, or an
+// event-log policy, trustauthority/eventlog_policy.h; with the row's
+// expiry),
 // pending enrollments (single use: one DELETE finds the row), the nonce
 // MAC key and the used nonces (single use: the used_ids primary key).
 // A nonce carries its expiry and a MAC over it and the host's name
@@ -122,15 +124,20 @@ class AttestationService {
   // that the nonce is one this service (or a replica sharing its store)
   // issued to `host` and unexpired, records it as used (single use,
   // across replicas; only once the quote verified),
-  // compares the PCR values with every baseline and returns a signed token
-  // naming the one matched and bound to the session key (`cnf`).
+  // compares the PCR values (and `event_log`, the host's binary firmware
+  // log if it sent one) with every baseline (MatchBaseline,
+  // trustauthority/eventlog_policy.h: raw values or an event-log policy)
+  // and returns a signed token naming the one matched and bound to the
+  // session key (`cnf`).
   // kPermissionDenied when the nonce, the host or the baseline check
-  // fails; kCrypto when the quote does not verify.
+  // fails (the message says why no baseline matched); kCrypto when the
+  // quote does not verify.
   Result<std::string> Attest(
       const std::string& host, std::span<const uint8_t> nonce,
       std::span<const uint8_t> session_point, std::span<const uint8_t> attest,
       std::span<const uint8_t> signature,
-      const std::vector<std::vector<uint8_t>>& pcr_values);
+      const std::vector<std::vector<uint8_t>>& pcr_values,
+      const std::optional<std::vector<uint8_t>>& event_log = std::nullopt);
 
   const AttestationConfig& config() const { return config_; }
   const EcSigningKey& key() const { return key_; }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/base64.h"
+#include "trustauthority/eventlog.h"
 
 namespace vcrypt {
 namespace {
@@ -221,8 +222,19 @@ void AddAttestationRoutes(httplib::Server& server, AttestationService& svc,
       if (!d.ok()) return Bad("'pcr_values' must be base64 strings");
       values.push_back(std::move(d).value());
     }
-    VCRYPT_ASSIGN_OR_RETURN(std::string token,
-                            svc.Attest(host, nonce, session, attest, sig, values));
+    // Optional: the host's firmware event log (trustauthority/eventlog.h),
+    // bounded before it is decoded.
+    std::optional<std::vector<uint8_t>> event_log;
+    if (b.contains("event_log")) {
+      VCRYPT_ASSIGN_OR_RETURN(std::string text, Str(b, "event_log"));
+      if (text.size() > (kMaxEventLogSize + 2) / 3 * 4)
+        return Bad("'event_log' exceeds " + std::to_string(kMaxEventLogSize) +
+                   " bytes");
+      VCRYPT_ASSIGN_OR_RETURN(event_log, Bytes(b, "event_log"));
+    }
+    VCRYPT_ASSIGN_OR_RETURN(
+        std::string token,
+        svc.Attest(host, nonce, session, attest, sig, values, event_log));
     return Json{{"token", token}};
   });
 }

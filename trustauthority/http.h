@@ -9,8 +9,8 @@
 //   POST /v1/enroll        {host, ek, ek_cert?, ak}  -> {id, credential_blob, encrypted_secret}
 //   POST /v1/enroll/finish {id, secret}              -> {}
 //   POST /v1/nonce         {host}                    -> {nonce, bank, pcrs, expires}
-//   POST /v1/attest        {host, nonce, session_key, attest, signature, pcr_values[]}
-//                                                    -> {token}
+//   POST /v1/attest        {host, nonce, session_key, attest, signature, pcr_values[],
+//                           event_log?}              -> {token}
 // Key provider service:
 //   POST /v1/kek           {token, proof, transport_key}             -> {kek_id, ciphertext, kek}
 //   POST /v1/kek/unwrap    {token, proof, ciphertext, transport_key} -> {kek}
@@ -18,6 +18,9 @@
 //   The quote is over QuoteQualifyingData(nonce, session_key) and `proof`
 //   is SignRequestProof(session key, ...) (taprotocol/proof.h).
 //   `kek` is a SealedKey: the KEK sealed to the caller's one-time key.
+//   `event_log` (optional) is the host's binary firmware event log
+//   (trustauthority/eventlog.h), at most kMaxEventLogSize bytes before
+//   base64.
 // Errors: 400 (malformed: usage, invalid_argument), 403 (permission_denied,
 // crypto), 404 (not_found), 429 (busy: the client's rate limit), 503
 // (busy: a cap on outstanding nonces or challenges), 500 (anything else),

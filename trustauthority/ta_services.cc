@@ -46,13 +46,19 @@ Status Serve(httplib::Server& server, const std::string& listen_text,
              ServiceControl& control) {
   server.set_payload_max_length(kMaxRequestBody);
   // Slow clients: each read or write of a request may take 5 s at most
-  // (cpp-httplib's default read timeout), an idle keep-alive connection
-  // is closed after 2 s and serves at most 5 requests, so that one
-  // client cannot hold a worker thread for long.
+  // (cpp-httplib's default read timeout), and an idle keep-alive
+  // connection is closed after 2 s, so that one client cannot hold a
+  // worker thread for long. Hosts reuse a connection for at most 1 s of
+  // idleness (keyproviders/trusted/ta_client.h), so they never send on
+  // one the server is closing; a busy one serves up to 100 requests.
   server.set_read_timeout(5, 0);
   server.set_write_timeout(5, 0);
   server.set_keep_alive_timeout(2);
-  server.set_keep_alive_max_count(5);
+  server.set_keep_alive_max_count(100);
+  // An answer is written in pieces (headers, body): without TCP_NODELAY
+  // the last piece waits for the host's delayed ACK (40 ms on Linux) on a
+  // kept-alive connection.
+  server.set_tcp_nodelay(true);
   // cpp-httplib serves a connection on one worker thread for its whole
   // life. Its default pool (8 on this kind of machine) was taken by a
   // nonce flood's connections while a host's waited in the queue: 27-43x

@@ -37,9 +37,11 @@ inline constexpr const char* kSigningKeyFile = "signing-key.pem";
 inline constexpr int kConfigVersion = 1;
 inline constexpr const char* kDefaultPcrs = "sha256:0,1,2,3,4,5,6,7";
 inline constexpr const char* kDefaultPrimaryKeyName = "vcrypt-ta-primary";
-// Our request bodies are a few KiB (a quote, a token, a ciphertext);
-// anything much larger is refused before it is parsed.
-inline constexpr size_t kMaxRequestBody = 64 * 1024;
+// Our request bodies are a few KiB (a quote, a token, a ciphertext),
+// except /v1/attest with a firmware event log (up to kMaxEventLogSize,
+// 1 MiB, as base64: 1.34 MiB); anything larger is refused before it is
+// parsed.
+inline constexpr size_t kMaxRequestBody = 1536 * 1024;
 // Worker threads of each service (see Serve).
 inline constexpr size_t kWorkerThreads = 64;
 inline constexpr size_t kPrimaryKeySize = 32;

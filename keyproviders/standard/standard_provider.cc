@@ -366,29 +366,59 @@ std::vector<Result<SecureBuffer>> StandardProvider::FetchBatch(
     const std::vector<std::string>& uids) {
   std::vector<Result<SecureBuffer>> out;
   out.reserve(uids.size());
+  static constexpr std::string_view kState[] = {"State"};
   for (size_t start = 0; start < uids.size(); start += kMaxBatchItems) {
     size_t n = std::min(kMaxBatchItems, uids.size() - start);
+    // Per key a Get and a GetAttributes of its State, in one message: the
+    // KMS hands out revoked (Deactivated, Compromised) keys on Get, but
+    // vcrypt opens nothing under a key its KMS has revoked.
     std::vector<kmip::RequestItem> items;
-    for (size_t i = 0; i < n; ++i) items.push_back(kmip::MakeGet(uids[start + i]));
+    for (size_t i = 0; i < n; ++i) {
+      items.push_back(kmip::MakeGet(uids[start + i]));
+      items.push_back(kmip::MakeGetAttributes(uids[start + i], kState));
+    }
     auto ex = cluster_->Execute(items, /*continue_on_error=*/true);
     for (size_t i = 0; i < n; ++i) {
-      if (!ex.ok()) {
-        Error e = ex.error();
-        e.message = "KEK " + uids[start + i] + " of provider '" + name_ + "': " + e.message;
+      const std::string& uid = uids[start + i];
+      auto fail = [&](Error e) {
+        e.message = "KEK " + uid + " of provider '" + name_ + "': " + e.message;
         out.push_back(std::move(e));
+      };
+      if (!ex.ok()) {
+        fail(ex.error());
         continue;
       }
-      auto k = kmip::ParseGetAes256((*ex)->matched[i], uids[start + i]);
+      auto k = kmip::ParseGetAes256((*ex)->matched[2 * i], uid);
       if (!k.ok()) {
-        Error e = std::move(k).error();
-        e.message = "KEK " + uids[start + i] + " of provider '" + name_ + "': " + e.message;
-        out.push_back(std::move(e));
-      } else {
-        out.push_back(std::move(k).value());
+        fail(std::move(k).error());
+        continue;
       }
+      Status active = CheckActive((*ex)->matched[2 * i + 1]);
+      if (!active.ok()) {
+        fail(active.error());
+        continue;
+      }
+      out.push_back(std::move(k).value());
     }
   }
   return out;
+}
+
+Status StandardProvider::CheckActive(const kmip::ResponseItem* item) {
+  VCRYPT_ASSIGN_OR_RETURN(kmip::GetAttributesResult attrs,
+                          kmip::ParseGetAttributes(item));
+  VCRYPT_ASSIGN_OR_RETURN(kmip::KeyAttributes a,
+                          kmip::SummarizeAttributes(attrs.attributes));
+  if (!a.state)
+    return MakeError(ErrorCode::kKeyUnavailable,
+                     "the KMS did not say the key's State");
+  if (*a.state == kmip::State::kActive) return Status::Ok();
+  const bool revoked = *a.state == kmip::State::kDeactivated ||
+                       *a.state == kmip::State::kCompromised;
+  return MakeError(ErrorCode::kKeyUnavailable,
+                   std::string(revoked ? "revoked" : "not active") +
+                       " on the KMS (state " + kmip::StateName(*a.state) +
+                       "); vcrypt uses only Active keys");
 }
 
 Result<SecureBuffer> StandardProvider::GetKek(const KekRef& ref) {

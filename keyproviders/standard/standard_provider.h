@@ -10,8 +10,11 @@
 //
 // Boot storms: concurrent GetKek calls are coalesced. While one KMIP
 // message is in flight, further requests queue up and leave together in
-// the next message (up to kMaxBatchItems Gets per message, "continue on
-// error" so one missing key does not fail the others). Opening the volumes
+// the next message (up to kMaxBatchItems keys per message, "continue on
+// error" so one missing key does not fail the others). Each key is a Get
+// and a GetAttributes of its State: a key the KMS no longer calls Active
+// (revoked: Deactivated or Compromised) is refused, kKeyUnavailable,
+// "... revoked on the KMS (state Deactivated) ...". Opening the volumes
 // of many VMs at once thus costs a handful of messages over one TLS session.
 //
 // Files under the provider directory (0700; files 0600, atomic writes):
@@ -140,8 +143,11 @@ class StandardProvider : public KeyProvider {
 
  private:
   StandardProvider(std::string name, std::string dir, std::unique_ptr<KmsCluster> c);
-  // Sends Gets for `uids` in messages of at most kMaxBatchItems.
+  // Sends Get + GetAttributes(State) for `uids`, at most kMaxBatchItems
+  // keys per message.
   std::vector<Result<SecureBuffer>> FetchBatch(const std::vector<std::string>& uids);
+  // Ok when the GetAttributes answer says State Active.
+  static Status CheckActive(const kmip::ResponseItem* item);
 
   std::string name_;
   std::string dir_;

@@ -140,6 +140,14 @@ Result<TaClient> TaClient::Create(std::string service, std::string_view url,
                   options);
 }
 
+TaClient::TaClient(std::string service, TaUrl url, std::string ca_file,
+                   TaClientOptions options)
+    : service_(std::move(service)),
+      url_(std::move(url)),
+      ca_file_(std::move(ca_file)),
+      options_(options),
+      pool_(std::make_shared<Pool>()) {}
+
 namespace {
 
 // Enforces a request's total deadline from a second thread. cpp-httplib
@@ -197,32 +205,148 @@ class Watchdog {
 
 }  // namespace
 
-Result<Json> TaClient::Post(std::string_view route, const Json& body) const {
-  const std::string where = service_ + " " + url_.url;
-  const std::chrono::milliseconds total =
-      options_.deadline.count() > 0
-          ? options_.deadline
-          : options_.connect_timeout + options_.io_timeout;
-  Watchdog watchdog(std::chrono::steady_clock::now() + total);
-  httplib::SSLClient cli(url_.host, url_.port);
+// The connections a TaClient keeps open between requests (HTTP
+// keep-alive) and the TLS session it resumes when it has to open a new one.
+struct TaClient::Conn {
+  std::unique_ptr<httplib::SSLClient> cli;
+  Watchdog* watchdog = nullptr;  // of the request in flight, if any
+  int fd = -1;                   // cpp-httplib's socket (not owned)
+  std::chrono::steady_clock::time_point idle_since;
+};
+
+struct TaClient::Pool {
+  static constexpr size_t kMaxIdle = 4;
+
+  std::mutex mu;
+  std::vector<std::unique_ptr<Conn>> idle;  // most recently used last
+  SslSessionPtr session;                    // the server's latest ticket
+  std::atomic<uint64_t> connections{0}, resumed{0}, requests{0};
+};
+
+namespace {
+
+// The Pool an SSL_CTX made by a TaClient belongs to (its ex_data slot).
+int PoolIndex() {
+  static const int index =
+      SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+// Client-side session cache of one: OpenSSL hands each new session (a
+// TLS 1.3 ticket, after the handshake) here; the next connection offers
+// it. Returns 1: the Pool keeps the reference.
+int OnNewSession(SSL* ssl, SSL_SESSION* session) {
+  auto* pool = static_cast<TaClient::Pool*>(
+      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), PoolIndex()));
+  if (pool == nullptr) return 0;
+  std::lock_guard lock(pool->mu);
+  pool->session.reset(session);
+  return 1;
+}
+
+// cpp-httplib 0.11 creates the SSL object and connects in one call, with
+// no hook in between; the info callback's "handshake start" comes before
+// the ClientHello is built, which is where OpenSSL reads the session to
+// offer. Only for a fresh connection (SSL_in_before); the server still
+// decides, and a resumed session carries the verify result and the
+// certificate of the handshake that made it, which cpp-httplib checks
+// (host name included) as for a full handshake.
+void OnInfo(const SSL* ssl, int where, int) {
+  auto* pool = static_cast<TaClient::Pool*>(
+      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), PoolIndex()));
+  if (pool == nullptr) return;
+  if ((where & SSL_CB_HANDSHAKE_DONE) && SSL_session_reused(ssl)) {
+    pool->resumed++;
+    return;
+  }
+  if (!(where & SSL_CB_HANDSHAKE_START) || !SSL_in_before(ssl)) return;
+  std::lock_guard lock(pool->mu);
+  if (pool->session && SSL_SESSION_is_resumable(pool->session.get()))
+    SSL_set_session(const_cast<SSL*>(ssl), pool->session.get());
+}
+
+}  // namespace
+
+TaClientStats TaClient::stats() const {
+  return {pool_->connections.load(), pool_->resumed.load(),
+          pool_->requests.load()};
+}
+
+std::unique_ptr<TaClient::Conn> TaClient::TakeConnection() const {
+  const auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(pool_->mu);
+    while (!pool_->idle.empty()) {
+      std::unique_ptr<Conn> c = std::move(pool_->idle.back());
+      pool_->idle.pop_back();
+      // Idle too long: the server may be closing it right now (vcrypt-ta
+      // closes after 2 s); a request must never race that.
+      if (now - c->idle_since < options_.idle_timeout) return c;
+    }
+  }
+  auto c = std::make_unique<Conn>();
+  c->cli = std::make_unique<httplib::SSLClient>(url_.host, url_.port);
+  httplib::SSLClient& cli = *c->cli;
   // The configured CA only: a path (not an X509_STORE) because with a store
   // cpp-httplib 0.11 would add the system's default CA locations to it.
   cli.set_ca_cert_path(ca_file_);
   cli.enable_server_certificate_verification(true);
-  if (SSL_CTX* ctx = cli.ssl_context())
+  if (SSL_CTX* ctx = cli.ssl_context()) {
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_ex_data(ctx, PoolIndex(), pool_.get());
+    SSL_CTX_set_session_cache_mode(
+        ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, OnNewSession);
+    SSL_CTX_set_info_callback(ctx, OnInfo);
+  }
   auto sec = [](std::chrono::milliseconds d) {
     return std::pair<time_t, time_t>(d.count() / 1000,
                                      (d.count() % 1000) * 1000);
   };
-  auto [cs, cus] = sec(std::min(options_.connect_timeout, total));
+  auto [cs, cus] = sec(std::min(options_.connect_timeout, Deadline()));
   auto [is, ius] = sec(options_.io_timeout);
   cli.set_connection_timeout(cs, cus);
   cli.set_read_timeout(is, ius);
   cli.set_write_timeout(is, ius);
-  cli.set_keep_alive(false);
+  cli.set_keep_alive(true);
+  // A request is written in pieces (headers, body): without TCP_NODELAY
+  // the body waits for the server's delayed ACK (40 ms) on a reused
+  // connection.
+  cli.set_tcp_nodelay(true);
   cli.set_follow_location(false);
-  cli.set_socket_options([&watchdog](socket_t sock) { watchdog.Watch(sock); });
+  Conn* raw = c.get();
+  cli.set_socket_options([raw, pool = pool_.get()](socket_t sock) {
+    raw->fd = sock;
+    pool->connections++;
+    if (raw->watchdog) raw->watchdog->Watch(sock);
+  });
+  return c;
+}
+
+void TaClient::ReturnConnection(std::unique_ptr<Conn> c) const {
+  c->watchdog = nullptr;
+  c->idle_since = std::chrono::steady_clock::now();
+  std::lock_guard lock(pool_->mu);
+  pool_->idle.push_back(std::move(c));
+  if (pool_->idle.size() > Pool::kMaxIdle)
+    pool_->idle.erase(pool_->idle.begin());  // the oldest
+}
+
+std::chrono::milliseconds TaClient::Deadline() const {
+  return options_.deadline.count() > 0
+             ? options_.deadline
+             : options_.connect_timeout + options_.io_timeout;
+}
+
+Result<Json> TaClient::Post(std::string_view route, const Json& body) const {
+  const std::string where = service_ + " " + url_.url;
+  const std::chrono::milliseconds total = Deadline();
+  Watchdog watchdog(std::chrono::steady_clock::now() + total);
+  std::unique_ptr<Conn> conn = TakeConnection();
+  conn->watchdog = &watchdog;
+  if (conn->fd >= 0) watchdog.Watch(conn->fd);  // a kept-alive connection
+  httplib::SSLClient& cli = *conn->cli;
+  pool_->requests++;
 
   httplib::Request req;
   req.method = "POST";
@@ -247,6 +371,12 @@ Result<Json> TaClient::Post(std::string_view route, const Json& body) const {
   httplib::Error error = httplib::Error::Success;
   const bool sent = cli.send(req, response, error);
   Wipe(req.body);
+  conn->watchdog = nullptr;
+  // Kept for the next request only after a complete, well-behaved answer
+  // the server did not ask to close; anything else closes it (~SSLClient).
+  if (sent && !too_large && !watchdog.expired() &&
+      response.get_header_value("Connection") != "close")
+    ReturnConnection(std::move(conn));
   if (too_large)
     return MakeError(ErrorCode::kKeyUnavailable,
                      where + " sent an answer larger than " +
@@ -410,7 +540,8 @@ Result<std::string> TaClient::Attest(
     const std::string& host, std::span<const uint8_t> nonce,
     std::span<const uint8_t> attest, std::span<const uint8_t> signature,
     const std::vector<std::vector<uint8_t>>& pcr_values,
-    std::span<const uint8_t> session_point) const {
+    std::span<const uint8_t> session_point,
+    const std::optional<std::vector<uint8_t>>& event_log) const {
   Json vals = Json::array();
   for (const auto& v : pcr_values) vals.push_back(Base64Encode(v));
   Json body = {{"host", host},
@@ -419,6 +550,7 @@ Result<std::string> TaClient::Attest(
                {"signature", Base64Encode(signature)},
                {"pcr_values", vals},
                {"session_key", Base64Encode(session_point)}};
+  if (event_log) body["event_log"] = Base64Encode(*event_log);
   VCRYPT_ASSIGN_OR_RETURN(Json a, Post("/v1/attest", body));
   return Str(*this, a, "token");
 }

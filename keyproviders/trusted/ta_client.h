@@ -4,10 +4,16 @@
 //
 // Trust: the configured CA file is the only trust anchor (no system CAs),
 // the server certificate must verify and name the URL's host (DNS or IP
-// subjectAltName), TLS 1.2 or later. Every request opens its own
-// connection: calls are infrequent (tokens are cached, docs/trusted-host.md)
-// and a fresh connection never fails on a socket the server closed while
-// idle; it also makes the client safe to use from several threads at once.
+// subjectAltName), TLS 1.2 or later.
+//
+// Connections are kept alive between requests (HTTP/1.1 keep-alive, up to
+// 4 idle ones, each reused only within TaClientOptions::idle_timeout, below
+// vcrypt-ta's own 2 s keep-alive timeout, so a request never races the
+// server closing the connection), and a new connection offers the TLS
+// session the server last issued (session resumption: no certificate
+// chain, no server signature). A KEK fetch with a cached token is then one
+// round trip on an open connection (bench/trusted_bench.sh). Requests from
+// several threads at once each take their own connection.
 //
 // Errors, one line each, naming the service and its URL:
 //   kKeyUnavailable    not reachable (connect, TLS handshake, timeout, I/O;
@@ -28,6 +34,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
@@ -66,6 +73,15 @@ struct TaClientOptions {
   // The whole request; 0: connect_timeout + io_timeout.
   std::chrono::milliseconds deadline{0};
   size_t max_response_bytes = size_t{1} << 20;  // of the body
+  // How long an idle connection is kept for reuse.
+  std::chrono::milliseconds idle_timeout{1000};
+};
+
+// What a TaClient's connections did (tests and the benchmark).
+struct TaClientStats {
+  uint64_t connections_made = 0;  // TCP connections opened
+  uint64_t sessions_resumed = 0;  // of those, TLS handshakes resumed
+  uint64_t requests = 0;
 };
 
 struct TaEnrollChallenge {
@@ -97,6 +113,7 @@ class TaClient {
                                  TaClientOptions options = {});
 
   const std::string& url() const { return url_.url; }
+  TaClientStats stats() const;
   const std::string& service() const { return service_; }
 
   // One POST of a JSON object to `route` ("/v1/..."); the answer's JSON
@@ -116,12 +133,15 @@ class TaClient {
   Result<TaNonce> Nonce(const std::string& host) const;
   // POST /v1/attest: the quote (made over QuoteQualifyingData(nonce,
   // session_point), taprotocol/proof.h) and the session key's point
-  // the token is to be bound to. Returns the token.
+  // the token is to be bound to, with the host's binary firmware event
+  // log if given (`event_log`, sent base64). Returns the token.
   Result<std::string> Attest(
       const std::string& host, std::span<const uint8_t> nonce,
       std::span<const uint8_t> attest, std::span<const uint8_t> signature,
       const std::vector<std::vector<uint8_t>>& pcr_values,
-      std::span<const uint8_t> session_point) const;
+      std::span<const uint8_t> session_point,
+      const std::optional<std::vector<uint8_t>>& event_log =
+          std::nullopt) const;
 
   // --- key provider service ---
   // POST /v1/kek: a new KEK sealed to `transport_point`.
@@ -133,18 +153,23 @@ class TaClient {
                               std::string_view ciphertext,
                               std::span<const uint8_t> transport_point) const;
 
+  // ta_client.cc; public for its OpenSSL callbacks.
+  struct Conn;
+  struct Pool;
+
  private:
   TaClient(std::string service, TaUrl url, std::string ca_file,
-           TaClientOptions options)
-      : service_(std::move(service)),
-        url_(std::move(url)),
-        ca_file_(std::move(ca_file)),
-        options_(options) {}
+           TaClientOptions options);
+  std::unique_ptr<Conn> TakeConnection() const;
+  void ReturnConnection(std::unique_ptr<Conn> c) const;
+  std::chrono::milliseconds Deadline() const;
 
   std::string service_;
   TaUrl url_;
   std::string ca_file_;
   TaClientOptions options_;
+  // Shared by copies of this client (and alive while a request uses it).
+  std::shared_ptr<Pool> pool_;
 };
 
 }  // namespace vcrypt

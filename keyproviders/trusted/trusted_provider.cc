@@ -1,5 +1,6 @@
 #include "keyproviders/trusted/trusted_provider.h"
 
+#include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <sys/stat.h>
@@ -140,6 +141,12 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Create(
     const TrustedProviderConfig& config, TrustedProviderOptions options) {
   Settings s;
   s.tcti = config.tcti.empty() ? kDefaultTcti : config.tcti;
+  if (config.event_log && !config.event_log->empty() &&
+      (*config.event_log)[0] != '/')
+    return MakeError(
+        ErrorCode::kInvalidArgument,
+        "the event log path '" + *config.event_log + "' is not absolute");
+  s.event_log = config.event_log;
   // Before anything else: the string picks the code tpm2-tss loads.
   VCRYPT_RETURN_IF_ERROR(CheckTcti(s.tcti, options.allow_test_tcti));
   if (config.host.empty()) {
@@ -202,6 +209,7 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Create(
               {"connect_timeout_ms", options.connect_timeout.count()},
               {"io_timeout_ms", options.io_timeout.count()},
               {"created", NowRfc3339()}};
+  if (s.event_log) cfg["event_log"] = *s.event_log;
   if (auto w = WriteFileAtomic(tmp + "/config.json", cfg.dump(2) + "\n");
       !w.ok())
     return w.error();
@@ -239,6 +247,13 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Load(
       return bad(std::string("'") + key + "' missing");
     *out = cfg[key].get<std::string>();
   }
+  if (cfg.contains("event_log")) {
+    if (!cfg["event_log"].is_string() ||
+        (!cfg["event_log"].get<std::string>().empty() &&
+         cfg["event_log"].get<std::string>()[0] != '/'))
+      return bad("'event_log' must be an absolute path or \"\"");
+    s.event_log = cfg["event_log"].get<std::string>();
+  }
   if (auto h = CheckHostName(s.host); !h.ok()) return bad(h.error().message);
   if (auto t = CheckTcti(s.tcti, options.allow_test_tcti); !t.ok())
     return bad(t.error().message);
@@ -259,6 +274,46 @@ Result<std::unique_ptr<TrustedProvider>> TrustedProvider::Load(
 }
 
 // --- enrollment and attestation ---------------------------------------------
+
+Result<std::optional<std::vector<uint8_t>>> ReadHostEventLog(
+    const std::optional<std::string>& event_log) {
+  using Log = std::optional<std::vector<uint8_t>>;
+  if (event_log && event_log->empty()) return Log();
+  const bool configured = event_log.has_value();
+  const std::string path = configured ? *event_log : kDefaultEventLog;
+  // securityfs reports size 0: read until EOF, at most one byte past the
+  // limit.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid()) {
+    if (!configured) return Log();
+    const int err = errno;
+    return MakeError(
+        err == ENOENT   ? ErrorCode::kNotFound
+        : err == EACCES ? ErrorCode::kPermissionDenied
+                        : ErrorCode::kIo,
+        "cannot open the event log " + path + ": " + std::strerror(err));
+  }
+  std::vector<uint8_t> out;
+  uint8_t buf[16384];
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      if (!configured) return Log();
+      return MakeError(ErrorCode::kIo, "cannot read the event log " + path +
+                                           ": " + std::strerror(errno));
+    }
+    if (n == 0) break;
+    out.insert(out.end(), buf, buf + n);
+    if (out.size() > kMaxHostEventLog) {
+      if (!configured) return Log();
+      return MakeError(ErrorCode::kInvalidArgument,
+                       "the event log " + path + " exceeds " +
+                           std::to_string(kMaxHostEventLog) + " bytes");
+    }
+  }
+  return Log(std::move(out));
+}
 
 namespace {
 
@@ -304,8 +359,12 @@ Result<std::shared_ptr<const TrustedProvider::Session>> TrustedProvider::Attest(
       q = tpm.QuotePcrs(qd, n.bank, n.pcrs);
     }
     if (!q.ok()) return Prefixed("TPM quote: ", std::move(q).error());
+    // Read after the quote: the firmware log does not change after boot,
+    // and a PCR extended meanwhile makes the replay fail, not pass.
+    VCRYPT_ASSIGN_OR_RETURN(std::optional<std::vector<uint8_t>> log,
+                            ReadHostEventLog(settings_.event_log));
     auto token = attestation_.Attest(settings_.host, n.nonce, q->attest,
-                                     q->signature, q->pcr_values, point);
+                                     q->signature, q->pcr_values, point, log);
     if (!token.ok()) {
       const ErrorCode c = token.error().code;
       *refused = c == ErrorCode::kPermissionDenied || c == ErrorCode::kCrypto;
@@ -494,12 +553,21 @@ Json TrustedProvider::Describe() const {
             {"kps", settings_.kps_url},
             {"host", settings_.host},
             {"tcti", settings_.tcti}};
+  if (settings_.event_log) d["event_log"] = *settings_.event_log;
   std::lock_guard lock(cache_mu_);
   const bool cached = session_ && Now() < session_->refresh_at;
   d["token_cached"] = cached;
   if (cached) d["token_expires"] = Rfc3339(session_->exp);
   d["attestations"] = attestations_;
   if (last_failure_) d["last_error"] = last_failure_->message;
+  // Connection reuse (keep-alive, TLS resumption; ta_client.h).
+  for (const auto& [key, c] :
+       {std::pair{"attestation_service", &attestation_}, {"kps", &kps_}}) {
+    const TaClientStats st = c->stats();
+    d["connections"][key] = {{"requests", st.requests},
+                             {"tls_connections_made", st.connections_made},
+                             {"tls_sessions_resumed", st.sessions_resumed}};
+  }
   return d;
 }
 

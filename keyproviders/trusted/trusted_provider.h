@@ -30,7 +30,8 @@
 // Files under the provider directory (0700; files 0600, atomic writes):
 //   config.json  {"version":1,"type":"trusted","name":..,"attestation":URL,
 //                 "kps":URL,"host":..,"tcti":..,"connect_timeout_ms":..,
-//                 "io_timeout_ms":..,"created":..}
+//                 "io_timeout_ms":..,"created":..,
+//                 "event_log": path or "" (absent: the default)}
 //   ca.pem       the only trust anchor for both services
 //
 // KekRef for trusted: kek_id = the KPS's KEK ID; data = {"ciphertext": the
@@ -60,7 +61,26 @@ struct TrustedProviderConfig {
   std::string ca_pem;  // trust anchors (PEM) for both services
   std::string host;    // empty: gethostname()
   std::string tcti;    // empty: kDefaultTcti
+  // The firmware event log sent with each quote (docs/trusted.md,
+  // "Event-log baselines"). nullopt: kDefaultEventLog when it exists
+  // (readable) at the time of the attestation, else none; "": never
+  // send one; an absolute path: that file, which must be readable.
+  std::optional<std::string> event_log;
 };
+
+// Where Linux exposes the firmware's TCG event log (securityfs).
+inline constexpr const char* kDefaultEventLog =
+    "/sys/kernel/security/tpm0/binary_bios_measurements";
+
+// The event log to send for the setting `event_log` (as in
+// TrustedProviderConfig): nullopt when there is none to send. Reads at
+// most kMaxHostEventLog bytes (the service's limit, 1 MiB): a larger
+// configured file is kInvalidArgument; the default file, when missing,
+// unreadable or larger, is not sent (raw baselines do not need it).
+// Configured file unreadable: kNotFound / kPermissionDenied / kIo.
+inline constexpr size_t kMaxHostEventLog = size_t{1} << 20;
+Result<std::optional<std::vector<uint8_t>>> ReadHostEventLog(
+    const std::optional<std::string>& event_log);
 
 struct TrustedProviderOptions {
   std::chrono::milliseconds connect_timeout{5000};
@@ -115,6 +135,7 @@ class TrustedProvider : public KeyProvider {
   struct Session;
   struct Settings {
     std::string attestation_url, kps_url, host, tcti;
+    std::optional<std::string> event_log;  // TrustedProviderConfig's
   };
   TrustedProvider(std::string name, std::string dir, Settings s,
                   TaClient attestation, TaClient kps,

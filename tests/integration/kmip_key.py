@@ -4,6 +4,8 @@
   kmip_key.py CERTDIR PORT get UID OUT    writes the key bytes of UID to OUT
   kmip_key.py CERTDIR PORT state UID      prints the key's State, or
                                           "missing" when the KMS has none
+  kmip_key.py CERTDIR PORT revoke UID     revokes UID (reason: cessation of
+                                          operation), as a KMS admin would
 Runs under Debian's /usr/bin/python3 (python3-pykmip).
 """
 import os
@@ -35,6 +37,8 @@ def main():
                 print(attrs[1][0].attribute_value.value.name)
             except KmipOperationFailure:
                 print("missing")
+        elif op == "revoke":
+            client.revoke(enums.RevocationReasonCode.CESSATION_OF_OPERATION, uid)
         else:
             sys.exit("unknown op " + op)
 

@@ -62,6 +62,25 @@ test_kms_vm_two_disks_roundtrip_and_kek_nowhere_on_disk() {
   cp "$T/kek.bin" "$T/state/canary"
   bytes_found_in "$T/kek.bin" "$T/state" >/dev/null || fail "search does not work"
   rm "$T/state/canary" "$T/kek.bin"
+
+  # Max age (docs/providers.md): the KEK revoked on the KMS while d0 is
+  # open; past the provider's KEK cache maximum age a new open fails with
+  # "revoked" (audited), and the open mapping keeps running.
+  vc provider set kms --kek-cache-max-age 2s >/dev/null
+  p0=$(vc open vm1/d0)
+  kms_key revoke "$id0"
+  assert_eq DEACTIVATED "$(kms_key state "$id0")" "KEK state after revoke"
+  sleep 2.2
+  expect_exit 8 vc open vm1/d1
+  assert_contains "$ERR" "KEK $id0 of provider 'kms': revoked on the KMS (state Deactivated)"
+  # Evicted by the open that found it too old, or by the 30 s sweep before.
+  grep -Eq "op=kek.evict request=(open|housekeeping) vm=vm1 .*kek_id=$id0 reason=max-age" "$T/vcryptd.log" ||
+    fail "no kek.evict reason=max-age in the audit log"
+  grep -q "op=kek.fetch request=open vm=vm1 disk=d1 .*source=provider result=key_unavailable error=.*revoked on the KMS" "$T/vcryptd.log" ||
+    fail "no failed kek.fetch in the audit log"
+  [[ ! -e /dev/mapper/vcrypt-vm1-d1 ]] || fail "a refused open left a mapping"
+  assert_eq "$(cat "$T/d0.sha")" "$(read_sha "$p0" 4)" "d0 still readable after the revocation"
+  vc close vm1/d0 >/dev/null
 }
 
 # vm1/d0 on the KMS provider "kms"; then the KMS is killed and vcryptd

@@ -68,6 +68,28 @@ test_trusted_end_to_end_with_primary_key_on_kms() {
   assert_eq "$(cat "$T/d0.sha")" "$(read_sha "$p0" 4)" "d0 data"
   assert_eq "$(cat "$T/d1.sha")" "$(read_sha "$p1" 4)" "d1 data"
   vc close vm1/d0 >/dev/null; vc close vm1/d1 >/dev/null
+  # Max age (docs/providers.md): the baseline withdrawn while d0 is open;
+  # past the provider's KEK cache maximum age a new open goes back to the
+  # key provider service, which refuses the token of a withdrawn baseline
+  # (and a new attestation matches none); d0 keeps running.
+  vc provider set ta --kek-cache-max-age 2s >/dev/null
+  p0=$(vc open vm1/d0)
+  ta admin --state "$(ta_state)" baseline remove golden >/dev/null
+  sleep 2.2
+  local rc=0 err
+  err=$(vc open vm1/d1 2>&1 >/dev/null) || rc=$?
+  [[ $rc -ne 0 ]] || fail "vm1/d1 opened after its baseline was withdrawn"
+  assert_contains "$err" "baseline"
+  grep -Eq "op=kek.evict request=(open|housekeeping) vm=vm1 .*provider=ta .*reason=max-age" "$T/vcryptd.log" ||
+    fail "no kek.evict reason=max-age in the audit log"
+  grep -q "op=kek.fetch request=open vm=vm1 disk=d1 .*source=provider result=.*baseline" "$T/vcryptd.log" ||
+    fail "no failed kek.fetch in the audit log"
+  [[ ! -e /dev/mapper/vcrypt-vm1-d1 ]] || fail "a refused open left a mapping"
+  assert_eq "$(cat "$T/d0.sha")" "$(read_sha "$p0" 4)" "d0 still readable after the withdrawal"
+  vc close vm1/d0 >/dev/null
+  ta admin --state "$(ta_state)" baseline add golden --values "$T/golden.txt" >/dev/null
+  vc open vm1/d1 >/dev/null || fail "vm1/d1 after the baseline is back"
+  vc close vm1/d1 >/dev/null
   # Unregistering the VM evicts its KEK from vcryptd's cache, as for the
   # other providers.
   vc status --json | grep -q '"kek_cache": \[\]' && fail "KEK not cached after the opens"

@@ -28,7 +28,7 @@ using Json = nlohmann::json;
 TEST(RolesTest, KeyOperationsAreRootsAndReadsAreEveryones) {
   for (const char* op :
        {"provider.add", "provider.remove", "provider.backup",
-        "provider.restore", "provider.default", "vm.delete",
+        "provider.restore", "provider.default", "provider.set", "vm.delete",
         "volume.recovery_key.add", "volume.recovery_key.remove", "cache.evict"})
     EXPECT_EQ(RequiredRole(op, Json::object()), Role::kRoot) << op;
   for (const char* op : {"open", "open_all", "close", "vm.create",
@@ -42,7 +42,7 @@ TEST(RolesTest, KeyOperationsAreRootsAndReadsAreEveryones) {
   EXPECT_EQ(RequiredRole("vm.rekey", {{"revoke_old", false}}), Role::kRoot);
   EXPECT_EQ(RequiredRole("vm.rekey", {{"deep", true}}), Role::kOperator);
   EXPECT_EQ(RequiredRole("no.such.op", Json::object()), std::nullopt);
-  EXPECT_EQ(KnownOps().size(), 27u);
+  EXPECT_EQ(KnownOps().size(), 28u);
 }
 
 TEST(RolesTest, OperatorVolumePaths) {

@@ -411,6 +411,7 @@ TEST_F(SocketHardeningTest, EveryOpUnderEveryRole) {
       {"provider.add", {{"type", "native"}, {"name", "pa-%r"}}},
       {"provider.remove", {{"name", "pa-%r"}, {"force", true}}},
       {"provider.default", {{"name", "p1"}}},
+      {"provider.set", {{"name", "p1"}, {"kek_cache_max_age", "1h"}}},
       {"provider.backup", {{"name", "p1"}}},
       {"provider.restore", {{"name", "rs-%r"}, {"p12", "AAAA"}}},
       {"vm.delete", {{"vm", "vmd-%r"}}},

@@ -335,12 +335,17 @@ TEST_P(TaStoreTest, MigrationsAreVersionedAndANewerDatabaseIsRefused) {
 
 // PostgreSQL: a connection the server dropped (a restart, a fail-over, an
 // administrator) is re-established once and the statement sent again.
-TEST_P(TaStoreTest, ABrokenConnectionIsReestablished) {
-  if (GetParam() != "postgres") GTEST_SKIP() << "PostgreSQL only";
+TEST(TaStorePgTest, ABrokenConnectionIsReestablished) {
+  std::string url;
+  ASSERT_NO_FATAL_FAILURE(testing::NeedPostgres(&url));
+  if (::testing::Test::IsSkipped()) return;
+  auto store = OpenTaStore(url);
+  ASSERT_TRUE(store.ok()) << store.error().message;
+  auto& store_ = *store;
   ASSERT_TRUE(*store_->ConsumeOnce("jti", "before", 2000));
-  auto admin = Raw();
-  ASSERT_TRUE(admin);
-  auto killed = admin->Exec(
+  auto admin = store_internal::OpenPostgres(url);
+  ASSERT_TRUE(admin.ok()) << admin.error().message;
+  auto killed = (*admin)->Exec(
       "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
       "WHERE datname = current_database() AND pid <> pg_backend_pid()");
   ASSERT_TRUE(killed.ok()) << killed.error().message;

@@ -546,6 +546,25 @@ TEST_F(TaServiceTest, AConnectionIsCutAtItsDeadline) {
   EXPECT_EQ(svc.Stop().code, 0);
 }
 
+// The service's body limit lets a /v1/attest with a full-size event log
+// (1 MiB, base64) through to the route, and refuses bodies beyond 1.5 MiB
+// before they are parsed.
+TEST_F(TaServiceTest, AnAttestBodyWithAFullSizeEventLogIsRead) {
+  RunningService svc(As());
+  std::string addr = svc.WaitListening();
+  ASSERT_FALSE(addr.empty());
+  const std::string log(1398104, 'A');  // base64 of 1 MiB
+  auto [st, body] = Post(PortOf(addr), Certs() + "/ca.pem", "/v1/attest",
+                         {{"host", "h1"}, {"event_log", log}});
+  EXPECT_EQ(st, 400) << body.dump();
+  EXPECT_EQ(body["error"]["message"], "bad request: 'nonce' missing");
+  auto [st2, body2] =
+      Post(PortOf(addr), Certs() + "/ca.pem", "/v1/attest",
+           {{"host", "h1"}, {"event_log", std::string(1600 * 1024, 'A')}});
+  EXPECT_EQ(st2, 413);
+  EXPECT_EQ(svc.Stop().code, 0);
+}
+
 TEST_F(TaServiceTest, KeyProviderServiceWithPrimaryKeyFile) {
   const std::string key = dir_ / "primary.key";
   WriteText(key, std::string(32, '\x5a'), 0644);

@@ -22,11 +22,13 @@
 
 #include "common/atomic_file.h"
 #include "common/base64.h"
+#include "common/hex.h"
 #include "common/random.h"
 #include "keyproviders/trusted/ta_client.h"
 #include "keyproviders/trusted/tpm.h"
 #include "tests/test_util.h"
 #include "tests/unit/cli_run.h"
+#include "tests/unit/eventlog_builder.h"
 #include "tests/unit/swtpm.h"
 #include "tests/unit/ta_test_util.h"
 #include "trustauthority/http.h"
@@ -104,7 +106,11 @@ int DeadPort() {
 // An HTTPS server on 127.0.0.1 running on its own thread.
 class TestServer {
  public:
-  TestServer(X509* cert, EVP_PKEY* key) : server_(cert, key) {}
+  // An idle keep-alive connection holds a worker until this timeout, and
+  // Stop() waits for the workers: 1 s, below vcrypt-ta's 2 s.
+  TestServer(X509* cert, EVP_PKEY* key) : server_(cert, key) {
+    server_.set_keep_alive_timeout(1);
+  }
   ~TestServer() { Stop(); }
   httplib::SSLServer& server() { return server_; }
   bool Start() {
@@ -279,6 +285,37 @@ TEST_F(TrustedProviderTest, CreateKekThenGetKekReusingTheCachedToken) {
   EXPECT_EQ(attest_calls_, 2);
 }
 
+// Keep-alive and TLS session resumption (ta_client.h): KEK fetches with
+// the cached token share one connection; after the idle timeout a new
+// connection resumes the TLS session the server issued.
+TEST_F(TrustedProviderTest, KekFetchesReuseTheConnectionAndResumeTls) {
+  auto p = MustCreate();
+  ASSERT_TRUE(p);
+  auto nk = p->CreateKek("vm1");
+  ASSERT_TRUE(nk.ok()) << nk.error().message;
+  auto kps = [&] { return p->Describe()["connections"]["kps"]; };
+  const Json before = kps();
+  for (int i = 0; i < 3; ++i) {
+    auto k = p->GetKek(nk->ref);
+    ASSERT_TRUE(k.ok()) << k.error().message;
+  }
+  Json after = kps();
+  EXPECT_EQ(after["requests"].get<int>() - before["requests"].get<int>(), 3);
+  EXPECT_EQ(after["tls_connections_made"], before["tls_connections_made"])
+      << "the 3 fetches should have used the connection CreateKek left open";
+  // Past the idle timeout (1 s) the connection is not reused: a new one,
+  // resuming the session.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  auto k = p->GetKek(nk->ref);
+  ASSERT_TRUE(k.ok()) << k.error().message;
+  after = kps();
+  EXPECT_EQ(after["tls_connections_made"].get<int>(),
+            before["tls_connections_made"].get<int>() + 1);
+  EXPECT_EQ(after["tls_sessions_resumed"].get<int>(),
+            before["tls_sessions_resumed"].get<int>() + 1);
+  EXPECT_TRUE(k->Equals(nk->kek));
+}
+
 TEST_F(TrustedProviderTest, AnExpiredCacheAttestsAgain) {
   auto p = MustCreate();
   ASSERT_TRUE(p);
@@ -349,6 +386,86 @@ TEST_F(TrustedProviderTest, PcrsMatchingNoBaselineAreRefused) {
   EXPECT_NE(p.error().message.find("no approved baseline"), std::string::npos)
       << p.error().message;
   ExpectNothingWritten();
+}
+
+// The configured event log travels with the quote (POST /v1/attest
+// event_log) and an event-log policy admits the host; without the log the
+// policy cannot match.
+TEST_F(TrustedProviderTest, TheEventLogIsSentAndAPolicyAdmitsTheHost) {
+  testing::EventLogBuilder b;
+  const auto crtm = b.Measure(0, 0x8, testing::TestBytes("firmware 1.0"));
+  const auto sb =
+      b.Measure(7, 0x80000001, testing::UefiVariable("SecureBoot", {1}));
+  for (const auto& [pcr, digest] : b.extends())
+    ASSERT_EQ(tpm_.Tool("tpm2_pcrextend " + std::to_string(pcr) +
+                        ":sha256=" + HexEncode(digest)),
+              0);
+  const Json any = {{"any", true}};
+  const Json policy = {{"policy",
+                        {{"bank", "sha256"},
+                         {"pcrs",
+                          {{"0", {{"allow", {HexEncode(crtm)}}}},
+                           {"1", any},
+                           {"2", any},
+                           {"3", any},
+                           {"7", {{"allow", {HexEncode(sb)}}}}}}}}};
+  ASSERT_TRUE(att_->config()
+                  .store->PutBaseline({"fleet", policy.dump(), 0, {}}, false, 0)
+                  .ok());
+  const std::string log = home_ / "binary_bios_measurements";
+  ASSERT_TRUE(testing::WriteBytes(log, b.bytes()));
+
+  TrustedProviderConfig c = Config();
+  c.event_log = "";  // never send one
+  auto refused = TrustedProvider::Create("t1", Dir(), c, Options());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("the host sent no event log"),
+            std::string::npos)
+      << refused.error().message;
+  ExpectNothingWritten();
+
+  c.event_log = "binary_bios_measurements";
+  refused = TrustedProvider::Create("t1", Dir(), c, Options());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::kInvalidArgument);
+
+  c.event_log = log;
+  auto p = TrustedProvider::Create("t1", Dir(), c, Options());
+  ASSERT_TRUE(p.ok()) << p.error().message;
+  EXPECT_EQ(attest_calls_, 2);  // the refused one and this one
+  auto cfg = Json::parse(*ReadFile(Dir() + "/config.json"));
+  EXPECT_EQ(cfg["event_log"], log);
+  // Loaded again, it still sends the log.
+  p->reset();
+  auto loaded = TrustedProvider::Load("t1", Dir(), Options());
+  ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+  EXPECT_EQ((*loaded)->Describe()["event_log"], log);
+  auto nk = (*loaded)->CreateKek("vm1");
+  ASSERT_TRUE(nk.ok()) << nk.error().message;
+  EXPECT_EQ(attest_calls_, 3);
+}
+
+TEST(TrustedProviderEventLogTest, TheHostReadsItsLogBounded) {
+  testing::TempDir dir("eventlog-host");
+  auto none = ReadHostEventLog(std::string());
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  auto missing = ReadHostEventLog(dir.path() + "/nothing");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+  const std::string big = dir.path() + "/big";
+  ASSERT_TRUE(
+      testing::WriteBytes(big, std::vector<uint8_t>(kMaxHostEventLog + 1, 1)));
+  auto r = ReadHostEventLog(big);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+  EXPECT_NE(r.error().message.find("exceeds 1048576 bytes"), std::string::npos);
+  const std::string ok = dir.path() + "/ok";
+  ASSERT_TRUE(testing::WriteBytes(ok, std::vector<uint8_t>(40000, 2)));
+  auto read = ReadHostEventLog(ok);
+  ASSERT_TRUE(read.ok());
+  ASSERT_TRUE(read->has_value());
+  EXPECT_EQ((*read)->size(), 40000u);
 }
 
 TEST_F(TrustedProviderTest, AttestationServiceDownFailsCreateClearly) {
