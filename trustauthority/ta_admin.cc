@@ -9,14 +9,20 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <ostream>
+#include <span>
 
 #include "common/atomic_file.h"
 #include "common/clock.h"
+#include "common/hex.h"
 #include "common/random.h"
 #include "trustauthority/attestation.h"
+#include "trustauthority/eventlog.h"
+#include "trustauthority/eventlog_policy.h"
 #include "trustauthority/store.h"
 #include "trustauthority/ta_tool_internal.h"
 
@@ -27,6 +33,91 @@ int64_t NowUnix() {
   return std::chrono::duration_cast<std::chrono::seconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+// "90s", "15m", "48h", "7d" (a bare number: seconds), 1 s to 366 days.
+Result<int64_t> ParseDurationSeconds(const std::string& text) {
+  auto bad = [&] {
+    return UsageError(
+        "--expires-in '" + text.substr(0, 32) +
+        "' is not a duration from 1s to 366d (e.g. 90m, 48h, 7d)");
+  };
+  if (text.empty() || text.size() > 12) return bad();
+  int64_t unit = 1;
+  std::string digits = text;
+  switch (text.back()) {
+    case 's':
+      unit = 1;
+      break;
+    case 'm':
+      unit = 60;
+      break;
+    case 'h':
+      unit = 3600;
+      break;
+    case 'd':
+      unit = 86400;
+      break;
+    default:
+      unit = 0;
+  }
+  if (unit != 0)
+    digits.pop_back();
+  else
+    unit = 1;
+  if (digits.empty() ||
+      digits.find_first_not_of("0123456789") != std::string::npos)
+    return bad();
+  const int64_t n = std::stoll(digits);
+  if (n < 1 || n > 366 * 86400 / unit) return bad();
+  return n * unit;
+}
+
+std::string Rfc3339(int64_t unix_seconds) {
+  const time_t t = static_cast<time_t>(unix_seconds);
+  struct tm tm {};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// A policy (eventlog_policy.h) that admits exactly the boot a host's event
+// log records, for the PCRs of `selection`: each PCR with events allows
+// their digests (with their event types); a PCR without events must keep
+// its replayed value. The starting point for an admin, who adds the
+// digests of other approved versions (or stages them as their own
+// baseline with --expires-in).
+Result<Json> PolicyFromLog(const std::string& path,
+                           const PcrSelection& selection) {
+  VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  if (text.size() > kMaxEventLogSize)
+    return MakeError(ErrorCode::kInvalidArgument,
+                     path + ": larger than an event log may be (" +
+                         std::to_string(kMaxEventLogSize) + " bytes)");
+  auto log = ParseEventLog(std::span<const uint8_t>(
+      reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+  if (!log.ok())
+    return MakeError(log.error().code, path + ": " + log.error().message);
+  std::vector<uint32_t> pcrs(selection.pcrs.begin(), selection.pcrs.end());
+  auto values = ReplayEventLog(*log, selection.hash, pcrs);
+  if (!values.ok())
+    return MakeError(values.error().code, path + ": " + values.error().message);
+  Json rules = Json::object();
+  for (size_t i = 0; i < pcrs.size(); ++i) {
+    Json allow = Json::array();
+    for (const auto& e : log->events) {
+      if (e.pcr != pcrs[i] || e.type == kEvNoAction) continue;
+      for (const auto& d : e.digests)
+        if (d.alg == selection.hash)
+          allow.push_back({{"type", EventTypeName(e.type)},
+                           {"digest", HexEncode(d.digest)}});
+    }
+    rules[std::to_string(pcrs[i])] =
+        allow.empty() ? Json{{"value", HexEncode((*values)[i])}}
+                      : Json{{"allow", allow}};
+  }
+  return Json{{"policy", {{"bank", "sha256"}, {"pcrs", rules}}}};
 }
 
 class Admin {
@@ -48,7 +139,9 @@ Status Admin::Run(const std::vector<std::string>& args) {
   d.add_options()("state", po::value<std::string>())(
       "db", po::value<std::string>())("json", "")(
       "pcrs", po::value<std::string>())("ek-pub", po::value<std::string>())(
-      "values", po::value<std::string>())("name", po::value<std::string>());
+      "values", po::value<std::string>())("name", po::value<std::string>())(
+      "policy", po::value<std::string>())(
+      "expires-in", po::value<std::string>())("log", po::value<std::string>());
   AddKmsOptions(d);
   VCRYPT_ASSIGN_OR_RETURN(Parsed p, Parse(args, d, "admin"));
   json_ = p.has("json");
@@ -170,12 +263,21 @@ Status Admin::Run(const std::vector<std::string>& args) {
   }
   if (what == "baseline add") {
     VCRYPT_RETURN_IF_ERROR(arity(3, what));
-    VCRYPT_RETURN_IF_ERROR(
-        OnlyOptions(p, {"state", "db", "json", "values"}, "admin " + what));
+    VCRYPT_RETURN_IF_ERROR(OnlyOptions(
+        p, {"state", "db", "json", "values", "policy", "expires-in"},
+        "admin " + what));
     const std::string& name = w[2];
     VCRYPT_RETURN_IF_ERROR(CheckName("baseline", name));
-    VCRYPT_ASSIGN_OR_RETURN(std::string values_file,
-                            Need(p, "values", "admin " + what));
+    if (p.has("values") == p.has("policy"))
+      return UsageError("admin " + what +
+                        ": give --values FILE (PCR values) or --policy FILE "
+                        "(an event-log policy), not both");
+    std::optional<int64_t> expires;
+    if (p.has("expires-in")) {
+      VCRYPT_ASSIGN_OR_RETURN(int64_t secs,
+                              ParseDurationSeconds(p.get("expires-in")));
+      expires = NowUnix() + secs;
+    }
     VCRYPT_ASSIGN_OR_RETURN(auto store, OpenExistingStore(url));
     VCRYPT_ASSIGN_OR_RETURN(AttestationService svc, OpenAttestation(store));
     VCRYPT_ASSIGN_OR_RETURN(std::optional<BaselineRow> existing,
@@ -184,13 +286,57 @@ Status Admin::Run(const std::vector<std::string>& args) {
       return MakeError(ErrorCode::kExists,
                        "baseline '" + name +
                            "' already exists (remove it first to replace it)");
-    VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(values_file));
-    auto values = ParseBaselineValues(text, svc.config().selection);
-    if (!values.ok())
-      return MakeError(values.error().code,
-                       values_file + ": " + values.error().message);
-    VCRYPT_RETURN_IF_ERROR(svc.AddBaseline(name, *values));
-    out_ << (json_ ? "{}\n" : "added baseline " + name + "\n");
+    std::string body;
+    if (p.has("values")) {
+      const std::string values_file = p.get("values");
+      VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(values_file));
+      auto values = ParseBaselineValues(text, svc.config().selection);
+      if (!values.ok())
+        return MakeError(values.error().code,
+                         values_file + ": " + values.error().message);
+      Json vals = Json::array();
+      for (const auto& v : *values) vals.push_back(HexEncode(v));
+      body = Json{{"values", vals}}.dump();
+    } else {
+      // A policy document (trustauthority/eventlog_policy.h), checked
+      // against this Trust Authority's PCR selection before it is stored.
+      const std::string policy_file = p.get("policy");
+      VCRYPT_ASSIGN_OR_RETURN(std::string text, ReadFile(policy_file));
+      Json j = Json::parse(text, nullptr, false);
+      if (j.is_discarded() || !j.is_object())
+        return MakeError(ErrorCode::kInvalidArgument,
+                         policy_file + ": not a JSON object");
+      if (!j.contains("policy")) j = Json{{"policy", j}};  // the bare policy
+      body = j.dump();
+      auto st = ValidateBaselineDocument(body, svc.config().selection);
+      if (!st.ok())
+        return MakeError(st.error().code,
+                         policy_file + ": " + st.error().message);
+    }
+    VCRYPT_RETURN_IF_ERROR(
+        store->PutBaseline({name, body, NowUnix(), expires}, false, NowUnix()));
+    if (json_) {
+      out_ << Json{{"name", name},
+                   {"kind", p.has("policy") ? "policy" : "values"},
+                   {"expires_at", expires ? Json(*expires) : Json()}}
+                  .dump()
+           << "\n";
+    } else {
+      out_ << "added baseline " << name
+           << (expires ? " (expires " + Rfc3339(*expires) + ")" : "") << "\n";
+    }
+    return Status::Ok();
+  }
+  if (what == "baseline policy-from-log") {
+    VCRYPT_RETURN_IF_ERROR(arity(2, what));
+    VCRYPT_RETURN_IF_ERROR(
+        OnlyOptions(p, {"state", "db", "json", "log"}, "admin " + what));
+    if (!p.has("log")) return UsageError("admin " + what + " needs --log FILE");
+    VCRYPT_ASSIGN_OR_RETURN(auto store, OpenExistingStore(url));
+    VCRYPT_ASSIGN_OR_RETURN(AttestationConfig config, LoadConfig(store));
+    VCRYPT_ASSIGN_OR_RETURN(Json policy,
+                            PolicyFromLog(p.get("log"), config.selection));
+    out_ << policy.dump(2) << "\n";
     return Status::Ok();
   }
   if (what == "baseline remove") {
@@ -328,7 +474,14 @@ Status Admin::List(const std::string& url) {
                           {"enrolled", h.enrolled_ak.has_value()}});
   VCRYPT_ASSIGN_OR_RETURN(std::vector<BaselineRow> baselines,
                           store->ListBaselines(NowUnix()));
-  for (const auto& b : baselines) j["baselines"].push_back(b.name);
+  for (const auto& b : baselines) {
+    Json body = Json::parse(b.body, nullptr, false);
+    const bool policy = body.is_object() && body.contains("policy");
+    j["baselines"].push_back(
+        {{"name", b.name},
+         {"kind", policy ? "policy" : "values"},
+         {"expires_at", b.expires_at ? Json(*b.expires_at) : Json()}});
+  }
   VCRYPT_ASSIGN_OR_RETURN(std::vector<TpmCaRow> cas, store->ListTpmCas());
   for (const auto& ca : cas) {
     std::string subject = "?";
@@ -358,7 +511,12 @@ Status Admin::List(const std::string& url) {
          << "  enrolled=" << (h["enrolled"].get<bool>() ? "yes" : "no") << "\n";
   out_ << "baselines:" << (j["baselines"].empty() ? " none" : "") << "\n";
   for (const auto& b : j["baselines"])
-    out_ << "  " << b.get<std::string>() << "\n";
+    out_ << "  " << b["name"].get<std::string>() << "  "
+         << b["kind"].get<std::string>()
+         << (b["expires_at"].is_number()
+                 ? "  expires " + Rfc3339(b["expires_at"].get<int64_t>())
+                 : std::string())
+         << "\n";
   out_ << "TPM CAs:" << (j["tpm_cas"].empty() ? " none" : "") << "\n";
   for (const auto& c : j["tpm_cas"])
     out_ << "  " << c["id"].get<std::string>().substr(0, 16) << "  "

@@ -48,7 +48,9 @@ never with a password: use ~/.pgpass, PGPASSFILE or a service file):
   admin DB tpm-ca add FILE
   admin DB host add NAME [--ek-pub FILE]
   admin DB host remove NAME
-  admin DB baseline add NAME --values FILE
+  admin DB baseline add NAME (--values FILE | --policy FILE)
+                               [--expires-in DURATION]
+  admin DB baseline policy-from-log --log FILE
   admin DB baseline remove NAME
   admin DB list [--json]
   admin --state OLD_DIR --db URL import-files

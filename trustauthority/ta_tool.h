@@ -4,9 +4,12 @@
 //
 //   vcrypt-ta admin --state DIR init [--pcrs sha256:0,1,...]
 //   vcrypt-ta admin --state DIR tpm-ca add FILE
-//   vcrypt-ta admin --state DIR host add NAME [--ek-pub FILE] | host remove
-//   NAME vcrypt-ta admin --state DIR baseline add NAME --values FILE
-//                                          | baseline remove NAME
+//   vcrypt-ta admin --state DIR host add NAME [--ek-pub FILE]
+//                                 | host remove NAME
+//   vcrypt-ta admin --state DIR baseline add NAME (--values F | --policy F)
+//                                          [--expires-in DURATION]
+//                                 | baseline remove NAME
+//                                 | baseline policy-from-log --log FILE
 //   vcrypt-ta admin --state DIR list [--json]
 //   vcrypt-ta admin primary-key create --kms H:P[,..] --kms-ca F
 //                                      --kms-cert F --kms-key F [--name N]

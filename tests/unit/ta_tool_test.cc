@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -27,9 +28,11 @@
 #include <thread>
 
 #include "common/atomic_file.h"
+#include "common/hex.h"
 #include "keyproviders/trusted/tpm.h"
 #include "taprotocol/jws.h"
 #include "tests/test_util.h"
+#include "tests/unit/eventlog_builder.h"
 #include "tests/unit/pg_server.h"
 #include "tests/unit/swtpm.h"
 #include "trustauthority/store.h"
@@ -234,12 +237,96 @@ TEST_F(TaAdminTest, BaselineAddValidatesAndWritesNothingOnBadInput) {
   EXPECT_EQ(r.code, 6) << r.err;
   r = Ta({"admin", "--state", state_, "list", "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_EQ(Json::parse(r.out)["baselines"], Json::array({"b1"}));
+  ASSERT_EQ(Json::parse(r.out)["baselines"].size(), 1u);
+  EXPECT_EQ(Json::parse(r.out)["baselines"][0]["name"], "b1");
+  EXPECT_EQ(Json::parse(r.out)["baselines"][0]["kind"], "values");
   EXPECT_EQ(Ta({"admin", "--state", state_, "baseline", "remove", "b1"}).code,
             0);
   EXPECT_FALSE(Store()->GetBaseline("b1", 0)->has_value());
   EXPECT_EQ(Ta({"admin", "--state", state_, "baseline", "remove", "b1"}).code,
             5);
+}
+
+// Event-log policies through the admin commands (docs/trusted-admin.md,
+// "Event-log policies and staged updates"): a policy made from a host's
+// log, stored after it is checked; a staged entry with an expiry; bad
+// documents refused with one line and nothing stored.
+TEST_F(TaAdminTest, PolicyBaselinesFromALogAndStagedWithAnExpiry) {
+  testing::EventLogBuilder log;
+  log.Measure(0, 0x00000008, testing::TestBytes("firmware 1.0"));
+  log.Measure(1, 0x80000001, testing::TestBytes("boot order"));
+  log.Measure(2, 0x80000003, testing::TestBytes("option rom"));
+  const std::string log_file = dir_ / "log.bin";
+  {
+    std::ofstream f(log_file, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(log.bytes().data()),
+            static_cast<std::streamsize>(log.bytes().size()));
+  }
+  auto r = Ta({"admin", "--state", state_, "baseline", "policy-from-log",
+               "--log", log_file});
+  ASSERT_EQ(r.code, 0) << r.err;
+  Json policy = Json::parse(r.out, nullptr, false);
+  ASSERT_TRUE(policy.is_object()) << r.out;
+  const auto d0 = HexEncode(
+      testing::TestDigest(TPM2_ALG_SHA256, testing::TestBytes("firmware 1.0")));
+  EXPECT_EQ(policy["policy"]["pcrs"]["0"]["allow"][0]["digest"], d0) << r.out;
+  EXPECT_EQ(policy["policy"]["pcrs"]["0"]["allow"][0]["type"],
+            "EV_S_CRTM_VERSION")
+      << r.out;
+  const std::string pol = dir_ / "policy.json";
+  WriteText(pol, r.out);
+  r = Ta({"admin", "--state", state_, "baseline", "add", "fleet", "--policy",
+          pol});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "added baseline fleet\n");
+
+  // A staged update: a second entry that expires.
+  r = Ta({"admin", "--state", state_, "--json", "baseline", "add",
+          "fleet-update", "--policy", pol, "--expires-in", "48h"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const int64_t now = std::time(nullptr);
+  const int64_t exp = Json::parse(r.out)["expires_at"].get<int64_t>();
+  EXPECT_GE(exp, now + 48 * 3600 - 5);
+  EXPECT_LE(exp, now + 48 * 3600 + 5);
+  auto row = Store()->GetBaseline("fleet-update", now);
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->expires_at, exp);
+  // Expired entries are not served (the store filters by `now`).
+  EXPECT_FALSE(Store()->GetBaseline("fleet-update", exp + 1)->has_value());
+  r = Ta({"admin", "--state", state_, "list", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  Json list = Json::parse(r.out)["baselines"];
+  ASSERT_EQ(list.size(), 2u) << r.out;
+  EXPECT_EQ(list[0]["kind"], "policy");
+  EXPECT_TRUE(list[0]["expires_at"].is_null());
+  EXPECT_EQ(list[1]["expires_at"], exp);
+
+  // Refused, one line each, nothing stored.
+  auto before = Store()->ListBaselines(now);
+  ASSERT_TRUE(before.ok());
+  WriteText(pol, R"({"policy":{"bank":"sha256","pcrs":{"0":{"any":true}}}})");
+  r = Ta(
+      {"admin", "--state", state_, "baseline", "add", "b2", "--policy", pol});
+  EXPECT_EQ(r.code, 12) << r.err;  // PCRs 1 and 2 of the selection missing
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  WriteText(pol, "not json");
+  r = Ta(
+      {"admin", "--state", state_, "baseline", "add", "b2", "--policy", pol});
+  EXPECT_EQ(r.code, 12) << r.err;
+  r = Ta({"admin", "--state", state_, "baseline", "add", "b2", "--policy", pol,
+          "--values", pol});
+  EXPECT_EQ(r.code, 2) << r.err;
+  for (const char* bad : {"0s", "1w", "367d", "-1h", "h"}) {
+    r = Ta({"admin", "--state", state_, "baseline", "add", "b2", "--policy",
+            pol, "--expires-in", bad});
+    EXPECT_EQ(r.code, 2) << bad << ": " << r.err;
+  }
+  WriteText(log_file, "garbage");
+  r = Ta({"admin", "--state", state_, "baseline", "policy-from-log", "--log",
+          log_file});
+  EXPECT_EQ(r.code, 12) << r.err;
+  EXPECT_EQ(Lines(r.err), 1) << r.err;
+  EXPECT_EQ(Store()->ListBaselines(now)->size(), before->size());
 }
 
 TEST_F(TaAdminTest, HostsAndTpmCas) {
@@ -530,8 +617,8 @@ TEST_F(TaServiceTest, TricklingClientsOfOneAddressDoNotStarveAHost) {
 TEST_F(TaServiceTest, AConnectionIsCutAtItsDeadline) {
   const std::string key = dir_ / "primary.key";
   WriteText(key, std::string(32, '\x5a'), 0600);
-  RunningService svc(Kps(
-      {"--max-connection-seconds", "2", "--primary-key-file", key}));
+  RunningService svc(
+      Kps({"--max-connection-seconds", "2", "--primary-key-file", key}));
   std::string addr = svc.WaitListening();
   ASSERT_FALSE(addr.empty());
   Trickler t("127.0.0.1", PortOf(addr));
@@ -773,7 +860,8 @@ TEST_F(TaDbServiceTest, AdminAndServicesOnPostgres) {
   Json j = Json::parse(r.out);
   EXPECT_EQ(j["pcrs"], "sha256:0,1,2");
   EXPECT_EQ(j["hosts"][0]["name"], "h1");
-  EXPECT_EQ(j["baselines"], Json::array({"b1"}));
+  ASSERT_EQ(j["baselines"].size(), 1u);
+  EXPECT_EQ(j["baselines"][0]["name"], "b1");
   ASSERT_EQ(j["signing_keys"].size(), 1u);
   EXPECT_EQ(j["signing_keys"][0]["state"], "active");
 
